@@ -1,0 +1,45 @@
+"""The sans-IO wire core: CRC, frame formats A/B, link header, wired container, report, filters.
+
+The hot functions come from the compiled twin (``wmbus_stream.wire._cwire``, built from
+``ext/_wire.pyx``) when it is present and allowed, else from the pure twin ``_pywire``.
+"""
+
+from __future__ import annotations
+
+from .._select import select
+
+_impl = select("wmbus_stream.wire._cwire", "wmbus_stream.wire._pywire")
+
+crc16 = _impl.crc16
+strip_a = _impl.strip_a
+strip_b = _impl.strip_b
+check_telegram = _impl.check_telegram
+parse_header = _impl.parse_header
+parse_cmex50 = _impl.parse_cmex50
+rssi_code = _impl.rssi_code
+build_report = _impl.build_report
+Matcher = _impl.Matcher
+check_batch = _impl.check_batch
+
+from ._pywire import (  # noqa: E402  (constants are shared by both twins)
+    CRC,
+    FILTER_DEVICE_TYPE,
+    FILTER_ID,
+    FILTER_MANUFACTURER,
+    FILTER_MODE,
+    FORMAT_A,
+    FORMAT_B,
+    FORMAT_NONE,
+    HEADER,
+    LENGTH,
+    OK,
+)
+
+RESULT_NAMES = ("ok", "crc", "length", "header", "filter.manufacturer", "filter.device.type", "filter.device.id", "radio.mode")
+
+__all__ = [
+    "crc16", "strip_a", "strip_b", "check_telegram", "parse_header", "parse_cmex50", "rssi_code",
+    "build_report", "Matcher", "check_batch", "RESULT_NAMES",
+    "OK", "CRC", "LENGTH", "HEADER", "FILTER_MANUFACTURER", "FILTER_DEVICE_TYPE", "FILTER_ID",
+    "FILTER_MODE", "FORMAT_NONE", "FORMAT_A", "FORMAT_B",
+]
