@@ -1,0 +1,1 @@
+"""Sans-IO gateway core: pipeline, store, analyzer, report, schedule."""

@@ -1,0 +1,1 @@
+"""Everything that touches the world: receiver ports, HTTP, systemd."""

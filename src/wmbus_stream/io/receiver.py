@@ -1,0 +1,146 @@
+"""The receiver reader thread: bytes from a pyserial URL or a capture file into a framer.
+
+A port that disappears, errors, returns no data ("device reports readiness to read but
+returned no data") or stays silent longer than the silence limit is closed and reopened
+with backoff capped at ``max_backoff`` seconds; while it is away the thread logs at most
+one line per 30 s. A capture file (a regular file or ``-``) is read once to its end.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+import serial
+
+from ..receivers.base import Received
+
+__all__ = ["ReceiverReader", "is_capture"]
+
+log = logging.getLogger("wmbus_stream.receiver")
+
+Deliver = Callable[[list[Received], float], None]
+
+
+def is_capture(port: str) -> bool:
+    """A capture is ``-`` or an existing regular file; anything else is a serial port or URL."""
+    return port == "-" or (os.path.isfile(port) and not port.startswith("/dev/"))
+
+
+class ReceiverReader(threading.Thread):
+    """Reads the receiver until ``stop`` is set; ``state`` tells the service how it goes."""
+
+    def __init__(
+        self,
+        port: str,
+        baud: int,
+        framer,
+        deliver: Deliver,
+        stop: threading.Event,
+        *,
+        setup: bytes = b"",
+        max_backoff: float = 2.0,
+        silence_seconds: float = 0.0,
+    ) -> None:
+        super().__init__(name="receiver", daemon=True)
+        self.port = port
+        self.baud = baud
+        self.framer = framer
+        self.deliver = deliver
+        self.stop_event = stop
+        self.setup = setup
+        self.max_backoff = max_backoff
+        self.silence_seconds = silence_seconds
+        self.state = "starting"
+        self.reconnects = 0
+        self.bytes_read = 0
+        self.last_error: str | None = None
+        self._connected_once = False
+
+    def run(self) -> None:
+        if is_capture(self.port):
+            self._read_capture()
+            return
+        backoff = 0.1
+        last_log = 0.0
+        while not self.stop_event.is_set():
+            try:
+                port = serial.serial_for_url(self.port, baudrate=self.baud, timeout=0.25, do_not_open=False)
+            except (serial.SerialException, OSError, ValueError) as exc:
+                self._lost(str(exc))
+                if time.monotonic() - last_log >= 30:
+                    log.warning("receiver %s not available (%s); retrying every %.1f s", self.port, exc, self.max_backoff)
+                    last_log = time.monotonic()
+                self.stop_event.wait(backoff)
+                backoff = min(backoff * 2, self.max_backoff)
+                continue
+            backoff, last_log = 0.1, 0.0
+            if self._connected_once:
+                self.reconnects += 1
+            self._connected_once = True
+            self.state = "connected"
+            log.info("receiver %s connected (%s, %d Bd)", self.port, self.framer.name, self.baud)
+            try:
+                self._pump(port)
+            except (serial.SerialException, OSError) as exc:
+                self._lost(str(exc))
+                log.warning("receiver %s lost (%s); reopening", self.port, exc)
+            finally:
+                try:
+                    port.close()
+                except (serial.SerialException, OSError):
+                    pass
+        self.state = "stopped"
+
+    def _lost(self, reason: str) -> None:
+        self.state = "disconnected"
+        self.last_error = reason
+        # A frame cut by an unplug must not be glued to the first bytes after replug.
+        items = self.framer.flush()
+        if items:
+            self.deliver(items, time.time())
+
+    def _pump(self, port) -> None:
+        if self.setup:
+            port.write(self.setup)
+        quiet_since = time.monotonic()
+        while not self.stop_event.is_set():
+            data = port.read(1)
+            if data:
+                waiting = port.in_waiting
+                if waiting:
+                    data += port.read(waiting)
+                quiet_since = time.monotonic()
+                self._feed(data)
+            elif self.silence_seconds and time.monotonic() - quiet_since > self.silence_seconds:
+                raise serial.SerialException(f"no data for {self.silence_seconds:.0f} s")
+
+    def _feed(self, data: bytes) -> None:
+        self.bytes_read += len(data)
+        items = self.framer.feed(data)
+        if items:
+            self.deliver(items, time.time())
+
+    def _read_capture(self) -> None:
+        self.state = "connected"
+        try:
+            source = sys.stdin.buffer if self.port == "-" else open(self.port, "rb")  # noqa: SIM115
+        except OSError as exc:
+            self.state, self.last_error = "disconnected", str(exc)
+            log.error("capture %s cannot be opened: %s", self.port, exc.strerror)
+            return
+        with source:
+            while not self.stop_event.is_set():
+                chunk = source.read(65536)
+                if not chunk:
+                    break
+                self._feed(chunk)
+        items = self.framer.flush()
+        if items:
+            self.deliver(items, time.time())
+        self.state = "finished"
+        log.info("capture %s read to its end (%d bytes)", self.port, self.bytes_read)
