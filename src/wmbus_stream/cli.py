@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -79,6 +80,204 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _load_config(path: str):
+    from .config import model
+
+    return model.load(path)
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    """Validate a configuration file: exit 0, or 3 with one line per problem."""
+    from .config import model
+
+    problems = model.check_file(args.file)
+    for problem in problems:
+        print(problem)
+    if not problems:
+        print(f"{args.file}: configuration is valid")
+    return EXIT_CONFIG if problems else EXIT_OK
+
+
+def _setup_logging(level: str = "info") -> None:
+    import logging
+
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if sys.stderr.isatty() or not os.environ.get("JOURNAL_STREAM"):
+        fmt = "%(asctime)s " + fmt
+    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the gateway until SIGTERM (or once: capture to its end, one push)."""
+    from .service import Gateway
+
+    config = _load_config(args.config)
+    _setup_logging(config.log_level)
+    return Gateway(config, args.config).run(once=args.once)
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    """Push now: through the running gateway, or directly from the state when none runs."""
+    from .service import Gateway, control_request
+
+    config = _load_config(args.config)
+    _setup_logging(config.log_level)
+    answer = control_request(config.state_directory, "push")
+    if answer is None:
+        gateway = Gateway(config, args.config)
+        gateway.start(receiver=False, control=False)
+        try:
+            outcome = gateway.push_now()
+        finally:
+            gateway.shutdown()
+        print(outcome.summary())
+        return EXIT_OK if outcome.ok else EXIT_FAILURE
+    if "error" in answer and "ok" not in answer:
+        print(f"wmbus-stream push: {answer['error']}", file=sys.stderr)
+        return EXIT_FAILURE
+    from .service import PushOutcome
+
+    outcome = PushOutcome(**answer)
+    print(outcome.summary())
+    return EXIT_OK if outcome.ok else EXIT_FAILURE
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print the running gateway's status as JSON."""
+    from .service import control_request
+
+    config = _load_config(args.config)
+    answer = control_request(config.state_directory, "status", timeout=10)
+    if answer is None:
+        print(f"wmbus-stream status: no gateway is running for {config.state_directory}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(json.dumps(answer, indent=2))
+    return EXIT_OK
+
+
+def cmd_analyzer(args: argparse.Namespace) -> int:
+    """Print the analyzer table (or CSV) of the running gateway, else of the saved state."""
+    from .core.analyzer import Analyzer
+    from .service import ANALYZER_META, STORE_FILE, control_request
+
+    config = _load_config(args.config)
+    analyzer = Analyzer(0.0)
+    answer = control_request(config.state_directory, "analyzer", timeout=10)
+    if answer is not None and answer.get("dump"):
+        analyzer.load(answer["dump"].encode())
+    else:
+        path = config.state_directory / STORE_FILE
+        if path.exists():
+            from .core.store import Store
+
+            store = Store.open(path)
+            saved = store.get_meta(ANALYZER_META)
+            store.close(flush=False)
+            if saved:
+                analyzer.load(saved)
+    only = config.show_only_filtered and not args.all
+    rows = analyzer.rows(only_allowed=only, allow_ids=config.filter_device_id)
+    if args.csv:
+        sys.stdout.write(Analyzer.to_csv(rows))
+        return EXIT_OK
+    totals = analyzer.totals()
+    print(_format_totals(totals))
+    print(f"{'ID':8} {'MAN':3} {'TYPE':24} {'VERDICT':20} {'COUNT':>6} {'RSSI':>5} {'MIN':>5} {'AVG':>6} {'MAX':>5} MODE  LAST SEEN")
+    for r in rows:
+        print(f"{r.id:8} {r.manufacturer:3} {r.device_type_name[:24]:24} {r.verdict[:20]:20} {r.count:>6} "
+              f"{_n(r.rssi_last):>5} {_n(r.rssi_min):>5} {_n(r.rssi_avg, 1):>6} {_n(r.rssi_max):>5} "
+              f"{(r.mode or '-'):5} {_when(r.last_seen)}")
+    return EXIT_OK
+
+
+def _n(value, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _when(t: float) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _format_totals(totals) -> str:
+    return (f"running since {_when(totals.since)} UTC; meters found {totals.meters}; "
+            f"telegrams ok {totals.ok}; broken {totals.broken}")
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Run a capture through the configured pipeline; print (or push) the report it gives."""
+    import tempfile
+
+    from .core import report
+    from .core.analyzer import Analyzer
+    from .core.pipeline import Pipeline
+    from .core.store import Store
+    from .receivers import framer
+    from .service import settings_of
+
+    config = _load_config(args.config)
+    _setup_logging("warning")
+    reader = framer(config.receiver_protocol if config.receiver_protocol != "simulator" else "hex",
+                    receiver_address=config.receiver_address)
+    try:
+        source = _open_input(args.capture)
+    except OSError as exc:
+        print(f"wmbus-stream replay: cannot open {args.capture}: {exc.strerror}", file=sys.stderr)
+        return EXIT_FAILURE
+    with tempfile.TemporaryDirectory(prefix="wmbus-replay-") as tmp, source:
+        store = Store.open(os.path.join(tmp, "replay.sqlite"))
+        analyzer = Analyzer(0.0)
+        pipeline = Pipeline(settings_of(config), store, analyzer)
+        import time as _time
+
+        while chunk := source.read(65536):
+            pipeline.process(reader.feed(chunk), _time.time())
+        pipeline.process(reader.flush(), _time.time())
+        snapshot = store.snapshot()
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(pipeline.counts.items()))
+        print(f"replay: {counts or 'nothing read'}; {len(snapshot)} meters in the report", file=sys.stderr)
+        if args.push:
+            from .io import http
+            from .service import user_agent
+
+            if not config.push_url:
+                print("wmbus-stream replay: receiving.server.url is not set", file=sys.stderr)
+                return EXIT_FAILURE
+            creds = config.push_credentials
+            result = http.push(config.push_endpoint or config.push_url,
+                               lambda: report.body(snapshot, config.gateway_serial, config.timezone),
+                               username=creds[0] if creds else None, password=creds[1] if creds else None,
+                               ca_file=str(config.push_ca_file) if config.push_ca_file else None,
+                               connect_timeout=config.push_connect_timeout, read_timeout=config.push_read_timeout,
+                               attempts=config.push_retries, deadline=None, user_agent=user_agent(config))
+            print(f"replay push: {'acknowledged' if result.ok else 'failed: ' + str(result.error)}", file=sys.stderr)
+            store.close(flush=False)
+            return EXIT_OK if result.ok else EXIT_FAILURE
+        out = sys.stdout.buffer if args.report == "-" else open(args.report, "wb")  # noqa: SIM115
+        with out:
+            for chunk in report.body(snapshot, config.gateway_serial, config.timezone):
+                out.write(chunk)
+        store.close(flush=False)
+    return EXIT_OK
+
+
+def cmd_receive(args: argparse.Namespace) -> int:
+    """Run the reference HES receiving server."""
+    from . import hes
+
+    _setup_logging("info")
+    return hes.main(args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The demo gateway: simulator, pushes every 10 s, a local receiving server."""
+    from . import demo
+
+    _setup_logging("warning")
+    return demo.main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wmbus-stream", description="Wireless M-Bus stream-mode gateway")
     parser.add_argument("--version", action="version", version=f"wmbus-stream {__version__} {implementation()}")
@@ -95,6 +294,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=200_000)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("config", help="configuration: check")
+    csub = p.add_subparsers(dest="config_command", metavar="ACTION")
+    c = csub.add_parser("check", help="validate a configuration file (exit 3 when invalid)")
+    c.add_argument("file")
+    c.set_defaults(func=cmd_config_check)
+
+    p = sub.add_parser("run", help="run the gateway")
+    p.add_argument("--config", default=DEFAULT_CONFIG, help=f"configuration file (default {DEFAULT_CONFIG})")
+    p.add_argument("--once", action="store_true", help="read the receiver (a capture to its end), push once, exit")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("push", help="push now: 'push now'")
+    p.add_argument("now", choices=["now"])
+    p.add_argument("--config", default=DEFAULT_CONFIG)
+    p.set_defaults(func=cmd_push)
+
+    p = sub.add_parser("status", help="status of the running gateway as JSON")
+    p.add_argument("--config", default=DEFAULT_CONFIG)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("analyzer", help="per-meter statistics (table or --csv)")
+    p.add_argument("--config", default=DEFAULT_CONFIG)
+    p.add_argument("--csv", action="store_true", help="CSV for a spreadsheet (formula cells escaped)")
+    p.add_argument("--all", action="store_true", help="all meters, even when show.only.filtered=true")
+    p.set_defaults(func=cmd_analyzer)
+
+    p = sub.add_parser("replay", help="run a capture through the pipeline; print or push the report")
+    p.add_argument("--config", default=DEFAULT_CONFIG)
+    p.add_argument("capture", help="capture file in the configured receiver protocol, or -")
+    p.add_argument("--report", default="-", help="where to write the report (default - = stdout)")
+    p.add_argument("--push", action="store_true", help="push the report to receiving.server.url instead")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("receive", help="reference HES receiving server")
+    from . import hes
+
+    hes.add_arguments(p)
+    p.set_defaults(func=cmd_receive)
+
+    p = sub.add_parser("demo", help="demo gateway with simulator and local receiving server")
+    p.add_argument("--meters", type=int, default=300)
+    p.add_argument("--seconds", type=float, default=0, help="stop after this many seconds (0 = until Ctrl-C)")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

@@ -47,12 +47,13 @@ class Pipeline:
             counts["read"] += 1
             try:
                 checked = check(item)
+                telegram = checked.telegram
+                verdict = settings.matcher.verdict(telegram, item.mode)
+                report = None if verdict else checked.report_telegram(settings.receiver_address, settings.wired_address)
             except FrameError as exc:
                 counts[exc.kind] += 1
                 self.analyzer.record_broken(now, exc.kind)
                 continue
-            telegram = checked.telegram
-            verdict = settings.matcher.verdict(telegram, item.mode)
             key = telegram[2:10]  # manufacturer, ID, version, device type: the meter's link address
             meter_id = telegram[7:3:-1].hex().upper()
             result = wire.RESULT_NAMES[verdict]
@@ -61,6 +62,5 @@ class Pipeline:
                 item.rssi_dbm, mode_name(item.mode), now,
             )
             counts[result] += 1
-            if not verdict:
-                report = checked.report_telegram(settings.receiver_address, settings.wired_address)
+            if report is not None:
                 self.store.put(key, meter_id, now, report)

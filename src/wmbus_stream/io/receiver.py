@@ -144,3 +144,28 @@ class ReceiverReader(threading.Thread):
             self.deliver(items, time.time())
         self.state = "finished"
         log.info("capture %s read to its end (%d bytes)", self.port, self.bytes_read)
+
+
+class SimulatedReceiver(threading.Thread):
+    """Plays the built-in simulator's bytes into a framer in real time (demos, tests)."""
+
+    def __init__(self, simulator, framer, deliver: Deliver, stop: threading.Event) -> None:
+        super().__init__(name="simulator", daemon=True)
+        self.simulator = simulator
+        self.framer = framer
+        self.deliver = deliver
+        self.stop_event = stop
+        self.state = "connected"
+        self.reconnects = 0
+        self.bytes_read = 0
+        self.last_error: str | None = None
+
+    def run(self) -> None:
+        for at, data in self.simulator.events(time.time()):
+            if self.stop_event.wait(max(0.0, at - time.time())):
+                break
+            self.bytes_read += len(data)
+            items = self.framer.feed(data)
+            if items:
+                self.deliver(items, time.time())
+        self.state = "stopped"

@@ -1,0 +1,601 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
+"""Compiled twin of ``wmbus_stream.wire._pywire`` (the readable specification).
+
+Same public names, arguments, results, exception types and messages; ``tests/unit/test_twins.py``
+holds the two twins to that with random and mutated input.
+
+Strategy:
+
+* Every check runs on a ``const unsigned char *`` and a length. ``bytes`` are read in place;
+  any other bytes-like object is copied to ``bytes`` once (never on the hot path).
+* The checks are ``noexcept nogil`` C functions that return a detail code (``_E_*``) and, for
+  CRC errors, the block number. Only the public single-frame functions turn a detail code
+  into an exception, so ``check_batch`` never raises or catches inside its loop.
+* CRC-16/EN-13757 uses a static 256-entry ``uint16_t`` table filled once at import.
+* Frames are stripped into a stack buffer; a ``bytes`` object is allocated only for a
+  telegram that passes the filters.
+* ``Matcher`` keeps the filters as integer sets a C loop can test: a 65536-bit bitmap of
+  manufacturer codes (the wire field has 16 bits, and the pure twin compares all 16), a
+  256-bit bitmap of device types and a sorted ``uint32_t`` array of IDs (binary search).
+  "Is the filter set" is kept apart from the bitmaps, because a set holding only values a
+  telegram can never carry still rejects everything, as in the pure twin.
+"""
+
+from cpython.bytearray cimport PyByteArray_AS_STRING
+from cpython.number cimport PyNumber_Index
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.unicode cimport PyUnicode_DecodeASCII
+from libc.stdint cimport uint16_t, uint32_t
+from libc.stdlib cimport free, malloc, qsort
+from libc.string cimport memcpy, memset
+
+from wmbus_stream.errors import ChecksumError, CrcError, HeaderError, LengthError
+
+__all__ = [
+    "crc16",
+    "strip_a",
+    "strip_b",
+    "check_telegram",
+    "parse_header",
+    "parse_cmex50",
+    "rssi_code",
+    "build_report",
+    "Matcher",
+    "check_batch",
+]
+
+# Result codes of check_batch and Matcher.verdict; equal to the pure twin's (wire.RESULT_NAMES).
+OK, CRC, LENGTH, HEADER = 0, 1, 2, 3
+FILTER_MANUFACTURER, FILTER_DEVICE_TYPE, FILTER_ID, FILTER_MODE = 4, 5, 6, 7
+FORMAT_NONE, FORMAT_A, FORMAT_B = 0, 1, 2
+
+cdef enum:
+    _OK = 0
+    _CRC = 1
+    _LENGTH = 2
+    _FILTER_MANUFACTURER = 4
+    _FILTER_DEVICE_TYPE = 5
+    _FILTER_ID = 6
+    _FILTER_MODE = 7
+    _SHORT_INDEX = 255  # verdict on a telegram too short for an active filter (IndexError)
+
+# Detail codes of the C checks: which rule failed, so the public functions can raise the
+# same exception with the same message as the pure twin.
+cdef enum:
+    _E_NONE = 0
+    _E_A_SHORT = 1
+    _E_A_LMIN = 2
+    _E_A_LEN = 3
+    _E_A_CRC = 4
+    _E_B_SHORT = 5
+    _E_B_LEN = 6
+    _E_B_EMPTY3 = 7
+    _E_B_CRC2 = 8
+    _E_B_CRC3 = 9
+    _E_T_SHORT = 10
+    _E_T_LEN = 11
+
+cdef enum:
+    _MAX_TELEGRAM = 256  # the longest telegram or stripped frame: L is one byte, plus L itself
+
+cdef uint16_t _TABLE[256]
+
+
+cdef void _fill_table() noexcept:
+    cdef int byte, bit
+    cdef uint32_t crc
+    for byte in range(256):
+        crc = <uint32_t>byte << 8
+        for bit in range(8):
+            crc = ((crc << 1) ^ 0x3D65) if crc & 0x8000 else (crc << 1)
+        _TABLE[byte] = <uint16_t>(crc & 0xFFFF)
+
+
+_fill_table()
+
+
+cdef inline uint16_t _crc_update(uint16_t crc, const unsigned char *p, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        crc = <uint16_t>((crc << 8) ^ _TABLE[(crc >> 8) ^ p[i]])
+    return crc
+
+
+cdef inline bint _crc_ok(const unsigned char *p, Py_ssize_t n) noexcept nogil:
+    # The stored CRC follows the block, high byte first.
+    return (_crc_update(0, p, n) ^ 0xFFFF) == ((<uint16_t>p[n] << 8) | p[n + 1])
+
+
+cdef inline int _result_of(int detail) noexcept nogil:
+    if detail == _E_A_CRC or detail == _E_B_CRC2 or detail == _E_B_CRC3:
+        return _CRC
+    return _LENGTH
+
+
+cdef int _strip_a(const unsigned char *f, Py_ssize_t n, unsigned char *out, Py_ssize_t *out_n,
+                  int *block) noexcept nogil:
+    cdef Py_ssize_t length, expected, pos, o, remaining, size
+    cdef int b
+    if n < 12:
+        return _E_A_SHORT
+    length = f[0]
+    if length < 10:
+        return _E_A_LMIN
+    expected = 1 + length + 2 * (1 + ((length - 9 + 15) >> 4))
+    if n != expected:
+        return _E_A_LEN
+    if not _crc_ok(f, 10):
+        block[0] = 1
+        return _E_A_CRC
+    memcpy(out, f, 10)
+    pos, o, b, remaining = 12, 10, 2, length - 9
+    while remaining > 0:
+        size = 16 if remaining > 16 else remaining
+        if not _crc_ok(f + pos, size):
+            block[0] = b
+            return _E_A_CRC
+        memcpy(out + o, f + pos, size)
+        o += size
+        pos += size + 2
+        remaining -= size
+        b += 1
+    out_n[0] = o
+    return _E_NONE
+
+
+cdef int _strip_b(const unsigned char *f, Py_ssize_t n, unsigned char *out, Py_ssize_t *out_n,
+                  int *block) noexcept nogil:
+    if n < 13:
+        return _E_B_SHORT
+    if f[0] != n - 1:
+        return _E_B_LEN
+    if n <= 128:
+        if not _crc_ok(f, n - 2):
+            block[0] = 2
+            return _E_B_CRC2
+        memcpy(out, f, n - 2)
+        out_n[0] = n - 2
+    else:
+        if n < 131:
+            return _E_B_EMPTY3
+        if not _crc_ok(f, 126):
+            block[0] = 2
+            return _E_B_CRC2
+        if not _crc_ok(f + 128, n - 130):
+            block[0] = 3
+            return _E_B_CRC3
+        memcpy(out, f, 126)
+        memcpy(out + 126, f + 128, n - 130)
+        out_n[0] = n - 4
+    # Rewrite L to the format-A meaning (bytes after L without CRCs).
+    out[0] = <unsigned char>(out_n[0] - 1)
+    return _E_NONE
+
+
+cdef inline int _check_telegram(const unsigned char *t, Py_ssize_t n) noexcept nogil:
+    if n < 11:
+        return _E_T_SHORT
+    if t[0] != n - 1:
+        return _E_T_LEN
+    return _E_NONE
+
+
+cdef object _frame_error(int detail, int block, const unsigned char *f, Py_ssize_t n):
+    """The exception the pure twin raises for a detail code (messages kept identical)."""
+    cdef int length = f[0] if n > 0 else 0
+    if detail == _E_A_SHORT:
+        return LengthError(f"format A frame of {n} bytes is shorter than the 12-byte first block")
+    if detail == _E_A_LMIN:
+        return LengthError(f"L-field {length} is below 10 (link header + CI)")
+    if detail == _E_A_LEN:
+        return LengthError(
+            f"format A frame has {n} bytes but L-field {length} needs "
+            f"{1 + length + 2 * (1 + (length - 9 + 15) // 16)}"
+        )
+    if detail == _E_A_CRC:
+        return CrcError(f"CRC error in block {block} (format A)")
+    if detail == _E_B_SHORT:
+        return LengthError(f"format B frame of {n} bytes is shorter than 13 (header, CI, CRC)")
+    if detail == _E_B_LEN:
+        return LengthError(f"format B frame has {n} bytes but L-field {length} needs {length + 1}")
+    if detail == _E_B_EMPTY3:
+        return LengthError(f"format B frame of {n} bytes leaves an empty block 3")
+    if detail == _E_B_CRC2:
+        return CrcError("CRC error in block 2 (format B, blocks 1-2)")
+    if detail == _E_B_CRC3:
+        return CrcError("CRC error in block 3 (format B)")
+    if detail == _E_T_SHORT:
+        return LengthError(f"telegram of {n} bytes is shorter than 11 (L, link header, CI)")
+    if detail == _E_T_LEN:
+        return LengthError(f"telegram has {n} bytes but L-field {length} needs {length + 1}")
+    return LengthError(f"frame of {n} bytes is invalid")
+
+
+cdef inline bytes _as_bytes(object data):
+    """``data`` itself when it is ``bytes``, else a ``bytes`` copy of a bytes-like object."""
+    if PyBytes_CheckExact(data):
+        return <bytes>data
+    if isinstance(data, int):
+        # bytes(5) would be five zero bytes; the pure twin fails on len() instead.
+        raise TypeError(f"object of type {type(data).__name__!r} has no len()")
+    return bytes(data)
+
+
+def crc16(data, Py_ssize_t start=0, Py_ssize_t end=-1):
+    """CRC-16/EN-13757 (poly 0x3D65, init 0, final complement) of ``data[start:end]``."""
+    cdef bytes buf
+    cdef const unsigned char *p
+    cdef Py_ssize_t n
+    cdef uint16_t crc = 0
+    if end >= 0 and start >= end:
+        return 0xFFFF  # empty range: the pure twin never looks at data
+    buf = _as_bytes(data)
+    p = <const unsigned char *>PyBytes_AS_STRING(buf)
+    n = PyBytes_GET_SIZE(buf)
+    if end < 0:
+        end = n
+    if start >= end:
+        return 0xFFFF
+    # The pure twin indexes data[i] for i in range(start, end): negative i count from the end.
+    if start < -n or end > n:
+        raise IndexError("index out of range")
+    if start < 0:
+        crc = _crc_update(crc, p + n + start, -start)  # data[start:] first, then data[:end]
+        start = 0
+    if end > start:
+        crc = _crc_update(crc, p + start, end - start)
+    return crc ^ 0xFFFF
+
+
+def strip_a(frame):
+    """Check every CRC of a frame-format-A frame and return the telegram without them."""
+    cdef bytes buf = _as_bytes(frame)
+    cdef unsigned char out[_MAX_TELEGRAM]
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(buf), out_n = 0
+    cdef int block = 0
+    cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(buf)
+    cdef int detail = _strip_a(p, n, out, &out_n, &block)
+    if detail:
+        raise _frame_error(detail, block, p, n)
+    return PyBytes_FromStringAndSize(<char *>out, out_n)
+
+
+def strip_b(frame):
+    """Check the CRCs of a frame-format-B frame; return the telegram with L in format-A meaning."""
+    cdef bytes buf = _as_bytes(frame)
+    cdef unsigned char out[_MAX_TELEGRAM]
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(buf), out_n = 0
+    cdef int block = 0
+    cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(buf)
+    cdef int detail = _strip_b(p, n, out, &out_n, &block)
+    if detail:
+        raise _frame_error(detail, block, p, n)
+    return PyBytes_FromStringAndSize(<char *>out, out_n)
+
+
+def check_telegram(telegram):
+    """Check the L-field of a telegram without link CRCs; return it unchanged."""
+    cdef bytes buf = _as_bytes(telegram)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(buf)
+    cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(buf)
+    cdef int detail = _check_telegram(p, n)
+    if detail:
+        raise _frame_error(detail, 0, p, n)
+    return telegram
+
+
+cdef const char *_HEX = b"0123456789ABCDEF"
+
+
+cdef inline str _bcd4(const unsigned char *p):
+    """Eight hex digits of 4 bytes stored least significant first (meter ID, receiver address)."""
+    cdef char text[8]
+    cdef int i
+    for i in range(4):
+        text[2 * i] = _HEX[p[3 - i] >> 4]
+        text[2 * i + 1] = _HEX[p[3 - i] & 0x0F]
+    return PyUnicode_DecodeASCII(text, 8, NULL)
+
+
+def parse_header(telegram):
+    """Link header of a checked telegram: (C, manufacturer code, ID, version, device type, CI)."""
+    cdef bytes buf = _as_bytes(telegram)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(buf)
+    cdef const unsigned char *t = <const unsigned char *>PyBytes_AS_STRING(buf)
+    if n < 11:
+        raise LengthError(f"telegram of {n} bytes is shorter than 11 (L, link header, CI)")
+    return (t[1], t[2] | (t[3] << 8), _bcd4(t + 4), t[8], t[9], t[10])
+
+
+def parse_cmex50(frame):
+    """Check a wired M-Bus long frame from a CMeX50-style receiver.
+
+    Returns (body from C to the last data byte, receiver address or None, age in minutes or
+    None, RSSI code or None, the contained wireless telegram).
+    """
+    cdef bytes buf = _as_bytes(frame)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(buf)
+    cdef const unsigned char *f = <const unsigned char *>PyBytes_AS_STRING(buf)
+    cdef const unsigned char *body
+    cdef const unsigned char *t
+    cdef Py_ssize_t length, pos, end, size, rest, i
+    cdef unsigned int total = 0
+    cdef int detail
+    if n < 9 or f[0] != 0x68 or f[3] != 0x68 or f[1] != f[2]:
+        raise LengthError("not a wired M-Bus long frame (68 L L 68)")
+    length = f[1]
+    if n != length + 6:
+        raise LengthError(f"long frame has {n} bytes but L-field {length} needs {length + 6}")
+    if f[n - 1] != 0x16:
+        raise ChecksumError(f"long frame ends with 0x{f[n - 1]:02X}, not the stop byte 0x16")
+    for i in range(4, n - 2):
+        total += f[i]
+    if (total & 0xFF) != f[n - 2]:
+        raise ChecksumError(f"long frame checksum 0x{f[n - 2]:02X} is wrong")
+    body = f + 4
+    end = n - 6
+    if body[0] != 0x08 or body[2] != 0x72:
+        raise HeaderError(f"long frame is C=0x{body[0]:02X} CI=0x{body[2]:02X}, not RSP_UD 08/72")
+    if end < 15:
+        raise LengthError(f"RSP_UD body of {end} bytes is shorter than its 15-byte header")
+    address = age = rssi = None
+    pos = 15
+    while pos < end:
+        if body[pos] == 0x0C and pos + 6 <= end and body[pos + 1] == 0x78:
+            address = _bcd4(body + pos + 2)
+            pos += 6
+        elif body[pos] == 0x02 and pos + 4 <= end and body[pos + 1] == 0x75:
+            age = body[pos + 2] | (body[pos + 3] << 8)
+            pos += 4
+        elif body[pos] == 0x01 and pos + 4 <= end and body[pos + 1] == 0xFD and body[pos + 2] == 0x71:
+            rssi = body[pos + 3]
+            pos += 4
+        elif body[pos] == 0x0D and pos + 4 <= end and body[pos + 1] == 0xFD and body[pos + 2] == 0x3B:
+            size = body[pos + 3]
+            if pos + 4 + size > end:
+                raise LengthError(f"container of {size} bytes runs past the frame end")
+            rest = end - (pos + 4 + size)
+            if rest > 1 or (rest == 1 and body[end - 1] != 0x0F and body[end - 1] != 0x1F):
+                raise HeaderError(f"{rest} unexpected bytes after the container record")
+            detail = _check_telegram(body + pos + 4, size)
+            if detail:
+                raise _frame_error(detail, 0, body + pos + 4, size)
+            # The telegram's M, ID, version and type must be the wired header's ID, M, version, type.
+            t = body + pos + 4
+            if (t[2] != body[7] or t[3] != body[8] or t[4] != body[3] or t[5] != body[4]
+                    or t[6] != body[5] or t[7] != body[6] or t[8] != body[9] or t[9] != body[10]):
+                raise HeaderError("container telegram's address does not match the wired header")
+            # Slices of the caller's object, so the result types match the pure twin's.
+            body_obj = frame[4 : n - 2]
+            return body_obj, address, age, rssi, body_obj[pos + 4 : pos + 4 + size]
+        else:
+            raise HeaderError(
+                f"unexpected record 0x{body[pos]:02X} at offset {pos}; expected 0C78, 0275, 01FD71 or 0DFD3B"
+            )
+    raise HeaderError("long frame has no 0D FD 3B container record")
+
+
+def rssi_code(rssi_dbm):
+    """CMeX50 RSSI code: 0 unknown, 1..62 for dBm = 2*code - 130, 63 above -6 dBm."""
+    cdef long dbm
+    if rssi_dbm is None:
+        return 0
+    if type(rssi_dbm) is int and -1000000 < rssi_dbm < 1000000:
+        dbm = rssi_dbm
+        if dbm > -6:
+            return 63
+        if dbm <= -128:
+            return 1
+        return (dbm + 131) >> 1  # dbm + 131 > 0 here, so the shift is floor division
+    # Anything else (bool, float, huge int) follows Python's own arithmetic, as the pure twin.
+    if rssi_dbm > -6:
+        return 63
+    if rssi_dbm <= -128:
+        return 1
+    return (rssi_dbm + 131) // 2
+
+
+def build_report(telegram, receiver_address, rssi_dbm, wired_address):
+    """The wired RSP_UD telegram of the report (spec section 5) for a checked wireless telegram."""
+    cdef bytes buf = _as_bytes(telegram)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(buf), size, o
+    cdef const unsigned char *t = <const unsigned char *>PyBytes_AS_STRING(buf)
+    cdef bytes address = None, out
+    cdef unsigned char a, code
+    cdef unsigned char *w
+    if n < 11 or n > 255:
+        raise LengthError(f"telegram of {n} bytes does not fit the container (11..255)")
+    a = wired_address & 0xFF  # Python's & on the object, as the pure twin (negative ints wrap)
+    if receiver_address is not None:
+        address = bytes.fromhex(receiver_address)[::-1]
+    # bytes((..., code, ...)) in the pure twin takes integers only: a float code is a TypeError.
+    code = PyNumber_Index(rssi_code(rssi_dbm))
+    size = 15 + (2 + len(address) if address is not None else 0) + 8 + n
+    out = PyBytes_FromStringAndSize(NULL, size)
+    w = <unsigned char *>PyBytes_AS_STRING(out)
+    w[0], w[1], w[2] = 0x08, a, 0x72
+    memcpy(w + 3, t + 4, 4)   # ID
+    memcpy(w + 7, t + 2, 2)   # manufacturer
+    memcpy(w + 9, t + 8, 2)   # version, device type
+    memset(w + 11, 0, 4)      # access number, status, signature
+    o = 15
+    if address is not None:
+        w[o], w[o + 1] = 0x0C, 0x78
+        memcpy(w + o + 2, PyBytes_AS_STRING(address), len(address))
+        o += 2 + len(address)
+    w[o], w[o + 1], w[o + 2], w[o + 3] = 0x01, 0xFD, 0x71, code
+    w[o + 4], w[o + 5], w[o + 6], w[o + 7] = 0x0D, 0xFD, 0x3B, <unsigned char>n
+    memcpy(w + o + 8, t, n)
+    return out
+
+
+cdef bint _as_exact_int(object value, long long lo, long long hi, long long *out) except -1:
+    """Whether ``value == k`` for an integer k in [lo, hi] (what ``k in frozenset`` tests)."""
+    try:
+        k = int(value)
+    except (TypeError, ValueError, OverflowError):
+        return False
+    if k != value or k < lo or k > hi:
+        return False
+    out[0] = k
+    return True
+
+
+cdef int _cmp_u32(const void *a, const void *b) noexcept nogil:
+    cdef uint32_t x = (<const uint32_t *>a)[0], y = (<const uint32_t *>b)[0]
+    return (x > y) - (x < y)
+
+
+cdef class Matcher:
+    """The four filters of spec section 4 compiled to integer sets; empty means no filter."""
+
+    cdef readonly frozenset manufacturers
+    cdef readonly frozenset device_types
+    cdef readonly frozenset ids
+    cdef readonly object modes
+    cdef long long _modes
+    cdef bint _has_manufacturers, _has_device_types, _has_ids
+    cdef unsigned char _manufacturer_bits[8192]
+    cdef unsigned char _device_type_bits[32]
+    cdef uint32_t *_ids
+    cdef Py_ssize_t _id_count
+
+    def __cinit__(self, *args, **kwargs):
+        self._ids = NULL
+        self._id_count = 0
+
+    def __dealloc__(self):
+        free(self._ids)
+
+    def __init__(self, manufacturers, device_types, ids, modes):
+        cdef long long k
+        cdef Py_ssize_t count = 0
+        self.manufacturers = frozenset(manufacturers)
+        self.device_types = frozenset(device_types)
+        self.ids = frozenset(ids)
+        self.modes = modes
+        self._modes = modes if modes else 0
+        self._has_manufacturers = len(self.manufacturers) > 0
+        self._has_device_types = len(self.device_types) > 0
+        self._has_ids = len(self.ids) > 0
+        memset(self._manufacturer_bits, 0, sizeof(self._manufacturer_bits))
+        memset(self._device_type_bits, 0, sizeof(self._device_type_bits))
+        for value in self.manufacturers:
+            if _as_exact_int(value, 0, 0xFFFF, &k):
+                self._manufacturer_bits[k >> 3] |= 1 << (k & 7)
+        for value in self.device_types:
+            if _as_exact_int(value, 0, 0xFF, &k):
+                self._device_type_bits[k >> 3] |= 1 << (k & 7)
+        free(self._ids)
+        self._ids = <uint32_t *>malloc((len(self.ids) + 1) * sizeof(uint32_t))
+        if self._ids == NULL:
+            raise MemoryError()
+        for value in self.ids:
+            if _as_exact_int(value, 0, 0xFFFFFFFF, &k):
+                self._ids[count] = <uint32_t>k
+                count += 1
+        qsort(self._ids, count, sizeof(uint32_t), _cmp_u32)
+        self._id_count = count
+
+    def __repr__(self):
+        return (f"Matcher(manufacturers={set(self.manufacturers)!r}, device_types={set(self.device_types)!r}, "
+                f"ids={len(self.ids)} ids, modes={self.modes!r})")
+
+    cdef inline bint _has_id(self, uint32_t key) noexcept nogil:
+        cdef Py_ssize_t lo = 0, hi = self._id_count, mid
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if self._ids[mid] < key:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo < self._id_count and self._ids[lo] == key
+
+    cdef int _verdict(self, const unsigned char *t, Py_ssize_t n, long long mode) noexcept nogil:
+        cdef unsigned int code
+        cdef uint32_t key = 0
+        cdef Py_ssize_t i
+        if self._has_manufacturers:
+            if n < 4:
+                return _SHORT_INDEX
+            code = t[2] | (t[3] << 8)
+            if not (self._manufacturer_bits[code >> 3] >> (code & 7)) & 1:
+                return _FILTER_MANUFACTURER
+        if self._has_device_types:
+            if n < 10:
+                return _SHORT_INDEX
+            if not (self._device_type_bits[t[9] >> 3] >> (t[9] & 7)) & 1:
+                return _FILTER_DEVICE_TYPE
+        if self._has_ids:
+            # int.from_bytes(telegram[4:8], "little"), also for a telegram cut short.
+            i = (n if n < 8 else 8) - 1
+            while i >= 4:
+                key = (key << 8) | t[i]
+                i -= 1
+            if not self._has_id(key):
+                return _FILTER_ID
+        if self._modes and mode and not (mode & self._modes):
+            return _FILTER_MODE
+        return _OK
+
+    def verdict(self, telegram, long long mode):
+        """0 when accepted, else the result code of the first filter that rejects."""
+        cdef bytes buf = _as_bytes(telegram)
+        cdef int result = self._verdict(<const unsigned char *>PyBytes_AS_STRING(buf), PyBytes_GET_SIZE(buf), mode)
+        if result == _SHORT_INDEX:
+            raise IndexError("index out of range")
+        return result
+
+
+def check_batch(frames, frame_format, matcher, mode=0):
+    """Check and filter many frames of one format; result codes and the accepted telegrams."""
+    cdef Py_ssize_t count = len(frames), i, n, out_n
+    cdef int fmt, detail, block, result
+    cdef unsigned char out[_MAX_TELEGRAM]
+    cdef const unsigned char *p
+    cdef const unsigned char *telegram_p
+    cdef unsigned char *codes_p
+    cdef Matcher fast = matcher if type(matcher) is Matcher else None
+    cdef long long c_mode = mode if fast is not None else 0
+    cdef bytes buf
+    cdef list telegrams, items
+    codes = bytearray(count)
+    telegrams = [None] * count
+    # The pure twin picks its strip function from a 3-tuple: negative formats count from the end.
+    fmt = (FORMAT_NONE, FORMAT_A, FORMAT_B)[frame_format]
+    items = frames if type(frames) is list else list(frames)
+    codes_p = <unsigned char *>PyByteArray_AS_STRING(codes)
+    for i in range(len(items)):
+        if i >= count:  # an iterable longer than its len(): the pure twin fails on codes[i]
+            raise IndexError("bytearray index out of range")
+        frame = items[i]
+        buf = _as_bytes(frame)
+        p = <const unsigned char *>PyBytes_AS_STRING(buf)
+        n = PyBytes_GET_SIZE(buf)
+        block = 0
+        out_n = n
+        if fmt == FORMAT_A:
+            detail = _strip_a(p, n, out, &out_n, &block)
+        elif fmt == FORMAT_B:
+            detail = _strip_b(p, n, out, &out_n, &block)
+        else:
+            detail = _check_telegram(p, n)
+        if detail:
+            codes_p[i] = _result_of(detail)
+            continue
+        if fast is not None:
+            # A checked telegram has at least 11 bytes, so _verdict cannot answer _SHORT_INDEX.
+            telegram_p = p if fmt == FORMAT_NONE else out
+            result = fast._verdict(telegram_p, out_n, c_mode)
+            codes_p[i] = result
+            if result == _OK:
+                telegrams[i] = frame if fmt == FORMAT_NONE else PyBytes_FromStringAndSize(<char *>out, out_n)
+        else:
+            # Any object with the pure twin's verdict(telegram, mode) works, only slower.
+            telegram = frame if fmt == FORMAT_NONE else PyBytes_FromStringAndSize(<char *>out, out_n)
+            verdict = matcher.verdict(telegram, mode)
+            codes[i] = verdict
+            codes_p = <unsigned char *>PyByteArray_AS_STRING(codes)
+            if not verdict:
+                telegrams[i] = telegram
+    return bytes(codes), telegrams

@@ -1,0 +1,283 @@
+"""The analyzer: per-meter reception statistics for installers (spec section 9).
+
+Strategy
+    One mutable slotted record per meter in a dict keyed like the store (the 8-byte link
+    address), updated in place by ``record`` (a dict lookup and a few attribute stores under
+    a lock); readers get immutable ``MeterRow`` values built on demand. The analyzer sees
+    every well-formed telegram, accepted or rejected by a filter, plus a count of broken ones.
+
+Invariants
+    - Bounded: at most ``max_meters`` records; telegrams of further meters are still counted
+      in the totals (and in ``untracked``) but get no record of their own.
+    - ``telegrams_ok`` counts every ``record`` call, ``telegrams_broken`` every
+      ``record_broken`` call; a meter's ``count`` counts all its telegrams, whatever the
+      verdict; verdict, RSSI "last" and mode are those of the latest telegram.
+    - Min/avg/max RSSI cover only telegrams whose RSSI is known; None when none was.
+    - Resetting (by hand, or every 24 h from the start of the period) clears the statistics
+      only; the store's pending telegrams are a different object and are never touched.
+    - Nothing here does IO or reads the clock: time is a parameter.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from ..wire.header import device_type_name, manufacturer_letters
+
+__all__ = ["ACCEPTED", "Analyzer", "MeterRow", "Totals", "CSV_HEADER"]
+
+ACCEPTED = "Accepted"
+DAY = 24 * 3600.0
+_DUMP_VERSION = 1
+# Leading characters a spreadsheet may take as the start of a formula (OWASP CSV injection).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+CSV_HEADER = (
+    "id", "manufacturer", "device_type", "device_type_name", "verdict", "count",
+    "rssi_last_dbm", "rssi_min_dbm", "rssi_avg_dbm", "rssi_max_dbm", "mode", "first_seen", "last_seen",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class MeterRow:
+    """What the analyzer shows for one meter; times are epoch seconds (UTC)."""
+
+    key: bytes
+    id: str
+    manufacturer: str
+    device_type: int
+    device_type_name: str
+    verdict: str
+    count: int
+    rssi_last: int | None
+    rssi_min: int | None
+    rssi_avg: float | None
+    rssi_max: int | None
+    mode: str | None
+    first_seen: float
+    last_seen: float
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """Analyzer totals: running since (epoch s), meters found, telegrams OK and broken."""
+
+    running_since: float
+    meters_found: int
+    telegrams_ok: int
+    telegrams_broken: int
+    broken_by_kind: tuple[tuple[str, int], ...]
+    untracked: int  # telegrams of meters beyond max_meters (counted in telegrams_ok only)
+
+
+class _Meter:
+    """Mutable per-meter record; only the analyzer touches it, under its lock."""
+
+    __slots__ = ("meter_id", "manufacturer", "device_type", "verdict", "count", "rssi_last",
+                 "rssi_min", "rssi_max", "rssi_sum", "rssi_n", "mode", "first_seen", "last_seen")
+
+    def __init__(self, meter_id: str, manufacturer: str, device_type: int, t: float) -> None:
+        self.meter_id = meter_id
+        self.manufacturer = manufacturer
+        self.device_type = device_type
+        self.verdict = ACCEPTED
+        self.count = 0
+        self.rssi_last: int | None = None
+        self.rssi_min: int | None = None
+        self.rssi_max: int | None = None
+        self.rssi_sum = 0
+        self.rssi_n = 0
+        self.mode: str | None = None
+        self.first_seen = t
+        self.last_seen = t
+
+
+def _manufacturer(key: bytes) -> str:
+    """Manufacturer letters from a link-address key (``???`` if the key is too short)."""
+    return manufacturer_letters(key[0] | key[1] << 8) if len(key) >= 2 else "???"
+
+
+class Analyzer:
+    """Per-meter statistics over an analysis period, with totals, CSV export and persistence."""
+
+    def __init__(self, started: float, *, max_meters: int = 100_000) -> None:
+        """Start an empty period at ``started`` (epoch seconds)."""
+        if max_meters < 1:
+            raise ValueError("max_meters must be at least 1")
+        self.max_meters = max_meters
+        self._lock = threading.Lock()
+        self._meters: dict[bytes, _Meter] = {}
+        self._since = started
+        self._ok = 0
+        self._broken: dict[str, int] = {}
+        self._untracked = 0
+
+    # -- recording (pipeline thread) ------------------------------------------------------
+
+    def record(self, key: bytes, meter_id: str, device_type: int, verdict: str,
+               rssi_dbm: int | None, mode_name: str | None, t: float) -> None:
+        """Count one well-formed telegram with its filter verdict (``Accepted`` or a filter key)."""
+        with self._lock:
+            self._ok += 1
+            meter = self._meters.get(key)
+            if meter is None:
+                if len(self._meters) >= self.max_meters:
+                    self._untracked += 1
+                    return
+                meter = self._meters[key] = _Meter(meter_id, _manufacturer(key), device_type, t)
+            meter.count += 1
+            meter.verdict = verdict
+            meter.mode = mode_name
+            meter.last_seen = t
+            meter.rssi_last = rssi_dbm
+            if rssi_dbm is not None:
+                meter.rssi_sum += rssi_dbm
+                meter.rssi_n += 1
+                if meter.rssi_min is None or rssi_dbm < meter.rssi_min:
+                    meter.rssi_min = rssi_dbm
+                if meter.rssi_max is None or rssi_dbm > meter.rssi_max:
+                    meter.rssi_max = rssi_dbm
+
+    def record_broken(self, t: float, kind: str) -> None:
+        """Count one broken telegram (``crc``, ``length``, ``header``, ``checksum`` ...)."""
+        with self._lock:
+            self._broken[kind] = self._broken.get(kind, 0) + 1
+
+    # -- reading (web/CLI thread) ---------------------------------------------------------
+
+    def rows(self, only_allowed: bool = False, allow_ids: Iterable[str] = ()) -> list[MeterRow]:
+        """Rows sorted by ID then key; with ``only_allowed`` only allow-listed IDs (all if the list is empty)."""
+        allowed = {i.strip().upper() for i in allow_ids}
+        show_all = not (only_allowed and allowed)
+        with self._lock:
+            rows = [self._row(key, m) for key, m in self._meters.items()
+                    if show_all or m.meter_id.upper() in allowed]
+        rows.sort(key=lambda r: (r.id, r.key))
+        return rows
+
+    @staticmethod
+    def _row(key: bytes, m: _Meter) -> MeterRow:
+        avg = round(m.rssi_sum / m.rssi_n, 1) if m.rssi_n else None
+        return MeterRow(key, m.meter_id, m.manufacturer, m.device_type, device_type_name(m.device_type),
+                        m.verdict, m.count, m.rssi_last, m.rssi_min, avg, m.rssi_max, m.mode,
+                        m.first_seen, m.last_seen)
+
+    def totals(self) -> Totals:
+        """Totals of the current period."""
+        with self._lock:
+            return Totals(self._since, len(self._meters), self._ok, sum(self._broken.values()),
+                          tuple(sorted(self._broken.items())), self._untracked)
+
+    # -- periods --------------------------------------------------------------------------
+
+    def reset(self, t: float) -> None:
+        """Clear every statistic and start a new period at ``t``."""
+        with self._lock:
+            self._meters = {}
+            self._since = t
+            self._ok = 0
+            self._broken = {}
+            self._untracked = 0
+
+    def maybe_reset(self, t: float, hours: float = 24) -> bool:
+        """Reset when a whole period has passed since its start; True if it did.
+
+        The new period starts on the boundary (start + k * period), so resets keep their
+        cadence however often this is called. A clock stepped back by more than a period
+        starts a new period at ``t`` rather than waiting that long.
+        """
+        period = hours * 3600.0
+        elapsed = t - self._since
+        if elapsed >= period:
+            self.reset(self._since + (elapsed // period) * period)
+            return True
+        if elapsed < -period:
+            self.reset(t)
+            return True
+        return False
+
+    # -- export and persistence -----------------------------------------------------------
+
+    @staticmethod
+    def to_csv(rows: Iterable[MeterRow]) -> str:
+        """CSV text (stdlib ``csv``, RFC 4180 quoting) with formula-looking text cells neutralised.
+
+        Text cells starting with ``= + - @``, tab or CR get a leading ``'``. Numbers we
+        format ourselves (RSSI such as ``-74``, counts, times) are left as they are: a cell
+        that is only a number is not a formula, and prefixing it would break the column.
+        """
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\r\n")
+        writer.writerow(CSV_HEADER)
+        for r in rows:
+            writer.writerow((
+                _text(r.id), _text(r.manufacturer), f"{r.device_type:02X}", _text(r.device_type_name),
+                _text(r.verdict), r.count, _num(r.rssi_last), _num(r.rssi_min), _num(r.rssi_avg),
+                _num(r.rssi_max), _text(r.mode or ""), _iso(r.first_seen), _iso(r.last_seen),
+            ))
+        return out.getvalue()
+
+    def dump(self) -> bytes:
+        """The whole analyzer state as JSON bytes, for saving with the gateway state."""
+        with self._lock:
+            meters = [
+                [key.hex(), m.meter_id, m.manufacturer, m.device_type, m.verdict, m.count, m.rssi_last,
+                 m.rssi_min, m.rssi_max, m.rssi_sum, m.rssi_n, m.mode, m.first_seen, m.last_seen]
+                for key, m in self._meters.items()
+            ]
+            state = {
+                "version": _DUMP_VERSION, "running_since": self._since, "telegrams_ok": self._ok,
+                "broken": self._broken, "untracked": self._untracked, "meters": meters,
+            }
+        return json.dumps(state, separators=(",", ":")).encode()
+
+    def load(self, data: bytes) -> None:
+        """Replace the state with a ``dump()``; raises ValueError (state unchanged) if it is malformed."""
+        try:
+            state = json.loads(data)
+            if state.get("version") != _DUMP_VERSION:
+                raise ValueError(f"unsupported analyzer dump version {state.get('version')!r}")
+            since = float(state["running_since"])
+            ok = int(state["telegrams_ok"])
+            broken = {str(k): int(v) for k, v in dict(state["broken"]).items()}
+            untracked = int(state["untracked"])
+            meters: dict[bytes, _Meter] = {}
+            for entry in state["meters"]:
+                (key_hex, meter_id, manufacturer, device_type, verdict, count, last, low, high,
+                 total, n, mode, first, seen) = entry
+                m = _Meter(str(meter_id), str(manufacturer), int(device_type), float(first))
+                m.verdict, m.count, m.last_seen = str(verdict), int(count), float(seen)
+                m.rssi_last, m.rssi_min, m.rssi_max = _opt_int(last), _opt_int(low), _opt_int(high)
+                m.rssi_sum, m.rssi_n = int(total), int(n)
+                m.mode = None if mode is None else str(mode)
+                if len(meters) < self.max_meters:
+                    meters[bytes.fromhex(key_hex)] = m
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise ValueError(f"analyzer state is malformed ({exc}); keeping the current one") from exc
+        with self._lock:
+            self._meters, self._since, self._ok = meters, since, ok
+            self._broken, self._untracked = broken, untracked
+
+
+def _opt_int(value: object) -> int | None:
+    return None if value is None else int(value)  # type: ignore[call-overload]
+
+
+def _text(value: str) -> str:
+    """A text cell a spreadsheet will not evaluate."""
+    return "'" + value if value.startswith(_FORMULA_START) else value
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else str(value)
+
+
+def _iso(t: float) -> str:
+    """UTC time as ISO 8601 with a Z (the CSV is for machines and people in any zone)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))

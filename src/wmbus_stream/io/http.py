@@ -1,0 +1,640 @@
+"""The gateway's HTTP client: the report push, and fetch/notify for the configuration sync.
+
+Strategy
+- urllib3 2.x does the HTTP; its own retries and redirects are off (``retries=False``). The
+  push loop here owns retrying because a chunked body is a generator that cannot be rewound:
+  ``body_factory()`` is called again for every attempt, so a retry always sends the complete
+  report (A.7 #21).
+- One POST per attempt, ``Transfer-Encoding: chunked`` and never ``Content-Length``. Small
+  pieces from the report generator are coalesced into chunks of up to ``CHUNK_SIZE`` bytes
+  so the wire carries a few framed chunks instead of one per line; empty pieces are dropped
+  because an empty chunk would end the body early.
+- Any 2xx acknowledges. 408, 429, 5xx, connection and timeout failures are retried with
+  exponential backoff and full jitter (``BACKOFF_BASE`` doubling up to ``BACKOFF_CAP``), or
+  after exactly ``Retry-After`` when the server sends one. Other statuses, TLS verification
+  failures and a bad configuration are not retried in this interval: a retry cannot fix them.
+- A wait never ends past ``deadline`` (the next cron tick, on the ``clock`` scale): the push
+  stops instead and the caller's store keeps the report for that tick. Connect and read
+  timeouts of an attempt are shortened to the time left before the deadline.
+- A set ``stop_event`` abandons the push between chunks or during a wait; the connection is
+  dropped, so the server sees an incomplete body and must store nothing of it.
+
+Invariants
+- TLS verification is always on: system CAs plus an optional private CA file, hostname
+  checked. There is no switch to turn it off.
+- Credentials come from the arguments or the URL's user info; they are sent only as an
+  ``Authorization`` header and never appear in a log line, a result or an error message
+  (URLs are shown without user info and with the query elided).
+- Expected failures are results (``PushResult``) or ``HttpError`` with a message naming the
+  cause, logged as one line without a traceback.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import http.client
+import logging
+import random
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urljoin
+
+import urllib3
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    LocationParseError,
+    NameResolutionError,
+    NewConnectionError,
+    ReadTimeoutError,
+)
+from urllib3.util import parse_url
+
+from .. import __version__
+from ..errors import GatewayIOError
+
+__all__ = [
+    "PushResult",
+    "Timeouts",
+    "HttpError",
+    "push",
+    "fetch",
+    "notify",
+    "DEFAULT_USER_AGENT",
+    "BACKOFF_BASE",
+    "BACKOFF_CAP",
+    "CHUNK_SIZE",
+]
+
+log = logging.getLogger("wmbus_stream.push")
+sync_log = logging.getLogger("wmbus_stream.sync")
+
+DEFAULT_USER_AGENT = f"wmbus-stream/{__version__}"
+BACKOFF_BASE = 1.0
+BACKOFF_CAP = 60.0
+# A Retry-After longer than this (with no deadline to bound it) ends the push instead of
+# parking the caller's thread; the caller sees it in PushResult.retry_after.
+RETRY_AFTER_MAX = 900.0
+CHUNK_SIZE = 16 * 1024
+# Timeouts shortened by a near deadline keep at least this much, so the attempt can succeed.
+MIN_TIMEOUT = 0.5
+# How much of an error response is kept for the message (the HES says what was wrong there).
+ERROR_EXCERPT = 300
+RETRYABLE_STATUS = frozenset({408, 429})
+REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
+
+
+@dataclass(frozen=True, slots=True)
+class PushResult:
+    """Outcome of one push: acknowledged or not, and why not."""
+
+    ok: bool
+    status: int | None
+    attempts: int
+    error: str | None
+    duration: float
+    bytes_sent: int
+    retryable: bool = True
+    stopped: bool = False
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Connect, per-read and total time limits in seconds for fetch and notify."""
+
+    connect: float = 10.0
+    read: float = 30.0
+    total: float = 120.0
+
+
+class HttpError(GatewayIOError):
+    """A fetch or notify failed; the message names the cause, ``status`` the HTTP status if any."""
+
+    def __init__(self, message: str, *, status: int | None = None, retryable: bool = True):
+        super().__init__(message)
+        self.status = status
+        self.retryable = retryable
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class _Stopped(Exception):
+    """Raised inside the body generator when the stop event is set (not an OSError on purpose)."""
+
+
+class _BodyFailed(Exception):
+    """The caller's body generator raised; carried through urllib3 without being taken for IO."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """A URL split into what is sent, what is shown and the credentials."""
+
+    url: str
+    scheme: str
+    netloc: str
+    display: str
+    authorization: str | None
+
+
+def _target(url: str, username: str | None, password: str | None) -> _Target:
+    """Parse and check a http(s) URL; credentials from the arguments win over the user info."""
+    try:
+        parsed = parse_url(url.strip())
+    except LocationParseError as exc:
+        raise ValueError(f"invalid URL: {exc}") from None
+    scheme = (parsed.scheme or "").lower()
+    if scheme not in ("http", "https") or not parsed.host:
+        raise ValueError(f"URL must be http:// or https:// with a host, got scheme {scheme or 'none'!r}")
+    if username is None and parsed.auth:
+        user, _, secret = parsed.auth.partition(":")
+        username, password = unquote(user), unquote(secret)
+    authorization = None
+    if username is not None:
+        # UTF-8 as RFC 7617 advertises it (urllib3's make_headers would use Latin-1).
+        token = base64.b64encode(f"{username}:{password or ''}".encode("utf-8")).decode("ascii")
+        authorization = f"Basic {token}"
+    port = parsed.port or (443 if scheme == "https" else 80)
+    netloc = f"{parsed.host}:{port}"
+    path = parsed.path or "/"
+    clean = parsed._replace(scheme=scheme, auth=None, fragment=None, path=path)
+    display = f"{scheme}://{netloc}{path}" + ("?..." if parsed.query else "")
+    return _Target(clean.url, scheme, netloc, display, authorization)
+
+
+def _ssl_context(ca_file: str | None) -> ssl.SSLContext:
+    """System CAs plus an optional private CA; verification and hostname check on."""
+    context = ssl.create_default_context()
+    if ca_file:
+        try:
+            context.load_verify_locations(cafile=ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc)
+            raise ValueError(f"CA file {ca_file} cannot be used: {reason}") from None
+    return context
+
+
+def _pool(target: _Target, ca_file: str | None) -> urllib3.PoolManager:
+    """A pool manager with our TLS settings; the SSL context is built only for https."""
+    kwargs: dict[str, Any] = {"retries": False, "num_pools": 4, "maxsize": 1}
+    if target.scheme == "https" or ca_file:
+        kwargs["ssl_context"] = _ssl_context(ca_file)
+        kwargs["cert_reqs"] = "CERT_REQUIRED"
+    return urllib3.PoolManager(**kwargs)
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """The exception and everything it wraps (args, reason, cause, context), each once."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        e = todo.pop(0)
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        for nested in (*getattr(e, "args", ()), getattr(e, "reason", None), e.__cause__, e.__context__):
+            if isinstance(nested, BaseException):
+                todo.append(nested)
+
+
+def _describe(exc: BaseException, netloc: str, connect_timeout: float, read_timeout: float) -> tuple[str, bool]:
+    """A field engineer's description of a failed attempt, and whether a retry may help."""
+    chain = list(_causes(exc))
+
+    def first(kind: type[BaseException] | tuple[type[BaseException], ...]) -> BaseException | None:
+        return next((e for e in chain if isinstance(e, kind)), None)
+
+    if (e := first(ssl.SSLCertVerificationError)) is not None:
+        reason = getattr(e, "verify_message", None) or getattr(e, "reason", None) or str(e)
+        return f"TLS verify failed: {reason} (server {netloc}; set the CA file if it uses a private CA)", False
+    if first(ConnectionRefusedError) is not None:
+        return f"connection refused by {netloc} (is the server running and listening there?)", True
+    if (e := first(NameResolutionError)) is not None:
+        return f"cannot resolve host name of {netloc} (DNS)", True
+    if (e := first(ConnectTimeoutError)) is not None and not isinstance(e, NewConnectionError):
+        return f"connect timeout: no connection to {netloc} within {connect_timeout:g} s", True
+    if first(ReadTimeoutError) is not None:
+        return f"timeout: no response from {netloc} within {read_timeout:g} s", True
+    if first((TimeoutError, socket.timeout)) is not None:
+        return f"timeout: {netloc} stopped reading the upload for {connect_timeout:g} s", True
+    if (e := first(ssl.SSLError)) is not None:
+        return f"TLS handshake with {netloc} failed: {getattr(e, 'reason', None) or e}", True
+    if first(http.client.RemoteDisconnected) is not None:
+        return f"connection closed by {netloc} before it answered", True
+    if first((ConnectionResetError, BrokenPipeError, ConnectionAbortedError)) is not None:
+        return f"connection reset by {netloc} during the request", True
+    if first(http.client.IncompleteRead) is not None:
+        return f"connection closed by {netloc} in the middle of its answer", True
+    if (e := first(OSError)) is not None and getattr(e, "strerror", None):
+        return f"cannot connect to {netloc}: {e.strerror}", True
+    if first(NewConnectionError) is not None:
+        return f"cannot connect to {netloc}", True
+    inner = chain[-1]
+    return f"connection to {netloc} failed: {type(inner).__name__}: {inner}", True
+
+
+def _retry_after(value: str | None, now_wall: float) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None or when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - now_wall)
+
+
+def _excerpt(data: bytes) -> str:
+    """A short, printable, one-line excerpt of an error body."""
+    text = data[:ERROR_EXCERPT].decode("utf-8", "replace")
+    text = " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
+    return text + ("..." if len(data) > ERROR_EXCERPT else "")
+
+
+def _read_excerpt(response: urllib3.BaseHTTPResponse) -> bytes:
+    """Up to ERROR_EXCERPT+1 bytes of a response body; a broken body reads as empty."""
+    try:
+        return response.read(ERROR_EXCERPT + 1, decode_content=False)
+    except Exception:  # the status line already said what matters  # noqa: BLE001
+        return b""
+
+
+def _status_text(status: int, reason: str | None, body: bytes) -> str:
+    text = f"HTTP {status}" + (f" {reason}" if reason else "")
+    excerpt = _excerpt(body)
+    return f"{text}: {excerpt}" if excerpt else text
+
+
+def _coalesce(pieces: Iterable[bytes], stop_event: threading.Event | None, sent: list[int]) -> Iterator[bytes]:
+    """Chunks of up to CHUNK_SIZE from the caller's pieces; counts bytes; honours stop."""
+    buffer = bytearray()
+    try:
+        for piece in pieces:
+            if stop_event is not None and stop_event.is_set():
+                raise _Stopped()
+            buffer += piece
+            if len(buffer) >= CHUNK_SIZE:
+                chunk = bytes(buffer)
+                buffer.clear()
+                sent[0] += len(chunk)
+                yield chunk
+    except _Stopped:
+        raise
+    except Exception as exc:
+        raise _BodyFailed(exc) from exc
+    if buffer:
+        sent[0] += len(buffer)
+        yield bytes(buffer)
+
+
+@dataclass(frozen=True, slots=True)
+class _Attempt:
+    """One POST's outcome, before the retry decision."""
+
+    ok: bool
+    status: int | None
+    error: str | None
+    retryable: bool
+    retry_after: float | None
+    bytes_sent: int
+    stopped: bool = False
+    body_error: bool = False
+
+
+def _post_once(
+    pool: urllib3.PoolManager,
+    target: _Target,
+    body_factory: Callable[[], Iterable[bytes]],
+    headers: dict[str, str],
+    connect_timeout: float,
+    read_timeout: float,
+    stop_event: threading.Event | None,
+) -> _Attempt:
+    """Send one chunked POST with a freshly built body and classify the answer."""
+    sent = [0]
+    try:
+        pieces = body_factory()
+    except Exception as exc:  # noqa: BLE001  (a report that cannot be built is the caller's bug)
+        return _Attempt(False, None, f"report body could not be built: {type(exc).__name__}: {exc}", False, None, 0, body_error=True)
+    body = _coalesce(pieces, stop_event, sent)
+    try:
+        response = pool.urlopen(
+            "POST",
+            target.url,
+            body=body,
+            headers=headers,
+            chunked=True,
+            retries=False,
+            redirect=False,
+            preload_content=False,
+            timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
+        )
+    except _Stopped:
+        return _Attempt(False, None, "stopped while sending", False, None, sent[0], stopped=True)
+    except _BodyFailed as exc:
+        inner = exc.__cause__ or exc
+        return _Attempt(False, None, f"report body failed while sending: {type(inner).__name__}: {inner}", False, None, sent[0], body_error=True)
+    except Exception as exc:  # noqa: BLE001  (every transport failure becomes a described result)
+        message, retryable = _describe(exc, target.netloc, connect_timeout, read_timeout)
+        return _Attempt(False, None, message, retryable, None, sent[0])
+    finally:
+        body.close()
+        close = getattr(pieces, "close", None)
+        if callable(close):
+            close()
+    try:
+        status = response.status
+        if 200 <= status < 300:
+            return _Attempt(True, status, None, False, None, sent[0])
+        excerpt = _read_excerpt(response)
+        message = _status_text(status, response.reason, excerpt)
+        if status in REDIRECT_STATUS:
+            message += f" (redirect to {response.headers.get('Location', '?')!r} not followed for a push; fix the URL)"
+        retryable = status in RETRYABLE_STATUS or 500 <= status < 600
+        retry_after = _retry_after(response.headers.get("Retry-After"), time.time()) if retryable else None
+        return _Attempt(False, status, message, retryable, retry_after, sent[0])
+    finally:
+        # The pool is private to this push; closing never leaves half-read bytes for reuse.
+        response.close()
+
+
+def push(
+    url: str,
+    body_factory: Callable[[], Iterable[bytes]],
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    ca_file: str | None = None,
+    connect_timeout: float = 10.0,
+    read_timeout: float = 30.0,
+    attempts: int = 5,
+    deadline: float | None,
+    user_agent: str = DEFAULT_USER_AGENT,
+    sleep: Callable[[float], object] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    stop_event: threading.Event | None = None,
+    rand: Callable[[], float] = random.random,
+) -> PushResult:
+    """POST a report chunked, retrying inside the interval; never raises for expected failures.
+
+    ``deadline`` is on the ``clock`` scale. ``sleep`` defaults to waiting on ``stop_event``
+    (so a stop cuts a wait short) or ``time.sleep`` without one.
+    """
+    started = clock()
+
+    def result(ok: bool, status: int | None, tries: int, error: str | None, sent: int, **kw: Any) -> PushResult:
+        return PushResult(ok, status, tries, error, clock() - started, sent, **kw)
+
+    try:
+        target = _target(url, username, password)
+        pool = _pool(target, ca_file)
+    except ValueError as exc:
+        log.error("push not attempted: %s", exc)
+        return result(False, None, 0, str(exc), 0, retryable=False)
+
+    headers = {"User-Agent": user_agent, "Content-Type": "text/plain; charset=us-ascii"}
+    if target.authorization:
+        headers["Authorization"] = target.authorization
+
+    def wait(seconds: float) -> bool:
+        """Wait; True when the stop event ended the wait."""
+        if sleep is not None:
+            sleep(seconds)
+        elif stop_event is not None:
+            return stop_event.wait(seconds)
+        else:
+            time.sleep(seconds)
+        return stop_event is not None and stop_event.is_set()
+
+    tries = 0
+    last: _Attempt | None = None
+    try:
+        while True:
+            if stop_event is not None and stop_event.is_set():
+                log.info("push to %s abandoned: stopping", target.display)
+                return result(False, last.status if last else None, tries, "stopped", last.bytes_sent if last else 0, retryable=True, stopped=True)
+            tries += 1
+            connect_t, read_t = connect_timeout, read_timeout
+            if deadline is not None:
+                left = max(deadline - clock(), MIN_TIMEOUT)
+                connect_t, read_t = min(connect_t, left), min(read_t, left)
+            t0 = clock()
+            last = _post_once(pool, target, body_factory, headers, connect_t, read_t, stop_event)
+            took = clock() - t0
+            if last.ok:
+                log.info(
+                    "push to %s acknowledged: HTTP %s, %d bytes in %.2f s (attempt %d)",
+                    target.display, last.status, last.bytes_sent, took, tries,
+                )
+                return result(True, last.status, tries, None, last.bytes_sent, retryable=False)
+            if last.stopped:
+                log.info("push to %s abandoned while sending: stopping", target.display)
+                return result(False, None, tries, last.error, last.bytes_sent, stopped=True)
+            if last.body_error:
+                log.error("push to %s aborted: %s", target.display, last.error)
+                return result(False, None, tries, last.error, last.bytes_sent, retryable=False)
+            where = f"push to {target.display} attempt {tries}/{attempts} failed: {last.error}"
+            if not last.retryable:
+                log.error("%s; not retried (fix the cause; the report is kept for the next tick)", where)
+                return result(False, last.status, tries, last.error, last.bytes_sent, retryable=False)
+            if tries >= attempts:
+                log.error("%s; giving up for this interval, the report is kept for the next tick", where)
+                return result(False, last.status, tries, last.error, last.bytes_sent, retry_after=last.retry_after)
+            if last.retry_after is not None:
+                delay, why = last.retry_after, "as the server asked (Retry-After)"
+            else:
+                delay, why = rand() * min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (tries - 1)), "backoff"
+            if last.retry_after is not None and delay > RETRY_AFTER_MAX:
+                log.error("%s; server asks to wait %.0f s (Retry-After), trying again at the next tick", where, delay)
+                return result(False, last.status, tries, last.error, last.bytes_sent, retry_after=delay)
+            if deadline is not None and clock() + delay >= deadline:
+                log.error(
+                    "%s; next try in %.1f s would pass the next scheduled push, stopping here (report kept)",
+                    where, delay,
+                )
+                return result(False, last.status, tries, last.error, last.bytes_sent, retry_after=last.retry_after)
+            log.warning("%s; retrying in %.1f s (%s)", where, delay, why)
+            if wait(delay):
+                log.info("push to %s abandoned during the retry wait: stopping", target.display)
+                return result(False, last.status, tries, "stopped", last.bytes_sent, stopped=True)
+    finally:
+        pool.clear()
+
+
+def _headers(target: _Target, user_agent: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    headers = {"User-Agent": user_agent, "Accept-Encoding": "identity"}
+    if target.authorization:
+        headers["Authorization"] = target.authorization
+    if extra:
+        headers.update(extra)
+    return headers
+
+
+def _left(deadline: float, clock: Callable[[], float], what: str) -> float:
+    """Seconds before the total deadline, or HttpError when it has passed."""
+    left = deadline - clock()
+    if left <= 0:
+        raise HttpError(f"{what}: total time limit exceeded")
+    return left
+
+
+def fetch(
+    url: str,
+    *,
+    max_bytes: int = 1 << 20,
+    timeouts: Timeouts = Timeouts(),
+    ca_file: str | None = None,
+    user_agent: str = DEFAULT_USER_AGENT,
+    username: str | None = None,
+    password: str | None = None,
+    max_redirects: int = 5,
+    clock: Callable[[], float] = time.monotonic,
+) -> bytes:
+    """GET a small file within a size and a total time limit; raises HttpError naming the cause.
+
+    Redirects are followed up to ``max_redirects``, never from https to http; credentials
+    are dropped when a redirect leaves the original host.
+    """
+    deadline = clock() + timeouts.total
+    try:
+        target = _target(url, username, password)
+        pool = _pool(target, ca_file)
+    except ValueError as exc:
+        raise HttpError(str(exc), retryable=False) from None
+    origin = target.netloc
+    try:
+        for _hop in range(max_redirects + 1):
+            left = _left(deadline, clock, f"GET {target.display}")
+            connect_t, read_t = min(timeouts.connect, left), min(timeouts.read, left)
+            try:
+                response = pool.urlopen(
+                    "GET", target.url, headers=_headers(target, user_agent), retries=False,
+                    redirect=False, preload_content=False, decode_content=False,
+                    timeout=urllib3.Timeout(connect=connect_t, read=read_t),
+                )
+            except Exception as exc:  # noqa: BLE001
+                message, retryable = _describe(exc, target.netloc, connect_t, read_t)
+                raise HttpError(f"GET {target.display}: {message}", retryable=retryable) from None
+            try:
+                if response.status in REDIRECT_STATUS:
+                    location = response.headers.get("Location")
+                    if not location:
+                        raise HttpError(f"GET {target.display}: HTTP {response.status} without Location", status=response.status)
+                    new_url = urljoin(target.url, location)
+                    try:
+                        new = _target(new_url, None, None)
+                    except ValueError as exc:
+                        raise HttpError(f"GET {target.display}: redirect refused: {exc}", status=response.status, retryable=False) from None
+                    if target.scheme == "https" and new.scheme != "https":
+                        raise HttpError(f"GET {target.display}: redirect from https to http refused ({new.display})", status=response.status, retryable=False)
+                    # Credentials go only to the host they were configured for.
+                    auth = target.authorization if new.netloc == origin else None
+                    target = _Target(new.url, new.scheme, new.netloc, new.display, auth)
+                    continue
+                if response.status != 200:
+                    raise HttpError(
+                        f"GET {target.display}: {_status_text(response.status, response.reason, _read_excerpt(response))}",
+                        status=response.status, retryable=response.status in RETRYABLE_STATUS or response.status >= 500,
+                    )
+                encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+                if encoding not in ("", "identity"):
+                    raise HttpError(f"GET {target.display}: unsupported Content-Encoding {encoding!r}", status=200, retryable=False)
+                length = response.headers.get("Content-Length")
+                if length and length.isdigit() and int(length) > max_bytes:
+                    raise HttpError(f"GET {target.display}: file of {length} bytes exceeds the limit of {max_bytes}", status=200, retryable=False)
+                return _read_limited(response, target, max_bytes, deadline, read_t, clock)
+            finally:
+                response.close()
+        raise HttpError(f"GET {target.display}: more than {max_redirects} redirects", retryable=False)
+    finally:
+        pool.clear()
+
+
+def _read_limited(
+    response: urllib3.BaseHTTPResponse, target: _Target, max_bytes: int, deadline: float, read_timeout: float, clock: Callable[[], float]
+) -> bytes:
+    """Read a body as it arrives, stopping at max_bytes or the total deadline."""
+    data = bytearray()
+    sock = getattr(getattr(response, "connection", None), "sock", None)
+    while True:
+        left = _left(deadline, clock, f"GET {target.display}")
+        if sock is not None:
+            # A server dripping one byte at a time must not outlive the total limit.
+            sock.settimeout(min(read_timeout, left))
+        try:
+            piece = response.read1(min(65536, max_bytes + 1 - len(data)), decode_content=False)
+        except Exception as exc:  # noqa: BLE001
+            if clock() >= deadline:
+                raise HttpError(f"GET {target.display}: total time limit exceeded") from None
+            message, retryable = _describe(exc, target.netloc, read_timeout, read_timeout)
+            raise HttpError(f"GET {target.display}: {message}", retryable=retryable) from None
+        if not piece:
+            return bytes(data)
+        data += piece
+        if len(data) > max_bytes:
+            raise HttpError(f"GET {target.display}: file exceeds the limit of {max_bytes} bytes", status=200, retryable=False)
+
+
+def notify(
+    url: str,
+    text: str,
+    *,
+    timeouts: Timeouts = Timeouts(),
+    ca_file: str | None = None,
+    user_agent: str = DEFAULT_USER_AGENT,
+    username: str | None = None,
+    password: str | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> None:
+    """POST a short plain-text result; acknowledged only by HTTP 200 with body ``OK``.
+
+    A trailing line break after ``OK`` is tolerated. Raises HttpError otherwise.
+    """
+    try:
+        target = _target(url, username, password)
+        pool = _pool(target, ca_file)
+    except ValueError as exc:
+        raise HttpError(str(exc), retryable=False) from None
+    body = text.encode("utf-8")
+    headers = _headers(target, user_agent, {"Content-Type": "text/plain; charset=utf-8"})
+    deadline = clock() + timeouts.total
+    left = _left(deadline, clock, f"POST {target.display}")
+    connect_t, read_t = min(timeouts.connect, left), min(timeouts.read, left)
+    try:
+        try:
+            response = pool.urlopen(
+                "POST", target.url, body=body, headers=headers, retries=False, redirect=False,
+                preload_content=False, decode_content=False,
+                timeout=urllib3.Timeout(connect=connect_t, read=read_t),
+            )
+        except Exception as exc:  # noqa: BLE001
+            message, retryable = _describe(exc, target.netloc, connect_t, read_t)
+            raise HttpError(f"POST {target.display}: {message}", retryable=retryable) from None
+        try:
+            answer = _read_limited(response, target, 1024, deadline, read_t, clock) if response.status == 200 else _read_excerpt(response)
+        except HttpError:
+            answer = b"?"
+        finally:
+            response.close()
+        if response.status != 200 or answer.rstrip(b"\r\n") != b"OK":
+            if response.status == 200:
+                message = f"HTTP 200 but the body is {_excerpt(answer)!r}, not 'OK'"
+            else:
+                message = _status_text(response.status, response.reason, answer)
+            raise HttpError(f"POST {target.display}: {message}", status=response.status, retryable=True)
+        sync_log.info("result posted to %s: acknowledged", target.display)
+    finally:
+        pool.clear()

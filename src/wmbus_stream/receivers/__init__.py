@@ -1,0 +1,49 @@
+"""Receiver framers by protocol name (``receiver.protocol``), imported only when asked for.
+
+Every framer has ``name``, ``stats`` (``FramerStats``), ``pending`` (bytes held),
+``feed(bytes) -> list[Received]``, ``flush() -> list[Received]`` and
+``setup_commands(radio_mode_setting) -> bytes`` (b"" when the receiver cannot be set), and
+takes keyword options ``receiver_address`` and ``radio_mode`` (plus ``rssi`` for amb8465).
+
+``simulator`` is a protocol name too: its bytes come from ``simulator.Simulator`` instead of
+a port, in ``cmex50`` framing by default, so its framer is the cmex50 one.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from ..errors import ConfigError, Problem
+
+__all__ = ["framer", "framer_class", "names", "REGISTRY", "SIMULATOR"]
+
+SIMULATOR = "simulator"
+
+REGISTRY: dict[str, tuple[str, str]] = {
+    "cmex50": ("wmbus_stream.receivers.cmex50", "Cmex50Framer"),
+    "im871a": ("wmbus_stream.receivers.im871a", "Im871aFramer"),
+    "amb8465": ("wmbus_stream.receivers.amb8465", "Amb8465Framer"),
+    "rtlwmbus": ("wmbus_stream.receivers.rtlwmbus", "RtlWmbusFramer"),
+    "hex": ("wmbus_stream.receivers.hex", "HexFramer"),
+    SIMULATOR: ("wmbus_stream.receivers.cmex50", "Cmex50Framer"),
+}
+
+
+def names() -> tuple[str, ...]:
+    """The valid ``receiver.protocol`` names, default first."""
+    return tuple(REGISTRY)
+
+
+def framer_class(name: str) -> type:
+    """The framer class of a protocol; ConfigError for an unknown name."""
+    try:
+        module_name, class_name = REGISTRY[name.strip().lower()]
+    except (KeyError, AttributeError):
+        raise ConfigError(Problem("receiver.protocol", str(name), "one of " + ", ".join(REGISTRY))) from None
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def framer(name: str, **options: Any) -> Any:
+    """A new framer for protocol ``name`` with keyword ``options``."""
+    return framer_class(name)(**options)

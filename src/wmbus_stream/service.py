@@ -1,0 +1,484 @@
+"""The running gateway: receiver thread -> pipeline -> store, flushes, scheduled pushes, reload.
+
+Threads: the receiver reader (or the simulator), at most one push worker, the control
+socket, and the main loop that owns the schedule, the flushes and the signals. The store
+and analyzer lock themselves; the pipeline runs on the receiver thread only, and a reload
+swaps its settings object in one assignment. Nothing pending is ever dropped by a reload,
+a failed push or a stop: only an acknowledged push removes rows, and only those whose
+generation is unchanged.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import random
+import signal
+import socket
+import socketserver
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from . import __version__, implementation
+from .config import model as config_model
+from .config.model import Config
+from .core import report
+from .core.analyzer import Analyzer
+from .core.pipeline import Pipeline, Settings
+from .core.schedule import Ticker
+from .core.store import Store, StoreWriteError
+from .errors import ConfigError, GatewayIOError
+from .io import http, systemd
+from .io.receiver import ReceiverReader, SimulatedReceiver
+from .receivers import framer as make_framer
+from .wire.filters import matcher
+
+__all__ = ["Gateway", "PushOutcome", "control_request", "settings_of"]
+
+log = logging.getLogger("wmbus_stream.gateway")
+
+STORE_FILE = "store.sqlite"
+LOCK_FILE = "gateway.lock"
+CONTROL_SOCKET = "control.sock"
+ANALYZER_META = "analyzer"
+LAST_PUSH_META = "last_push"
+ANALYZER_SAVE_SECONDS = 60.0
+RECEIVER_KEYS = ("receiver.protocol", "receiver.port", "usb.baud.rate", "radio.mode",
+                 "receiver.reconnect.seconds", "simulator.meters", "receiver.address")
+
+
+@dataclass(frozen=True, slots=True)
+class PushOutcome:
+    """What the last push did, for status output and logs."""
+
+    at: float
+    ok: bool
+    lines: int
+    status: int | None
+    attempts: int
+    error: str | None
+    duration: float
+
+    def summary(self) -> str:
+        when = datetime.fromtimestamp(self.at, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        if self.ok:
+            return f"{when}: acknowledged, {self.lines} lines, HTTP {self.status}, {self.duration:.2f} s"
+        return f"{when}: failed after {self.attempts} attempt(s): {self.error}; {self.lines} meters kept"
+
+
+def settings_of(config: Config) -> Settings:
+    """The pipeline settings a configuration asks for."""
+    return Settings(
+        matcher(config.filter_manufacturer, config.filter_device_type, config.filter_device_id, config.radio_mode),
+        config.receiver_address,
+        config.wired_address,
+    )
+
+
+def user_agent(config: Config) -> str:
+    return f"wmbus-stream/{__version__} (serial {config.gateway_serial})"
+
+
+class Gateway:
+    """One gateway process: open with ``start()``, drive with ``tick()``, end with ``shutdown()``."""
+
+    def __init__(self, config: Config, config_path: str | os.PathLike[str] | None = None) -> None:
+        self.config = config
+        self.config_path = Path(config_path) if config_path else None
+        self.stop_event = threading.Event()
+        self.started_at = time.time()
+        self.store: Store | None = None
+        self.analyzer: Analyzer | None = None
+        self.pipeline: Pipeline | None = None
+        self.reader: threading.Thread | None = None
+        self._reader_stop = threading.Event()
+        self._push_thread: threading.Thread | None = None
+        self._push_again = False
+        self._push_lock = threading.Lock()
+        self._push_ticker = Ticker(config.push_cron)
+        self._next_push: datetime | None = None
+        self._last_flush = 0.0
+        self._last_analyzer_save = 0.0
+        self._lock_fd: int | None = None
+        self._control: socketserver.BaseServer | None = None
+        self._reload_requested = False
+        self._store_error_logged = False
+        self.last_push: PushOutcome | None = None
+        self.pushes = {"ok": 0, "failed": 0}
+        self.lines_acknowledged = 0
+        self.store_errors = 0
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self, *, receiver: bool = True, control: bool = True) -> None:
+        """Take the state directory, open the store, start the receiver and the control socket."""
+        state = self.config.state_directory
+        state.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = _take_lock(state / LOCK_FILE)
+        self.store = Store.open(state / STORE_FILE)
+        self.analyzer = Analyzer(time.time())
+        saved = self.store.get_meta(ANALYZER_META)
+        if saved:
+            try:
+                self.analyzer.load(saved)
+            except ValueError as exc:
+                log.warning("analyzer state could not be read (%s); starting a new period", exc)
+        last = self.store.get_meta(LAST_PUSH_META)
+        if last:
+            try:
+                self.last_push = PushOutcome(**json.loads(last))
+            except (ValueError, TypeError):
+                pass
+        self.pipeline = Pipeline(settings_of(self.config), self.store, self.analyzer)
+        self._last_flush = self._last_analyzer_save = time.monotonic()
+        log.info(
+            "wmbus-stream %s (%s) started: serial %s, %d meters pending, pushing to %s at '%s'",
+            __version__, implementation(), self.config.gateway_serial, self.store.pending(),
+            self.config.push_endpoint or "(no receiving.server.url)", self.config.push_cron,
+        )
+        if control:
+            self._control = _start_control(state / CONTROL_SOCKET, self)
+        if receiver and self.config.service_enabled:
+            self._start_receiver()
+        elif not self.config.service_enabled:
+            log.warning("service.enabled=false: receiver and pushes paused")
+
+    def _start_receiver(self) -> None:
+        cfg = self.config
+        self._reader_stop = threading.Event()
+        framer = make_framer(cfg.receiver_protocol if cfg.receiver_protocol != "simulator" else "cmex50",
+                             receiver_address=cfg.receiver_address)
+        deliver = self._deliver
+        if cfg.receiver_protocol == "simulator":
+            from .receivers.simulator import Simulator
+
+            sim = Simulator(meters=cfg.simulator_meters, seed=int(cfg.gateway_serial), protocol="cmex50",
+                            receiver_address=cfg.receiver_address or "62001772")
+            self.reader = SimulatedReceiver(sim, framer, deliver, self._reader_stop)
+        else:
+            setup = framer.setup_commands(cfg.radio_mode)
+            self.reader = ReceiverReader(cfg.receiver_port, cfg.baud_rate, framer, deliver, self._reader_stop,
+                                         setup=setup, max_backoff=cfg.reconnect_seconds)
+        self.reader.start()
+
+    def _stop_receiver(self) -> None:
+        self._reader_stop.set()
+        if self.reader is not None:
+            self.reader.join(timeout=5)
+            self.reader = None
+
+    def _deliver(self, items: list, now: float) -> None:
+        assert self.pipeline is not None
+        self.pipeline.process(items, now)
+
+    def shutdown(self) -> None:
+        """Stop everything; a push in flight finishes or is abandoned; state is flushed."""
+        self.stop_event.set()
+        self._stop_receiver()
+        if self._push_thread is not None:
+            self._push_thread.join(timeout=self.config.push_connect_timeout + 5)
+            if self._push_thread.is_alive():
+                log.warning("push still in flight at stop: abandoned; its meters stay pending")
+        if self._control is not None:
+            self._control.shutdown()
+            self._control.server_close()
+            try:
+                (self.config.state_directory / CONTROL_SOCKET).unlink()
+            except OSError:
+                pass
+        if self.store is not None:
+            self._save_analyzer()
+            self.store.close()
+            log.info("stopped: %d meters pending, state flushed", self.store.pending())
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # -- the main loop --------------------------------------------------------------------
+
+    def run(self, *, once: bool = False) -> int:
+        """Run until SIGTERM/SIGINT (or, with ``once``, until the capture ends and one push)."""
+        signal.signal(signal.SIGTERM, lambda *_: self.stop_event.set())
+        signal.signal(signal.SIGINT, lambda *_: self.stop_event.set())
+        signal.signal(signal.SIGHUP, lambda *_: self._request_reload())
+        self.start()
+        systemd.notify("READY=1")
+        watchdog = systemd.watchdog_interval()
+        last_ping = 0.0
+        try:
+            if once:
+                return self._run_once()
+            while not self.stop_event.wait(0.25):
+                self.tick()
+                if watchdog and time.monotonic() - last_ping >= watchdog:
+                    systemd.notify("WATCHDOG=1")
+                    last_ping = time.monotonic()
+            return 0
+        finally:
+            systemd.notify("STOPPING=1")
+            self.shutdown()
+
+    def _run_once(self) -> int:
+        reader = self.reader
+        if isinstance(reader, ReceiverReader) and reader.is_alive():
+            while reader.is_alive() and reader.state not in ("finished", "stopped") and not self.stop_event.is_set():
+                reader.join(0.2)
+        self.flush()
+        outcome = self.push_now()
+        return 0 if outcome.ok else 1
+
+    def _request_reload(self) -> None:
+        self._reload_requested = True
+
+    def tick(self) -> None:
+        """One pass of the main loop: reload, flush, schedule, analyzer period."""
+        if self._reload_requested:
+            self._reload_requested = False
+            self.reload()
+        now_mono = time.monotonic()
+        if now_mono - self._last_flush >= self.config.flush_seconds:
+            self.flush()
+        if now_mono - self._last_analyzer_save >= ANALYZER_SAVE_SECONDS:
+            self._save_analyzer()
+        assert self.analyzer is not None
+        self.analyzer.maybe_reset(time.time(), self.config.analyzer_reset_hours)
+        if not self.config.service_enabled:
+            return
+        tick = self._push_ticker.poll(datetime.now(timezone.utc))
+        self._next_push = tick.next_at
+        if tick.due:
+            if tick.missed:
+                log.info("%d missed push slot(s) coalesced into one push", tick.missed)
+            self._start_push(scheduled=True)
+        elif self._push_again and not self._push_in_flight():
+            self._push_again = False
+            self._start_push(scheduled=False)
+
+    def flush(self) -> None:
+        """Write new arrivals to disk; an IO failure keeps them in memory for the next flush."""
+        assert self.store is not None
+        self._last_flush = time.monotonic()
+        try:
+            self.store.flush()
+        except StoreWriteError as exc:
+            self.store_errors += 1
+            if not self._store_error_logged:
+                log.error("cannot write state to %s: %s; keeping pending telegrams in memory and retrying",
+                          self.config.state_directory, exc)
+                self._store_error_logged = True
+            return
+        if self._store_error_logged:
+            log.info("state writes work again")
+            self._store_error_logged = False
+
+    def _save_analyzer(self) -> None:
+        self._last_analyzer_save = time.monotonic()
+        if self.store is not None and self.analyzer is not None:
+            try:
+                self.store.set_meta(ANALYZER_META, self.analyzer.dump())
+            except GatewayIOError as exc:
+                log.debug("analyzer not saved: %s", exc)
+
+    # -- reload ---------------------------------------------------------------------------
+
+    def reload(self, new: Config | None = None) -> bool:
+        """Apply a new configuration (re-read from the file when none is given); never a bad one."""
+        if new is None:
+            if self.config_path is None:
+                return False
+            try:
+                new = config_model.load(self.config_path)
+            except ConfigError as exc:
+                for problem in exc.problems:
+                    log.error("reload refused: %s", problem)
+                log.error("keeping the running configuration")
+                return False
+        old, self.config = self.config, new
+        if new.state_directory != old.state_directory:
+            log.warning("state.directory changed: takes effect after a restart")
+        assert self.pipeline is not None
+        self.pipeline.settings = settings_of(new)
+        if str(new.push_cron) != str(old.push_cron) or new.timezone != old.timezone:
+            self._push_ticker = Ticker(new.push_cron, datetime.now(timezone.utc))
+        receiver_changed = any(old.get(k) != new.get(k) for k in RECEIVER_KEYS)
+        if receiver_changed or new.service_enabled != old.service_enabled:
+            self._stop_receiver()
+            if new.service_enabled:
+                self._start_receiver()
+        log.info("configuration reloaded%s", " (receiver restarted)" if receiver_changed else "")
+        return True
+
+    # -- pushing --------------------------------------------------------------------------
+
+    def _push_in_flight(self) -> bool:
+        return self._push_thread is not None and self._push_thread.is_alive()
+
+    def _start_push(self, *, scheduled: bool) -> None:
+        with self._push_lock:
+            if self._push_in_flight():
+                self._push_again = True  # coalesce: one more push right after this one
+                return
+            self._push_thread = threading.Thread(target=self._push_worker, args=(scheduled,), name="push", daemon=True)
+            self._push_thread.start()
+
+    def _push_worker(self, scheduled: bool) -> None:
+        if scheduled and self.config.push_jitter > 0:
+            if self.stop_event.wait(random.uniform(0, self.config.push_jitter)):
+                return
+        self.push_now()
+
+    def _deadline(self) -> float | None:
+        """The next push slot on the monotonic clock: retries never run into it."""
+        nxt = self.config.push_cron.next_after(datetime.now(timezone.utc))
+        return time.monotonic() + max(1.0, (nxt - datetime.now(timezone.utc)).total_seconds() - 1.0)
+
+    def push_now(self) -> PushOutcome:
+        """Push what is pending now (in the calling thread) and acknowledge it on a 2xx."""
+        assert self.store is not None
+        cfg = self.config
+        snapshot = self.store.snapshot()
+        now = time.time()
+        if not cfg.push_url:
+            outcome = PushOutcome(now, False, len(snapshot), None, 0, "receiving.server.url is not set", 0.0)
+        elif not len(snapshot):
+            outcome = PushOutcome(now, True, 0, None, 0, None, 0.0)
+            log.info("push: nothing pending")
+            self.last_push = outcome
+            return outcome
+        else:
+            credentials = cfg.push_credentials
+            result = http.push(
+                cfg.push_endpoint or cfg.push_url,
+                lambda: report.body(snapshot, cfg.gateway_serial, cfg.timezone),
+                username=credentials[0] if credentials else None,
+                password=credentials[1] if credentials else None,
+                ca_file=str(cfg.push_ca_file) if cfg.push_ca_file else None,
+                connect_timeout=cfg.push_connect_timeout,
+                read_timeout=cfg.push_read_timeout,
+                attempts=cfg.push_retries,
+                deadline=self._deadline(),
+                user_agent=user_agent(cfg),
+                stop_event=self.stop_event,
+            )
+            outcome = PushOutcome(now, result.ok, len(snapshot), result.status, result.attempts,
+                                  result.error, result.duration)
+            if result.ok:
+                self.store.acknowledge(snapshot)
+                self.lines_acknowledged += len(snapshot)
+        self.pushes["ok" if outcome.ok else "failed"] += 1
+        self.last_push = outcome
+        (log.info if outcome.ok else log.warning)("push %s", outcome.summary())
+        try:
+            self.store.set_meta(LAST_PUSH_META, json.dumps(_asdict(outcome)))
+        except GatewayIOError:
+            pass
+        return outcome
+
+    # -- status ---------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """Everything a field engineer asks first, as plain JSON values."""
+        cfg = self.config
+        reader = self.reader
+        counts = dict(self.pipeline.counts) if self.pipeline else {}
+        return {
+            "version": __version__,
+            "implementation": implementation(),
+            "enabled": cfg.service_enabled,
+            "uptime_seconds": round(time.time() - self.started_at, 1),
+            "gateway_serial": cfg.gateway_serial,
+            "receiver": {
+                "protocol": cfg.receiver_protocol,
+                "port": cfg.receiver_port if cfg.receiver_protocol != "simulator" else "simulator",
+                "state": getattr(reader, "state", "stopped"),
+                "reconnects": getattr(reader, "reconnects", 0),
+                "last_error": getattr(reader, "last_error", None),
+                "bytes_read": getattr(reader, "bytes_read", 0),
+                "skipped_bytes": reader.framer.stats.skipped_bytes if reader else 0,
+                "bad_frames": reader.framer.stats.bad_frames if reader else 0,
+            },
+            "telegrams": counts,
+            "meters_pending": self.store.pending() if self.store else 0,
+            "store_write_errors": self.store_errors,
+            "pushes": dict(self.pushes),
+            "push_in_flight": self._push_in_flight(),
+            "last_push": _asdict(self.last_push) if self.last_push else None,
+            "next_push": self._next_push.isoformat() if self._next_push else None,
+        }
+
+
+def _asdict(outcome: PushOutcome) -> dict[str, Any]:
+    return {name: getattr(outcome, name) for name in PushOutcome.__slots__}
+
+
+def _take_lock(path: Path) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise GatewayIOError(f"another wmbus-stream process is using {path.parent}") from None
+    return fd
+
+
+# -- control socket: `push now`, `status` and `analyzer` talk to the running gateway ---------
+
+
+class _ControlHandler(socketserver.StreamRequestHandler):
+    def handle(self) -> None:
+        gateway: Gateway = self.server.gateway  # type: ignore[attr-defined]
+        command = self.rfile.readline(100).decode("ascii", "replace").strip()
+        if command == "push":
+            outcome = gateway.push_now() if not gateway._push_in_flight() else None
+            answer: Any = _asdict(outcome) if outcome else {"error": "a push is already in flight"}
+        elif command == "status":
+            answer = gateway.status()
+        elif command == "analyzer":
+            answer = {"dump": gateway.analyzer.dump().decode() if gateway.analyzer else None}
+        else:
+            answer = {"error": f"unknown command {command!r}; allowed: push, status, analyzer"}
+        self.wfile.write(json.dumps(answer).encode() + b"\n")
+
+
+class _ControlServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+
+def _start_control(path: Path, gateway: Gateway) -> socketserver.BaseServer:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    old = os.umask(0o177)  # socket usable by this user only
+    try:
+        server = _ControlServer(str(path), _ControlHandler)
+    finally:
+        os.umask(old)
+    server.gateway = gateway  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, name="control", daemon=True).start()
+    return server
+
+
+def control_request(state_directory: Path, command: str, timeout: float = 300.0) -> dict[str, Any] | None:
+    """Ask a running gateway; None when none is running for this state directory."""
+    path = state_directory / CONTROL_SOCKET
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(path))
+            sock.sendall(command.encode() + b"\n")
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+    except (FileNotFoundError, ConnectionRefusedError):
+        return None
+    return json.loads(data)

@@ -1,0 +1,359 @@
+"""The latest-per-meter store: latest value, push/acknowledge races, batching, recovery, memory."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import random
+import sqlite3
+import threading
+import time
+import tracemalloc
+from pathlib import Path
+
+import pytest
+
+from wmbus_stream.core.store import Snapshot, Store, StoreWriteError, meter_key
+from wmbus_stream.errors import GatewayIOError
+
+SPEC_TELEGRAM = bytes.fromhex("6044961564010061011B7A970400202F2F")
+
+
+def key(n: int, device_type: int = 0x07) -> bytes:
+    """A link address: manufacturer ELV (0x1596), ID n, version 1, device type."""
+    return b"\x96\x15" + n.to_bytes(4, "little") + bytes((1, device_type))
+
+
+def mid(n: int) -> str:
+    return key(n)[5:1:-1].hex().upper()
+
+
+def disk_rows(path: Path) -> dict[bytes, tuple]:
+    """What another reader sees in the database file right now."""
+    db = sqlite3.connect(path)
+    try:
+        return {r[0]: r for r in db.execute(
+            "SELECT key, meter_id, received_at, telegram, generation, manufacturer, version, device_type FROM meters")}
+    finally:
+        db.close()
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "store.db"
+
+
+def test_meter_key_is_the_link_address() -> None:
+    assert meter_key(SPEC_TELEGRAM) == bytes.fromhex("961564010061011B")
+    assert issubclass(StoreWriteError, GatewayIOError) and issubclass(StoreWriteError, OSError)
+
+
+def test_latest_per_meter(path: Path) -> None:
+    with Store.open(path) as store:
+        for i in range(5):
+            store.put(key(1), mid(1), 1000.0 + i, b"telegram %d" % i)
+        snap = store.snapshot()
+        assert store.pending() == 1
+        assert len(snap) == 1
+        (k, meter_id, received_at, telegram, _generation), = snap
+        assert (k, meter_id, received_at, telegram) == (key(1), "00000001", 1004.0, b"telegram 4")
+
+
+def test_snapshot_is_sorted_and_immutable(path: Path) -> None:
+    with Store.open(path) as store:
+        for n in (0x30, 2, 0x17, 2, 5):
+            store.put(key(n), mid(n), float(n), b"x")
+        store.put(key(5, device_type=0x04), mid(5), 1.0, b"same ID, other device type")
+        snap = store.snapshot()
+        assert [r[1] for r in snap] == ["00000002", "00000005", "00000005", "00000017", "00000030"]
+        assert [r[0][7] for r in snap][1:3] == [0x04, 0x07]  # ties broken by the link address
+        store.put(key(99), mid(99), 1.0, b"y")
+        assert len(snap) == 5 and isinstance(snap.rows, tuple)
+        with pytest.raises(AttributeError):
+            snap.rows = ()  # type: ignore[misc]
+        assert store.snapshot() == Snapshot(tuple(sorted(store.snapshot().rows, key=lambda r: (r[1], r[0]))))
+
+
+def test_generations_grow_per_meter_and_across_reopen(path: Path) -> None:
+    with Store.open(path) as store:
+        store.put(key(1), mid(1), 1.0, b"a")
+        store.put(key(2), mid(2), 1.0, b"a")
+        store.put(key(1), mid(1), 2.0, b"b")
+        gens = {r[0]: r[4] for r in store.snapshot()}
+        assert gens[key(1)] > gens[key(2)] > 0
+    with Store.open(path) as store:
+        store.put(key(3), mid(3), 3.0, b"c")
+        after = {r[0]: r[4] for r in store.snapshot()}
+        assert after[key(3)] > max(gens.values())
+        assert after[key(1)] == gens[key(1)]
+
+
+def test_arrival_during_push_stays(path: Path) -> None:
+    with Store.open(path) as store:
+        store.put(key(1), mid(1), 10.0, b"old 1")
+        store.put(key(2), mid(2), 10.0, b"old 2")
+        store.flush()
+        snap = store.snapshot()
+        store.put(key(1), mid(1), 11.0, b"new 1")  # arrives while the push is uploading
+        assert store.acknowledge(snap) == 1
+        assert [(r[0], r[3]) for r in store.snapshot()] == [(key(1), b"new 1")]
+    # close() flushed: the newer telegram is what survives on disk, the acknowledged one is gone
+    assert {k: r[3] for k, r in disk_rows(path).items()} == {key(1): b"new 1"}
+    with Store.open(path) as store:
+        assert [(r[0], r[2], r[3]) for r in store.snapshot()] == [(key(1), 11.0, b"new 1")]
+
+
+def test_acknowledged_delete_is_durable_without_flush(path: Path) -> None:
+    store = Store.open(path)
+    store.put(key(1), mid(1), 10.0, b"a")
+    store.put(key(2), mid(2), 10.0, b"b")
+    store.flush()
+    snap = store.snapshot()
+    store.put(key(3), mid(3), 10.0, b"c")  # not flushed: only in memory
+    assert store.acknowledge(snap) == 2
+    assert set(disk_rows(path)) == set()  # the delete is on disk when acknowledge returns
+    store.close(flush=False)
+    with Store.open(path) as again:
+        assert again.pending() == 0
+
+
+def test_acknowledge_removes_an_older_disk_version(path: Path) -> None:
+    with Store.open(path) as store:
+        store.put(key(1), mid(1), 10.0, b"flushed")
+        store.flush()
+        store.put(key(1), mid(1), 11.0, b"newer, unflushed")
+        snap = store.snapshot()
+        store.acknowledge(snap)  # the HES has the newer one, so the older disk row must go too
+        assert disk_rows(path) == {}
+        assert store.pending() == 0
+
+
+def test_failed_push_keeps_everything(path: Path) -> None:
+    with Store.open(path) as store:
+        for n in range(10):
+            store.put(key(n), mid(n), float(n), b"t%d" % n)
+        first = store.snapshot()
+        # the push failed: nothing is acknowledged; a newer value replaces one meter
+        store.put(key(4), mid(4), 99.0, b"newest")
+        second = store.snapshot()
+        assert len(second) == 10
+        assert dict((r[0], r[3]) for r in second)[key(4)] == b"newest"
+        assert store.acknowledge(first) == 9  # a late ack of the first snapshot spares meter 4
+        assert [r[3] for r in store.snapshot()] == [b"newest"]
+
+
+def test_stale_snapshot_never_deletes_newer(path: Path) -> None:
+    with Store.open(path) as store:
+        store.put(key(1), mid(1), 1.0, b"a")
+        old = store.snapshot()
+        store.acknowledge(old)
+        store.put(key(1), mid(1), 2.0, b"b")
+        assert store.acknowledge(old) == 0
+        assert store.pending() == 1
+
+
+def test_flush_batches_writes(path: Path) -> None:
+    with Store.open(path) as store:
+        for n in range(100):
+            store.put(key(n), mid(n), float(n), b"t")
+        assert disk_rows(path) == {}  # no SQL per telegram
+        assert store.dirty() == 100
+        assert store.flush() == 100
+        rows = disk_rows(path)
+        assert len(rows) == 100 and store.dirty() == 0
+        assert rows[key(7)][5:] == (0x1596, 1, 7)  # key fields: manufacturer, version, device type
+        assert store.flush() == 0
+        store.put(key(1), mid(1), 5.0, b"u")
+        assert store.flush() == 1
+
+
+def test_reopen_after_close_restores_rows(path: Path) -> None:
+    with Store.open(path) as store:
+        for n in range(50):
+            store.put(key(n), mid(n), 1.7e9 + n / 3, bytes([n]) * (n + 1))
+        before = store.snapshot()
+    with Store.open(path) as store:
+        assert store.snapshot() == before
+
+
+def test_meta(path: Path) -> None:
+    with Store.open(path) as store:
+        assert store.get_meta("push.last") is None
+        store.set_meta("push.last", "2026-11-24T10:15:02Z ok")
+        store.set_meta("analyzer", b"\x00{}")
+    with Store.open(path) as store:
+        assert store.get_meta("push.last") == b"2026-11-24T10:15:02Z ok"
+        assert store.get_meta("analyzer") == b"\x00{}"
+
+
+def test_garbage_file_is_moved_aside(path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"this is not a database" * 300)
+    with caplog.at_level(logging.ERROR):
+        store = Store.open(path)
+    assert store.pending() == 0
+    assert len(store.corrupt_moved) == 1 and store.corrupt_moved[0].read_bytes().startswith(b"this is not")
+    assert any("corrupt" in r.message and "moved it to" in r.message for r in caplog.records)
+    store.put(key(1), mid(1), 1.0, b"a")
+    store.close()
+    assert set(disk_rows(path)) == {key(1)}
+
+
+def test_damaged_pages_fail_integrity_check(path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with Store.open(path) as store:
+        for n in range(3000):
+            store.put(key(n), mid(n), float(n), bytes(100))
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    data = bytearray(path.read_bytes())
+    page = 4096
+    assert len(data) > 40 * page
+    for offset in range(20 * page, 21 * page):  # scribble over a whole page of the meters table
+        data[offset] = 0xA5
+    path.write_bytes(bytes(data))
+    with caplog.at_level(logging.ERROR):
+        store = Store.open(path)  # never crashes
+    assert store.corrupt_moved and store.pending() == 0
+    store.put(key(1), mid(1), 1.0, b"a")
+    store.flush()
+    store.close()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    db.close()
+
+
+def test_unavailable_database_keeps_memory_and_retries(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    blocker = tmp_path / "state"
+    blocker.write_text("a file where the state folder should be")
+    path = blocker / "store.db"
+    with caplog.at_level(logging.ERROR):
+        store = Store.open(path)  # cannot create the folder: no exception, memory only
+    store.put(key(1), mid(1), 1.0, b"a")
+    store.put(key(2), mid(2), 1.0, b"b")
+    snap = store.snapshot()
+    store.put(key(2), mid(2), 2.0, b"b2")
+    with pytest.raises(StoreWriteError):
+        store.acknowledge(snap)  # memory forgets, disk delete owed
+    assert [r[3] for r in store.snapshot()] == [b"b2"]
+    with pytest.raises(StoreWriteError):
+        store.flush()
+    assert store.get_meta("x") is None
+    with pytest.raises(StoreWriteError):
+        store.set_meta("x", b"1")
+    blocker.unlink()
+    assert store.flush() == 1
+    assert {k: r[3] for k, r in disk_rows(path).items()} == {key(2): b"b2"}
+    store.close()
+
+
+def test_late_attach_merges_disk_rows(path: Path) -> None:
+    with Store.open(path) as old:
+        old.put(key(1), mid(1), 1.0, b"disk 1")  # memory will have a newer one
+        old.put(key(2), mid(2), 1.0, b"disk 2")  # only on disk: must be kept
+        old.put(key(3), mid(3), 1.0, b"disk 3")  # acknowledged in memory before the disk came back
+    store = Store(path)  # not attached yet, as if the database was unavailable at start
+    store.put(key(1), mid(1), 2.0, b"mem 1")
+    store.put(key(3), mid(3), 2.0, b"mem 3")
+    store.acknowledge(Snapshot(tuple(r for r in store.snapshot() if r[0] == key(3))))
+    store.flush()
+    assert {r[0]: r[3] for r in store.snapshot()} == {key(1): b"mem 1", key(2): b"disk 2"}
+    assert {k: r[3] for k, r in disk_rows(path).items()} == {key(1): b"mem 1", key(2): b"disk 2"}
+    gens = [r[4] for r in store.snapshot()]
+    store.put(key(9), mid(9), 3.0, b"x")
+    assert max(r[4] for r in store.snapshot()) > max(gens)
+    store.close()
+
+
+def test_concurrent_put_push_flush(path: Path) -> None:
+    """A reader thread puts while the main thread pushes and flushes: nothing lost, nothing resurrected."""
+    store = Store.open(path)
+    stop = threading.Event()
+    last: dict[bytes, bytes] = {}
+
+    def reader() -> None:
+        rng = random.Random(1)
+        i = 0
+        while not stop.is_set():
+            n = rng.randrange(200)
+            value = b"%d" % i
+            store.put(key(n), mid(n), float(i), value)
+            last[key(n)] = value
+            i += 1
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    acked: set[tuple[bytes, bytes]] = set()
+    try:
+        for _ in range(60):
+            snap = store.snapshot()
+            if random.random() < 0.7:
+                store.acknowledge(snap)
+                acked.update((r[0], r[3]) for r in snap)
+            store.flush()
+    finally:
+        stop.set()
+        thread.join()
+    store.flush()
+    pending = {r[0]: r[3] for r in store.snapshot()}
+    for k, value in last.items():  # the newest value of every meter is pending or was acknowledged
+        assert pending.get(k) == value or (k, value) in acked
+    assert {k: r[3] for k, r in disk_rows(path).items()} == pending
+    store.close()
+
+
+def test_hot_path_and_bulk_timings(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = Store.open(path)
+    n = 100_000
+    keys = [key(i) for i in range(n)]
+    ids = [mid(i) for i in range(n)]
+    telegram = bytes(120)
+    started = time.perf_counter()
+    for i in range(n):
+        store.put(keys[i], ids[i], 1.7e9 + i, telegram)
+    put_us = (time.perf_counter() - started) / n * 1e6
+    started = time.perf_counter()
+    store.flush()
+    flush_s = time.perf_counter() - started
+    started = time.perf_counter()
+    snap = store.snapshot()
+    snapshot_s = time.perf_counter() - started
+    started = time.perf_counter()
+    store.acknowledge(snap)
+    ack_s = time.perf_counter() - started
+    store.close()
+    with capsys.disabled():
+        print(f"\n[store] 100k meters: put {put_us:.2f} us, flush {flush_s * 1000:.0f} ms,"
+              f" snapshot {snapshot_s * 1000:.0f} ms, acknowledge {ack_s * 1000:.0f} ms")
+    assert put_us < 10  # generous: about 1 us on a desktop
+    assert snapshot_s < 1
+
+
+def test_memory_per_meter(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Everything the store keeps per meter (key, ID, time, row, dict slots) beyond the telegram bytes."""
+    store = Store.open(path)
+    n = 100_000
+    base = bytes(100)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        payload = 0
+        for i in range(n):
+            telegram = base + i.to_bytes(4, "little")
+            k = key(i)
+            payload += len(telegram)
+            store.put(k, k[5:1:-1].hex().upper(), time.time(), telegram)
+        del telegram, k
+        gc.collect()
+        dirty = (tracemalloc.get_traced_memory()[0] - start - payload) / n
+        store.flush()
+        gc.collect()
+        clean = (tracemalloc.get_traced_memory()[0] - start - payload) / n
+    finally:
+        tracemalloc.stop()
+    store.close(flush=False)
+    with capsys.disabled():
+        print(f"\n[store] memory per meter beyond telegram bytes: {clean:.0f} B flushed, {dirty:.0f} B before flush")
+    assert clean <= 400
+    assert dirty <= 600
