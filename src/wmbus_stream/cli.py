@@ -278,6 +278,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo.main(args)
 
 
+def cmd_systemd_unit(args: argparse.Namespace) -> int:
+    """Print the systemd unit, its ExecStart pointing at this installation."""
+    from importlib.resources import files
+
+    unit = files("wmbus_stream").joinpath("data/wmbus-stream.service").read_text()
+    exe = os.path.join(os.path.dirname(sys.executable), "wmbus-stream")
+    sys.stdout.write(unit.replace("/opt/wmbus-stream/bin/wmbus-stream", exe))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wmbus-stream", description="Wireless M-Bus stream-mode gateway")
     parser.add_argument("--version", action="version", version=f"wmbus-stream {__version__} {implementation()}")
@@ -333,6 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     hes.add_arguments(p)
     p.set_defaults(func=cmd_receive)
+
+    p = sub.add_parser("systemd-unit", help="print the systemd unit for this installation")
+    p.set_defaults(func=cmd_systemd_unit)
 
     p = sub.add_parser("demo", help="demo gateway with simulator and local receiving server")
     p.add_argument("--meters", type=int, default=300)

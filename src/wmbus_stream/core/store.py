@@ -18,8 +18,8 @@ Invariants
       larger than any the same meter had before, and a stale snapshot can never delete a
       newer telegram.
     - Memory holds every pending row (disk rows are loaded on open); disk holds a subset
-      that is never newer than memory. A disk row is deleted only for a generation <= the
-      acknowledged one.
+      that is never newer than memory. Acknowledging a row deletes it from memory only if
+      its generation is unchanged, and from disk every version <= the acknowledged one.
     - Commits use WAL with ``synchronous=FULL``: an acknowledged delete or a returned
       ``flush()`` survives a power cut, not only a kill -9 (NORMAL could roll the last
       commit back after power loss, and a rolled-back delete means a duplicate, a rolled-back
@@ -265,7 +265,7 @@ class Store:
         anyway (the HES has them) and the next ``flush()`` retries the deletion.
         """
         with self._db_lock:
-            deleted: list[tuple[bytes, int]] = []
+            deleted = 0
             with self._lock:
                 rows, dirty = self._rows, self._dirty
                 for row in snapshot.rows:
@@ -274,12 +274,16 @@ class Store:
                     if current is not None and current[4] == generation:
                         del rows[key]
                         dirty.pop(key, None)
-                        deleted.append((key, generation))
-            for key, generation in deleted:
-                if self._tombstones.get(key, -1) < generation:
-                    self._tombstones[key] = generation
+                        deleted += 1
+            # On disk every acknowledged version goes, also where a newer one arrived meanwhile:
+            # that newer one is in memory (dirty), and resending the acknowledged one after a
+            # crash would only be a duplicate.
+            tombstones = self._tombstones
+            for row in snapshot.rows:
+                if tombstones.get(row[0], -1) < row[4]:
+                    tombstones[row[0]] = row[4]
             self._write([])
-        return len(deleted)
+        return deleted
 
     def pending(self) -> int:
         """Number of meters waiting for the next push."""

@@ -286,9 +286,9 @@ def _coalesce(pieces: Iterable[bytes], stop_event: threading.Event | None, sent:
             if stop_event is not None and stop_event.is_set():
                 raise _Stopped()
             buffer += piece
-            if len(buffer) >= CHUNK_SIZE:
-                chunk = bytes(buffer)
-                buffer.clear()
+            while len(buffer) >= CHUNK_SIZE:
+                chunk = bytes(buffer[:CHUNK_SIZE])
+                del buffer[:CHUNK_SIZE]
                 sent[0] += len(chunk)
                 yield chunk
     except _Stopped:
