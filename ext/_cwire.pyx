@@ -538,10 +538,14 @@ cdef class Matcher:
             return _FILTER_MODE
         return _OK
 
-    def verdict(self, telegram, long long mode):
+    def __reduce__(self):
+        return (Matcher, (self.manufacturers, self.device_types, self.ids, self.modes))
+
+    def verdict(self, telegram, mode):
         """0 when accepted, else the result code of the first filter that rejects."""
         cdef bytes buf = _as_bytes(telegram)
-        cdef int result = self._verdict(<const unsigned char *>PyBytes_AS_STRING(buf), PyBytes_GET_SIZE(buf), mode)
+        cdef long long c_mode = mode if mode else 0  # a falsy mode (0, None) is "not reported"
+        cdef int result = self._verdict(<const unsigned char *>PyBytes_AS_STRING(buf), PyBytes_GET_SIZE(buf), c_mode)
         if result == _SHORT_INDEX:
             raise IndexError("index out of range")
         return result
@@ -556,7 +560,7 @@ def check_batch(frames, frame_format, matcher, mode=0):
     cdef const unsigned char *telegram_p
     cdef unsigned char *codes_p
     cdef Matcher fast = matcher if type(matcher) is Matcher else None
-    cdef long long c_mode = mode if fast is not None else 0
+    cdef long long c_mode = mode if (fast is not None and mode) else 0
     cdef bytes buf
     cdef list telegrams, items
     codes = bytearray(count)

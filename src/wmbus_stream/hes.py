@@ -750,7 +750,7 @@ class ReceiveServer:
         """Bind and serve in a background thread."""
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         self._server = _Server((self.host, self._requested_port), self, family)
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         name=f"hes-{self.port}", daemon=True)
         self._thread.start()
         log.info("HES receiving on %s", self.url)
@@ -869,7 +869,10 @@ class ReceiveServer:
         def summary(status: int, error: str | None, lines: Sequence[ReportLine] = (), new: int = 0) -> None:
             if self.on_post is not None:
                 gateways = tuple(dict.fromkeys(line.gateway for line in lines))
-                self.on_post(PostSummary(client, request_path, status, len(lines), new, gateways, error))
+                try:
+                    self.on_post(PostSummary(client, request_path, status, len(lines), new, gateways, error))
+                except Exception:  # a broken observer must not turn a stored POST into an error
+                    log.exception("on_post callback failed")
 
         if self.path is not None and request_path != self.path:
             self._refuse_early(handler, 404, f"reports are received at {self.path}\n")
@@ -877,9 +880,9 @@ class ReceiveServer:
         if not self._authorized(handler):
             self._count(unauthorized=1)
             log.info("POST %s from %s: 401, missing or wrong credentials", request_path, client)
+            summary(401, "missing or wrong credentials")
             self._refuse_early(handler, 401, "authentication required\n",
                                {"WWW-Authenticate": 'Basic realm="wmbus-stream HES", charset="UTF-8"'})
-            summary(401, "missing or wrong credentials")
             return
         transfer = handler.headers.get("Transfer-Encoding")
         length = handler.headers.get("Content-Length")
@@ -889,6 +892,7 @@ class ReceiveServer:
             if transfer is not None:
                 if transfer.strip().lower() != "chunked":
                     self._count(rejected=1)
+                    summary(501, f"Transfer-Encoding {transfer!r}")
                     self._refuse_early(handler, 501, f"Transfer-Encoding {transfer!r} is not supported\n")
                     return
                 body = _read_chunked(handler.rfile, self.max_body)
@@ -907,14 +911,14 @@ class ReceiveServer:
                 body = b""
         except _TooLarge:
             self._count(rejected=1)
-            self._refuse_early(handler, 413, f"body larger than {self.max_body} bytes\n")
             summary(413, "body too large")
+            self._refuse_early(handler, 413, f"body larger than {self.max_body} bytes\n")
             return
         except _BadBody as exc:
             self._count(rejected=1)
             log.info("POST from %s: bad body framing (%s); nothing stored", client, exc)
-            self._refuse_early(handler, 400, f"bad request body: {exc}\n")
             summary(400, str(exc))
+            self._refuse_early(handler, 400, f"bad request body: {exc}\n")
             return
         except (TimeoutError, OSError) as exc:
             log.info("POST from %s: body not received (%s); nothing stored", client, exc)
@@ -925,22 +929,23 @@ class ReceiveServer:
         except ReportError as exc:
             self._count(rejected=1)
             log.info("POST %s from %s: 400 %s; nothing stored", request_path, client, exc)
-            self._reply(handler, 400, f"{exc}\n")
             summary(400, str(exc))
+            self._reply(handler, 400, f"{exc}\n")
             return
         try:
             new_readings, new_heard = self.store.add(lines)
         except Exception as exc:  # noqa: BLE001  (the gateway keeps the report and retries)
             log.error("POST from %s: storing %d lines failed: %s", client, len(lines), exc)
-            self._reply(handler, 500, f"storage failed: {exc}\n")
             summary(500, f"storage failed: {exc}")
+            self._reply(handler, 500, f"storage failed: {exc}\n")
             return
         self._count(posts=1, lines=len(lines), readings=new_readings, heard=new_heard)
+        # Reported before the answer, so a log reader sees POSTs in the order clients saw them.
+        summary(self.ok_status, None, lines, new_readings)
         if self.ok_status == 204:
             self._reply(handler, 204)
         else:
             self._reply(handler, 200, f"OK {len(lines)} lines, {new_readings} new readings\n")
-        summary(self.ok_status, None, lines, new_readings)
 
 
 # --------------------------------------------------------------------------------------------

@@ -692,7 +692,7 @@ def files() -> Iterator[str]:
         "/err": (500, {}, b"oops"),
     }
     _Files.posts = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
@@ -739,7 +739,7 @@ def test_fetch_refuses_https_to_http_redirect(ca: trustme.CA, ca_file: str, tmp_
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
     server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         with pytest.raises(HttpError, match="https to http refused"):

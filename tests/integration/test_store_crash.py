@@ -147,13 +147,14 @@ def small_fs(tmp_path: Path):
 def _fill(directory: Path) -> Path:
     """Take every free byte of the file system."""
     filler = directory / "filler"
-    with open(filler, "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 4096)
-                f.flush()
-        except OSError:
-            pass
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\0" * 512)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
     return filler
 
 
@@ -197,26 +198,33 @@ def Snapshot_rows_for(snapshot, numbers):  # noqa: N802  (a test helper that bui
     return Snapshot(tuple(r for r in snapshot.rows if r[0] in wanted))
 
 
-def test_read_only_file_system_keeps_data_and_resumes(small_fs: Path) -> None:
-    path = small_fs / "store.db"
-    store = Store.open(path)
-    store.put(key(1), "00000001", 1.0, b"first")
-    store.flush()
-    done = subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], capture_output=True, text=True)
+def _remount(mountpoint: Path, mode: str) -> None:
+    done = subprocess.run(["mount", "-o", f"remount,{mode}", str(mountpoint)], capture_output=True, text=True)
     if done.returncode != 0:
-        store.close()
-        pytest.skip(f"remount read-only refused: {done.stderr.strip()}")
+        pytest.skip(f"remount {mode} refused: {done.stderr.strip()}")
+
+
+def test_read_only_state_at_start_keeps_data_and_resumes(small_fs: Path) -> None:
+    """The state folder is read-only at boot (a remount ro while the file is open is refused as busy)."""
+    path = small_fs / "store.db"
+    with Store.open(path) as store:
+        store.put(key(1), "00000001", 1.0, b"pending from the last run")
+    _remount(small_fs, "ro")
     try:
+        store = Store.open(path)  # cannot open for writing: works in memory, rows read read-only
+        assert [r[3] for r in store.snapshot()] == [b"pending from the last run"]
         store.put(key(2), "00000002", 2.0, b"second")
         with pytest.raises(StoreWriteError):
             store.flush()
+        with pytest.raises(StoreWriteError):
+            store.flush()  # retried, fails again, never crashes
         assert store.pending() == 2
     finally:
         subprocess.run(["mount", "-o", "remount,rw", str(small_fs)], check=True)
     assert store.flush() == 1
     store.close()
     with Store.open(path) as again:
-        assert [r[3] for r in again.snapshot()] == [b"first", b"second"]
+        assert [r[3] for r in again.snapshot()] == [b"pending from the last run", b"second"]
 
 
 if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "child":

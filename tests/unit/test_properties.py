@@ -49,8 +49,14 @@ def test_reads_entries_comments_and_blanks() -> None:
         "empty.value": "",
     }
     assert [line.key for line in doc.lines] == [
-        None, None, None, "service.enabled", "receiving.server.url", "filter.manufacturer",
-        "windows.path", "empty.value",
+        None,
+        None,
+        None,
+        "service.enabled",
+        "receiving.server.url",
+        "filter.manufacturer",
+        "windows.path",
+        "empty.value",
     ]
 
 
@@ -252,7 +258,7 @@ def test_clean_stale_removes_only_our_temporary_files(tmp_path: Path) -> None:
         target,
         tmp_path / ".stream.cfg.swp",
         tmp_path / f".stream.cfg.notrandomhex{TEMP_SUFFIX}",
-        tmp_path / f".stream.cfg.bak.0123456789ab.tmp",
+        tmp_path / ".stream.cfg.bak.0123456789ab.tmp",
     ]
     for p in (ours, other_target, *keep):
         p.write_text("x")

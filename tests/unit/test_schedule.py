@@ -7,6 +7,8 @@ from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from wmbus_stream.core.schedule import MAX_COALESCE, Schedule, Ticker
 
@@ -205,8 +207,16 @@ def test_six_field_schedule_follows_real_time_across_dst() -> None:
 
 @pytest.mark.parametrize(
     "expr",
-    ["*/15 * * * *", "30 2 * * *", "0 2 * * *", "0,30 1-3 * * *", "15 */2 * * *", "7 0 * * * *",
-     "0 3 25 10 *", "59 1 * * *"],
+    [
+        "*/15 * * * *",
+        "30 2 * * *",
+        "0 2 * * *",
+        "0,30 1-3 * * *",
+        "15 */2 * * *",
+        "7 0 * * * *",
+        "0 3 25 10 *",
+        "59 1 * * *",
+    ],
 )
 def test_results_increase_and_match_around_dst(expr: str) -> None:
     schedule = Schedule.parse(expr, STHLM)
@@ -240,8 +250,9 @@ def test_ticker_over_a_day_fires_96_times_on_the_quarter() -> None:
         assert tick.next_at > now
         now += timedelta(seconds=7)
     assert len(fired) == 96
-    assert [(t.minute, t.second < 7) for t in fired] == [(m, True) for _ in range(24)
-                                                        for m in (0, 15, 30, 45)]
+    assert [(t.minute, t.second < 7) for t in fired] == [
+        (m, True) for _ in range(24) for m in (0, 15, 30, 45)
+    ]
 
 
 def test_ticker_without_history_does_not_fire_at_once() -> None:
@@ -275,7 +286,9 @@ def test_ticker_catch_up_count_is_bounded() -> None:
 
 
 def test_clock_stepped_forward_gives_at_most_one_catch_up() -> None:
-    ticker = Ticker(Schedule.parse("*/15 * * * *"), last_run=datetime(2026, 1, 1, 10, 0, tzinfo=UTC))
+    ticker = Ticker(
+        Schedule.parse("*/15 * * * *"), last_run=datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
+    )
     now = datetime(2026, 1, 1, 10, 5, tzinfo=UTC)
     due = []
     for _ in range(30):  # polls every 10 s; the clock jumps 3 h at the 5th
@@ -300,7 +313,13 @@ def test_clock_stepped_back_gives_no_duplicate_burst() -> None:
     # 10:00 slot that had just run is not run again.
     assert all(b - a >= timedelta(minutes=15) for a, b in zip(fired, fired[1:]))
     assert [t.strftime("%H:%M") for t in fired] == [
-        "09:15", "09:30", "09:45", "10:15", "10:30", "10:45", "11:00"
+        "09:15",
+        "09:30",
+        "09:45",
+        "10:15",
+        "10:30",
+        "10:45",
+        "11:00",
     ]
 
 
@@ -330,3 +349,68 @@ def test_ticker_rejects_naive_times() -> None:
         Ticker(Schedule.parse("* * * * *"), last_run=datetime(2026, 1, 1))
     with pytest.raises(ValueError):
         Ticker(Schedule.parse("* * * * *")).poll(datetime(2026, 1, 1))
+
+
+# -- the evaluator agrees with a brute-force reading of the accepted language --------------
+
+_RANGES = {"minute": (0, 59), "hour": (0, 23), "dom": (1, 31), "month": (1, 12), "dow": (0, 7)}
+
+
+@st.composite
+def _field(draw: st.DrawFn, name: str) -> tuple[str, set[int]]:
+    low, high = _RANGES[name]
+    kind = draw(st.sampled_from(["star", "step", "list", "range", "rangestep"]))
+    if kind == "star":
+        return "*", set(range(low, high + 1))
+    if kind == "step":
+        n = draw(st.integers(1, high - low + 1))
+        return f"*/{n}", set(range(low, high + 1, n))
+    if kind == "list":
+        values = draw(st.lists(st.integers(low, high), min_size=1, max_size=4))
+        return ",".join(map(str, values)), set(values)
+    a = draw(st.integers(low, high))
+    b = draw(st.integers(a, high))
+    if kind == "range":
+        return f"{a}-{b}", set(range(a, b + 1))
+    n = draw(st.integers(1, 7))
+    return f"{a}-{b}/{n}", set(range(a, b + 1, n))
+
+
+@st.composite
+def _expressions(draw: st.DrawFn) -> tuple[str, list[set[int]], bool]:
+    parts = [draw(_field(name)) for name in ("minute", "hour", "dom", "month", "dow")]
+    text = " ".join(p[0] for p in parts)
+    day_or = not parts[2][0].startswith("*") and not parts[4][0].startswith("*")
+    return text, [p[1] for p in parts], day_or
+
+
+def _brute_next(sets: list[set[int]], day_or: bool, after: datetime) -> datetime | None:
+    minutes, hours, doms, months, dows = sets
+    dows = {d % 7 for d in dows}
+    day = after.replace(hour=0, minute=0, second=0, microsecond=0)
+    for _ in range(366 * 5):
+        cron_dow = (day.weekday() + 1) % 7
+        dom_ok, dow_ok = day.day in doms, cron_dow in dows
+        if day.month in months and ((dom_ok or dow_ok) if day_or else (dom_ok and dow_ok)):
+            for h in sorted(hours):
+                for m in sorted(minutes):
+                    t = day.replace(hour=h, minute=m)
+                    if t > after:
+                        return t
+        day += timedelta(days=1)
+    return None
+
+
+@settings(max_examples=300, deadline=None)
+@given(_expressions(), st.integers(0, 3 * 365 * 24 * 60))
+def test_next_after_matches_brute_force(expr: tuple[str, list[set[int]], bool], offset: int) -> None:
+    text, sets, day_or = expr
+    try:
+        schedule = Schedule.parse(text)
+    except ValueError as exc:
+        assert "never occurs" in str(exc)
+        return
+    after = datetime(2025, 1, 1, tzinfo=UTC) + timedelta(minutes=offset, seconds=offset % 61)
+    expected = _brute_next(sets, day_or, after)
+    if expected is not None:
+        assert schedule.next_after(after) == expected

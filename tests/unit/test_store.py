@@ -128,6 +128,19 @@ def test_acknowledge_removes_an_older_disk_version(path: Path) -> None:
         assert store.pending() == 0
 
 
+def test_acknowledge_deletes_the_sent_disk_version_even_if_a_newer_one_arrived(path: Path) -> None:
+    with Store.open(path) as store:
+        store.put(key(1), mid(1), 10.0, b"sent")
+        store.flush()
+        snap = store.snapshot()
+        store.put(key(1), mid(1), 11.0, b"arrived during the push")
+        assert store.acknowledge(snap) == 0  # memory keeps the newer one for the next push
+        assert disk_rows(path) == {}  # a crash now must not resend the acknowledged one
+        assert [r[3] for r in store.snapshot()] == [b"arrived during the push"]
+        store.flush()
+        assert [r[3] for r in disk_rows(path).values()] == [b"arrived during the push"]
+
+
 def test_failed_push_keeps_everything(path: Path) -> None:
     with Store.open(path) as store:
         for n in range(10):

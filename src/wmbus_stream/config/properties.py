@@ -161,11 +161,10 @@ def parse(data: bytes | str) -> Properties:
             lines.append(Line(number, text, bad=True))
             continue
         if not _KEY.fullmatch(key):
-            shown_key = key if bad_character(key) is None else where
-            problems.append(
-                Problem(shown_key if key else where, _shorten(stripped),
-                        "a key of letters, digits, '.', '_' or '-' before the '='")
-            )
+            # Name the line, not the key, when the key itself is empty or unprintable.
+            shown = key if key and bad_character(key) is None else where
+            allowed = "a key of letters, digits, '.', '_' or '-' before the '='"
+            problems.append(Problem(shown, _shorten(stripped), allowed))
             lines.append(Line(number, text, bad=True))
             continue
         ch = bad_character(text)

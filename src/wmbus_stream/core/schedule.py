@@ -110,9 +110,13 @@ def _value(field: _Field, text: str) -> int:
     return number
 
 
-def _parse_field(field: _Field, text: str) -> frozenset[int]:
-    """The values a field selects; raises ValueError naming the field and the reason."""
+def _parse_field(field: _Field, text: str) -> tuple[frozenset[int], str]:
+    """The values a field selects and the field as handed to the evaluator.
+
+    Raises ValueError naming the field and the reason.
+    """
     values: set[int] = set()
+    terms: list[str] = []
     for term in text.split(","):
         if not term:
             raise ValueError(f"{field.name} field {text!r}: empty list item")
@@ -146,8 +150,13 @@ def _parse_field(field: _Field, text: str) -> frozenset[int]:
                     f"{field.name} field {term!r}: step must be a whole number of at least 1"
                 )
             step = int(step_text)
-        values.update(range(start, end + 1, step))
-    return frozenset(values)
+        selected = range(start, end + 1, step)
+        values.update(selected)
+        # cronsim reads a one-value range with a step ("5-5/2") as "5-max/2"; handing it
+        # plain numbers avoids that. '*' and '*/n' stay as written: the Debian day rule
+        # and the DST mode look at whether a field starts with '*'.
+        terms.append(term if start_text == "*" else ",".join(map(str, selected)))
+    return frozenset(values), ",".join(terms)
 
 
 def _check(expression: str) -> tuple[str, bool]:
@@ -167,9 +176,12 @@ def _check(expression: str) -> tuple[str, bool]:
         raise ValueError(f"{len(parts)} fields; expected {_SHAPE}")
     fields = _FIVE if len(parts) == 5 else _SIX
     selected: list[frozenset[int]] = []
+    canonical: list[str] = []
     try:
         for field, part in zip(fields, parts):
-            selected.append(_parse_field(field, part))
+            values, evaluated = _parse_field(field, part)
+            selected.append(values)
+            canonical.append(evaluated)
     except ValueError as exc:
         if len(parts) == 6:
             raise ValueError(f"{exc} (6 fields are read with seconds first)") from None
@@ -181,7 +193,7 @@ def _check(expression: str) -> tuple[str, bool]:
         raise ValueError(
             f"day-of-month {dom_text!r} never occurs in the months {parts[-2]!r}"
         )
-    return " ".join(parts), len(parts) == 6
+    return " ".join(canonical), len(parts) == 6
 
 
 def _aware(t: datetime, what: str) -> None:

@@ -113,8 +113,10 @@ def _params(row: Row) -> tuple[object, ...]:
     return (key, None, None, None, row[1], row[2], row[3], row[4])
 
 
-def _errorname(exc: BaseException) -> str:
-    return getattr(exc, "sqlite_errorname", "") or ""
+def _is_corrupt(exc: sqlite3.Error) -> bool:
+    """Whether SQLite says the file is damaged or not a database (not: full, read-only, busy)."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    return name in _CORRUPT or (not name and type(exc) is sqlite3.DatabaseError)
 
 
 class Store:
@@ -134,6 +136,8 @@ class Store:
         self._gen = 0
         self._db: sqlite3.Connection | None = None
         self._closed = False
+        self._read_only_loaded = False
+        self._outage = False  # the database could not be opened; logged once until it can
         self.corrupt_moved: list[Path] = []  # databases moved aside by this instance
 
     # -- opening and recovery -------------------------------------------------------------
@@ -152,8 +156,7 @@ class Store:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
         except (OSError, sqlite3.Error) as exc:
-            log.error("state database %s cannot be opened (%s); keeping pending telegrams in memory"
-                      " and retrying at every flush", self.path, exc)
+            self._unavailable(exc)
             return False
         try:
             result = db.execute("PRAGMA integrity_check").fetchall()
@@ -172,15 +175,54 @@ class Store:
             ).fetchall()
         except sqlite3.DatabaseError as exc:
             db.close()
-            if _errorname(exc) in _CORRUPT or type(exc) is sqlite3.DatabaseError:
+            if _is_corrupt(exc):
                 self._move_aside(f"{exc}")
                 return self._attach_fresh()
-            log.error("state database %s cannot be used (%s); keeping pending telegrams in memory"
-                      " and retrying at every flush", self.path, exc)
+            self._unavailable(exc)
             return False
+        if self._outage:
+            log.warning("state database %s is available again; writing what was kept in memory", self.path)
+            self._outage = False
         self._db = db
         self._merge(loaded)
         return True
+
+    def _unavailable(self, exc: BaseException) -> None:
+        """The database cannot be opened for writing: say so once per outage, try to read it."""
+        if not self._outage:
+            log.error("state database %s cannot be opened (%s); keeping pending telegrams in memory"
+                      " and retrying at every flush", self.path, exc)
+            self._outage = True
+        self._load_read_only()
+
+    def _load_read_only(self) -> None:
+        """Recover pending rows from a database we cannot write (read-only mount), if it reads."""
+        if self._read_only_loaded or not self.path.is_file():
+            return
+        uri = self.path.resolve().as_uri()
+        wal = Path(f"{self.path}-wal")
+        # A WAL database opens read-only only if its -shm exists; "immutable" needs no -shm but
+        # ignores the WAL, so it is correct only when there is no WAL content to miss.
+        try:
+            wal_in_use = wal.is_file() and wal.stat().st_size > 0
+        except OSError:
+            wal_in_use = True
+        options = ["mode=ro"] if wal_in_use else ["mode=ro", "immutable=1"]
+        for option in options:
+            try:
+                db = sqlite3.connect(f"{uri}?{option}", uri=True)
+                try:
+                    loaded = db.execute(
+                        "SELECT key, meter_id, received_at, telegram, generation FROM meters").fetchall()
+                finally:
+                    db.close()
+            except (OSError, sqlite3.Error) as exc:
+                log.debug("state database %s cannot be read with %s either: %s", self.path, option, exc)
+                continue
+            self._read_only_loaded = True
+            log.warning("state database %s read read-only: %d pending meters recovered", self.path, len(loaded))
+            self._merge(loaded)
+            return
 
     def _attach_fresh(self) -> bool:
         """Attach to a new empty database after the old one was moved aside."""
@@ -201,7 +243,10 @@ class Store:
                 key, generation = row[0], row[4]
                 if generation > self._gen:
                     self._gen = generation
-                if key in self._rows or key in tombstones:
+                current = self._rows.get(key)
+                if current is not None and current[4] == generation:
+                    continue  # the same row, read earlier while the file was read-only
+                if current is not None or key in tombstones:
                     if tombstones.get(key, -1) < generation:
                         tombstones[key] = generation
                 else:
@@ -213,6 +258,10 @@ class Store:
         """Rename a corrupt database (and its WAL/SHM) so the gateway can start empty."""
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
         target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        number = 1
+        while target.exists():  # never overwrite an earlier copy someone may want to inspect
+            number += 1
+            target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{number}")
         try:
             for suffix in ("", "-wal", "-shm"):
                 source = Path(f"{self.path}{suffix}")
@@ -328,7 +377,7 @@ class Store:
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback(db)
-            if _errorname(exc) in _CORRUPT or type(exc) is sqlite3.DatabaseError:
+            if _is_corrupt(exc):
                 self._detach_corrupt(exc)
             raise StoreWriteError(f"state database {self.path}: write failed ({exc}); data kept in memory,"
                                   " retried at the next flush") from exc

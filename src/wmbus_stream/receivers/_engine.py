@@ -11,8 +11,11 @@ Binary engine (``BinaryFramer``, used by cmex50, im871a, amb8465)
     * ``feed`` and ``flush`` never raise on any input; every byte is either part of an
       emitted frame, part of a reported broken frame, or counted in ``skipped_bytes``
       (never twice: bytes of a reported broken frame that are rescanned are "covered").
-    * A broken candidate that lies wholly inside an already reported broken frame is not
-      reported again (it is noise inside noise); one reaching past it is.
+    * A broken candidate that starts inside an already reported broken frame is not
+      reported (payload bytes of a damaged frame often look like a start byte and a
+      header); its bytes beyond the reported frame are skipped unless a valid frame
+      claims them. The cost: when two damaged frames overlap, the second one's bytes are
+      counted as skipped bytes instead of as a second bad frame.
     * After ``feed`` returns, the pending buffer is shorter than ``MAX_FRAME``: it holds
       only the start of the one candidate still waiting for bytes.
     * After ``flush`` the framer is empty and ready for a new stream (a replugged port).
@@ -55,6 +58,11 @@ class BinaryFramer:
         """The bytes held while waiting for the rest of a frame."""
         return bytes(self._buf)
 
+    @property
+    def max_pending(self) -> int:
+        """Upper bound of ``len(pending)`` between calls: one maximal frame."""
+        return self.MAX_FRAME
+
     def feed(self, data: bytes) -> list[Received]:
         """Add bytes from the receiver; return the frames they complete."""
         if data:
@@ -85,9 +93,9 @@ class BinaryFramer:
         if end > start:
             self.stats.skipped_bytes += end - start
 
-    def _broken(self, out: list[Received], end: int, error: str) -> None:
-        # Report a candidate with untrusted boundaries unless it is noise inside noise.
-        if end > self._covered:
+    def _broken(self, out: list[Received], pos: int, end: int, error: str) -> None:
+        # Report a candidate with untrusted boundaries unless it starts inside a broken one.
+        if pos >= self._covered:
             out.append(Received(b"", 0, error=error))
             self.stats.bad_frames += 1
             self._covered = end
@@ -114,7 +122,7 @@ class BinaryFramer:
                 if not final:
                     break  # wait for more bytes
                 if size > 0:
-                    self._broken(out, n, f"{self.name}: frame cut after {n - pos} of {size} bytes")
+                    self._broken(out, pos, n, f"{self.name}: frame cut after {n - pos} of {size} bytes")
                 else:
                     self._skip(pos, pos + 1)
                 pos += 1
@@ -122,7 +130,7 @@ class BinaryFramer:
             result, trusted = self._decode(bytes(buf[pos : pos + size]))
             if not trusted:
                 assert result is not None and result.error is not None
-                self._broken(out, pos + size, result.error)
+                self._broken(out, pos, pos + size, result.error)
                 pos += 1  # resynchronise inside the broken frame
                 continue
             if result is not None:
@@ -155,6 +163,11 @@ class LineFramer:
     def pending(self) -> bytes:
         """The bytes of the unfinished line."""
         return bytes(self._buf)
+
+    @property
+    def max_pending(self) -> int:
+        """Upper bound of ``len(pending)`` between calls: one maximal line."""
+        return self.MAX_LINE
 
     def feed(self, data: bytes) -> list[Received]:
         """Add bytes from the receiver; return the frames of the lines they complete."""

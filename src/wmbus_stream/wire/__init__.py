@@ -1,7 +1,7 @@
 """The sans-IO wire core: CRC, frame formats A/B, link header, wired container, report, filters.
 
 The hot functions come from the compiled twin (``wmbus_stream.wire._cwire``, built from
-``ext/_wire.pyx``) when it is present and allowed, else from the pure twin ``_pywire``.
+``ext/_cwire.pyx``) when it is present and allowed, else from the pure twin ``_pywire``.
 """
 
 from __future__ import annotations

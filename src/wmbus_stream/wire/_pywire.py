@@ -1,4 +1,4 @@
-"""Pure-Python twin of ``ext/_wire.pyx``: the readable specification of the hot path.
+"""Pure-Python twin of ``ext/_cwire.pyx``: the readable specification of the hot path.
 
 Every function here has a compiled twin with the same name, arguments, results and error
 types; ``tests/unit/test_twins.py`` holds them to that. Telegrams are ``bytes`` from the

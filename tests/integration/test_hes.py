@@ -1,0 +1,349 @@
+"""The reference HES (``wmbus-stream receive``) over real sockets on 127.0.0.1.
+
+Requests are made with the stdlib ``http.client`` or raw sockets (independent of the
+gateway's own client) except where the gateway's push is the point (dedup across gateways).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import pytest
+
+import wmbus_stream
+from wmbus_stream import wire
+from wmbus_stream.hes import JsonlStore, PostSummary, ReceiveServer, SqliteStore, add_arguments, parse_report
+from wmbus_stream.io import http as client
+
+pytestmark = pytest.mark.integration
+
+TELEGRAM = bytes.fromhex(
+    "6044961564010061011B7A970400202F2F02653607426534078201652C072265320712653607626516075265560702FB1A0E"
+    "0242FB1A0E028201FB1A0E0222FB1A0E0212FB1A0E0262FB1A090252FB1A0F0202FD1B20C30DFD0F05322E302E310F"
+)
+SPEC_WIRED = (
+    "080072640100619615011B000000000C787217006201FD711C0DFD3B61" + TELEGRAM.hex().upper()
+)
+RECEIVER = b"\x0c\x78\x72\x17\x00\x62"
+RSSI = b"\x01\xfd\x71\x1c"
+AGE = b"\x02\x75\x05\x00"
+
+
+def wired(telegram: bytes = TELEGRAM, *, c: int = 0x08, ci: int = 0x72, records: bytes = RECEIVER + RSSI,
+          n: int | None = None, header: bytes | None = None, tail: bytes = b"") -> bytes:
+    """A wired RSP_UD telegram as in spec section 5, with parts to break."""
+    head = header if header is not None else telegram[4:8] + telegram[2:4] + telegram[8:10]
+    size = len(telegram) if n is None else n
+    return bytes((c, 0, ci)) + head + bytes(4) + records + b"\x0d\xfd\x3b" + bytes((size,)) + telegram + tail
+
+
+def line(serial: str = "00000161", meter: str = "61000164", date: str = "2026-11-24 10:15:02", count: str = "00",
+         hex_text: str | None = None, **parts: object) -> str:
+    return f"{serial};{meter};{date};{count};{hex_text if hex_text is not None else wired(**parts).hex().upper()}"  # type: ignore[arg-type]
+
+
+def telegram_for(meter: int, access: int = 0x97) -> bytes:
+    return TELEGRAM[:4] + bytes.fromhex(f"{meter:08d}")[::-1] + TELEGRAM[8:11] + bytes((access,)) + TELEGRAM[12:]
+
+
+def post(server: ReceiveServer, body: bytes | Iterable[bytes], *, chunked: bool = True, auth: tuple[str, str] | None = None,
+         path: str = "/", headers: dict[str, str] | None = None) -> tuple[int, str, dict[str, str]]:
+    """One POST with http.client: chunked from an iterable, or with Content-Length."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        all_headers = {"Content-Type": "text/plain; charset=us-ascii", **(headers or {})}
+        if auth:
+            all_headers["Authorization"] = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        if chunked:
+            pieces = [body] if isinstance(body, bytes) else list(body)
+            conn.request("POST", path, body=iter(pieces), headers=all_headers, encode_chunked=True)
+        else:
+            conn.request("POST", path, body=body if isinstance(body, bytes) else b"".join(body), headers=all_headers)
+        response = conn.getresponse()
+        return response.status, response.read().decode(), {k.lower(): v for k, v in response.getheaders()}
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def hes() -> Iterator[ReceiveServer]:
+    with ReceiveServer() as server:
+        yield server
+
+
+def test_spec_vector_line_is_accepted_and_decoded(hes: ReceiveServer) -> None:
+    assert wired().hex().upper() == SPEC_WIRED
+    status, text, _ = post(hes, (line() + "\n").encode())
+    assert (status, text) == (204, "")
+    (reading,) = hes.store.readings()
+    assert (reading.manufacturer, reading.meter_id, reading.version, reading.device_type) == ("ELV", "61000164", 1, 0x1B)
+    assert reading.ci == 0x7A and reading.access_number == 0x97 and reading.telegram == TELEGRAM
+    (heard,) = hes.store.heard()
+    assert (heard.gateway, heard.date, heard.rssi_code, heard.receiver, heard.age_minutes) == (
+        "00000161", "2026-11-24 10:15:02", 0x1C, "62001772", None)
+
+
+def test_optional_records_may_be_absent_or_all_present(hes: ReceiveServer) -> None:
+    body = "\n".join([
+        line(records=b""),
+        line(serial="00000162", records=RECEIVER + AGE + RSSI),
+        line(serial="00000163", records=RSSI, tail=b"\x0f"),
+    ]) + "\n"
+    assert post(hes, body.encode())[0] == 204
+    assert len(hes.store.readings()) == 1
+    heard = {h.gateway: h for h in hes.store.heard()}
+    assert heard["00000161"].rssi_code is None and heard["00000161"].receiver is None
+    assert heard["00000162"].age_minutes == 5 and heard["00000162"].rssi_code == 0x1C
+    assert heard["00000163"].receiver is None
+
+
+BAD_LINES = [
+    ("00000161;61000164;2026-11-24 10:15:02;00", "4 fields"),
+    (line() + ";extra", "6 fields"),
+    (line(serial="0000161"), "gateway serial"),
+    (line(serial="0000016X"), "gateway serial"),
+    (line(meter="6100016"), "meter id"),
+    (line(meter="6100016G"), "meter id"),
+    (line(date="2026-11-24T10:15:02"), "YYYY-MM-DD hh:mm:ss"),
+    (line(date="2026-13-24 10:15:02"), "not a valid date"),
+    (line(count="01"), "value data count"),
+    (line(hex_text=SPEC_WIRED.lower()), "uppercase hex"),
+    (line(hex_text=SPEC_WIRED[:-1]), "odd number"),
+    (line(hex_text=""), "empty"),
+    (line(hex_text="0800720102"), "shorter than the 15-byte"),
+    (line(c=0x09), "C-field is 0x09"),
+    (line(ci=0x70), "CI-field is 0x70"),
+    (line(n=len(TELEGRAM) + 1), "container says"),
+    (line(tail=b"\x00\x00"), "container says"),
+    (line(telegram=b"\x5f" + TELEGRAM[1:]), "L-field"),
+    (line(meter="61000165"), "differs from 61000164"),
+    (line(header=bytes.fromhex("65010061") + TELEGRAM[2:4] + TELEGRAM[8:10]), "of the wired header differs"),
+    (line(header=TELEGRAM[4:8] + TELEGRAM[2:4] + b"\x02\x1b"), "version or device type"),
+    (line(records=RSSI + RECEIVER), "out of order"),
+    (line(records=RSSI + RSSI), "out of order"),
+    (line(records=b"\x04\x13\x00\x00\x00\x00"), "unexpected bytes"),
+    (line(records=b"\x01\xfd\x71\x50"), "RSSI code 80"),
+    (line(records=b"\x0c\x78\x01"), "unexpected bytes"),
+    ("", "empty line"),
+    (line()[:-2] + "\u00c9F", "not ASCII"),
+    (line().replace(";", ";\t", 1), "control character"),
+]
+
+
+@pytest.mark.parametrize(("bad", "reason"), BAD_LINES, ids=[reason for _, reason in BAD_LINES])
+def test_malformed_line_is_400_with_its_number_and_nothing_is_stored(hes: ReceiveServer, bad: str, reason: str) -> None:
+    good = [line(serial="00000161"), line(serial="00000162", telegram=telegram_for(61000165), meter="61000165")]
+    body = ("\n".join([*good, bad, line(serial="00000163")]) + "\n").encode("utf-8")
+    status, text, _ = post(hes, body)
+    assert status == 400
+    assert text.startswith("line 3: ") and reason in text, text
+    assert hes.store.readings() == [] and hes.store.heard() == []
+    assert hes.stats.rejected == 1 and hes.stats.posts == 0
+
+
+def test_parse_report_line_breaks() -> None:
+    assert parse_report(b"") == []
+    assert len(parse_report((line() + "\r\n" + line(serial="00000162")).encode())) == 2
+
+
+def test_same_telegram_from_three_gateways_is_one_reading_heard_three_times(hes: ReceiveServer) -> None:
+    def push(serial: str, rssi: int) -> client.PushResult:
+        wired_bytes = wire.build_report(TELEGRAM, "62001772", rssi, 0)
+        text = f"{serial};61000164;2026-11-24 10:15:0{serial[-1]};00;{wired_bytes.hex().upper()}\n".encode()
+        return client.push(hes.url, lambda: [text], deadline=None)
+
+    gateways = {"00000161": -74, "00000162": -90, "00000163": -60}
+    results: list[client.PushResult] = []
+    threads = [threading.Thread(target=lambda s=s, r=r: results.append(push(s, r))) for s, r in gateways.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert len(results) == 3 and all(r.ok for r in results)
+    assert len(hes.store.readings()) == 1
+    heard = {h.gateway: h.rssi_code for h in hes.store.heard()}
+    assert heard == {s: wire.rssi_code(r) for s, r in gateways.items()}
+    # The same reports again (at-least-once delivery): nothing new.
+    for serial, rssi in gateways.items():
+        assert push(serial, rssi).ok
+    assert len(hes.store.readings()) == 1 and len(hes.store.heard()) == 3
+    # A new telegram of the same meter (next access number) is a new reading.
+    text = line(telegram=telegram_for(61000164, access=0x98)) + "\n"
+    assert post(hes, text.encode())[0] == 204
+    assert [r.access_number for r in hes.store.readings()] == [0x97, 0x98]
+    assert hes.stats.readings == 2 and hes.stats.posts == 7
+
+
+def test_auth_is_required_when_configured() -> None:
+    body = (line() + "\n").encode()
+    with ReceiveServer(username="gw", password="s3cret") as server:
+        status, _, headers = post(server, body)
+        assert status == 401 and headers["www-authenticate"].startswith("Basic realm=")
+        assert post(server, body, auth=("gw", "wrong"))[0] == 401
+        assert post(server, body, auth=("other", "s3cret"))[0] == 401
+        assert post(server, body, chunked=False, headers={"Authorization": "Basic !!!"})[0] == 401
+        assert server.store.readings() == [] and server.stats.unauthorized == 4
+        assert post(server, body, auth=("gw", "s3cret"))[0] == 204
+        assert len(server.store.readings()) == 1
+
+
+def test_unauthorized_big_upload_still_gets_its_401() -> None:
+    lines = [(line(meter=f"{61000000 + i:08d}", telegram=telegram_for(61000000 + i)) + "\n").encode() for i in range(3000)]
+    with ReceiveServer(username="gw", password="s3cret") as server:
+        result = client.push(server.url, lambda: lines, username="gw", password="nope", deadline=None)
+        assert result.status == 401 and result.attempts == 1
+        result = client.push(server.url, lambda: lines, username="gw", password="s3cret", deadline=None)
+        assert result.ok and len(server.store.readings()) == 3000
+
+
+def test_content_length_body_and_keep_alive(hes: ReceiveServer) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", hes.port, timeout=10)
+    try:
+        for serial in ("00000161", "00000162"):
+            conn.request("POST", "/any/path", body=(line(serial=serial) + "\n").encode())
+            response = conn.getresponse()
+            assert response.status == 204
+            response.read()
+    finally:
+        conn.close()
+    assert len(hes.store.heard()) == 2
+
+
+def test_limits_and_framing_errors() -> None:
+    with ReceiveServer(max_body=1000, path="/report") as server:
+        big = ((line() + "\n") * 5).encode()
+        assert post(server, big, path="/report")[0] == 413
+        assert post(server, big, path="/report", chunked=False)[0] == 413
+        assert post(server, b"x", path="/elsewhere")[0] == 404
+        status, text, _ = post(server, b"", path="/report", chunked=False,
+                               headers={"Transfer-Encoding": "chunked", "Content-Length": "5"})
+        assert status == 400 and "both" in text
+        assert post(server, b"", path="/report", chunked=False, headers={"Transfer-Encoding": "gzip"})[0] == 501
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw:
+            raw.sendall(b"POST /report HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+            assert raw.recv(100).startswith(b"HTTP/1.1 400")
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+        conn.request("GET", "/report")
+        assert conn.getresponse().status == 405
+        conn.close()
+        assert server.store.readings() == []
+        assert post(server, b"", path="/report?x=1")[0] == 204  # an empty report is fine
+
+
+def test_body_cut_mid_chunk_stores_nothing(hes: ReceiveServer) -> None:
+    first = (line() + "\n").encode()
+    with socket.create_connection(("127.0.0.1", hes.port), timeout=5) as raw:
+        raw.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        raw.sendall(b"%x\r\n%s\r\n" % (len(first), first))
+        raw.sendall(b"4000\r\n" + first[:100])
+    time.sleep(0.2)
+    assert hes.store.readings() == [] and hes.stats.posts == 0
+    assert post(hes, first)[0] == 204
+
+
+def test_on_post_summary(hes: ReceiveServer) -> None:
+    seen: list[PostSummary] = []
+    hes.on_post = seen.append
+    post(hes, ("\n".join([line(), line(serial="00000162")]) + "\n").encode(), path="/x")
+    post(hes, b"bad\n")
+    assert seen[0].status == 204 and seen[0].lines == 2 and seen[0].new_readings == 1
+    assert seen[0].gateways == ("00000161", "00000162") and seen[0].path == "/x"
+    assert seen[1].status == 400 and seen[1].error.startswith("line 1: ")
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "jsonl"])
+def test_file_stores_persist_and_keep_deduplicating(tmp_path: Path, kind: str) -> None:
+    path = str(tmp_path / ("hes.sqlite3" if kind == "sqlite" else "hes.jsonl"))
+
+    def open_store() -> SqliteStore | JsonlStore:
+        return SqliteStore(path) if kind == "sqlite" else JsonlStore(path)
+
+    store = open_store()
+    with ReceiveServer(store=store) as server:
+        assert post(server, ("\n".join([line(), line(serial="00000162")]) + "\n").encode())[0] == 204
+    store.close()
+    store = open_store()
+    with ReceiveServer(store=store) as server:
+        assert post(server, ("\n".join([line(serial="00000162"), line(serial="00000163")]) + "\n").encode())[0] == 204
+        assert len(store.readings()) == 1
+        assert [h.gateway for h in store.heard()] == ["00000161", "00000162", "00000163"]
+    store.close()
+    if kind == "jsonl":
+        with open(path, "ab") as handle:
+            handle.write(b'{"type":"heard_by","dig')  # a torn append
+        store = JsonlStore(path)
+        assert len(store.heard()) == 3
+        store.close()
+        records = [json.loads(x) for x in Path(path).read_text().splitlines()]
+        assert [r["type"] for r in records] == ["reading", "heard_by", "heard_by", "heard_by"]
+
+
+def test_tls_server(tmp_path: Path) -> None:
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1")
+    cert, key, ca_file = tmp_path / "c.pem", tmp_path / "k.pem", tmp_path / "ca.pem"
+    cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+    leaf.private_key_pem.write_to_path(str(key))
+    ca.cert_pem.write_to_path(str(ca_file))
+    with ReceiveServer(tls_cert=str(cert), tls_key=str(key), username="gw", password="pw") as server:
+        # A client that connects and never handshakes must not block others.
+        with socket.create_connection(("127.0.0.1", server.port)):
+            result = client.push(server.url, lambda: [(line() + "\n").encode()], username="gw", password="pw",
+                                 ca_file=str(ca_file), deadline=None)
+        assert result.ok and len(server.store.readings()) == 1
+
+
+def test_cli_receive_prints_one_line_per_post(tmp_path: Path) -> None:
+    secret = tmp_path / "password"
+    secret.write_text("pw\n")
+    store = tmp_path / "hes.jsonl"
+    src = os.path.dirname(os.path.dirname(wmbus_stream.__file__))
+    code = ("import argparse, sys; from wmbus_stream import hes; p = argparse.ArgumentParser(); hes.add_arguments(p);"
+            " sys.exit(hes.main(p.parse_args(sys.argv[1:])))")
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    process = subprocess.Popen(
+        [sys.executable, "-c", code, "--listen", "127.0.0.1:0", "--jsonl", str(store), "--username", "gw",
+         "--password-file", str(secret), "--path", "/in"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    try:
+        banner = process.stdout.readline()
+        assert banner.startswith("receiving reports on http://127.0.0.1:"), banner + process.stderr.read()
+        url = banner.split()[3]
+        assert url.endswith("/in")
+        body = ("\n".join([line(), line(serial="00000162")]) + "\n").encode()
+        result = client.push(url, lambda: [body], username="gw", password="pw", deadline=None)
+        assert result.ok
+        shown = process.stdout.readline()
+        assert "POST /in: 2 lines, 1 new readings, gateway 00000161,00000162" in shown
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(10) == 0
+        assert "stopped: 1 POSTs, 2 lines, 1 new readings" in process.stdout.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert len(JsonlStore(str(store)).readings()) == 1
+
+
+def test_cli_rejects_bad_options() -> None:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    from wmbus_stream.hes import main
+
+    assert main(parser.parse_args(["--username", "gw"])) == 3
+    assert main(parser.parse_args(["--listen", "nonsense"])) == 3
+    assert main(parser.parse_args(["--tls-key", "k.pem"])) == 3
