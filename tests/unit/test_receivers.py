@@ -488,6 +488,22 @@ def test_amb8465_rssi_mapping() -> None:
     assert all(amb8465.rssi_dbm(amb8465.rssi_raw(d)) == d for d in range(-138, -10))
 
 
+def test_frame_look_alikes_inside_a_broken_frame_are_not_reported_again() -> None:
+    # Payload bytes FF 03 40 look like the start of a 68-byte frame reaching past the end.
+    telegram = IPERL[:-3] + b"\xff\x03\x40"
+    telegram = bytes((len(telegram) - 1,)) + telegram[1:]
+    broken = bytearray(amb8465.encode(telegram, rssi=0x10))
+    broken[-1] ^= 0x55
+    good = amb8465.encode(IPERL, rssi=0x20)
+    data = bytes(broken) + good * 4
+    nested = data[len(broken) - 5 : len(broken) - 5 + 0x44]
+    assert nested[:3] == b"\xff\x03\x40" and amb8465.checksum(nested[:-1]) != nested[-1]
+    f = framer("amb8465")
+    out = run(f, [data])
+    assert [r.data for r in out] == [b"", IPERL, IPERL, IPERL, IPERL]
+    assert stats_of(f) == (4, 1, 0)
+
+
 def test_amb8465_unknown_command_byte_is_garbage() -> None:
     f = framer("amb8465")
     junk = bytes.fromhex("FF42") + bytes.fromhex("FFFF")

@@ -403,7 +403,9 @@ def _brute_next(sets: list[set[int]], day_or: bool, after: datetime) -> datetime
 
 @settings(max_examples=300, deadline=None)
 @given(_expressions(), st.integers(0, 3 * 365 * 24 * 60))
-def test_next_after_matches_brute_force(expr: tuple[str, list[set[int]], bool], offset: int) -> None:
+def test_next_after_matches_brute_force(
+    expr: tuple[str, list[set[int]], bool], offset: int
+) -> None:
     text, sets, day_or = expr
     try:
         schedule = Schedule.parse(text)

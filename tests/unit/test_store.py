@@ -236,6 +236,29 @@ def test_damaged_pages_fail_integrity_check(path: Path, caplog: pytest.LogCaptur
     db.close()
 
 
+def test_corruption_found_while_running_rewrites_memory_into_a_new_file(path: Path) -> None:
+    store = Store.open(path)
+    for n in range(3000):
+        store.put(key(n), mid(n), 1.0, bytes(100))
+    store.flush()
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    with open(path, "r+b") as f:  # damage a page behind SQLite's back
+        f.seek(20 * 4096)
+        f.write(b"\xa5" * 4096)
+    other.execute("INSERT INTO meta VALUES ('x', x'00')")  # makes the store's connection reread pages
+    other.close()
+    for n in range(3000):
+        store.put(key(n), mid(n), 2.0, bytes(100))
+    with pytest.raises(StoreWriteError, match="malformed"):
+        store.flush()
+    assert len(store.corrupt_moved) == 1 and store.pending() == 3000
+    assert store.flush() == 3000  # the next flush writes all of memory into a new file
+    store.close()
+    rows = disk_rows(path)
+    assert len(rows) == 3000 and {r[2] for r in rows.values()} == {2.0}
+
+
 def test_unavailable_database_keeps_memory_and_retries(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     blocker = tmp_path / "state"
     blocker.write_text("a file where the state folder should be")
