@@ -49,7 +49,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, BinaryIO, Protocol
 
@@ -153,13 +153,14 @@ def parse_wired(wired: bytes) -> tuple[str | None, int | None, int | None, bytes
     found: dict[str, bytes] = {}
     pos, next_record = 15, 0
     while not wired.startswith(_CONTAINER, pos):
-        for index, (tag, size, name) in enumerate(_RECORDS):
-            if wired.startswith(tag, pos):
-                break
-        else:
+        match = next((i for i, (tag, _, _) in enumerate(_RECORDS) if wired.startswith(tag, pos)), None)
+        if match is None:
             raise ValueError(
-                f"unexpected bytes {wired[pos:pos + 3].hex().upper()} at offset {pos}; expected 0C78, 0275, 01FD71 or the container 0DFD3B"
+                f"unexpected bytes {wired[pos:pos + 3].hex().upper()} at offset {pos};"
+                " expected 0C78, 0275, 01FD71 or the container 0DFD3B"
             )
+        index = match
+        tag, size, name = _RECORDS[index]
         if index < next_record:
             raise ValueError(f"record {name} at offset {pos} is repeated or out of order")
         value = wired[pos + len(tag) : pos + len(tag) + size]
@@ -333,7 +334,7 @@ class Store(Protocol):
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 _SCHEMA = """
@@ -416,7 +417,12 @@ class SqliteStore:
                 "SELECT digest, manufacturer, meter_id, version, device_type, ci, access_number, telegram,"
                 " first_heard, first_gateway, stored_at FROM reading ORDER BY id"
             ).fetchall()
-        return [Reading(*row[:7], bytes(row[7]), *row[8:]) for row in rows]
+        return [
+            Reading(digest=row[0], manufacturer=row[1], meter_id=row[2], version=row[3], device_type=row[4], ci=row[5],
+                    access_number=row[6], telegram=bytes(row[7]), first_heard=row[8], first_gateway=row[9],
+                    stored_at=row[10])
+            for row in rows
+        ]
 
     def heard(self) -> list[Heard]:
         """All heard_by rows, oldest first."""
@@ -528,7 +534,7 @@ class JsonlStore:
 
 
 def _fields(value: Reading | Heard) -> dict[str, Any]:
-    return {name: getattr(value, name) for name in value.__slots__}  # type: ignore[union-attr]
+    return {name: getattr(value, name) for name in value.__slots__}
 
 
 def open_store(db: str | None = None, jsonl: str | None = None) -> SqliteStore | JsonlStore:
@@ -577,7 +583,12 @@ class _TooLarge(Exception):
     """The request body is over the limit."""
 
 
-def _read_chunked(rfile: BinaryIO, limit: int) -> bytes:
+class _Reader(Protocol):
+    def readline(self, size: int = -1, /) -> bytes: ...
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+def _read_chunked(rfile: _Reader, limit: int) -> bytes:
     """Decode a chunked request body (RFC 9112 section 7.1), at most ``limit`` bytes of data."""
     parts: list[bytes] = []
     total = 0
@@ -619,10 +630,6 @@ class _Handler(BaseHTTPRequestHandler):
     sys_version = ""
     server: _Server
 
-    def setup(self) -> None:
-        self.timeout = self.server.app.timeout
-        super().setup()
-
     def do_POST(self) -> None:  # noqa: N802  (http.server's naming)
         self.server.app._handle_post(self)
 
@@ -645,7 +652,9 @@ class _Server(ThreadingHTTPServer):
         self.app = app
         self.connections: set[socket.socket] = set()
         self.connections_lock = threading.Lock()
-        super().__init__(address, _Handler)
+        # The socket timeout of every connection (idle keep-alive, slow bodies) is per server.
+        handler = type("_TimedHandler", (_Handler,), {"timeout": app.timeout})
+        super().__init__(address, handler)
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind does a reverse DNS lookup (getfqdn) that can hang offline.
@@ -666,7 +675,7 @@ class _Server(ThreadingHTTPServer):
         with self.connections_lock:
             self.connections.add(conn)
         try:
-            self.RequestHandlerClass(conn, client_address, self)
+            self.RequestHandlerClass(conn, client_address, self)  # type: ignore[arg-type]
         finally:
             with self.connections_lock:
                 self.connections.discard(conn)
@@ -813,7 +822,9 @@ class ReceiveServer:
 
     # -- requests -----------------------------------------------------------------------------
 
-    def _reply(self, handler: _Handler, status: int, text: str = "", headers: dict[str, str] | None = None, *, close: bool = False) -> None:
+    def _reply(
+        self, handler: _Handler, status: int, text: str = "", headers: dict[str, str] | None = None, *, close: bool = False
+    ) -> None:
         """Send a plain-text answer with a Content-Length so keep-alive works."""
         body = text.encode("utf-8")
         handler.send_response(status)
@@ -1018,12 +1029,15 @@ def main(args: argparse.Namespace) -> int:
         store.close()
         print(f"wmbus-stream receive: cannot listen on {args.listen}: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    where = f"SQLite {args.db}" if args.db else f"JSON lines {args.jsonl}" if args.jsonl else "memory only (use --db or --jsonl to keep them)"
+    if args.db or args.jsonl:
+        where = f"SQLite {args.db}" if args.db else f"JSON lines {args.jsonl}"
+    else:
+        where = "memory only (use --db or --jsonl to keep them)"
     auth = "basic auth" if args.username else "no auth"
     print(f"receiving reports on {server.url} ({auth}); readings stored in {where}", flush=True)
 
     stop = threading.Event()
-    previous: dict[int, Any] = {}
+    previous: dict[signal.Signals, Any] = {}
     for signum in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(ValueError):  # not in the main thread
             previous[signum] = signal.signal(signum, lambda *_: stop.set())

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, implementation
+from .atomic import clean_stale, clean_stale_dir
 from .config import model as config_model
 from .config.model import Config
 from .core import report
@@ -121,6 +122,9 @@ class Gateway:
         state = self.config.state_directory
         state.mkdir(parents=True, exist_ok=True)
         self._lock_fd = _take_lock(state / LOCK_FILE)
+        clean_stale_dir(state)  # temp files of a write cut by a power loss
+        if self.config_path is not None:
+            clean_stale(self.config_path)
         self.store = Store.open(state / STORE_FILE)
         self.analyzer = Analyzer(time.time())
         saved = self.store.get_meta(ANALYZER_META)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from wmbus_stream.core.store import Store, StoreWriteError
+from wmbus_stream.core.store import Snapshot, Store, StoreWriteError
 
 pytestmark = pytest.mark.integration
 
@@ -175,7 +175,7 @@ def test_disk_full_keeps_data_and_resumes(small_fs: Path) -> None:
         store.flush()  # still full: fails again, still no crash
     snap = store.snapshot()
     try:
-        store.acknowledge(Snapshot_rows_for(snap, range(10)))
+        store.acknowledge(_partial(snap, range(10)))
     except StoreWriteError:
         pass  # a delete may need WAL space too: then it is owed and retried by flush
     # the previous durable state is intact and readable by another connection
@@ -191,9 +191,8 @@ def test_disk_full_keeps_data_and_resumes(small_fs: Path) -> None:
         assert {r[0]: r[3] for r in again.snapshot()} == expected
 
 
-def Snapshot_rows_for(snapshot, numbers):  # noqa: N802  (a test helper that builds a partial snapshot)
-    from wmbus_stream.core.store import Snapshot
-
+def _partial(snapshot: Snapshot, numbers: range) -> Snapshot:
+    """The rows of some meters only, as a push of part of the pending set would carry."""
     wanted = {key(n) for n in numbers}
     return Snapshot(tuple(r for r in snapshot.rows if r[0] in wanted))
 

@@ -26,8 +26,8 @@ SPEC_REPORT_HEX = (
     "0262FB1A090252FB1A0F0202FD1B20C30DFD0F05322E302E310F")
 
 
-def utc(*fields: int) -> float:
-    return datetime(*fields, tzinfo=timezone.utc).timestamp()
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> float:
+    return datetime(year, month, day, hour, minute, second, tzinfo=timezone.utc).timestamp()
 
 
 def row(meter_id: str, received_at: float, telegram: bytes, generation: int = 1) -> tuple:

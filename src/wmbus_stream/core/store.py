@@ -42,7 +42,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -106,7 +106,15 @@ def _sort_key(row: Row) -> tuple[str, bytes]:
     return row[1], row[0]
 
 
-def _params(row: Row) -> tuple[object, ...]:
+# Columns of one upsert: key, manufacturer, version, device type, meter id, time, telegram, generation.
+_Params = tuple[bytes, int | None, int | None, int | None, str, float, bytes, int]
+
+
+def _first(params: _Params) -> bytes:
+    return params[0]
+
+
+def _params(row: Row) -> _Params:
     key = row[0]
     if len(key) == 8:
         return (key, key[0] | key[1] << 8, key[6], key[7], row[1], row[2], row[3], row[4])
@@ -361,7 +369,7 @@ class Store:
                 raise
         return len(batch)
 
-    def _write(self, rows: object) -> None:
+    def _write(self, rows: Iterable[Row]) -> None:
         """One transaction: owed deletions first, then upserts; raises StoreWriteError on failure."""
         if self._db is None and not self._attach():
             raise StoreWriteError(f"state database {self.path} is not available; data kept in memory")
@@ -373,7 +381,8 @@ class Store:
             if tombstones:
                 db.executemany(_DELETE, sorted(tombstones))
             # Key order makes the B-tree inserts sequential: about half the time of arrival order.
-            db.executemany(_UPSERT, sorted(map(_params, rows)))  # type: ignore[call-overload]
+            upserts = sorted(map(_params, rows), key=_first)
+            db.executemany(_UPSERT, upserts)
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback(db)

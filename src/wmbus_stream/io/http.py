@@ -40,7 +40,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urljoin
@@ -234,7 +234,7 @@ def _describe(exc: BaseException, netloc: str, connect_timeout: float, read_time
     if first(http.client.IncompleteRead) is not None:
         return f"connection closed by {netloc} in the middle of its answer", True
     if (e := first(OSError)) is not None and getattr(e, "strerror", None):
-        return f"cannot connect to {netloc}: {e.strerror}", True
+        return f"cannot connect to {netloc}: {getattr(e, 'strerror')}", True
     if first(NewConnectionError) is not None:
         return f"cannot connect to {netloc}", True
     inner = chain[-1]
@@ -278,7 +278,7 @@ def _status_text(status: int, reason: str | None, body: bytes) -> str:
     return f"{text}: {excerpt}" if excerpt else text
 
 
-def _coalesce(pieces: Iterable[bytes], stop_event: threading.Event | None, sent: list[int]) -> Iterator[bytes]:
+def _coalesce(pieces: Iterable[bytes], stop_event: threading.Event | None, sent: list[int]) -> Generator[bytes, None, None]:
     """Chunks of up to CHUNK_SIZE from the caller's pieces; counts bytes; honours stop."""
     buffer = bytearray()
     try:
