@@ -636,7 +636,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _not_allowed(self) -> None:
         self.server.app._reply(self, 405, "only POST is accepted here\n", {"Allow": "POST"}, close=True)
 
-    do_GET = do_PUT = do_DELETE = do_PATCH = do_HEAD = _not_allowed  # noqa: N815
+    do_GET = do_PUT = do_DELETE = do_PATCH = _not_allowed  # noqa: N815
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         log.debug("%s %s", self.address_string(), format % args)

@@ -373,8 +373,13 @@ class Gateway:
             outcome = PushOutcome(now, result.ok, len(snapshot), result.status, result.attempts,
                                   result.error, result.duration)
             if result.ok:
-                self.store.acknowledge(snapshot)
                 self.lines_acknowledged += len(snapshot)
+                try:
+                    self.store.acknowledge(snapshot)
+                except StoreWriteError as exc:
+                    # Forgotten in memory already; the next flush retries the disk delete.
+                    self.store_errors += 1
+                    log.error("acknowledged rows not yet deleted on disk (%s); retrying at the next flush", exc)
         self.pushes["ok" if outcome.ok else "failed"] += 1
         self.last_push = outcome
         (log.info if outcome.ok else log.warning)("push %s", outcome.summary())

@@ -158,6 +158,12 @@ def _fill(directory: Path) -> Path:
     return filler
 
 
+def _partial(snapshot: Snapshot, numbers: range) -> Snapshot:
+    """The rows of some meters only, as a push of part of the pending set would carry."""
+    wanted = {key(n) for n in numbers}
+    return Snapshot(tuple(r for r in snapshot.rows if r[0] in wanted))
+
+
 def test_disk_full_keeps_data_and_resumes(small_fs: Path) -> None:
     path = small_fs / "store.db"
     store = Store.open(path)
@@ -181,6 +187,8 @@ def test_disk_full_keeps_data_and_resumes(small_fs: Path) -> None:
     # the previous durable state is intact and readable by another connection
     db = sqlite3.connect(path)
     assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    assert {r[0] for r in db.execute("SELECT telegram FROM meters")} == {b"before" * 20}
+    assert 40 <= db.execute("SELECT count(*) FROM meters").fetchone()[0] <= 50
     db.close()
     filler.unlink()
     assert store.flush() >= 1990
@@ -189,12 +197,6 @@ def test_disk_full_keeps_data_and_resumes(small_fs: Path) -> None:
     store.close()
     with Store.open(path) as again:
         assert {r[0]: r[3] for r in again.snapshot()} == expected
-
-
-def _partial(snapshot: Snapshot, numbers: range) -> Snapshot:
-    """The rows of some meters only, as a push of part of the pending set would carry."""
-    wanted = {key(n) for n in numbers}
-    return Snapshot(tuple(r for r in snapshot.rows if r[0] in wanted))
 
 
 def _remount(mountpoint: Path, mode: str) -> None:

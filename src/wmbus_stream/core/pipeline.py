@@ -2,7 +2,8 @@
 
 Sans-IO: frames and the arrival time come in as arguments; nothing here touches a port, a
 clock or a file (the store's flush is the service's business). Every frame is counted
-exactly once under one result name; ``counts["read"]`` is their sum.
+exactly once under one result name; ``counts["read"]`` is their sum. This loop runs once
+per telegram, so it avoids per-telegram objects beyond the ones the store keeps.
 """
 
 from __future__ import annotations
@@ -12,11 +13,15 @@ from collections.abc import Iterable
 
 from .. import wire
 from ..errors import FrameError
-from ..receivers.base import Received
+from ..receivers.base import FORMAT_AUTO, Received
+from ..wire.frame import strip_any
 from ..wire.modes import mode_name
-from .check import check
 
 __all__ = ["Pipeline", "Settings"]
+
+_STRIP = {wire.FORMAT_NONE: wire.check_telegram, wire.FORMAT_A: wire.strip_a, wire.FORMAT_B: wire.strip_b,
+          FORMAT_AUTO: lambda data: strip_any(data)[0]}
+_VERDICTS = ("Accepted",) + wire.RESULT_NAMES[1:]
 
 
 class Settings:
@@ -42,25 +47,36 @@ class Pipeline:
     def process(self, items: Iterable[Received], now: float) -> None:
         """Handle frames that arrived at ``now`` (epoch seconds)."""
         settings = self.settings  # one consistent view even if a reload swaps it meanwhile
-        counts = self.counts
+        verdict_of = settings.matcher.verdict
+        record = self.analyzer.record
+        put = self.store.put
+        results = [0] * len(wire.RESULT_NAMES)  # counted locally, added to counts once per call
+        read = 0
         for item in items:
-            counts["read"] += 1
+            read += 1
             try:
-                checked = check(item)
-                telegram = checked.telegram
-                verdict = settings.matcher.verdict(telegram, item.mode)
-                report = None if verdict else checked.report_telegram(settings.receiver_address, settings.wired_address)
+                if item.error is not None:
+                    raise FrameError(item.error)
+                telegram = _STRIP[item.frame_format](item.data)
+                verdict = verdict_of(telegram, item.mode)
+                report = None
+                if not verdict:
+                    report = item.wired
+                    if report is None:
+                        report = wire.build_report(telegram, item.receiver_address or settings.receiver_address,
+                                                   item.rssi_dbm, settings.wired_address)
             except FrameError as exc:
-                counts[exc.kind] += 1
+                self.counts[exc.kind] += 1
                 self.analyzer.record_broken(now, exc.kind)
                 continue
             key = telegram[2:10]  # manufacturer, ID, version, device type: the meter's link address
             meter_id = telegram[7:3:-1].hex().upper()
-            result = wire.RESULT_NAMES[verdict]
-            self.analyzer.record(
-                key, meter_id, telegram[9], "Accepted" if not verdict else result,
-                item.rssi_dbm, mode_name(item.mode), now,
-            )
-            counts[result] += 1
+            record(key, meter_id, telegram[9], _VERDICTS[verdict], item.rssi_dbm, mode_name(item.mode), now)
+            results[verdict] += 1
             if report is not None:
-                self.store.put(key, meter_id, now, report)
+                put(key, meter_id, now, report)
+        counts = self.counts
+        counts["read"] += read
+        for verdict, count in enumerate(results):
+            if count:
+                counts[wire.RESULT_NAMES[verdict]] += count

@@ -13,10 +13,10 @@ Invariants
     - A key is the meter's 8-byte wireless link address ``telegram[2:10]`` (manufacturer
       code LSB first, ID LSB first, version, device type); one row per key, so memory and
       disk are bounded by the number of meters, never by time offline.
-    - Generations come from one store-wide counter that only grows (also across restarts:
-      it resumes above the largest generation on disk), so every arrival has a generation
-      larger than any the same meter had before, and a stale snapshot can never delete a
-      newer telegram.
+    - Generations come from one store-wide counter that only grows within a process and
+      resumes above the largest generation on disk after a restart, so an arrival's
+      generation is larger than any stored or snapshotted one (snapshots never outlive the
+      process) and a stale snapshot can never delete a newer telegram.
     - Memory holds every pending row (disk rows are loaded on open); disk holds a subset
       that is never newer than memory. Acknowledging a row deletes it from memory only if
       its generation is unchanged, and from disk every version <= the acknowledged one.
@@ -27,9 +27,11 @@ Invariants
     - IO failures never lose memory state: a failed flush leaves its rows dirty, a failed
       acknowledge keeps the disk deletions as tombstones; both are retried by the next
       ``flush()`` and reported as ``StoreWriteError`` for the service to count. A corrupt
-      database is moved aside and the store starts empty (or rewrites memory into a new
-      file); a database that cannot be opened at all leaves the store working in memory and
-      retried at every flush.
+      database is moved aside (``<name>.corrupt-<UTC time>``) and the store starts empty,
+      or, when found while running, rewrites memory into a new file (``meta`` values are
+      lost then). A database that cannot be opened for writing (read-only mount, missing
+      folder) leaves the store working in memory, with the pending rows read read-only when
+      possible, and is retried at every flush; the outage is logged once.
 
 Delivery is at-least-once, latest-value: a crash between an acknowledge in memory and its
 disk delete makes that row come back and be sent again; the HES removes duplicates.

@@ -159,7 +159,7 @@ def _target(url: str, username: str | None, password: str | None) -> _Target:
     authorization = None
     if username is not None:
         # UTF-8 as RFC 7617 advertises it (urllib3's make_headers would use Latin-1).
-        token = base64.b64encode(f"{username}:{password or ''}".encode("utf-8")).decode("ascii")
+        token = base64.b64encode(f"{username}:{password or ''}".encode()).decode("ascii")
         authorization = f"Basic {token}"
     port = parsed.port or (443 if scheme == "https" else 80)
     netloc = f"{parsed.host}:{port}"
@@ -233,8 +233,8 @@ def _describe(exc: BaseException, netloc: str, connect_timeout: float, read_time
         return f"connection reset by {netloc} during the request", True
     if first(http.client.IncompleteRead) is not None:
         return f"connection closed by {netloc} in the middle of its answer", True
-    if (e := first(OSError)) is not None and getattr(e, "strerror", None):
-        return f"cannot connect to {netloc}: {getattr(e, 'strerror')}", True
+    if isinstance(e := first(OSError), OSError) and e.strerror:
+        return f"cannot connect to {netloc}: {e.strerror}", True
     if first(NewConnectionError) is not None:
         return f"cannot connect to {netloc}", True
     inner = chain[-1]
@@ -328,7 +328,8 @@ def _post_once(
     try:
         pieces = body_factory()
     except Exception as exc:  # noqa: BLE001  (a report that cannot be built is the caller's bug)
-        return _Attempt(False, None, f"report body could not be built: {type(exc).__name__}: {exc}", False, None, 0, body_error=True)
+        message = f"report body could not be built: {type(exc).__name__}: {exc}"
+        return _Attempt(False, None, message, False, None, 0, body_error=True)
     body = _coalesce(pieces, stop_event, sent)
     try:
         response = pool.urlopen(
@@ -346,7 +347,8 @@ def _post_once(
         return _Attempt(False, None, "stopped while sending", False, None, sent[0], stopped=True)
     except _BodyFailed as exc:
         inner = exc.__cause__ or exc
-        return _Attempt(False, None, f"report body failed while sending: {type(inner).__name__}: {inner}", False, None, sent[0], body_error=True)
+        message = f"report body failed while sending: {type(inner).__name__}: {inner}"
+        return _Attempt(False, None, message, False, None, sent[0], body_error=True)
     except Exception as exc:  # noqa: BLE001  (every transport failure becomes a described result)
         message, retryable = _describe(exc, target.netloc, connect_timeout, read_timeout)
         return _Attempt(False, None, message, retryable, None, sent[0])
@@ -425,7 +427,8 @@ def push(
         while True:
             if stop_event is not None and stop_event.is_set():
                 log.info("push to %s abandoned: stopping", target.display)
-                return result(False, last.status if last else None, tries, "stopped", last.bytes_sent if last else 0, retryable=True, stopped=True)
+                status, sent = (last.status, last.bytes_sent) if last else (None, 0)
+                return result(False, status, tries, "stopped", sent, stopped=True)
             tries += 1
             connect_t, read_t = connect_timeout, read_timeout
             if deadline is not None:
@@ -537,9 +540,11 @@ def fetch(
                     try:
                         new = _target(new_url, None, None)
                     except ValueError as exc:
-                        raise HttpError(f"GET {target.display}: redirect refused: {exc}", status=response.status, retryable=False) from None
+                        message = f"GET {target.display}: redirect refused: {exc}"
+                        raise HttpError(message, status=response.status, retryable=False) from None
                     if target.scheme == "https" and new.scheme != "https":
-                        raise HttpError(f"GET {target.display}: redirect from https to http refused ({new.display})", status=response.status, retryable=False)
+                        message = f"GET {target.display}: redirect from https to http refused ({new.display})"
+                        raise HttpError(message, status=response.status, retryable=False)
                     # Credentials go only to the host they were configured for.
                     auth = target.authorization if new.netloc == origin else None
                     target = _Target(new.url, new.scheme, new.netloc, new.display, auth)
@@ -551,10 +556,12 @@ def fetch(
                     )
                 encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
                 if encoding not in ("", "identity"):
-                    raise HttpError(f"GET {target.display}: unsupported Content-Encoding {encoding!r}", status=200, retryable=False)
+                    message = f"GET {target.display}: unsupported Content-Encoding {encoding!r}"
+                    raise HttpError(message, status=200, retryable=False)
                 length = response.headers.get("Content-Length")
                 if length and length.isdigit() and int(length) > max_bytes:
-                    raise HttpError(f"GET {target.display}: file of {length} bytes exceeds the limit of {max_bytes}", status=200, retryable=False)
+                    message = f"GET {target.display}: file of {length} bytes exceeds the limit of {max_bytes}"
+                    raise HttpError(message, status=200, retryable=False)
                 return _read_limited(response, target, max_bytes, deadline, read_t, clock)
             finally:
                 response.close()
@@ -564,7 +571,12 @@ def fetch(
 
 
 def _read_limited(
-    response: urllib3.BaseHTTPResponse, target: _Target, max_bytes: int, deadline: float, read_timeout: float, clock: Callable[[], float]
+    response: urllib3.BaseHTTPResponse,
+    target: _Target,
+    max_bytes: int,
+    deadline: float,
+    read_timeout: float,
+    clock: Callable[[], float],
 ) -> bytes:
     """Read a body as it arrives, stopping at max_bytes or the total deadline."""
     data = bytearray()
@@ -624,7 +636,10 @@ def notify(
             message, retryable = _describe(exc, target.netloc, connect_t, read_t)
             raise HttpError(f"POST {target.display}: {message}", retryable=retryable) from None
         try:
-            answer = _read_limited(response, target, 1024, deadline, read_t, clock) if response.status == 200 else _read_excerpt(response)
+            if response.status == 200:
+                answer = _read_limited(response, target, 1024, deadline, read_t, clock)
+            else:
+                answer = _read_excerpt(response)
         except HttpError:
             answer = b"?"
         finally:

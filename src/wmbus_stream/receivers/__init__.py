@@ -12,11 +12,31 @@ a port, in ``cmex50`` framing by default, so its framer is the cmex50 one.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import Any, Protocol
 
 from ..errors import ConfigError, Problem
+from .base import FramerStats, Received
 
-__all__ = ["framer", "framer_class", "names", "REGISTRY", "SIMULATOR"]
+__all__ = ["Framer", "framer", "framer_class", "names", "REGISTRY", "SIMULATOR"]
+
+
+class Framer(Protocol):
+    """What every framer offers (for type checkers; the classes do not inherit it)."""
+
+    name: str
+    stats: FramerStats
+
+    @property
+    def pending(self) -> bytes: ...
+
+    @property
+    def max_pending(self) -> int: ...
+
+    def feed(self, data: bytes) -> list[Received]: ...
+
+    def flush(self) -> list[Received]: ...
+
+    def setup_commands(self, radio_mode_setting: str) -> bytes: ...
 
 SIMULATOR = "simulator"
 
@@ -35,7 +55,7 @@ def names() -> tuple[str, ...]:
     return tuple(REGISTRY)
 
 
-def framer_class(name: str) -> type:
+def framer_class(name: str) -> type[Framer]:
     """The framer class of a protocol; ConfigError for an unknown name."""
     try:
         module_name, class_name = REGISTRY[name.strip().lower()]
@@ -44,6 +64,6 @@ def framer_class(name: str) -> type:
     return getattr(importlib.import_module(module_name), class_name)
 
 
-def framer(name: str, **options: Any) -> Any:
+def framer(name: str, **options: Any) -> Framer:
     """A new framer for protocol ``name`` with keyword ``options``."""
     return framer_class(name)(**options)

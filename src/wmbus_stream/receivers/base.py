@@ -9,6 +9,7 @@ unparsable text) comes out with ``error`` set, so the pipeline counts it as brok
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 __all__ = ["Received", "FramerStats", "FORMAT_AUTO"]
 
@@ -17,9 +18,12 @@ __all__ = ["Received", "FramerStats", "FORMAT_AUTO"]
 FORMAT_AUTO = 3
 
 
-@dataclass(frozen=True, slots=True)
-class Received:
-    """One frame from a receiver, before the link-layer check."""
+class Received(NamedTuple):
+    """One frame from a receiver, before the link-layer check.
+
+    A named tuple rather than a frozen dataclass: one is made per telegram on the hot path,
+    and a tuple is built several times faster.
+    """
 
     data: bytes
     frame_format: int

@@ -89,11 +89,6 @@ class Cmex50Framer(BinaryFramer):
             return Received(b"", 0, error=f"cmex50: {exc}"), False
         except FrameError as exc:
             return Received(b"", 0, error=f"cmex50: {exc}"), True
-        return Received(
-            data=telegram,
-            frame_format=wire.FORMAT_NONE,
-            rssi_dbm=rssi_dbm(code),
-            mode=0,
-            receiver_address=address if address is not None else self.receiver_address,
-            wired=body,
-        ), True
+        # Positional on purpose: this runs once per telegram.
+        address = address if address is not None else self.receiver_address
+        return Received(telegram, wire.FORMAT_NONE, rssi_dbm(code), 0, address, body), True

@@ -7,11 +7,13 @@ CRC-16/X-25 over everything after the SOF, sent low byte first.
 
 Strategy: the binary engine scans for 0xA5; a candidate is plausible when the reserved flag
 is clear and endpoint and message id are in the ranges the HCI defines. With the FCS option
-a wrong FCS marks a broken frame with untrusted boundaries (resynchronise after its SOF);
-without it the length byte is all there is to trust. RADIOLINK 0x03 (WMBUSMSG_IND) carries
-the telegram from its C field, without CRCs, and LEN equals the wireless L, so prepending
-LEN gives the CRC-less telegram (``FORMAT_NONE``). Every other message (the confirmations
-of our own set-up commands, device info ...) is consumed and counted in ``stats.extra``.
+a wrong FCS marks a broken frame with untrusted boundaries (resynchronise after its SOF).
+Without it, or when damage on the serial line clears the FCS flag, the length byte is all
+there is to trust and a damaged frame can pass as good. RADIOLINK 0x03 (WMBUSMSG_IND)
+carries the telegram from its C field, without CRCs, and LEN equals the wireless L, so
+prepending LEN gives the CRC-less telegram (``FORMAT_NONE``). Every other message (the
+confirmations of our own set-up commands, device info ...) is consumed and counted in
+``stats.extra``.
 
 RSSI: no formula is published; we use the linear approximation of the radio chip's
 RSSI-vs-input-power curve that wmbusmeters uses: -100 dBm at raw 45, 0.5 dB per step,

@@ -36,10 +36,10 @@ from dataclasses import dataclass
 from ..errors import ConfigError, Problem
 from ..wire.frame import build_a, build_b
 from ..wire.header import manufacturer_code
-from . import amb8465, cmex50, im871a, rtlwmbus
+from . import Framer, amb8465, cmex50, im871a, rtlwmbus
 from . import hex as hexline
 
-__all__ = ["Simulator", "Meter", "Kind", "Transmission", "KINDS", "PROTOCOLS", "main"]
+__all__ = ["Simulator", "Meter", "Kind", "Transmission", "KINDS", "PROTOCOLS", "telegram", "main"]
 
 PROTOCOLS = ("cmex50", "hex", "im871a", "amb8465", "rtlwmbus")
 
@@ -201,7 +201,7 @@ class Simulator:
                 rate=rng.uniform(0.0, 20.0),
             )
 
-    def framer(self):
+    def framer(self) -> Framer:
         """A framer for this simulator's line format (the real one, from the registry)."""
         from . import framer
 

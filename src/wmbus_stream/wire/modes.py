@@ -36,9 +36,11 @@ def setting_mask(setting: str) -> int:
     return mask
 
 
+_NAMES: tuple[str | None, ...] = tuple(
+    {S1: "S1", T1: "T1", C1A: "C1A", C1B: "C1B", C1A | C1B: "C1"}.get(mask) for mask in range(16)
+)
+
+
 def mode_name(mask: int) -> str | None:
     """Printable name of a telegram's mode mask (None when unknown)."""
-    for name, value in (("S1", S1), ("T1", T1), ("C1A", C1A), ("C1B", C1B), ("C1", C1A | C1B)):
-        if mask == value:
-            return name
-    return None
+    return _NAMES[mask] if 0 <= mask < 16 else None

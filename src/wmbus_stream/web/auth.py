@@ -1,0 +1,340 @@
+"""Who may use the web UI and API: the administrator password, sessions, CSRF and login limits.
+
+Strategy
+    There are no default credentials. ``wmbus-stream passwd`` writes one administrator
+    credential (user name, salted scrypt hash and its parameters) to ``web-password`` in the
+    state directory, mode 0600; until that file exists the web server answers 401 to
+    everything but a short "set a password on the device" page. The server re-reads the file
+    when it changes, so a new password takes effect at once and ends every open session.
+
+    A browser logs in with a form and gets a session cookie (random 256-bit token; HttpOnly,
+    SameSite=Strict, Secure under TLS; 12 h at most, 1 h idle). Each session has its own
+    CSRF token, which every state-changing request made with the cookie must carry.
+    API clients may send HTTP basic auth on every request instead; a successful check is
+    remembered for a minute under an HMAC of the header so that scrypt does not run on
+    every poll.
+
+    Failed logins (form or basic auth) are counted per client address: a few are free, then
+    each further attempt from that address waits twice as long as the one before (up to
+    five minutes) and is answered 429 without even looking at the password. A global cap
+    slows a guessing attack spread over many addresses.
+
+Invariants: passwords and hashes are compared in constant time; no password, hash, token
+or Authorization header is ever logged or returned; state is bounded (sessions, verified
+headers and tracked addresses are capped).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import re
+import secrets
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "PASSWORD_FILE",
+    "DEFAULT_USER",
+    "Credential",
+    "PasswordStore",
+    "Session",
+    "Sessions",
+    "LoginLimiter",
+    "hash_password",
+    "verify_password",
+    "write_password",
+    "password_problem",
+    "generate_password",
+]
+
+PASSWORD_FILE = "web-password"
+DEFAULT_USER = "admin"
+MIN_LENGTH = 10
+# scrypt cost: 16 MiB of memory and ~50 ms on an x86 core, a few hundred ms on a small ARM
+# board; the parameters are stored with each hash so they can be raised later.
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
+_MAXMEM = 128 * 1024 * 1024
+# Passwords that ship as defaults on devices and top every guessing list.
+COMMON_PASSWORDS = frozenset({
+    "admin", "administrator", "root", "password", "passw0rd", "1234", "12345", "123456", "1234567",
+    "12345678", "123456789", "1234567890", "0000", "00000000", "default", "changeme", "guest", "user",
+    "elvaco", "wmbus", "wmbus-stream", "letmein", "qwerty", "qwertyuiop", "support", "service",
+    "password1", "admin123", "admin1234", "adminadmin", "rootroot", "secret", "toor",
+})
+_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"  # no 0/o, 1/l/i: read off a screen and typed
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """The administrator's user name and salted scrypt hash."""
+
+    user: str
+    n: int
+    r: int
+    p: int
+    salt: bytes
+    digest: bytes
+
+    def line(self) -> str:
+        b64 = base64.b64encode
+        return (f"{self.user}:scrypt:{self.n}:{self.r}:{self.p}:"
+                f"{b64(self.salt).decode()}:{b64(self.digest).decode()}\n")
+
+    @classmethod
+    def parse(cls, text: str) -> Credential:
+        """Read a password file's line; ValueError if it is not one."""
+        parts = text.strip().split(":")
+        if len(parts) != 7 or parts[1] != "scrypt":
+            raise ValueError("not a wmbus-stream password line")
+        user, _, n, r, p, salt, digest = parts
+        cred = cls(user, int(n), int(r), int(p), base64.b64decode(salt, validate=True),
+                   base64.b64decode(digest, validate=True))
+        if not (2 <= cred.n <= 2**20 and cred.n & (cred.n - 1) == 0 and 1 <= cred.r <= 32
+                and 1 <= cred.p <= 16 and len(cred.salt) >= 16 and len(cred.digest) >= 32 and user):
+            raise ValueError("password line has parameters out of range")
+        return cred
+
+
+def _scrypt(password: str, salt: bytes, n: int, r: int, p: int, size: int) -> bytes:
+    return hashlib.scrypt(password.encode("utf-8"), salt=salt, n=n, r=r, p=p, maxmem=_MAXMEM, dklen=size)
+
+
+def hash_password(user: str, password: str, *, n: int = SCRYPT_N, r: int = SCRYPT_R, p: int = SCRYPT_P) -> Credential:
+    """A new credential with a fresh random salt."""
+    salt = os.urandom(16)
+    return Credential(user, n, r, p, salt, _scrypt(password, salt, n, r, p, 32))
+
+
+def verify_password(cred: Credential, user: str, password: str) -> bool:
+    """Whether ``user``/``password`` match, in time independent of where they differ."""
+    digest = _scrypt(password, cred.salt, cred.n, cred.r, cred.p, len(cred.digest))
+    same_user = hmac.compare_digest(user.encode("utf-8"), cred.user.encode("utf-8"))
+    return hmac.compare_digest(digest, cred.digest) and same_user
+
+
+def password_problem(user: str, password: str) -> str | None:
+    """Why a new password is refused, or None when it is acceptable."""
+    if not re.fullmatch(r"[A-Za-z0-9_.@-]{1,64}", user):
+        return "the user name may hold letters, digits and _ . @ - (1 to 64 characters)"
+    if len(password) < MIN_LENGTH:
+        return f"the password needs at least {MIN_LENGTH} characters"
+    if len(password) > 1024:
+        return "the password may have at most 1024 characters"
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in password):
+        return "the password may not contain control characters"
+    lowered = password.lower()
+    if lowered in COMMON_PASSWORDS or lowered == user.lower() or len(set(password)) < 4:
+        return "the password is too easy to guess"
+    return None
+
+
+def generate_password() -> str:
+    """A random password of 20 characters (about 99 bits) in groups of five."""
+    chars = "".join(secrets.choice(_ALPHABET) for _ in range(20))
+    return "-".join(chars[i:i + 5] for i in range(0, 20, 5))
+
+
+def write_password(state_directory: Path, user: str, password: str) -> Path:
+    """Store a new administrator credential (atomic, mode 0600); ValueError if refused."""
+    from ..atomic import write_atomic
+
+    problem = password_problem(user, password)
+    if problem:
+        raise ValueError(problem)
+    state_directory.mkdir(parents=True, exist_ok=True)
+    return write_atomic(state_directory / PASSWORD_FILE, hash_password(user, password).line(), 0o600)
+
+
+class PasswordStore:
+    """The credential in the state directory, re-read when the file changes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._stamp: tuple[int, int, int] | None = None
+        self._cred: Credential | None = None
+        self._checked = 0.0
+        self.problem: str | None = None
+
+    def credential(self) -> Credential | None:
+        """The current credential, or None while no (valid) password is set."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._checked < 1.0:
+                return self._cred
+            self._checked = now
+            try:
+                st = os.stat(self.path)
+            except OSError:
+                self._stamp, self._cred, self.problem = None, None, None
+                return None
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+            if stamp != self._stamp:
+                self._stamp = stamp
+                try:
+                    if st.st_mode & 0o077:
+                        raise ValueError(f"{self.path} must not be readable by others (chmod 600)")
+                    self._cred = Credential.parse(self.path.read_text(encoding="utf-8"))
+                    self.problem = None
+                except (OSError, ValueError, UnicodeDecodeError) as exc:
+                    self._cred, self.problem = None, str(exc)
+            return self._cred
+
+    def generation(self) -> bytes:
+        """Changes whenever the password changes (sessions of an older one are void)."""
+        cred = self.credential()
+        return cred.digest[:8] if cred else b""
+
+
+@dataclass(slots=True)
+class Session:
+    """One logged-in browser."""
+
+    token: str
+    user: str
+    csrf: str
+    generation: bytes
+    created: float
+    seen: float
+    flash: list[tuple[str, str]] = field(default_factory=list)
+
+
+class Sessions:
+    """Logged-in browsers, in memory (a restart logs everyone out), capped in number."""
+
+    def __init__(self, *, idle: float = 3600.0, lifetime: float = 12 * 3600.0, limit: int = 64) -> None:
+        self.idle, self.lifetime, self.limit = idle, lifetime, limit
+        self._lock = threading.Lock()
+        self._by_token: OrderedDict[str, Session] = OrderedDict()
+
+    def create(self, user: str, generation: bytes) -> Session:
+        now = time.monotonic()
+        session = Session(secrets.token_urlsafe(32), user, secrets.token_urlsafe(32), generation, now, now)
+        with self._lock:
+            self._by_token[session.token] = session
+            while len(self._by_token) > self.limit:
+                self._by_token.popitem(last=False)
+        return session
+
+    def get(self, token: str | None, generation: bytes) -> Session | None:
+        """The live session for a cookie value; None if unknown, expired or of an old password."""
+        if not token:
+            return None
+        now = time.monotonic()
+        with self._lock:
+            session = self._by_token.get(token)
+            if session is None:
+                return None
+            if (now - session.seen > self.idle or now - session.created > self.lifetime
+                    or not hmac.compare_digest(session.generation, generation)):
+                del self._by_token[token]
+                return None
+            session.seen = now
+            self._by_token.move_to_end(token)
+            return session
+
+    def drop(self, token: str) -> None:
+        with self._lock:
+            self._by_token.pop(token, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._by_token.clear()
+
+    def __len__(self) -> int:
+        return len(self._by_token)
+
+
+class LoginLimiter:
+    """Failed-login bookkeeping per client address, with exponential lock-outs."""
+
+    def __init__(self, *, free: int = 5, window: float = 900.0, base: float = 1.0, longest: float = 300.0,
+                 global_per_minute: int = 60, tracked: int = 4096) -> None:
+        self.free, self.window, self.base, self.longest = free, window, base, longest
+        self.global_per_minute = global_per_minute
+        self.tracked = tracked
+        self._lock = threading.Lock()
+        self._fails: OrderedDict[str, tuple[int, float, float]] = OrderedDict()  # count, first, locked until
+        self._recent: deque[float] = deque()
+        self.failures_total = 0
+        self.refused_total = 0
+
+    def retry_after(self, client: str, now: float | None = None) -> float:
+        """Seconds this client must wait before its next attempt (0 = may try now)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            while self._recent and now - self._recent[0] > 60.0:
+                self._recent.popleft()
+            wait = 0.0
+            if len(self._recent) >= self.global_per_minute:
+                wait = 60.0 - (now - self._recent[0])
+            entry = self._fails.get(client)
+            if entry is not None:
+                count, first, until = entry
+                if now - first > self.window and now >= until:
+                    del self._fails[client]
+                else:
+                    wait = max(wait, until - now)
+            if wait > 0:
+                self.refused_total += 1
+            return max(0.0, wait)
+
+    def failed(self, client: str, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            self.failures_total += 1
+            self._recent.append(now)
+            count, first, _ = self._fails.pop(client, (0, now, 0.0))
+            if now - first > self.window:
+                count, first = 0, now
+            count += 1
+            until = now + min(self.longest, self.base * 2 ** (count - self.free - 1)) if count > self.free else 0.0
+            self._fails[client] = (count, first, until)
+            while len(self._fails) > self.tracked:
+                self._fails.popitem(last=False)
+
+    def succeeded(self, client: str) -> None:
+        with self._lock:
+            self._fails.pop(client, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._fails.clear()
+            self._recent.clear()
+
+
+class BasicCache:
+    """Recently verified Authorization headers, by HMAC under a per-process key, for a minute."""
+
+    def __init__(self, ttl: float = 60.0, limit: int = 256) -> None:
+        self._key = os.urandom(32)
+        self.ttl, self.limit = ttl, limit
+        self._lock = threading.Lock()
+        self._seen: OrderedDict[bytes, tuple[float, bytes]] = OrderedDict()
+
+    def _mac(self, header: str) -> bytes:
+        return hmac.new(self._key, header.encode("utf-8", "surrogateescape"), hashlib.sha256).digest()
+
+    def hit(self, header: str, generation: bytes) -> bool:
+        mac = self._mac(header)
+        with self._lock:
+            entry = self._seen.get(mac)
+            if entry is None:
+                return False
+            at, gen = entry
+            if time.monotonic() - at > self.ttl or gen != generation:
+                del self._seen[mac]
+                return False
+            return True
+
+    def add(self, header: str, generation: bytes) -> None:
+        with self._lock:
+            self._seen[self._mac(header)] = (time.monotonic(), generation)
+            while len(self._seen) > self.limit:
+                self._seen.popitem(last=False)
