@@ -44,6 +44,10 @@ from wmbus_stream.receivers import hex as hexproto
 from wmbus_stream.service import control_request
 from wmbus_stream.wire.frame import build_a
 
+# Test modules import the helpers below as ``gwkit``: two conftest.py files share the module
+# name ``conftest``, so ``from conftest import ...`` could find the other one.
+sys.modules.setdefault("gwkit", sys.modules[__name__])
+
 SERIAL = "00000161"
 RECEIVER = "62001772"
 RSSI = -74
@@ -158,39 +162,51 @@ PROTOCOLS: dict[str, Protocol] = {
 }
 
 
-def expected_lines(wired_by_meter: Mapping[str, bytes], received: Iterable[bytes], *,
+def report_key(line: bytes) -> bytes:
+    """The meter (ID, manufacturer, version, device type) a report line is about, from its telegram."""
+    return bytes.fromhex(line.split(b";")[4].decode())[3:11]
+
+
+def expected_lines(expected: Iterable[tuple[bytes, bytes]], received: Iterable[bytes], *,
                    serial: str = SERIAL, since: float | None = None) -> list[bytes]:
-    """The lines the gateway must have sent, each dated as the received line is dated.
+    """The lines the gateway must have sent for (telegram, report telegram) pairs, sorted.
 
     The date is the one thing the test cannot know in advance (the gateway's arrival time);
-    it is taken from the received line after checking it is a real UTC time inside
-    [since - 1 s, now + 1 s]. Every other byte comes from ``wired_by_meter``.
+    it is taken from the received line with the same report telegram after checking it is a
+    UTC time inside [since - 1 s, now + 1 s]. Every other byte comes from ``expected``.
     """
-    dates: dict[str, str] = {}
+    dates: dict[bytes, bytes] = {}
     for line in received:
-        fields = line.decode("ascii").split(";")
+        fields = line.split(b";")
         assert len(fields) == 5, f"not a report line: {line!r}"
-        dates[fields[1]] = fields[2]
+        dates[fields[4].rstrip(b"\n")] = fields[2]
     out = []
     now = time.time()
-    for meter, wired in sorted(wired_by_meter.items()):
-        date = dates.get(meter, "<missing>")
-        if date != "<missing>":
-            at = datetime.strptime(date, "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc).timestamp()
-            low = (since if since is not None else now - 3600) - 1
-            assert low <= at <= now + 1, f"meter {meter}: date {date} is outside the test's time window"
-        out.append(f"{serial};{meter};{date};00;{wired.hex().upper()}\n".encode("ascii"))
-    return out
+    low = (since if since is not None else now - 3600) - 1
+    for telegram, wired in expected:
+        hex_text = wired.hex().upper().encode()
+        date = dates.get(hex_text)
+        if date is not None:
+            at = datetime.strptime(date.decode(), "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc).timestamp()
+            assert low <= at <= now + 1, f"meter {meter_id(telegram)}: date {date!r} is outside the test's time window"
+        else:
+            date = b"<not received>"
+        out.append(b";".join((serial.encode(), meter_id(telegram).encode(), date, b"00", hex_text)) + b"\n")
+    return sorted(out)
 
 
-def assert_report(received: list[bytes], wired_by_meter: Mapping[str, bytes], *, since: float | None = None,
+def assert_report(received: list[bytes], expected: Iterable[tuple[bytes, bytes]], *, since: float | None = None,
                   serial: str = SERIAL) -> None:
     """``received`` holds exactly one line per meter, each byte-equal to the expected line."""
-    meters = [line.split(b";")[1].decode() for line in received]
-    duplicates = sorted({m for m in meters if meters.count(m) > 1})
-    assert not duplicates, f"meters sent twice in one report: {duplicates}"
-    expected = expected_lines(wired_by_meter, received, serial=serial, since=since)
-    assert sorted(received) == expected
+    keys = [report_key(line) for line in received]
+    duplicates = sorted({k.hex() for k in keys if keys.count(k) > 1})
+    assert not duplicates, f"meters sent more than once: {duplicates}"
+    assert sorted(received) == expected_lines(expected, received, serial=serial, since=since)
+
+
+def pairs(protocol: Protocol, telegrams: Iterable[bytes]) -> list[tuple[bytes, bytes]]:
+    """(telegram, report telegram) for each telegram sent through ``protocol``."""
+    return [(t, protocol.wired(t)) for t in telegrams]
 
 
 # -------------------------------------------------------------------------------------------
@@ -385,10 +401,8 @@ class ScriptedHes:
             status: int | None
             headers: Mapping[str, str] = {}
             if isinstance(action, Hang):
-                released = action.release.wait(action.seconds)
-                status = action.then if released or action.then is not None else None
-                if self._stop.is_set():
-                    status = None
+                action.release.wait(action.seconds)
+                status = None if self._stop.is_set() else action.then
             else:
                 status, headers = action.status, action.headers
             if status is None:
@@ -509,7 +523,7 @@ class ConfigFile:
         self.state = folder / "state"
         self.values: dict[str, str | None] = {}
 
-    def write(self, values: Mapping[str, str | None] | None = None, **keys: str) -> Path:
+    def write(self, values: Mapping[str, str | None] | None = None) -> Path:
         """Base keys + state dir + ``values``; remembered, so a later write changes only what it names."""
         self.values = {**BASE_CONFIG, "state.directory": str(self.state), **self.values, **(values or {})}
         return write_config(self.path, self.values)

@@ -1,0 +1,547 @@
+"""The web server: stdlib ``ThreadingHTTPServer`` in its own threads, with every check in one place.
+
+Strategy
+    One accept thread plus one thread per connection, capped (``max_connections``; extra
+    connections get a bare 503 and are closed), each with a socket timeout so an idle or
+    slow client lets go of its thread. TLS, when configured, is negotiated in the
+    connection's own thread, never in the accept loop. Nothing here runs on the receiver
+    thread: pages read the gateway's state through its locked accessors and the pipeline
+    never waits for the web server.
+
+    Every request goes through ``WebServer.dispatch`` in this order: route lookup,
+    authentication (401 before anything else; 429 while the client is locked out),
+    same-origin check for state-changing methods, body length check against the route's
+    limit (413 without reading), body read, CSRF token check for cookie sessions, handler.
+    A route cannot skip a step by accident: the exceptions (the login form, static assets,
+    public metrics) are flags on the route table.
+
+Invariants: every response carries the security headers (CSP without inline script,
+nosniff, frame-ancestors 'none', no-referrer, no-store for anything dynamic); no request
+body is read before authentication; no handler error reaches the client as a traceback.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hmac
+import logging
+import re
+import socket
+import socketserver
+import ssl
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib.resources import files
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from .. import __version__
+from .auth import PASSWORD_FILE, BasicCache, LoginLimiter, PasswordStore, Session, Sessions, verify_password
+from .request import BadRequest, Request, Response, error_response, json_response
+
+if TYPE_CHECKING:
+    from ..service import Gateway
+
+__all__ = ["WebServer", "Route", "SESSION_COOKIE", "start_web"]
+
+log = logging.getLogger("wmbus_stream.web")
+
+SESSION_COOKIE = "wmbus_session"
+DEFAULT_BODY_LIMIT = 64 * 1024
+STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+       "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+_STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+                 ".svg": "image/svg+xml", ".json": "application/json", ".ico": "image/x-icon"}
+
+Handler = Callable[[Request, "re.Match[str]"], Response]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One path pattern and method, its handler and which checks it gets."""
+
+    method: str
+    pattern: re.Pattern[str]
+    handler: Handler
+    public: bool = False  # no authentication (login form, static assets)
+    body_limit: int = DEFAULT_BODY_LIMIT
+    csrf: bool = True  # cookie sessions must send the CSRF token (state-changing only)
+
+
+class WebServer:
+    """The gateway's web UI, JSON API and metrics on one listening socket."""
+
+    def __init__(self, gateway: Gateway, host: str = "127.0.0.1", port: int = 8080, *,
+                 tls_cert: str | None = None, tls_key: str | None = None,
+                 password_path: Path | None = None, max_connections: int = 32,
+                 timeout: float = 20.0, limiter: LoginLimiter | None = None) -> None:
+        self.gateway = gateway
+        self.host = host
+        self.requested_port = port
+        self.timeout = timeout
+        self.max_connections = max_connections
+        self.tls: ssl.SSLContext | None = None
+        if tls_cert:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            context.load_cert_chain(tls_cert, tls_key)
+            self.tls = context
+        state = gateway.config.state_directory
+        self.passwords = PasswordStore(password_path or state / PASSWORD_FILE)
+        self.sessions = Sessions()
+        self.limiter = limiter or LoginLimiter()
+        self.basic_cache = BasicCache()
+        self.requests_total = 0
+        self.started_at = time.time()
+        self.routes: list[Route] = []
+        self.static = _load_static()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._manager: Any = None
+        self._manager_lock = threading.Lock()
+        from . import api, metrics, pages
+
+        self.metrics = metrics.Metrics(self)
+        pages.register(self)
+        api.register(self)
+        self.route("GET", r"/metrics", self.metrics.handle, public=True)  # public only if configured; see dispatch
+        self.route("GET", r"/static/(?P<name>[A-Za-z0-9_.-]+)", self._static, public=True)
+
+    # -- configuration management (issue 5's ConfigManager), found lazily -----------------
+
+    def manager(self) -> Any:
+        """The gateway's configuration manager, or None where it cannot be had."""
+        found = getattr(self.gateway, "config_manager", None) or getattr(self.gateway, "manager", None)
+        if found is not None:
+            return found
+        with self._manager_lock:
+            if self._manager is None and self.gateway.config_path is not None:
+                try:
+                    from ..config.manage import ConfigManager
+                except ImportError:
+                    return None
+                self._manager = ConfigManager(self.gateway.config_path, self.gateway.config.state_directory,
+                                              self.gateway.reload)
+            return self._manager
+
+    # -- routes -----------------------------------------------------------------------------
+
+    def route(self, method: str, pattern: str, handler: Handler, **options: Any) -> None:
+        self.routes.append(Route(method, re.compile(pattern + r"\Z"), handler, **options))
+
+    def _static(self, req: Request, match: re.Match[str]) -> Response:
+        found = self.static.get(match["name"])
+        if found is None:
+            return Response(404, b"not found\n", "text/plain; charset=utf-8")
+        body, ctype = found
+        return Response(200, body, ctype, [("Cache-Control", "private, max-age=300")])
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    def start(self) -> WebServer:
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        self._server = _Server((self.host, self.requested_port), self, family)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
+                                        name="web", daemon=True)
+        self._thread.start()
+        if self.passwords.credential() is None:
+            log.warning("web UI on %s: no administrator password yet; set one with 'wmbus-stream passwd'", self.url)
+        else:
+            log.info("web UI on %s", self.url)
+        return self
+
+    def stop(self) -> None:
+        server = self._server
+        if server is None:
+            return
+        server.shutdown()
+        with server.connections_lock:
+            for conn in list(server.connections):
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(5)
+        self._server = None
+
+    @property
+    def port(self) -> int:
+        return self._server.server_address[1] if self._server else self.requested_port
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}/"
+
+    # -- the request path -------------------------------------------------------------------
+
+    def serve(self, handler: _Handler) -> None:
+        """Answer one request read by ``handler`` (called on the connection's thread)."""
+        self.requests_total += 1
+        try:
+            response = self._answer(handler)
+        except Exception:  # noqa: BLE001  (a handler bug must not kill the connection thread silently)
+            log.exception("error answering %s %s", handler.command, _safe_path(handler.path))
+            response = Response(500, b"internal error; see the gateway log\n", "text/plain; charset=utf-8",
+                                close=True)
+        self._write(handler, response)
+
+    def _answer(self, handler: _Handler) -> Response:
+        method = handler.command
+        target = urlsplit(handler.path)
+        if not handler.path.startswith("/") or target.netloc:
+            return Response(400, b"bad request target\n", "text/plain", close=True)
+        path = unquote(target.path)
+        try:
+            query = dict(parse_qsl(target.query, keep_blank_values=True, max_num_fields=50))
+        except ValueError:
+            return Response(400, b"too many query fields\n", "text/plain", close=True)
+        req = Request("GET" if method == "HEAD" else method, path, query, handler.headers,
+                      handler.client_address[0], self.tls is not None)
+        route, allowed = self._find(req.method, path)
+        match = route.pattern.match(path) if route else None
+
+        # 1. authentication: nothing below runs for an anonymous client
+        public = route is not None and (route.public and (route.handler != self.metrics.handle
+                                                          or self.gateway.config.web_metrics_public))
+        denied = None if public else self._authenticate(req)
+        if denied is not None:
+            return denied
+        if route is None:
+            if allowed:
+                return self._error(req, 405, "method_not_allowed", f"{req.method} is not allowed here",
+                                   headers=[("Allow", ", ".join(sorted(allowed)))])
+            return self._error(req, 404, "not_found", f"nothing at {path}")
+        assert match is not None
+
+        if req.method in STATE_CHANGING:
+            # 2. same origin: a cross-site form or script never gets here
+            problem = self._cross_site(req)
+            if problem:
+                log.warning("refused cross-site %s %s from %s: %s", req.method, _safe_path(path), req.client, problem)
+                return self._error(req, 403, "cross_site", f"cross-site request refused ({problem})")
+            # 3. body: declared length within the route's limit, then read
+            refused = self._read_body(handler, req, route.body_limit)
+            if refused is not None:
+                return refused
+            # 4. CSRF token for cookie sessions
+            if req.via == "session" and route.csrf and not self._csrf_ok(req):
+                return self._error(req, 403, "csrf", "missing or wrong CSRF token; reload the page and try again")
+        try:
+            return route.handler(req, match)
+        except BadRequest as exc:
+            return self._error(req, 400, "bad_request", str(exc))
+
+    def _find(self, method: str, path: str) -> tuple[Route | None, set[str]]:
+        allowed: set[str] = set()
+        for route in self.routes:
+            if route.pattern.match(path):
+                if route.method == method:
+                    return route, allowed
+                allowed.add(route.method)
+        return None, allowed
+
+    def _authenticate(self, req: Request) -> Response | None:
+        """None when the request may go on (``req.user`` set), else the 401/429 answer."""
+        from . import pages
+
+        cred = self.passwords.credential()
+        if cred is None:
+            if req.is_api or req.path == "/metrics":
+                return error_response(401, "no_password",
+                                      "no administrator password is set; run 'wmbus-stream passwd' on the device")
+            return pages.no_password(self, req)
+        generation = cred.digest[:8]
+        session = self.sessions.get(req.cookie(SESSION_COOKIE), generation)
+        if session is not None:
+            req.session, req.user, req.via = session, session.user, "session"
+            return None
+        header = req.headers.get("Authorization") or ""
+        if header[:6].lower() == "basic ":
+            if self.basic_cache.hit(header, generation):
+                req.user, req.via = cred.user, "basic"
+                return None
+            wait = self.limiter.retry_after(req.client)
+            if wait > 0:
+                return _too_many(req, wait)
+            try:
+                user, _, password = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8").partition(":")
+            except (binascii.Error, UnicodeDecodeError):
+                user = password = ""
+            if user and verify_password(cred, user, password):
+                self.limiter.succeeded(req.client)
+                self.basic_cache.add(header, generation)
+                req.user, req.via = cred.user, "basic"
+                return None
+            self.limiter.failed(req.client)
+            log.warning("web: failed basic-auth login from %s", req.client)
+        if req.is_api or req.path == "/metrics":
+            headers = [] if req.headers.get("X-Requested-With") else [("WWW-Authenticate", 'Basic realm="wmbus-stream", charset="UTF-8"')]
+            return error_response(401, "unauthorized", "log in, or send HTTP basic auth", headers=headers)
+        return pages.login_page(self, req, status=401)
+
+    def login(self, req: Request, user: str, password: str) -> Session | Response:
+        """Check a login form; a new session, or the 401/429 answer."""
+        cred = self.passwords.credential()
+        if cred is None:
+            from . import pages
+
+            return pages.no_password(self, req)
+        wait = self.limiter.retry_after(req.client)
+        if wait > 0:
+            return _too_many(req, wait)
+        if len(user) > 200 or len(password) > 1024 or not verify_password(cred, user, password):
+            self.limiter.failed(req.client)
+            log.warning("web: failed login from %s", req.client)
+            return Response(401)
+        self.limiter.succeeded(req.client)
+        log.info("web: %s logged in from %s", cred.user, req.client)
+        return self.sessions.create(cred.user, cred.digest[:8])
+
+    def session_cookie(self, session: Session | None) -> tuple[str, str]:
+        secure = "; Secure" if self.tls else ""
+        if session is None:
+            return ("Set-Cookie", f"{SESSION_COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict{secure}")
+        return ("Set-Cookie", f"{SESSION_COOKIE}={session.token}; Path=/; HttpOnly; SameSite=Strict{secure}")
+
+    def _cross_site(self, req: Request) -> str | None:
+        """Why a state-changing request is not same-origin (None when it is)."""
+        site = (req.headers.get("Sec-Fetch-Site") or "").lower()
+        if site and site not in ("same-origin", "none"):
+            return f"Sec-Fetch-Site: {site}"
+        origin = req.headers.get("Origin")
+        if origin is None:
+            referer = req.headers.get("Referer")
+            if referer is None:
+                # Not a browser (curl, scripts): they cannot ride on a victim's cookie.
+                return None if req.via == "basic" or req.via is None or req.session is None else "no Origin header"
+            parts = urlsplit(referer)
+            origin = f"{parts.scheme}://{parts.netloc}"
+        host = req.headers.get("Host") or ""
+        expected = f"{'https' if req.tls else 'http'}://{host}"
+        if not host or not hmac.compare_digest(origin.lower().encode(), expected.lower().encode()):
+            return f"Origin {origin[:100]!r} is not {expected[:100]!r}"
+        return None
+
+    def _csrf_ok(self, req: Request) -> bool:
+        assert req.session is not None
+        token = req.headers.get("X-CSRF-Token")
+        if token is None:
+            try:
+                token = req.form().get("csrf")
+            except BadRequest:
+                token = None
+        return bool(token) and hmac.compare_digest(token.encode(), req.session.csrf.encode())
+
+    def _read_body(self, handler: _Handler, req: Request, limit: int) -> Response | None:
+        if handler.headers.get("Transfer-Encoding"):
+            return self._error(req, 411, "length_required", "send a Content-Length, not a chunked body", close=True)
+        length_text = handler.headers.get("Content-Length", "0").strip()
+        if not length_text.isdigit() or len(length_text) > 12:
+            return self._error(req, 400, "bad_request", "bad Content-Length", close=True)
+        length = int(length_text)
+        if length > limit:
+            return self._error(req, 413, "too_large", f"the body may have at most {limit} bytes; nothing was changed",
+                               close=True)
+        chunks, got, deadline = [], 0, time.monotonic() + 120.0
+        while got < length:
+            chunk = handler.rfile.read(min(65536, length - got))
+            if not chunk or time.monotonic() > deadline:
+                return self._error(req, 400, "bad_request", "the body ended early", close=True)
+            chunks.append(chunk)
+            got += len(chunk)
+        req.body = b"".join(chunks)
+        return None
+
+    def _error(self, req: Request, status: int, error: str, reason: str, *,
+               headers: list[tuple[str, str]] | None = None, close: bool = False) -> Response:
+        if req.is_api or req.path == "/metrics":
+            response = error_response(status, error, reason, headers=headers)
+        else:
+            from . import pages
+
+            response = pages.error_page(self, req, status, reason)
+            response.headers.extend(headers or [])
+        response.close = close
+        return response
+
+    def _write(self, handler: _Handler, response: Response) -> None:
+        body = b"" if handler.command == "HEAD" else response.body
+        try:
+            handler.send_response(response.status)
+            handler.send_header("Content-Type", response.content_type)
+            handler.send_header("Content-Length", str(len(response.body)))
+            for name, value in response.headers:
+                handler.send_header(name, value)
+            names = {name.lower() for name, _ in response.headers}
+            if "cache-control" not in names:
+                handler.send_header("Cache-Control", "no-store")
+            handler.send_header("Content-Security-Policy", CSP)
+            handler.send_header("X-Content-Type-Options", "nosniff")
+            handler.send_header("X-Frame-Options", "DENY")
+            handler.send_header("Referrer-Policy", "no-referrer")
+            handler.send_header("Cross-Origin-Opener-Policy", "same-origin")
+            handler.send_header("Cross-Origin-Resource-Policy", "same-origin")
+            if response.close:
+                handler.send_header("Connection", "close")
+                handler.close_connection = True
+            handler.end_headers()
+            handler.wfile.write(body)
+        except (ConnectionError, TimeoutError, ssl.SSLError) as exc:
+            handler.close_connection = True
+            log.debug("client went away: %s", exc)
+
+
+def _too_many(req: Request, wait: float) -> Response:
+    seconds = max(1, int(wait + 0.999))
+    headers = [("Retry-After", str(seconds))]
+    if req.is_api or req.path == "/metrics":
+        return error_response(429, "too_many_attempts", f"too many failed logins; try again in {seconds} s",
+                              headers=headers)
+    from . import pages
+
+    response = pages.simple_page("Too many attempts", f"Too many failed logins from this address; "
+                                 f"try again in {seconds} seconds.", 429)
+    response.headers.extend(headers)
+    return response
+
+
+def _safe_path(path: str) -> str:
+    return path[:200].encode("ascii", "backslashreplace").decode()
+
+
+def _load_static() -> dict[str, tuple[bytes, str]]:
+    found: dict[str, tuple[bytes, str]] = {}
+    folder = files("wmbus_stream.web").joinpath("static")
+    for entry in folder.iterdir():
+        suffix = Path(entry.name).suffix
+        if entry.is_file() and suffix in _STATIC_TYPES:
+            found[entry.name] = (entry.read_bytes(), _STATIC_TYPES[suffix])
+    return found
+
+
+# -- the HTTP plumbing ------------------------------------------------------------------------
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "wmbus-stream"
+    sys_version = ""
+    server: _Server
+
+    def _serve(self) -> None:
+        self.server.app.serve(self)
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _serve  # noqa: N815
+
+    def version_string(self) -> str:
+        return f"wmbus-stream/{__version__}"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        log.debug("%s %s", self.client_address[0], (format % args).encode("ascii", "backslashreplace").decode())
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # Malformed request lines and headers: a short plain answer, never an echo of the input.
+        self.close_connection = True
+        try:
+            self.send_response_only(code)
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Length", "12")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(b"bad request\n")
+        except OSError:
+            pass
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 64
+
+    def __init__(self, address: tuple[str, int], app: WebServer, family: int) -> None:
+        self.address_family = family
+        self.app = app
+        self.connections: set[socket.socket] = set()
+        self.connections_lock = threading.Lock()
+        self.slots = threading.BoundedSemaphore(app.max_connections)
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind resolves the host name (getfqdn), which can hang offline.
+        if self.address_family == socket.AF_INET6:
+            with contextlib.suppress(OSError):
+                self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), int(port)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            with contextlib.suppress(OSError):
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        request.settimeout(self.app.timeout)
+        conn = request
+        if self.app.tls is not None:
+            try:
+                conn = self.app.tls.wrap_socket(request, server_side=True)
+            except (ssl.SSLError, OSError) as exc:
+                log.debug("TLS handshake with %s failed: %s", client_address[0], exc)
+                return
+        with self.connections_lock:
+            self.connections.add(conn)
+        try:
+            _Handler(conn, client_address, self)
+        finally:
+            with self.connections_lock:
+                self.connections.discard(conn)
+            if conn is not request:
+                with contextlib.suppress(OSError):
+                    conn.close()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError, ssl.SSLError)):
+            log.debug("connection from %s ended: %s", client_address[0], exc)
+        else:
+            log.exception("unexpected error serving %s", client_address[0])
+
+
+def start_web(gateway: Gateway) -> WebServer | None:
+    """Start the web server the configuration asks for; None (logged) if it cannot listen."""
+    cfg = gateway.config
+    host, port = cfg.web_listen
+    try:
+        server = WebServer(gateway, host, port,
+                           tls_cert=str(cfg.web_tls_cert) if cfg.web_tls_cert else None,
+                           tls_key=str(cfg.web_tls_key) if cfg.web_tls_key else None)
+        return server.start()
+    except (OSError, ssl.SSLError) as exc:
+        log.error("web UI not started on %s:%d: %s (the gateway goes on without it)", host, port, exc)
+        return None
+
+
+def json_ok(value: Any, status: int = 200) -> Response:
+    return json_response(value, status)
