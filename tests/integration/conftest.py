@@ -167,6 +167,11 @@ def report_key(line: bytes) -> bytes:
     return bytes.fromhex(line.split(b";")[4].decode())[3:11]
 
 
+def telegram_report_key(telegram: bytes) -> bytes:
+    """``report_key`` of the line a wireless telegram gives (ID, manufacturer, version, type)."""
+    return telegram[4:8] + telegram[2:4] + telegram[8:10]
+
+
 def expected_lines(expected: Iterable[tuple[bytes, bytes]], received: Iterable[bytes], *,
                    serial: str = SERIAL, since: float | None = None) -> list[bytes]:
     """The lines the gateway must have sent for (telegram, report telegram) pairs, sorted.
@@ -718,6 +723,12 @@ class PtyReceiver:
     def plug(self) -> None:
         assert self.master is None, "already plugged"
         master, slave = os.openpty()
+        if self.names and os.ttyname(slave) == self.names[-1]:
+            # The kernel reuses the freed number; a replugged dongle usually gets another one.
+            spare = (master, slave)
+            master, slave = os.openpty()
+            for fd in spare:
+                os.close(fd)
         tty.setraw(slave)  # no echo, no line editing: bytes pass unchanged
         os.set_blocking(master, False)
         self.master, self.slave = master, slave
