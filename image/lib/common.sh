@@ -104,18 +104,18 @@ ensure_binfmt() {
 # apt_for DEBARCH: sets APT_FOR to apt-get options of a private apt state for DEBARCH
 # (own lists, empty dpkg status), so foreign packages can be downloaded without
 # `dpkg --add-architecture` on the host (multiarch breaks on any mirror skew and
-# upgrades host packages to keep them in lockstep).
+# upgrades host packages to keep them in lockstep). SOURCES gets the sources.list lines,
+# the security suite left out when "$root/no-security" exists (see apt_update_for).
 apt_for() {
     local arch=$1 root="$WMBUS_IMAGE_CACHE/apt-$1" keyring=/usr/share/keyrings/debian-archive-keyring.gpg
     mkdir -p "$root/lists/partial" "$root/archives/partial" "$root/parts" "$root/prefs"
     [ -e "$root/status" ] || : > "$root/status"
-    cat > "$root/sources.list" <<EOF
-deb [arch=$arch signed-by=$keyring] $WMBUS_IMAGE_MIRROR $WMBUS_IMAGE_SUITE main
-deb [arch=$arch signed-by=$keyring] $WMBUS_IMAGE_MIRROR $WMBUS_IMAGE_SUITE-updates main
-deb [arch=$arch signed-by=$keyring] $WMBUS_IMAGE_SECURITY_MIRROR $WMBUS_IMAGE_SUITE-security main
-EOF
+    SOURCES=("deb $WMBUS_IMAGE_MIRROR $WMBUS_IMAGE_SUITE main"
+             "deb $WMBUS_IMAGE_MIRROR $WMBUS_IMAGE_SUITE-updates main")
+    [ -e "$root/no-security" ] || SOURCES+=("deb $WMBUS_IMAGE_SECURITY_MIRROR $WMBUS_IMAGE_SUITE-security main")
+    printf '%s\n' "${SOURCES[@]}" | sed "s|^deb |deb [arch=$arch signed-by=$keyring] |" > "$root/sources.list"
     APT_FOR=(
-        -o "APT::Architecture=$arch" -o "APT::Architectures=$arch"
+        -o "APT::Architecture=$arch" -o "APT::Architectures=$arch" -o "APT::Sandbox::User=root"
         -o "Dir::Etc::SourceList=$root/sources.list" -o "Dir::Etc::SourceParts=$root/parts"
         -o "Dir::Etc::Preferences=$root/prefs/none" -o "Dir::Etc::PreferencesParts=$root/prefs"
         -o "Dir::State=$root" -o "Dir::State::Lists=$root/lists" -o "Dir::State::status=$root/status"
@@ -125,14 +125,40 @@ EOF
     )
 }
 
-# apt_update_for DEBARCH: refreshes the private package lists (at most once per hour).
+# apt_update_for DEBARCH: refreshes the private package lists (at most once an hour, or
+# always with WMBUS_IMAGE_REFRESH=1). A mirror caught mid-sync serves a security index
+# that does not match its Release file (seen for armhf); apt then ignores the whole
+# security suite. Rather than build from a half-read state, the suite is left out
+# explicitly with a warning, which the image manifest records, or the build stops when
+# WMBUS_IMAGE_REQUIRE_SECURITY=1.
 apt_update_for() {
-    apt_for "$1"
-    local stamp="$WMBUS_IMAGE_CACHE/apt-$1/updated"
-    if [ -z "$(find "$stamp" -mmin -60 2>/dev/null)" ]; then
-        apt-get "${APT_FOR[@]}" -qq update || die "apt-get update for $1 failed"
-        touch "$stamp"
+    local arch=$1 root="$WMBUS_IMAGE_CACHE/apt-$1"
+    local stamp="$root/updated"
+    if [ "${WMBUS_IMAGE_REFRESH:-0}" != 1 ] && [ -n "$(find "$stamp" -mmin -60 2>/dev/null)" ]; then
+        apt_for "$arch"
+        return 0
     fi
+    mkdir -p "$root"
+    rm -f "$root/no-security" "$stamp"
+    apt_for "$arch"
+    if ! apt-get "${APT_FOR[@]}" -qq update 2> "$root/update.log"; then
+        cat "$root/update.log" >&2
+        if [ "${WMBUS_IMAGE_REQUIRE_SECURITY:-0}" = 1 ] || ! grep -q -- "-security" "$root/update.log"; then
+            die "apt-get update for $arch failed"
+        fi
+        log "WARNING: the $WMBUS_IMAGE_SUITE-security index for $arch is broken on this mirror;"
+        log "WARNING: building WITHOUT $WMBUS_IMAGE_SUITE-security for $arch (recorded in the manifest)."
+        log "WARNING: rebuild when the mirror is in sync, or set WMBUS_IMAGE_REQUIRE_SECURITY=1 to refuse."
+        touch "$root/no-security"
+        apt_for "$arch"
+        apt-get "${APT_FOR[@]}" -qq update || die "apt-get update for $arch failed"
+    fi
+    touch "$stamp"
+}
+
+# security_suite_used DEBARCH: "true" unless apt_update_for had to leave the suite out.
+security_suite_used() {
+    if [ -e "$WMBUS_IMAGE_CACHE/apt-$1/no-security" ]; then echo false; else echo true; fi
 }
 
 # deb_download DEBARCH DIR PKG...: downloads the .debs (no dependencies) into DIR.
@@ -150,10 +176,18 @@ deb_version() {
     apt-cache "${APT_FOR[@]}" show --no-all-versions "$2" 2>/dev/null | sed -n 's/^Version: //p' | head -n1
 }
 
-# clean_env CMD...: runs CMD without the host's pip/TLS variables (they name host paths).
+# clean_env CMD...: runs CMD without the variables that point a host Python or pip at the
+# machine's own extras (find-links, PYTHONPATH, an active venv).
 clean_env() {
-    env -u PIP_FIND_LINKS -u PIP_CERT -u REQUESTS_CA_BUNDLE -u SSL_CERT_FILE -u SSL_CERT_DIR \
-        -u CURL_CA_BUNDLE -u PYTHONPATH -u VIRTUAL_ENV "$@"
+    env -u PIP_FIND_LINKS -u PYTHONPATH -u VIRTUAL_ENV -u PYTHONHOME "$@"
+}
+
+# pip_quiet PYTHON ARGS...: `PYTHON -m pip ARGS` with the noise of unreachable local
+# indexes (file:// locations in a machine's pip.conf) filtered out of stderr.
+pip_quiet() {
+    local py=$1
+    shift
+    clean_env "$py" -m pip "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 }
 
 # project_version: the version in src/wmbus_stream/__init__.py (no import needed).

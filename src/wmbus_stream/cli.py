@@ -280,7 +280,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                                username=creds[0] if creds else None, password=creds[1] if creds else None,
                                ca_file=str(config.push_ca_file) if config.push_ca_file else None,
                                connect_timeout=config.push_connect_timeout, read_timeout=config.push_read_timeout,
-                               attempts=config.push_retries, deadline=None, user_agent=user_agent(config))
+                               attempts=config.push_retries + 1, deadline=None, user_agent=user_agent(config))
             print(f"replay push: {'acknowledged' if result.ok else 'failed: ' + str(result.error)}", file=sys.stderr)
             store.close(flush=False)
             return EXIT_OK if result.ok else EXIT_FAILURE
@@ -318,6 +318,44 @@ def cmd_systemd_unit(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_passwd(args: argparse.Namespace) -> int:
+    """Set the web UI's administrator password (salted scrypt hash, mode 0600, in the state directory)."""
+    import getpass
+
+    from .web.auth import DEFAULT_USER, generate_password, password_problem, write_password
+
+    config = _load_config(args.config)
+    user = args.user or DEFAULT_USER
+    if args.random:
+        password = generate_password()
+    elif args.stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif sys.stdin.isatty():
+        password = getpass.getpass(f"New password for {user}: ")
+        if getpass.getpass("Again: ") != password:
+            print("wmbus-stream passwd: the two passwords differ; nothing changed", file=sys.stderr)
+            return EXIT_FAILURE
+    else:
+        print("wmbus-stream passwd: no terminal; use --stdin or --random", file=sys.stderr)
+        return EXIT_USAGE
+    problem = password_problem(user, password)
+    if problem:
+        print(f"wmbus-stream passwd: {problem}; nothing changed", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        path = write_password(config.state_directory, user, password)
+    except OSError as exc:
+        print(f"wmbus-stream passwd: cannot write to {config.state_directory}: {exc.strerror}", file=sys.stderr)
+        return EXIT_FAILURE
+    owner = config.state_directory.stat()
+    if os.geteuid() == 0 and (owner.st_uid, owner.st_gid) != (0, 0):
+        os.chown(path, owner.st_uid, owner.st_gid)  # the service user must be able to read it
+    if args.random:
+        print(f"web UI user {user}, password {password}  (shown once; not stored in clear anywhere)")
+    print(f"password for {user} set in {path}; open sessions end at once", file=sys.stderr)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wmbus-stream", description="Wireless M-Bus stream-mode gateway")
     parser.add_argument("--version", action="version", version=f"wmbus-stream {__version__} {implementation()}")
@@ -336,11 +374,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--service", action="store_true", help="service benchmarks: pipeline, push, memory, idle CPU")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("config", help="configuration: check")
+    from .config.commands import add_config_commands, add_sync_command
+
+    p = sub.add_parser("config", help="configuration: check, show, set, export, import, history, revert, backup, restore")
     csub = p.add_subparsers(dest="config_command", metavar="ACTION")
     c = csub.add_parser("check", help="validate a configuration file (exit 3 when invalid)")
     c.add_argument("file")
     c.set_defaults(func=cmd_config_check)
+    add_config_commands(csub)
+    add_sync_command(sub)
 
     p = sub.add_parser("run", help="run the gateway")
     p.add_argument("--config", default=DEFAULT_CONFIG, help=f"configuration file (default {DEFAULT_CONFIG})")
@@ -377,6 +419,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("systemd-unit", help="print the systemd unit for this installation")
     p.set_defaults(func=cmd_systemd_unit)
+
+    p = sub.add_parser("passwd", help="set the web UI administrator password")
+    p.add_argument("--config", default=DEFAULT_CONFIG)
+    p.add_argument("--user", help="administrator user name (default admin)")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--random", action="store_true", help="generate a random password and print it once")
+    how.add_argument("--stdin", action="store_true", help="read the password from the first line of standard input")
+    p.set_defaults(func=cmd_passwd)
 
     p = sub.add_parser("demo", help="demo gateway with simulator and local receiving server")
     p.add_argument("--meters", type=int, default=300)

@@ -20,6 +20,7 @@ import socket
 import socketserver
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,7 +28,9 @@ from typing import Any
 
 from . import __version__, implementation
 from .atomic import clean_stale, clean_stale_dir
+from .config import control as config_control
 from .config import model as config_model
+from .config.manage import ConfigManager
 from .config.model import Config
 from .core import report
 from .core.analyzer import Analyzer
@@ -38,7 +41,11 @@ from .errors import ConfigError, GatewayIOError
 from .io import http, systemd
 from .io.receiver import ReceiverReader, SimulatedReceiver
 from .receivers import framer as make_framer
+from .sync.procedure import SyncResult
+from .sync.runner import SyncRunner
 from .wire.filters import matcher
+
+STOP_DRAIN_SECONDS = 5.0  # how long SIGTERM waits for a push in flight
 
 __all__ = ["Gateway", "PushOutcome", "control_request", "settings_of"]
 
@@ -114,10 +121,20 @@ class Gateway:
         self.pushes = {"ok": 0, "failed": 0}
         self.lines_acknowledged = 0
         self.store_errors = 0
+        self.push_attempts_total = 0  # HTTP attempts of all pushes (metrics)
+        self.push_seconds_total = 0.0  # time spent pushing (metrics)
+        self.last_push_success_at: float | None = None
+        self.web: Any = None  # the web UI server (wmbus_stream.web) when web.enabled
+        # Configuration management and sync (wmbus_stream.config.manage, wmbus_stream.sync).
+        self.manager: ConfigManager | None = None
+        self.syncer = SyncRunner(self)
+        self._reload_lock = threading.RLock()  # reloads come from the main loop, a sync or the web UI
+        self._state_lock = threading.RLock()  # store use vs. a restore swapping the store
+        self._state_epoch = 0  # bumped by a restore: a push of the old state must not acknowledge
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    def start(self, *, receiver: bool = True, control: bool = True) -> None:
+    def start(self, *, receiver: bool = True, control: bool = True, web: bool = True) -> None:
         """Take the state directory, open the store, start the receiver and the control socket."""
         state = self.config.state_directory
         state.mkdir(parents=True, exist_ok=True)
@@ -125,6 +142,10 @@ class Gateway:
         clean_stale_dir(state)  # temp files of a write cut by a power loss
         if self.config_path is not None:
             clean_stale(self.config_path)
+            self.manager = ConfigManager(self.config_path, state, on_applied=self.reload,
+                                         before_backup=self._before_backup, replace_state=self._replace_state)
+            if self.manager.recovered:
+                self.config = config_model.load(self.config_path)
         self.store = Store.open(state / STORE_FILE)
         self.analyzer = Analyzer(time.time())
         saved = self.store.get_meta(ANALYZER_META)
@@ -139,7 +160,10 @@ class Gateway:
                 self.last_push = PushOutcome(**json.loads(last))
             except (ValueError, TypeError):
                 pass
+            if self.last_push is not None and self.last_push.ok:
+                self.last_push_success_at = self.last_push.at
         self.pipeline = Pipeline(settings_of(self.config), self.store, self.analyzer)
+        self.syncer.load()
         self._last_flush = self._last_analyzer_save = time.monotonic()
         log.info(
             "wmbus-stream %s (%s) started: serial %s, %d meters pending, pushing to %s at '%s'",
@@ -148,6 +172,10 @@ class Gateway:
         )
         if control:
             self._control = _start_control(state / CONTROL_SOCKET, self)
+        if web and self.config.web_enabled:
+            from .web import start_web  # its own threads; a failure to listen is logged, not fatal
+
+            self.web = start_web(self)
         if receiver and self.config.service_enabled:
             self._start_receiver()
         elif not self.config.service_enabled:
@@ -184,11 +212,17 @@ class Gateway:
     def shutdown(self) -> None:
         """Stop everything; a push in flight finishes or is abandoned; state is flushed."""
         self.stop_event.set()
+        if self.web is not None:
+            self.web.stop()
+            self.web = None
         self._stop_receiver()
         if self._push_thread is not None:
-            self._push_thread.join(timeout=self.config.push_connect_timeout + 5)
+            # A push waiting on a silent HES is not worth more than a few seconds of the stop:
+            # it has not been acknowledged, so its meters are still pending on disk.
+            self._push_thread.join(timeout=STOP_DRAIN_SECONDS)
             if self._push_thread.is_alive():
                 log.warning("push still in flight at stop: abandoned; its meters stay pending")
+        self.syncer.join(timeout=5)
         if self._control is not None:
             self._control.shutdown()
             self._control.server_close()
@@ -252,6 +286,7 @@ class Gateway:
             self._save_analyzer()
         assert self.analyzer is not None
         self.analyzer.maybe_reset(time.time(), self.config.analyzer_reset_hours)
+        self.syncer.poll(datetime.now(timezone.utc))
         if not self.config.service_enabled:
             return
         tick = self._push_ticker.poll(datetime.now(timezone.utc))
@@ -269,7 +304,8 @@ class Gateway:
         assert self.store is not None
         self._last_flush = time.monotonic()
         try:
-            self.store.flush()
+            with self._state_lock:
+                self.store.flush()
         except StoreWriteError as exc:
             self.store_errors += 1
             if not self._store_error_logged:
@@ -293,6 +329,10 @@ class Gateway:
 
     def reload(self, new: Config | None = None) -> bool:
         """Apply a new configuration (re-read from the file when none is given); never a bad one."""
+        with self._reload_lock:
+            return self._reload(new)
+
+    def _reload(self, new: Config | None) -> bool:
         if new is None:
             if self.config_path is None:
                 return False
@@ -331,6 +371,18 @@ class Gateway:
             self._push_thread = threading.Thread(target=self._push_worker, args=(scheduled,), name="push", daemon=True)
             self._push_thread.start()
 
+    def push_by_hand(self) -> PushOutcome | None:
+        """Push now in the one push slot and wait for the outcome; None when a push is in flight."""
+        outcome: list[PushOutcome] = []
+        with self._push_lock:
+            if self._push_in_flight():
+                return None
+            thread = threading.Thread(target=lambda: outcome.append(self.push_now()), name="push", daemon=True)
+            self._push_thread = thread
+            thread.start()
+        thread.join()
+        return outcome[0] if outcome else None
+
     def _push_worker(self, scheduled: bool) -> None:
         if scheduled and self.config.push_jitter > 0:
             if self.stop_event.wait(random.uniform(0, self.config.push_jitter)):
@@ -343,44 +395,65 @@ class Gateway:
         return time.monotonic() + max(1.0, (nxt - datetime.now(timezone.utc)).total_seconds() - 1.0)
 
     def push_now(self) -> PushOutcome:
-        """Push what is pending now (in the calling thread) and acknowledge it on a 2xx."""
+        """Push what is pending now (in the calling thread) and acknowledge it on a 2xx.
+
+        Every attempt sends a fresh snapshot, so a retry carries telegrams that arrived
+        during the backoff; only the snapshot of the acknowledged attempt is acknowledged.
+        """
         assert self.store is not None
         cfg = self.config
-        snapshot = self.store.snapshot()
+        with self._state_lock:
+            sent = (self._state_epoch, self.store.snapshot())
         now = time.time()
         if not cfg.push_url:
-            outcome = PushOutcome(now, False, len(snapshot), None, 0, "receiving.server.url is not set", 0.0)
-        elif not len(snapshot):
+            outcome = PushOutcome(now, False, len(sent[1]), None, 0, "receiving.server.url is not set", 0.0)
+        elif not len(sent[1]):
             outcome = PushOutcome(now, True, 0, None, 0, None, 0.0)
             log.info("push: nothing pending")
             self.last_push = outcome
             return outcome
         else:
+            def body() -> Iterable[bytes]:
+                nonlocal sent
+                if attempts_made:  # the first attempt sends the snapshot taken above
+                    with self._state_lock:
+                        sent = (self._state_epoch, self.store.snapshot())
+                attempts_made.append(1)
+                return report.body(sent[1], cfg.gateway_serial, cfg.timezone)
+
+            attempts_made: list[int] = []
             credentials = cfg.push_credentials
             result = http.push(
                 cfg.push_endpoint or cfg.push_url,
-                lambda: report.body(snapshot, cfg.gateway_serial, cfg.timezone),
+                body,
                 username=credentials[0] if credentials else None,
                 password=credentials[1] if credentials else None,
                 ca_file=str(cfg.push_ca_file) if cfg.push_ca_file else None,
                 connect_timeout=cfg.push_connect_timeout,
                 read_timeout=cfg.push_read_timeout,
-                attempts=cfg.push_retries,
+                attempts=cfg.push_retries + 1,  # the first attempt, then the configured retries
                 deadline=self._deadline(),
                 user_agent=user_agent(cfg),
                 stop_event=self.stop_event,
             )
+            epoch, snapshot = sent
             outcome = PushOutcome(now, result.ok, len(snapshot), result.status, result.attempts,
                                   result.error, result.duration)
             if result.ok:
                 self.lines_acknowledged += len(snapshot)
                 try:
-                    self.store.acknowledge(snapshot)
+                    with self._state_lock:
+                        if epoch == self._state_epoch:  # else a restore replaced the state meanwhile
+                            self.store.acknowledge(snapshot)
                 except StoreWriteError as exc:
                     # Forgotten in memory already; the next flush retries the disk delete.
                     self.store_errors += 1
                     log.error("acknowledged rows not yet deleted on disk (%s); retrying at the next flush", exc)
         self.pushes["ok" if outcome.ok else "failed"] += 1
+        self.push_attempts_total += outcome.attempts
+        self.push_seconds_total += outcome.duration
+        if outcome.ok:
+            self.last_push_success_at = outcome.at
         self.last_push = outcome
         (log.info if outcome.ok else log.warning)("push %s", outcome.summary())
         try:
@@ -419,7 +492,43 @@ class Gateway:
             "push_in_flight": self._push_in_flight(),
             "last_push": _asdict(self.last_push) if self.last_push else None,
             "next_push": self._next_push.isoformat() if self._next_push else None,
+            "sync": self.syncer.status(),
         }
+
+    # -- configuration sync, backup and restore -------------------------------------------
+
+    def sync_now(self) -> SyncResult:
+        """Run a configuration sync now (in the calling thread) and keep its result."""
+        return self.syncer.run_now()
+
+    def _before_backup(self) -> None:
+        """A backup copies the database: write what is only in memory first."""
+        self.flush()
+        self._save_analyzer()
+
+    def _replace_state(self, swap: Callable[[], None]) -> None:
+        """Close the store, let a restore put new state files in place, reopen everything."""
+        state = self.config.state_directory
+        with self._state_lock:
+            self._state_epoch += 1
+            if self.store is not None:
+                self._save_analyzer()
+                self.store.close()
+            try:
+                swap()
+            finally:
+                self.store = Store.open(state / STORE_FILE)
+                self.analyzer = Analyzer(time.time())
+                saved = self.store.get_meta(ANALYZER_META)
+                if saved:
+                    try:
+                        self.analyzer.load(saved)
+                    except ValueError as exc:
+                        log.warning("restored analyzer state could not be read (%s); starting a new period", exc)
+                if self.pipeline is not None:
+                    self.pipeline.store, self.pipeline.analyzer = self.store, self.analyzer
+                self.syncer.load()
+                log.info("state reopened: %d meters pending", self.store.pending())
 
 
 def _asdict(outcome: PushOutcome) -> dict[str, Any]:
@@ -444,14 +553,24 @@ class _ControlHandler(socketserver.StreamRequestHandler):
         gateway: Gateway = self.server.gateway  # type: ignore[attr-defined]
         command = self.rfile.readline(100).decode("ascii", "replace").strip()
         if command == "push":
-            outcome = gateway.push_now() if not gateway._push_in_flight() else None
+            outcome = gateway.push_by_hand()
             answer: Any = _asdict(outcome) if outcome else {"error": "a push is already in flight"}
         elif command == "status":
             answer = gateway.status()
         elif command == "analyzer":
             answer = {"dump": gateway.analyzer.dump().decode() if gateway.analyzer else None}
+        elif command == "reload":
+            answer = {"ok": gateway.reload()}
+        elif command == "sync":
+            answer = gateway.sync_now().as_dict()
+        elif command == "backup":
+            config_control.serve_backup(gateway.manager, self.wfile)
+            return
+        elif command.startswith("restore "):
+            answer = config_control.serve_restore(gateway.manager, command, self.rfile)
         else:
-            answer = {"error": f"unknown command {command!r}; allowed: push, status, analyzer"}
+            answer = {"error": f"unknown command {command!r}; allowed: push, status, analyzer, reload, sync,"
+                               " backup, restore"}
         self.wfile.write(json.dumps(answer).encode() + b"\n")
 
 

@@ -334,6 +334,7 @@ class Request:
     complete: bool = False
     done_at: float | None = None
     answered: int | None = None
+    client_gone: bool = False
 
     def lines(self) -> list[bytes]:
         return self.body.splitlines(keepends=True)
@@ -346,7 +347,8 @@ class ScriptedHes:
     answers with ``Connection: close`` and counts how many requests are open at once.
     """
 
-    def __init__(self, *actions: Respond | Cut | Hang, default: Respond | Hang = Respond(204)) -> None:
+    def __init__(self, *actions: Respond | Cut | Hang, default: Respond | Hang = Respond(204),
+                 listening: bool = True) -> None:
         self.script = list(actions)
         self.default = default
         self.requests: list[Request] = []
@@ -354,18 +356,32 @@ class ScriptedHes:
         self.max_active = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._sock = socket.create_server(("127.0.0.1", 0))
+        self._listening = threading.Event()
+        # Bound but not listening: connections are refused (the HES is down) until listen().
+        self._sock = socket.socket()
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", 0))
         self._sock.settimeout(0.1)
         self.port = self._sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}/report"
         self._thread = threading.Thread(target=self._serve, name="scripted-hes", daemon=True)
         self._thread.start()
+        if listening:
+            self.listen()
+
+    def listen(self) -> None:
+        """Start accepting connections (until now they were refused)."""
+        self._sock.listen(16)
+        self._listening.set()
 
     def add(self, *actions: Respond | Cut | Hang) -> None:
         with self._lock:
             self.script.extend(actions)
 
     def _serve(self) -> None:
+        while not self._listening.wait(0.05):
+            if self._stop.is_set():
+                return
         while not self._stop.is_set():
             try:
                 conn, _ = self._sock.accept()
@@ -406,7 +422,9 @@ class ScriptedHes:
             status: int | None
             headers: Mapping[str, str] = {}
             if isinstance(action, Hang):
-                action.release.wait(action.seconds)
+                if not self._hang(conn, action):
+                    request.client_gone = True
+                    return
                 status = None if self._stop.is_set() else action.then
             else:
                 status, headers = action.status, action.headers
@@ -423,6 +441,19 @@ class ScriptedHes:
                 conn.close()
             with self._lock:
                 self.active -= 1
+
+    def _hang(self, conn: socket.socket, action: Hang) -> bool:
+        """Wait for the release; False as soon as the client closes its end (it gave up)."""
+        end = time.monotonic() + action.seconds
+        while not action.release.is_set() and not self._stop.is_set() and time.monotonic() < end:
+            readable, _, _ = select.select([conn], [], [], 0.05)
+            if readable:
+                try:
+                    if conn.recv(1, socket.MSG_PEEK) == b"":
+                        return False
+                except OSError:
+                    return False
+        return True
 
     @staticmethod
     def _read_body(reader, headers: Mapping[str, str], limit: int | None) -> tuple[bytes, bool]:
@@ -477,8 +508,8 @@ def scripted_hes() -> Iterator[Callable[..., ScriptedHes]]:
     """A factory of scripted raw HES servers, closed at the end of the test."""
     made: list[ScriptedHes] = []
 
-    def make(*actions: Respond | Cut | Hang, default: Respond | Hang = Respond(204)) -> ScriptedHes:
-        server = ScriptedHes(*actions, default=default)
+    def make(*actions: Respond | Cut | Hang, default: Respond | Hang = Respond(204), listening: bool = True) -> ScriptedHes:
+        server = ScriptedHes(*actions, default=default, listening=listening)
         made.append(server)
         return server
 

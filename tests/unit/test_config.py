@@ -50,6 +50,7 @@ VALID: dict[str, list[tuple[str, object]]] = {
         ("https://cfg.example/a.cad", "https://cfg.example/a.cad"),
     ],
     "configuration.server.cron": [("30 0 * * *", "30 0 * * *"), ("@daily", "@daily")],
+    "configuration.server.ca.file": [("", None), ("/etc/ssl/cfg-ca.pem", Path("/etc/ssl/cfg-ca.pem"))],
     "show.only.filtered": [("true", True), ("false", False)],
     "receiver.protocol": [
         (p, p) for p in ("cmex50", "im871a", "amb8465", "rtlwmbus", "hex", "simulator")
@@ -118,6 +119,7 @@ INVALID: dict[str, list[str]] = {
     "sync.enabled": ["no"],
     "configuration.server.url": ["ftp://x/", "nohost"],
     "configuration.server.cron": ["0 0 * * 8", "*/0 * * * *"],
+    "configuration.server.ca.file": ["cfg-ca.pem"],
     "show.only.filtered": ["maybe"],
     "receiver.protocol": ["cul", "", "im871"],
     "receiver.port": ["", "http://host:1/", "file:///tmp/x"],

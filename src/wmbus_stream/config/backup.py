@@ -230,7 +230,8 @@ def _parse_manifest(data: bytes, problems: list[str]) -> Manifest | None:
         return None
     created, serial, software = document.get("created"), document.get("gateway_serial"), document.get("software", "")
     members = document.get("members")
-    if not isinstance(created, str) or not isinstance(serial, str) or not re.fullmatch(r"[0-9]{8}", serial):
+    if (not isinstance(created, str) or not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z", created)
+            or not isinstance(serial, str) or not re.fullmatch(r"[0-9]{8}", serial)):
         problems.append(f"{MANIFEST}: created or gateway_serial missing or malformed")
         return None
     if not isinstance(members, dict):
@@ -243,7 +244,8 @@ def _parse_manifest(data: bytes, problems: list[str]) -> Manifest | None:
             problems.append(f"{MANIFEST}: entry of {name!r} needs a size and a sha256")
             continue
         listed[str(name)] = (entry["size"], entry["sha256"])
-    return Manifest(VERSION, created, serial, str(software), listed)
+    software = software if isinstance(software, str) and software.isprintable() else "?"
+    return Manifest(VERSION, created, serial, software[:40], listed)
 
 
 def unpack(source: BinaryIO, folder: Path, limits: BackupLimits = BackupLimits()) -> Unpacked:

@@ -27,7 +27,9 @@ from . import properties
 from .keys import BY_NAME
 from .model import _shown
 
-__all__ = ["HistoryEntry", "History", "ORIGINS", "DEFAULT_LIMIT"]
+__all__ = ["HistoryEntry", "History", "ORIGINS", "DEFAULT_LIMIT", "HISTORY_FILE", "check_database"]
+
+HISTORY_FILE = "history.sqlite"
 
 ORIGINS = ("local", "import", "sync", "revert", "restore", "web")
 DEFAULT_LIMIT = 200

@@ -307,6 +307,10 @@ KEYS: tuple[Key, ...] = (
         "Where the .cad configuration file is fetched."),
     Key("configuration.server.cron", "sync_cron", "30 0 * * *", cron, _CRON_ALLOWED,
         "When the configuration is synchronised."),
+    Key("configuration.server.ca.file", "sync_ca_file", "", optional_path,
+        "an absolute path to a PEM file, or empty for the system CAs",
+        "CA certificates that sign the configuration server's certificate (also used for"
+        " Sync-File downloads and Sync-Notify-URL)."),
     Key("show.only.filtered", "show_only_filtered", "true", boolean, "true or false",
         "The analyzer shows only allow-listed meters (all when the allow-list is empty)."),
     # -- receiver --------------------------------------------------------------------------

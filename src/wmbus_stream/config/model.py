@@ -35,6 +35,7 @@ __all__ = [
     "parse",
     "load",
     "check_file",
+    "loads",
     "defaults",
     "to_text",
     "save",
@@ -95,6 +96,7 @@ class Config:
     sync_enabled: bool
     sync_url: str | None
     sync_cron: Schedule
+    sync_ca_file: Path | None
     show_only_filtered: bool
     receiver_protocol: str
     receiver_port: str
@@ -284,6 +286,16 @@ def _read(path: str | os.PathLike[str]) -> tuple[Config | None, list[Problem]]:
 def load(path: str | os.PathLike[str]) -> Config:
     """Read and validate a configuration file; ConfigError lists every problem."""
     config, problems = _read(path)
+    if config is None or problems:
+        raise ConfigError(problems)
+    return config
+
+
+def loads(data: bytes | str) -> Config:
+    """Validate a file's content exactly as ``load`` does a file; ConfigError lists every problem."""
+    document = properties.parse(data)
+    config, problems = _validate(document.values)
+    problems = [*document.problems, *problems]
     if config is None or problems:
         raise ConfigError(problems)
     return config

@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..atomic import clean_stale, fsync_directory, write_atomic
-from .history import History
+from .history import HISTORY_FILE, History
 
 __all__ = [
     "JOURNAL_NAME",
@@ -48,7 +48,9 @@ __all__ = [
     "write_staged",
     "commit",
     "complete",
+    "discard",
     "recover",
+    "pending",
     "check_target",
     "ensure_folders",
 ]
@@ -142,6 +144,18 @@ def commit(plan: Plan) -> None:
     _step("committed")
 
 
+def discard(plan: Plan) -> None:
+    """Remove the staging of a plan that failed before its journal was written (else keep it:
+    the journal will be completed, at the latest by the next ``recover``)."""
+    try:
+        committed = Plan.from_json(_journal(plan.state_directory).read_text(encoding="utf-8")).id == plan.id
+    except (OSError, ValueError, TypeError, KeyError):
+        committed = False
+    if not committed:
+        for folder in plan.staging:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def check_target(root: Path, target: Path) -> str | None:
     """Why ``target`` (inside ``root``) cannot be written without following a link, or None."""
     try:
@@ -231,7 +245,7 @@ def complete(plan: Plan) -> None:
             write_atomic(plan.config_path, data, 0o600)
         _step("configuration written")
     if plan.history is not None and plan.config_text is not None:
-        History(Path(plan.state_directory) / "history.sqlite").record(
+        History(Path(plan.state_directory) / HISTORY_FILE).record(
             plan.config_text, str(plan.history["origin"]), str(plan.history.get("note", "")),
             apply_id=plan.id, when=float(plan.history["time"]),  # type: ignore[arg-type]
         )
@@ -258,14 +272,25 @@ def _remove_stages(folder: Path) -> None:
             log.info("removed %s left by an interrupted change (nothing of it was applied)", entry.path)
 
 
-def recover(state_directory: Path, config_path: Path, files_directory: Path) -> bool:
-    """Complete an interrupted change, remove what unfinished ones left; True if one was completed."""
+def pending(state_directory: Path) -> bool:
+    """Whether a committed change is waiting to be completed."""
+    return _journal(state_directory).exists()
+
+
+def recover(state_directory: Path, config_path: Path, files_directory: Path, *, databases: bool = True) -> bool:
+    """Complete an interrupted change, remove what unfinished ones left; True if one was completed.
+
+    With ``databases=False`` (a running gateway holds its state database open) a change
+    that replaces databases is left for the next start and ``OSError`` says so.
+    """
     journal = _journal(state_directory)
     completed = False
     if journal.exists():
         try:
             plan = Plan.from_json(journal.read_text(encoding="utf-8"))
-        except (OSError, ValueError, TypeError, KeyError) as exc:
+            if not databases and any(move.database for move in plan.moves):
+                raise OSError("an interrupted restore is waiting to be completed: restart the gateway")
+        except (ValueError, TypeError, KeyError) as exc:
             aside = journal.with_name(f"{JOURNAL_NAME}.unreadable")
             os.replace(journal, aside)
             log.error("journal %s cannot be read (%s); moved to %s, the change it held is not applied",

@@ -12,8 +12,10 @@ Grammar
 - Blank lines and lines starting with ``#`` are ignored. Every other line is
   ``Name: value``; names are compared without regard to case, spaces and tabs around the
   value are dropped.
-- ``Sync-Mode: server`` exactly once. It is checked first, as soon as the text can be read:
-  a file meant for another mode is not judged on the rest (920).
+- ``Sync-Mode: server`` exactly once. It is checked first: a readable file without it or
+  with another mode is not judged on the rest (920). When no ``Sync-Mode`` line could be
+  read and some line could not be read at all (not UTF-8, a stray CR, a control character,
+  overlong), that line is the reason (921).
 - ``Sync-Id`` (at most once; letters, digits, ``. _ : -``, 64 characters) and
   ``Sync-Notify-URL`` (at most once; http or https) are recovered even when another line
   is wrong, so that a 920 or 921 can still be reported to the server.
@@ -187,20 +189,21 @@ class _Line:
     value: str
 
 
-def _lines(data: bytes) -> tuple[list[_Line], str | None]:
-    """The ``Name: value`` lines and the first line-level problem (or None)."""
+def _lines(data: bytes) -> tuple[list[_Line], str | None, str | None]:
+    """The ``Name: value`` lines, the first unreadable line and the first misshapen one (or None)."""
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     chunks = data.split(b"\n")
     if chunks and chunks[-1] == b"":
         chunks.pop()
     lines: list[_Line] = []
-    problem: str | None = None
+    unreadable: str | None = None
+    misshapen: str | None = None
 
     def fail(reason: str) -> None:
-        nonlocal problem
-        if problem is None:
-            problem = reason
+        nonlocal unreadable
+        if unreadable is None:
+            unreadable = reason
 
     for number, raw in enumerate(chunks, 1):
         if raw.endswith(b"\r"):
@@ -227,10 +230,11 @@ def _lines(data: bytes) -> tuple[list[_Line], str | None]:
         name, sep, value = stripped.partition(":")
         name = name.strip(_BLANKS)
         if not sep or not _NAME.fullmatch(name):
-            fail(f"{where}: expected 'Name: value', got {_printable(stripped)!r}")
+            if misshapen is None:
+                misshapen = f"{where}: expected 'Name: value', got {_printable(stripped)!r}"
             continue
         lines.append(_Line(number, name, value.strip(_BLANKS)))
-    return lines, problem
+    return lines, unreadable, misshapen
 
 
 def _number(text: str, where: str) -> int:
@@ -303,7 +307,7 @@ def parse(data: bytes) -> CadFile:
         raise CadError(RESULT_ERROR, f"the .cad file has {len(data)} bytes, more than the limit of {MAX_BYTES}")
     if not data.strip():
         raise CadError(RESULT_MODE, "the .cad file is empty (Sync-Mode: server is required)")
-    lines, problem = _lines(data)
+    lines, unreadable, misshapen = _lines(data)
 
     by_name: dict[str, list[_Line]] = {}
     for line in lines:
@@ -328,13 +332,16 @@ def parse(data: bytes) -> CadFile:
 
     modes = by_name.get("sync-mode", [])
     if not modes:
+        if unreadable is not None:
+            # An unreadable line might have held the mode: the file as a whole cannot be read.
+            raise refuse(RESULT_ERROR, unreadable)
         raise refuse(RESULT_MODE, "Sync-Mode line missing (Sync-Mode: server is required)")
     if len(modes) > 1:
         raise refuse(RESULT_ERROR, f"Sync-Mode appears more than once (lines {', '.join(str(m.number) for m in modes)})")
     if modes[0].value != "server":
         raise refuse(RESULT_MODE, f"Sync-Mode is {_printable(modes[0].value)!r}, not 'server'")
-    if problem is not None:
-        raise refuse(RESULT_ERROR, problem)
+    if unreadable is not None or misshapen is not None:
+        raise refuse(RESULT_ERROR, str(unreadable or misshapen))
     for name in ("sync-id", "sync-notify-url"):
         found = by_name.get(name, [])
         if len(found) > 1:

@@ -47,7 +47,8 @@ SETTINGS_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
                   "receiver.reconnect.seconds", "simulator.meters")),
     ("Gateway", ("gateway.serial", "gateway.wired.address", "report.timezone", "state.directory",
                  "store.flush.seconds", "log.level")),
-    ("Configuration server", ("sync.enabled", "configuration.server.url", "configuration.server.cron")),
+    ("Configuration server", ("sync.enabled", "configuration.server.url", "configuration.server.cron",
+                              "configuration.server.ca.file")),
     ("Web UI", ("web.enabled", "web.listen", "web.tls.cert", "web.tls.key", "web.metrics.public")),
 )
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -330,17 +331,17 @@ def _x(rssi: float, width: float) -> float:
 
 
 def signal_bar(r: MeterRow, width: int = 120) -> Markup:
-    """An inline SVG: the min..max range of a meter's RSSI with its average marked."""
+    """An inline SVG: a bar as long as the meter's average RSSI, coloured by quality, with min..max drawn over it."""
     if r.rssi_avg is None or r.rssi_min is None or r.rssi_max is None:
         return raw('<span class="muted">no RSSI</span>')
     x0, x1, xa = _x(r.rssi_min, width), _x(r.rssi_max, width), _x(r.rssi_avg, width)
     return html(
         '<svg class="bar" width="{w}" height="12" viewBox="0 0 {w} 12" role="img" aria-label="{label}">'
-        '<rect class="track" x="0" y="4" width="{w}" height="4"/>'
-        '<rect class="range {q}" x="{x0}" y="2" width="{rw}" height="8"/>'
-        '<rect class="avg" x="{xa}" y="0" width="2" height="12"/></svg>',
-        w=width, label=f"{r.rssi_min} to {r.rssi_max} dBm, average {r.rssi_avg}", q=quality(r.rssi_avg),
-        x0=x0, rw=max(2.0, round(x1 - x0, 1)), xa=max(0.0, xa - 1),
+        '<rect class="track" x="0" y="2" width="{w}" height="8"/>'
+        '<rect class="range {q}" x="0" y="2" width="{xa}" height="8"/>'
+        '<rect class="whisker" x="{x0}" y="5" width="{rw}" height="2"/></svg>',
+        w=width, label=f"average {r.rssi_avg} dBm, {r.rssi_min} to {r.rssi_max}", q=quality(r.rssi_avg),
+        xa=max(1.0, xa), x0=x0, rw=max(1.0, round(x1 - x0, 1)),
     )
 
 
@@ -717,7 +718,7 @@ def _revert(app: WebServer, req: Request, match: re.Match[str]) -> Response:
     if manager is None:
         return error_page(app, req, 409, "Configuration management is not available on this gateway.")
     try:
-        entry = manager.revert(int(match["n"]), origin="web revert")
+        entry = manager.revert(int(match["n"]), origin="revert")
     except ConfigError as exc:
         _flash(req, f"Revert refused, nothing was changed: {exc}", "error")
         return redirect("/settings")
@@ -762,7 +763,7 @@ def _import(app: WebServer, req: Request, match: re.Match[str]) -> Response:
         _flash(req, "The file is not UTF-8 text; nothing was changed.", "error")
         return redirect("/settings")
     try:
-        entry = manager.import_text(text, origin="web import")
+        entry = manager.import_text(text, origin="import")
     except ConfigError as exc:
         errors = problems_by_key(exc)
         banner = html('<p class="flash error" role="alert">The imported file has {0} problem(s); nothing was changed.'

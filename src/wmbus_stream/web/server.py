@@ -59,7 +59,7 @@ STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 _STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8",
-                 ".svg": "image/svg+xml", ".json": "application/json", ".ico": "image/x-icon"}
+                 ".svg": "image/svg+xml", ".ico": "image/x-icon"}
 
 Handler = Callable[[Request, "re.Match[str]"], Response]
 
@@ -387,7 +387,7 @@ class WebServer:
             handler.send_header("Content-Security-Policy", CSP)
             handler.send_header("X-Content-Type-Options", "nosniff")
             handler.send_header("X-Frame-Options", "DENY")
-            handler.send_header("Referrer-Policy", "no-referrer")
+            handler.send_header("Referrer-Policy", "same-origin")  # "no-referrer" makes browsers send Origin: null
             handler.send_header("Cross-Origin-Opener-Policy", "same-origin")
             handler.send_header("Cross-Origin-Resource-Policy", "same-origin")
             if response.close:

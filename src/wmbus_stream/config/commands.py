@@ -1,0 +1,345 @@
+"""``wmbus-stream config show|set|export|import|history|revert|backup|restore`` and ``sync now``.
+
+Every command works on the configuration file given with ``--config`` and the state
+directory that file names. Commands that change the configuration write it themselves
+(through ``ConfigManager``: validated, atomic, recorded) and then tell a running gateway to
+reload; backup and restore go through the running gateway when there is one, because it
+owns the state database. Exit codes: 0 ok, 1 failure, 3 invalid input (one line per
+problem on standard error, nothing changed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from ..errors import GatewayIOError, WmbusStreamError
+from . import control, model, properties
+from .backup import BackupError
+from .keys import absolute_path
+from .manage import ConfigManager
+
+__all__ = ["add_config_commands", "add_sync_command"]
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 3
+DEFAULT_CONFIG = "/etc/wmbus-stream/stream.cfg"
+
+
+def _state_directory(path: Path) -> Path:
+    """The state directory a configuration file names, even when the file is otherwise invalid."""
+    try:
+        value = properties.read(path).values.get("state.directory")
+    except OSError:
+        value = None
+    if value:
+        try:
+            return absolute_path(value.strip())
+        except ValueError:
+            pass
+    return model.defaults().state_directory
+
+
+def _manager(args: argparse.Namespace) -> ConfigManager:
+    path = Path(args.config)
+    return ConfigManager(path, _state_directory(path))
+
+
+def _tell_gateway(manager: ConfigManager, changed: bool) -> None:
+    from ..service import control_request
+
+    if not changed:
+        return
+    try:
+        answer = control_request(manager.state_directory, "reload", timeout=60)
+    except OSError as exc:
+        print(f"wmbus-stream: the running gateway did not answer ({exc}); it applies the file at its next"
+              " reload or start", file=sys.stderr)
+        return
+    if answer is None:
+        print("no gateway is running for this state directory: the file is used at its next start")
+    elif answer.get("ok"):
+        print("the running gateway reloaded the configuration")
+    else:
+        print(f"wmbus-stream: the running gateway did not reload: {answer.get('error', 'see its log')}",
+              file=sys.stderr)
+
+
+def _report_change(manager: ConfigManager, before: str | None, number: int) -> None:
+    changed = manager._file_text() != before
+    if changed:
+        print(f"configuration #{number} applied and recorded")
+    else:
+        print(f"configuration unchanged (it is already #{number})")
+    _tell_gateway(manager, changed)
+
+
+def _text_of(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """Print the configuration with secrets masked (``--all``: every key with its effective value)."""
+    config = model.load(args.config)
+    if args.all:
+        sys.stdout.write(model.to_text(config, full=True, mask_secrets=True))
+    else:
+        sys.stdout.write(model.to_text(config, template=properties.read(args.config), mask_secrets=True))
+    return EXIT_OK
+
+
+def cmd_set(args: argparse.Namespace) -> int:
+    """Set keys (``KEY=VALUE``), or reset them to their default (``--unset KEY``)."""
+    changes: dict[str, str | None] = {}
+    for item in args.assignments:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            print(f"{item}: invalid value ''; allowed: KEY=VALUE (KEY= for an empty value, --unset KEY for"
+                  " the default)", file=sys.stderr)
+            return EXIT_CONFIG
+        changes[key.strip()] = value.strip()
+    for key in args.unset or ():
+        changes[key] = None
+    if not changes:
+        print("wmbus-stream config set: nothing to change (KEY=VALUE... or --unset KEY)", file=sys.stderr)
+        return 2
+    manager = _manager(args)
+    before = _text_of(manager.config_path)
+    entry = manager.set(changes, "local")
+    _report_change(manager, before, entry.number)
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write the configuration without device-specific keys and secrets (for other gateways)."""
+    from ..atomic import write_atomic
+
+    text = _manager(args).export_text()
+    if args.file == "-":
+        sys.stdout.write(text)
+    else:
+        write_atomic(args.file, text, 0o644)
+        print(f"exported to {args.file}")
+    return EXIT_OK
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """Apply an exported configuration; this gateway's device-specific keys stay."""
+    try:
+        data = sys.stdin.buffer.read(properties.MAX_FILE + 1) if args.file == "-" else Path(args.file).read_bytes()
+    except OSError as exc:
+        print(f"wmbus-stream config import: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+        return EXIT_FAILURE
+    manager = _manager(args)
+    before = _text_of(manager.config_path)
+    entry = manager.import_text(data, "import")
+    if entry.note and entry.origin == "import" and _text_of(manager.config_path) != before:
+        print(entry.note)
+    _report_change(manager, before, entry.number)
+    return EXIT_OK
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    """List the applied configurations, newest first (``--show N``: one of them, secrets masked)."""
+    manager = _manager(args)
+    if args.show is not None:
+        entry = manager.entry(args.show)
+        if entry is None:
+            print(f"history: invalid value '{args.show}'; allowed: the number of a kept entry", file=sys.stderr)
+            return EXIT_CONFIG
+        print(f"# configuration #{entry.number}, {entry.iso_time} UTC, {entry.origin}"
+              + (f": {entry.note}" if entry.note else ""))
+        sys.stdout.write(entry.masked_text)
+        return EXIT_OK
+    entries = manager.history()
+    if not entries:
+        print("no configuration recorded yet (the first change records the current file as #1)")
+        return EXIT_OK
+    print(f"{'#':>4}  {'TIME (UTC)':19}  {'ORIGIN':7}  NOTE")
+    for entry in entries:
+        print(f"{entry.number:>4}  {entry.iso_time}  {entry.origin:7}  {entry.note}")
+    return EXIT_OK
+
+
+def cmd_revert(args: argparse.Namespace) -> int:
+    """Apply history entry N again."""
+    manager = _manager(args)
+    before = _text_of(manager.config_path)
+    entry = manager.revert(args.number)
+    _report_change(manager, before, entry.number)
+    return EXIT_OK
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    """Write a backup archive (configuration, state, history, files); 0600."""
+    from ..atomic import write_atomic
+
+    manager = _manager(args)
+    buffer = io.BytesIO()
+    answer = control.request_backup(manager.state_directory, buffer)
+    if answer is None:
+        manager.backup(buffer)
+    elif "error" in answer:
+        print(f"wmbus-stream config backup: {answer['error']}", file=sys.stderr)
+        return EXIT_FAILURE
+    if args.file == "-":
+        sys.stdout.buffer.write(buffer.getvalue())
+    else:
+        write_atomic(args.file, buffer.getvalue(), 0o600)
+        print(f"backup written to {args.file} ({len(buffer.getvalue())} bytes)")
+    return EXIT_OK
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    """Restore a backup archive, onto this (replacement) gateway; keeps its serial by default."""
+    from ..service import LOCK_FILE, _take_lock
+
+    manager = _manager(args)
+    source = Path(args.file)
+    if not source.is_file():
+        print(f"wmbus-stream config restore: {args.file} is not a readable file", file=sys.stderr)
+        return EXIT_FAILURE
+    keep = not args.replace_serial
+    answer = control.request_restore(manager.state_directory, source, keep)
+    if answer is None:
+        try:
+            lock = _take_lock(manager.state_directory / LOCK_FILE)
+        except GatewayIOError:
+            print("wmbus-stream config restore: a gateway is starting for this state directory; try again",
+                  file=sys.stderr)
+            return EXIT_FAILURE
+        try:
+            with open(source, "rb") as handle:
+                result = manager.restore(handle, keep_serial=keep)
+        except BackupError as exc:
+            for problem in exc.problems:
+                print(problem, file=sys.stderr)
+            print("nothing was changed", file=sys.stderr)
+            return EXIT_CONFIG
+        finally:
+            os.close(lock)
+        print(result.summary())
+        print("no gateway is running for this state directory: it resumes from the restored state at its next start")
+        return EXIT_OK
+    if answer.get("ok"):
+        print(answer["summary"])
+        print("the running gateway continues from the restored state")
+        return EXIT_OK
+    for problem in answer.get("problems") or [answer.get("error", "restore failed")]:
+        print(problem, file=sys.stderr)
+    if answer.get("problems"):
+        print("nothing was changed", file=sys.stderr)
+        return EXIT_CONFIG
+    return EXIT_FAILURE
+
+
+def cmd_sync_now(args: argparse.Namespace) -> int:
+    """Run one configuration sync; print the result line; exit 0 for 900, 1 otherwise."""
+    from ..service import control_request
+    from ..sync.procedure import SyncResult, run_sync
+
+    logging.basicConfig(level="WARNING", format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    config = model.load(args.config)
+    answer = control_request(config.state_directory, "sync")
+    if answer is not None:
+        if "code" not in answer:
+            print(f"wmbus-stream sync now: {answer.get('error', 'no answer')}", file=sys.stderr)
+            return EXIT_FAILURE
+        code, text = int(answer["code"]), str(answer["text"])
+    else:
+        manager = ConfigManager(args.config, config.state_directory)
+        result: SyncResult = run_sync(manager, config)
+        code, text, answer = result.code, result.text, result.as_dict()
+        _remember(config.state_directory, answer)
+    print(text)
+    if answer.get("notified") is False:
+        print(f"wmbus-stream sync now: result not acknowledged by the server: {answer.get('notify_error')}",
+              file=sys.stderr)
+    return EXIT_OK if code == 900 else EXIT_FAILURE
+
+
+def _remember(state: Path, answer: dict[str, object]) -> None:
+    """Keep the result for ``status`` when no gateway runs (it reads it at its start)."""
+    from ..core.store import Store
+    from ..service import LOCK_FILE, STORE_FILE, _take_lock
+    from ..sync.runner import LAST_SYNC_META
+
+    try:
+        lock = _take_lock(state / LOCK_FILE)
+    except OSError:
+        return
+    try:
+        store = Store.open(state / STORE_FILE)
+        try:
+            store.set_meta(LAST_SYNC_META, json.dumps(answer))
+        finally:
+            store.close(flush=False)
+    except WmbusStreamError:
+        pass
+    finally:
+        os.close(lock)
+
+
+def _with_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"configuration file (default {DEFAULT_CONFIG})")
+
+
+def add_config_commands(csub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register the configuration management commands under ``config``."""
+    c = csub.add_parser("show", help="print the configuration, secrets masked")
+    _with_config(c)
+    c.add_argument("--all", action="store_true", help="every key with its effective value and description")
+    c.set_defaults(func=cmd_show)
+
+    c = csub.add_parser("set", help="set keys: KEY=VALUE... (validated, atomic, recorded)")
+    _with_config(c)
+    c.add_argument("assignments", nargs="*", metavar="KEY=VALUE")
+    c.add_argument("--unset", action="append", metavar="KEY", help="reset KEY to its default (repeatable)")
+    c.set_defaults(func=cmd_set)
+
+    c = csub.add_parser("export", help="write the configuration without device-specific keys and secrets")
+    _with_config(c)
+    c.add_argument("file", help="file to write, or - for standard output")
+    c.set_defaults(func=cmd_export)
+
+    c = csub.add_parser("import", help="apply an exported configuration (all or nothing)")
+    _with_config(c)
+    c.add_argument("file", help="file to read, or - for standard input")
+    c.set_defaults(func=cmd_import)
+
+    c = csub.add_parser("history", help="list the applied configurations")
+    _with_config(c)
+    c.add_argument("--show", type=int, metavar="N", help="print configuration N (secrets masked)")
+    c.set_defaults(func=cmd_history)
+
+    c = csub.add_parser("revert", help="apply history entry N again")
+    _with_config(c)
+    c.add_argument("number", type=int, metavar="N")
+    c.set_defaults(func=cmd_revert)
+
+    c = csub.add_parser("backup", help="write a backup: configuration, state (pending, analyzer), history, files")
+    _with_config(c)
+    c.add_argument("file", help="archive to write (mode 0600), or - for standard output")
+    c.set_defaults(func=cmd_backup)
+
+    c = csub.add_parser("restore", help="restore a backup (keeps this gateway's serial)")
+    _with_config(c)
+    c.add_argument("file", help="archive to read")
+    c.add_argument("--replace-serial", action="store_true", help="take gateway.serial from the backup too")
+    c.set_defaults(func=cmd_restore)
+
+
+def add_sync_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register ``sync now``."""
+    p = sub.add_parser("sync", help="configuration sync from the .cad server: 'sync now'")
+    p.add_argument("now", choices=["now"])
+    _with_config(p)
+    p.set_defaults(func=cmd_sync_now)
+

@@ -1,0 +1,293 @@
+"""One configuration sync (spec section 8): fetch, check, download, apply all or nothing, report.
+
+Strategy
+1. GET ``configuration.server.url`` with the section 8 ``User-Agent`` (``user_agent``), TLS
+   verified (system CAs plus ``configuration.server.ca.file``), connect/read/total time
+   limits and a size limit. Basic auth comes from the URL's user info, if any.
+2. Parse the file strictly (``cad.parse``): 920 or 921 with a reason.
+3. Build the new configuration from this gateway's file plus every ``Sync-Config`` change
+   and validate it with the same code as ``config check``.
+4. Download every ``Sync-File`` (same TLS, limits per file and in total; never from http
+   when the ``.cad`` came over https), into memory only, and check that each local name
+   can be written inside the files folder without following a link.
+5. Apply the configuration text and the files as one transaction
+   (``ConfigManager.apply_bundle``): everything or nothing, also across a power cut. A sync
+   identical to the last one writes nothing.
+6. POST the result to ``Sync-Notify-URL`` when the file has one: ``900``, ``920`` or
+   ``921 <error>`` on the first line, ``Sync-Id: <id>`` on the second when the file has
+   one. Only HTTP 200 with body ``OK`` acknowledges; failures that a retry may fix are
+   retried with exponential backoff and jitter, like a push, within ``notify_seconds``.
+
+Invariants: nothing is written before every check has passed; the result text is one
+printable line; no secret appears in it (values of secret keys are masked).
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from .. import __version__
+from ..config.manage import ConfigManager
+from ..config.model import Config, split_credentials
+from ..errors import ConfigError
+from ..io import http
+from ..io.http import HttpError, Timeouts
+from . import cad
+from .cad import RESULT_ERROR, RESULT_MODE, RESULT_OK, CadError
+
+__all__ = ["SyncResult", "SyncLimits", "run_sync", "user_agent", "MODEL", "RESULT_TEXT_MAX"]
+
+log = logging.getLogger("wmbus_stream.sync")
+
+MODEL = "wmbus-stream"
+RESULT_TEXT_MAX = 400
+
+
+@dataclass(frozen=True, slots=True)
+class SyncLimits:
+    """Sizes (bytes) and times (seconds) a sync may use."""
+
+    cad_bytes: int = cad.MAX_BYTES
+    file_bytes: int = 1024 * 1024
+    total_bytes: int = 8 * 1024 * 1024
+    timeouts: Timeouts = field(default_factory=lambda: Timeouts(connect=10.0, read=30.0, total=120.0))
+    notify_seconds: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class SyncResult:
+    """What one sync did. ``text`` is the result line: ``900``, ``920 ...`` or ``921 ...``."""
+
+    code: int
+    text: str
+    sync_id: str | None = None
+    at: float = 0.0
+    duration: float = 0.0
+    config_changed: bool = False
+    history: int | None = None
+    files: tuple[str, ...] = ()
+    notify_url: str | None = None
+    notified: bool | None = None
+    notify_error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.code == RESULT_OK
+
+    def body(self) -> str:
+        """The notification body: the result line, then ``Sync-Id: <id>`` when known."""
+        lines = [self.text]
+        if self.sync_id:
+            lines.append(f"Sync-Id: {self.sync_id}")
+        return "\n".join(lines) + "\n"
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["files"] = list(self.files)
+        if self.notify_url:
+            data["notify_url"] = _display(self.notify_url)
+        return data
+
+    def summary(self) -> str:
+        """One log or status line."""
+        parts = [self.text]
+        if self.sync_id:
+            parts.append(f"(Sync-Id {self.sync_id})")
+        if self.ok:
+            if self.config_changed:
+                parts.append(f"configuration changed (history #{self.history})")
+            if self.files:
+                parts.append(f"files written: {', '.join(self.files)}")
+            if not self.config_changed and not self.files:
+                parts.append("nothing changed")
+        if self.notified is True:
+            parts.append("result acknowledged by the server")
+        elif self.notified is False:
+            parts.append(f"result not acknowledged: {self.notify_error}")
+        return "; ".join(parts)
+
+
+def _token(text: str) -> str:
+    """A User-Agent field value: no spaces or slashes (servers split on them)."""
+    cleaned = "".join(ch if ch.isascii() and ch.isprintable() and ch not in " /;()" else "-" for ch in text)
+    return cleaned or "unknown"
+
+
+def user_agent(config: Config) -> str:
+    """The section 8 User-Agent, filled from this gateway.
+
+    ``TC65i/<IMEI>``: the gateway has no modem, so its serial stands in for the IMEI;
+    ``Model/wmbus-stream``; ``Hardware/`` the machine type (``platform.machine()``, e.g.
+    ``aarch64``); ``Firmware/`` and ``Application/`` this package's version;
+    ``Serial/`` ``gateway.serial``.
+    """
+    serial = _token(config.gateway_serial)
+    return (f"TC65i/{serial} Profile/IMP-NG Configuration/CLDC-1.1 Model/{MODEL}"
+            f" Hardware/{_token(platform.machine())} Firmware/{_token(__version__)}"
+            f" Application/{_token(__version__)} Serial/{serial}")
+
+
+_default_user_agent = user_agent
+
+
+def _one_line(text: str) -> str:
+    text = " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
+    return text if len(text) <= RESULT_TEXT_MAX else text[: RESULT_TEXT_MAX - 3] + "..."
+
+
+def _display(url: str) -> str:
+    bare = split_credentials(url)[0]
+    parts = urlsplit(bare)
+    return f"{parts.scheme}://{parts.netloc}{parts.path}" + ("?..." if parts.query else "")
+
+
+def run_sync(
+    manager: ConfigManager,
+    config: Config,
+    *,
+    fetch: Callable[..., bytes] = http.fetch,
+    notify: Callable[..., None] = http.notify,
+    files_dir: Path | None = None,
+    user_agent: str | None = None,
+    limits: SyncLimits = SyncLimits(),
+    stop_event: threading.Event | None = None,
+    sleep: Callable[[float], object] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    rand: Callable[[], float] = random.random,
+) -> SyncResult:
+    """Run one sync for the gateway whose configuration file ``manager`` manages.
+
+    ``config`` is the running configuration (server URL, CA, retries); the new one is built
+    on the file's content. ``files_dir`` must be the manager's files folder (the default).
+    """
+    started_wall, started = time.time(), clock()
+    agent = user_agent or _default_user_agent(config)
+    if files_dir is not None and Path(files_dir) != manager.files_directory:
+        raise ValueError(f"files_dir must be {manager.files_directory}")
+    ca_file = str(config.sync_ca_file) if config.sync_ca_file else None
+
+    def finish(code: int, reason: str, parsed: cad.CadFile | None = None, *, sync_id: str | None = None,
+               notify_url: str | None = None, **kw: Any) -> SyncResult:
+        text = str(code) if code == RESULT_OK else _one_line(f"{code} {reason}")
+        result = SyncResult(code, text, sync_id, started_wall, 0.0, notify_url=notify_url, **kw)
+        if notify_url:
+            notified, error = _notify(notify_url, result.body(), config, ca_file, agent, limits, notify,
+                                      stop_event, sleep, clock, rand)
+            result = _replace(result, notified=notified, notify_error=error)
+        result = _replace(result, duration=round(clock() - started, 3))
+        (log.info if result.ok else log.warning)("sync: %s", result.summary())
+        return result
+
+    if not config.sync_url:
+        return finish(RESULT_ERROR, "configuration.server.url is not set")
+    url, username, password = split_credentials(config.sync_url)
+    try:
+        data = fetch(url, max_bytes=limits.cad_bytes, timeouts=limits.timeouts, ca_file=ca_file,
+                     user_agent=agent, username=username, password=password)
+    except HttpError as exc:
+        return finish(RESULT_ERROR, f"cannot fetch the .cad file: {exc}")
+    try:
+        parsed = cad.parse(data)
+    except CadError as exc:
+        return finish(exc.code, exc.reason, sync_id=exc.sync_id, notify_url=exc.notify_url)
+
+    def refuse(reason: str) -> SyncResult:
+        return finish(RESULT_ERROR, reason, sync_id=parsed.sync_id, notify_url=parsed.notify_url)
+
+    try:
+        base = manager.current()
+    except ConfigError as exc:
+        return refuse(f"this gateway's configuration file is invalid ({exc.problems[0]}); fix it locally first")
+    try:
+        new = base.with_changes(parsed.changes())
+        text = manager.render(new)
+    except ConfigError as exc:
+        first = exc.problems[0]
+        line = parsed.line_of(first.key)
+        where = f"Sync-Config-{line.n}: " if line else ""
+        more = f" (and {len(exc.problems) - 1} more problems)" if len(exc.problems) > 1 else ""
+        return refuse(f"{where}{first}{more}")
+
+    https_only = urlsplit(url).scheme.lower() == "https"
+    downloads: dict[str, bytes] = {}
+    total = 0
+    for item in parsed.files:
+        label = f"Sync-File-{item.n}-URL"
+        reason = manager.check_file_name(item.local)
+        if reason is not None:
+            return refuse(f"{label}: {item.local}: {reason}")
+        if https_only and urlsplit(item.url).scheme.lower() != "https":
+            return refuse(f"{label}: plain http download refused (the .cad file came over https)")
+        if stop_event is not None and stop_event.is_set():
+            return refuse("stopped before all files were downloaded")
+        left = limits.total_bytes - total
+        try:
+            content = fetch(item.url, max_bytes=min(limits.file_bytes, left), timeouts=limits.timeouts,
+                            ca_file=ca_file, user_agent=agent)
+        except HttpError as exc:
+            extra = " (all files together)" if left < limits.file_bytes else ""
+            return refuse(f"{label}: download failed: {exc}{extra}")
+        total += len(content)
+        downloads[item.local] = content
+
+    try:
+        applied = manager.apply_bundle(text, "sync", f"Sync-Id {parsed.sync_id}" if parsed.sync_id else "",
+                                       files=downloads)
+    except ConfigError as exc:
+        return refuse(f"not applied: {exc.problems[0]}")
+    except OSError as exc:
+        return refuse(f"not applied: cannot write ({exc.strerror or exc})")
+    return finish(RESULT_OK, "", sync_id=parsed.sync_id, notify_url=parsed.notify_url,
+                  config_changed=applied.config_changed,
+                  history=applied.entry.number if applied.entry and applied.config_changed else None,
+                  files=applied.files_written)
+
+
+def _replace(result: SyncResult, **changes: Any) -> SyncResult:
+    data = {name: getattr(result, name) for name in SyncResult.__slots__}
+    data.update(changes)
+    return SyncResult(**data)
+
+
+def _notify(url: str, body: str, config: Config, ca_file: str | None, agent: str, limits: SyncLimits,
+            notify: Callable[..., None], stop_event: threading.Event | None,
+            sleep: Callable[[float], object] | None, clock: Callable[[], float],
+            rand: Callable[[], float]) -> tuple[bool, str | None]:
+    """POST the result; retried like a push (backoff with jitter) while a retry may help."""
+    attempts = max(1, config.push_retries)
+    deadline = clock() + limits.notify_seconds
+    error: str | None = None
+    for attempt in range(1, attempts + 1):
+        left = deadline - clock()
+        if left <= 0:
+            break
+        timeouts = Timeouts(min(limits.timeouts.connect, left), min(limits.timeouts.read, left),
+                            min(limits.timeouts.total, left))
+        try:
+            notify(url, body, timeouts=timeouts, ca_file=ca_file, user_agent=agent)
+            return True, None
+        except HttpError as exc:
+            error = str(exc)
+            if not exc.retryable or attempt == attempts:
+                break
+        delay = rand() * min(http.BACKOFF_CAP, http.BACKOFF_BASE * 2 ** (attempt - 1))
+        if clock() + delay >= deadline:
+            break
+        log.warning("sync result to %s not acknowledged (%s); retrying in %.1f s", _display(url), error, delay)
+        if sleep is not None:
+            sleep(delay)
+        elif stop_event is not None:
+            if stop_event.wait(delay):
+                break
+        else:
+            time.sleep(delay)
+    return False, error

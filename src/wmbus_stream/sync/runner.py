@@ -1,0 +1,118 @@
+"""The running gateway's side of the sync: when to run one, in which thread, what to remember.
+
+Strategy: the gateway's main loop calls ``poll(now)`` every pass; when ``sync.enabled`` and
+``configuration.server.cron`` say a sync is due, it runs in its own thread, so a slow or
+hostile server never blocks the receiver, the flushes or the push. At most one sync runs at
+a time (``run_now`` from the control socket waits for a running one, then runs its own).
+The schedule and the switch are read from the running configuration at every poll, so a
+sync that turns sync off or changes the cron or the server takes effect for the next one.
+The last result is kept in memory for ``status`` and in the state database's meta table,
+so it survives a restart.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from ..core.schedule import Ticker
+from ..errors import GatewayIOError
+from .cad import RESULT_ERROR
+from .procedure import SyncResult, run_sync
+
+if TYPE_CHECKING:
+    from ..service import Gateway
+
+__all__ = ["SyncRunner", "LAST_SYNC_META"]
+
+log = logging.getLogger("wmbus_stream.sync")
+
+LAST_SYNC_META = "last_sync"
+
+
+class SyncRunner:
+    """Schedules, runs and remembers configuration syncs for one gateway."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.last: dict[str, Any] | None = None
+        self.next_at: datetime | None = None
+        self.runs = {"ok": 0, "failed": 0}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._ticker: Ticker | None = None
+        self._schedule_key: tuple[str, str] | None = None
+
+    def load(self) -> None:
+        """Read the last result a previous run saved."""
+        store = self.gateway.store
+        saved = store.get_meta(LAST_SYNC_META) if store is not None else None
+        if saved:
+            try:
+                self.last = json.loads(saved)
+            except ValueError:
+                self.last = None
+
+    def in_flight(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def poll(self, now: datetime) -> None:
+        """Start a sync in its own thread when one is due."""
+        config = self.gateway.config
+        if not (config.sync_enabled and config.sync_url) or self.gateway.manager is None:
+            self._ticker, self._schedule_key, self.next_at = None, None, None
+            return
+        key = (config.sync_cron.expression, repr(config.timezone))
+        if self._ticker is None or key != self._schedule_key:
+            self._ticker, self._schedule_key = Ticker(config.sync_cron), key
+        tick = self._ticker.poll(now)
+        self.next_at = tick.next_at
+        if tick.due and not self.in_flight():
+            self._thread = threading.Thread(target=self._scheduled, name="sync", daemon=True)
+            self._thread.start()
+
+    def _scheduled(self) -> None:
+        try:
+            self.run_now()
+        except Exception:  # noqa: BLE001  (a bug must not kill the gateway; it is logged with its trace)
+            log.exception("sync failed unexpectedly")
+
+    def run_now(self) -> SyncResult:
+        """Run one sync in the calling thread and remember its result."""
+        with self._lock:
+            gateway = self.gateway
+            if gateway.manager is None:
+                result = SyncResult(RESULT_ERROR, f"{RESULT_ERROR} the gateway runs without a configuration file",
+                                    at=time.time())
+            else:
+                result = run_sync(gateway.manager, gateway.config, stop_event=gateway.stop_event)
+            self.runs["ok" if result.ok else "failed"] += 1
+            self.last = result.as_dict()
+            store = gateway.store
+            if store is not None and not gateway.stop_event.is_set():
+                try:
+                    store.set_meta(LAST_SYNC_META, json.dumps(self.last))
+                except GatewayIOError as exc:
+                    log.debug("last sync result not saved: %s", exc)
+        return result
+
+    def join(self, timeout: float) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def status(self) -> dict[str, Any]:
+        """The sync part of the gateway's status."""
+        config = self.gateway.config
+        return {
+            "enabled": config.sync_enabled,
+            "url": config.sync_endpoint,
+            "cron": str(config.sync_cron),
+            "next": self.next_at.isoformat() if self.next_at else None,
+            "in_flight": self.in_flight(),
+            "runs": dict(self.runs),
+            "last": self.last,
+        }

@@ -1,0 +1,371 @@
+"""The JSON API under ``/api/v1/``: everything the pages do, for scripts and integrations.
+
+Documented in ``docs/api/openapi.json`` (also served at ``/api/v1/openapi.json``). Errors
+are JSON: ``{"error": code, "reason": text, "key": key-or-null}``, and for an invalid
+configuration also ``"problems": [{"key", "value", "allowed", "reason"}]``; nothing is
+changed by a request that answers an error. Secrets are masked (``********``) in every
+answer; a secret sent back as ``********`` keeps its value.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import time
+from importlib.resources import files
+from typing import TYPE_CHECKING, Any
+
+from ..config import model
+from ..config.keys import BY_NAME, KEYS, MASK
+from ..core.analyzer import Analyzer
+from ..errors import ConfigError, WmbusStreamError
+from . import views
+from .pages import IMPORT_LIMIT, RESTORE_LIMIT, analyzer_csv
+from .request import BadRequest, Request, Response, error_response, json_response
+
+if TYPE_CHECKING:
+    from ..service import Gateway, PushOutcome
+    from .server import WebServer
+
+__all__ = ["register", "push_outcome", "backup_bytes", "problems_json"]
+
+PREFIX = "/api/v1"
+
+
+def problems_json(exc: ConfigError) -> list[dict[str, str]]:
+    return [{"key": p.key, "value": p.value, "allowed": p.allowed, "reason": str(p)} for p in exc.problems]
+
+
+def _invalid(exc: ConfigError) -> Response:
+    return error_response(422, "invalid_configuration",
+                          f"{len(exc.problems)} invalid value(s); nothing was changed", key=exc.key,
+                          problems=problems_json(exc))
+
+
+def _no_manager() -> Response:
+    return error_response(409, "no_configuration_manager",
+                          "configuration management is not available (the gateway runs without a configuration file)")
+
+
+def push_outcome(app: WebServer) -> PushOutcome | None:
+    """Push now in the gateway's one push slot, as the control socket does; None if one is in flight."""
+    return app.gateway.push_by_hand()
+
+
+def backup_bytes(app: WebServer, manager: Any) -> tuple[bytes, str]:
+    buffer = io.BytesIO()
+    manager.backup(buffer)
+    name = f"wmbus-stream-backup-{app.gateway.config.gateway_serial}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    return buffer.getvalue(), name + ".tar.gz"
+
+
+def _entry_json(entry: Any, *, text: bool = False) -> dict[str, Any]:
+    when = entry.time
+    value: dict[str, Any] = {
+        "number": entry.number,
+        "time": views.iso(when) if isinstance(when, (int, float)) else str(when),
+        "origin": entry.origin,
+        "note": entry.note,
+    }
+    if text:
+        value["text"] = entry.masked_text
+    return value
+
+
+def _config_json(app: WebServer) -> dict[str, Any]:
+    manager = app.manager()
+    config = manager.current() if manager is not None else app.gateway.config
+    masked = config.masked()
+    return {
+        "values": masked,
+        "keys": [
+            {"name": k.name, "value": masked[k.name], "default": k.default, "allowed": k.allowed,
+             "description": k.description, "secret": k.secret, "device_specific": k.device_specific,
+             "restart": k.restart, "explicit": k.name in config.explicit}
+            for k in KEYS
+        ],
+        "managed": manager is not None,
+    }
+
+
+def _string_map(value: Any, what: str) -> dict[str, str | None]:
+    if not isinstance(value, dict):
+        raise BadRequest(f"'{what}' must be an object of key: value")
+    for name, item in value.items():
+        if item is not None and not isinstance(item, str):
+            raise BadRequest(f"the value of {name!r} must be a string or null")
+    return value
+
+
+# -- handlers ---------------------------------------------------------------------------------
+
+
+def _status(app: WebServer, req: Request, match: re.Match[str]) -> Response:
+    status = app.gateway.status()
+    analyzer = app.gateway.analyzer
+    if analyzer is not None:
+        totals = analyzer.totals()
+        status["analyzer"] = {"running_since": views.iso(totals.running_since), "meters_found": totals.meters_found,
+                              "telegrams_ok": totals.telegrams_ok, "telegrams_broken": totals.telegrams_broken}
+    return json_response(status)
+
+
+def _config_get(app: WebServer, req: Request, match: re.Match[str]) -> Response:
+    return json_response(_config_json(app))
+
+
+def _applied(app: WebServer, entry: Any) -> Response:
+    value = _config_json(app)
+    value["entry"] = _entry_json(entry) if entry is not None and hasattr(entry, "number") else None
+    return json_response(value)
+
+
+def _config_patch(app: WebServer, req: Request, match: re.Match[str]) -> Response:
+    manager = app.manager()
+    if manager is None:
+        return _no_manager()
+    body = req.json()
+    if not isinstance(body, dict):
+        raise BadRequest("send an object: {\"changes\": {key: value-or-null}, \"note\": text}")
+    changes = _string_map(body.get("changes", {}), "changes")
+    note = body.get("note", "")
+    if not isinstance(note, str):
+        raise BadRequest("'note' must be a string")
+    unknown = [name for name in changes if name not in BY_NAME]
+    if unknown:
+        problems = [{"key": n, "value": "", "allowed": "a known key", "reason": f"{n}: unknown key"} for n in unknown]
+        return error_response(422, "invalid_configuration", "unknown key(s); nothing was changed", key=unknown[0],
+                              problems=problems)
+    try:
+        from .pages import _takes_note
+
+        entry = (manager.set(changes, origin="web", note=note[:200]) if _takes_note(manager.set)
+                 else manager.set(changes, origin="web"))
+    except ConfigError as exc:
+        return _invalid(exc)
+    return _applied(app, entry)
+
+
+def _config_put(app: WebServer, req: Request, match: re.Match[str]) -> Response:
+    manager = app.manager()
+    if manager is None:
+        return _no_manager()
+    body = req.json()
+    if not isinstance(body, dict):
+        raise BadRequest("send an object: {\"values\": {key: value}, \"note\": text}")
+    values = _string_map(body.get("values"), "values")
+    note = body.get("note", "")
+    if not isinstance(note, str):
+        raise BadRequest("'note' must be a string")
+    current = manager.current()
+    given: dict[str, str] = {}
+    for name, value in values.items():
+        if value is None:
+            continue
+        key = BY_NAME.get(name)
+        given[name] = current.raw[name] if key is not None and key.secret and value == MASK else value
+    try:
+        new = model.parse(given)
+        entry = manager.apply(new, "web", note[:200])
+    except ConfigError as exc:
+        return _invalid(exc)
+    return _applied(app, entry)
+
+
+def _config_check(app: WebServer, req: Request, match: re.Match[str]) -> Response:
+    body = req.json()
+    changes = _string_map(body.get("changes", {}) if isinstance(body, dict) else None, "changes")
+    manager = app.manager()
+    current = manager.current() if manager is not None else app.gateway.config
+    try:
+        current.with_changes(changes)
+    except ConfigError as exc:
+        return _invalid(exc)
+    return json_response({"valid": True})
+
+
+def _history(app: WebServer, req: Request, match: re.Match[str]) -> Response:
+    manager = app.manager()
+    if manager is None:
+        return _no_manager()
+    return json_response({"entries": [_entry_json(e) for e in manager.history()]})
+
+
+def _history_entry(app: WebServer, req: Request, match: re.Match[str]) -> Response:
+    manager = app.manager()
+    if manager is None:
+        return _no_manager()
+    number = int(match["n"])
+    for entry in manager.history():
+        if entry.number == number:
+            return json_response(_entry_json(entry, text=True))
+    return error_response(404, "not_found", f"no configuration #{number} in the history")
+
+
+def _revert(app: WebServer, req: Request, match: re.Match[str]) -> Response:
+    manager = app.manager()
+    if manager is None:
+        return _no_manager()
+    number = int(match["n"])
+    if not any(e.number == number for e in manager.history()):
+        return error_response(404, "not_found", f"no configuration #{number} in the history")
+    try:
+        entry = manager.revert(number, origin="revert")
+    except ConfigError as exc:
+        return _invalid(exc)
+    return _applied(app, entry)
+
+
+def _export(app: WebServer, req: Request, match: re.Match[str]) -> Response:
+    manager = app.manager()
+    if manager is None:
+        return _no_manager()
+    return Response(200, manager.export_text().encode("utf-8"), "text/plain; charset=utf-8")
+
+
+def _import(app: WebServer, req: Request, match: re.Match[str]) -> Response:
+    manager = app.manager()
+    if manager is None:
+        return _no_manager()
+    if req.content_type not in ("text/plain", "application/octet-stream"):
+        return error_response(415, "unsupported_media_type", "send the configuration file as text/plain")
+    try:
+        text = req.body.decode("utf-8")
+    except UnicodeDecodeError:
+        return error_response(400, "bad_request", "the file is not UTF-8 text; nothing was changed")
+    try:
+        entry = manager.import_text(text, origin="import")
+    except ConfigError as exc:
+        return _invalid(exc)
+    return _applied(app, entry)
+
+
+def _backup(app: WebServer, req: Request, match: re.Match[str]) -> Response:
+    manager = app.manager()
+    if manager is None:
+        return _no_manager()
+    data, name = backup_bytes(app, manager)
+    return Response(200, data, "application/octet-stream", [("Content-Disposition", f'attachment; filename="{name}"')])
+
+
+def _restore(app: WebServer, req: Request, match: re.Match[str]) -> Response:
+    manager = app.manager()
+    if manager is None:
+        return _no_manager()
+    if req.content_type not in ("application/octet-stream", "application/gzip", "application/x-tar",
+                                "application/x-gtar"):
+        return error_response(415, "unsupported_media_type", "send the backup as application/octet-stream")
+    if not req.body:
+        return error_response(400, "bad_request", "the backup is empty; nothing was changed")
+    keep = req.query.get("keep_serial", "true").lower() not in ("0", "false", "no")
+    try:
+        result = manager.restore(io.BytesIO(req.body), keep_serial=keep)
+    except ConfigError as exc:
+        return _invalid(exc)
+    except (WmbusStreamError, ValueError, OSError) as exc:
+        return error_response(422, "invalid_backup", f"{exc}; nothing was changed")
+    return _applied(app, result)
+
+
+def _analyzer(app: WebServer, req: Request, match: re.Match[str]) -> Response:
+    cfg = app.gateway.config
+    q = views.AnalyzerQuery.from_query(req.query, default_only=cfg.show_only_filtered, max_per_page=1_000_000,
+                                       unlimited=True)
+    analyzer: Analyzer | None = app.gateway.analyzer
+    rows = analyzer.rows(only_allowed=q.only_allowed, allow_ids=cfg.filter_device_id) if analyzer else []
+    shown, total = views.query_rows(rows, q)
+    totals = analyzer.totals() if analyzer else None
+    return json_response({
+        "totals": None if totals is None else {
+            "running_since": views.iso(totals.running_since), "meters_found": totals.meters_found,
+            "telegrams_ok": totals.telegrams_ok, "telegrams_broken": totals.telegrams_broken,
+            "broken_by_kind": dict(totals.broken_by_kind), "untracked": totals.untracked,
+        },
+        "only_allowed": q.only_allowed,
+        "total": total,
+        "offset": (q.page - 1) * q.per_page if q.per_page else 0,
+        "rows": [views.row_json(r) for r in shown],
+    })
+
+
+def _analyzer_csv(app: WebServer, req: Request, match: re.Match[str]) -> Response:
+    return analyzer_csv(app, req)
+
+
+def _analyzer_reset(app: WebServer, req: Request, match: re.Match[str]) -> Response:
+    gateway: Gateway = app.gateway
+    now = time.time()
+    if gateway.analyzer is not None:
+        gateway.analyzer.reset(now)
+    return json_response({"reset": True, "running_since": views.iso(now)})
+
+
+def _push(app: WebServer, req: Request, match: re.Match[str]) -> Response:
+    outcome = push_outcome(app)
+    if outcome is None:
+        return error_response(409, "push_in_flight", "a push is already in flight; try again in a moment")
+    value = {name: getattr(outcome, name) for name in outcome.__slots__}
+    value["summary"] = outcome.summary()
+    return json_response(value)
+
+
+def _sync(app: WebServer, req: Request, match: re.Match[str]) -> Response:
+    sync_now = getattr(app.gateway, "sync_now", None)
+    if sync_now is None:
+        return error_response(501, "not_available", "configuration sync is not available in this version")
+    try:
+        result = sync_now()
+    except WmbusStreamError as exc:
+        return error_response(502, "sync_failed", str(exc))
+    if hasattr(result, "__slots__") or hasattr(result, "__dataclass_fields__"):
+        names = getattr(result, "__dataclass_fields__", None) or result.__slots__
+        value = {name: getattr(result, name) for name in names}
+    elif isinstance(result, dict):
+        value = result
+    else:
+        value = {"result": str(result)}
+    return json_response(_jsonable(value))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+def openapi_bytes() -> bytes:
+    return files("wmbus_stream.web").joinpath("static/openapi.json").read_bytes()
+
+
+def _openapi(app: WebServer, req: Request, match: re.Match[str]) -> Response:
+    return Response(200, openapi_bytes(), "application/json")
+
+
+def register(app: WebServer) -> None:
+    def bind(handler: Any) -> Any:
+        return lambda req, match: handler(app, req, match)
+
+    n = r"(?P<n>[0-9]{1,9})"
+    app.route("GET", PREFIX + r"/status", bind(_status))
+    app.route("GET", PREFIX + r"/config", bind(_config_get))
+    app.route("PUT", PREFIX + r"/config", bind(_config_put))
+    app.route("PATCH", PREFIX + r"/config", bind(_config_patch))
+    app.route("POST", PREFIX + r"/config/check", bind(_config_check))
+    app.route("GET", PREFIX + r"/config/history", bind(_history))
+    app.route("GET", PREFIX + r"/config/history/" + n, bind(_history_entry))
+    app.route("POST", PREFIX + r"/config/history/" + n + r"/revert", bind(_revert))
+    app.route("GET", PREFIX + r"/config/export", bind(_export))
+    app.route("POST", PREFIX + r"/config/import", bind(_import), body_limit=IMPORT_LIMIT)
+    app.route("GET", PREFIX + r"/backup", bind(_backup))
+    app.route("POST", PREFIX + r"/restore", bind(_restore), body_limit=RESTORE_LIMIT)
+    app.route("GET", PREFIX + r"/analyzer", bind(_analyzer))
+    app.route("GET", PREFIX + r"/analyzer\.csv", bind(_analyzer_csv))
+    app.route("POST", PREFIX + r"/analyzer/reset", bind(_analyzer_reset))
+    app.route("POST", PREFIX + r"/push", bind(_push))
+    app.route("POST", PREFIX + r"/sync", bind(_sync))
+    app.route("GET", PREFIX + r"/openapi\.json", bind(_openapi))
+

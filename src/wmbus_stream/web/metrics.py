@@ -1,0 +1,171 @@
+"""``/metrics``: the gateway's counters in the Prometheus text format (``prometheus_client``).
+
+Strategy: one custom collector reads the gateway's own counters at scrape time (pipeline
+counts, store, push outcomes, receiver, analyzer totals, sync result), so there is no second
+copy of any state to drift. Labels have a fixed, small set of values (telegram results,
+push results, sync results); there is no per-meter label and no configuration value, so
+nothing secret and nothing unbounded can leak into a scrape.
+
+Open without authentication only when ``web.metrics.public=true``; otherwise it needs a
+session or basic auth like the API.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, Metric
+
+from .. import __version__, implementation
+from ..wire import RESULT_NAMES
+from .request import Request, Response
+
+if TYPE_CHECKING:
+    from .server import WebServer
+
+__all__ = ["Metrics", "GatewayCollector", "TELEGRAM_RESULTS"]
+
+# Every result a telegram can have: the wire results plus the framing kinds the checks raise.
+TELEGRAM_RESULTS = tuple(dict.fromkeys((*RESULT_NAMES, "checksum", "frame")))
+_NS = "wmbus_stream"
+
+
+class GatewayCollector:
+    """Yields the metric families of one gateway (and its web server) on each scrape."""
+
+    def __init__(self, web: WebServer) -> None:
+        self.web = web
+
+    def describe(self) -> list[Metric]:
+        return []  # no up-front description: families are built from live state
+
+    def collect(self) -> Iterator[Metric]:
+        gw = self.web.gateway
+        status: dict[str, Any] = gw.status()
+        info = GaugeMetricFamily(f"{_NS}_info", "Version and implementation (compiled or pure) of the gateway",
+                                 labels=["version", "implementation"])
+        info.add_metric([__version__, implementation()], 1)
+        yield info
+        yield GaugeMetricFamily(f"{_NS}_start_time_seconds", "When the gateway started (Unix time)",
+                                value=gw.started_at)
+        yield GaugeMetricFamily(f"{_NS}_enabled", "1 when service.enabled=true, 0 when paused",
+                                value=1 if status.get("enabled") else 0)
+
+        counts: dict[str, int] = status.get("telegrams", {})
+        read = CounterMetricFamily(f"{_NS}_telegrams_read", "Frames read from the receiver (every result)")
+        read.add_metric([], counts.get("read", 0))
+        yield read
+        telegrams = CounterMetricFamily(
+            f"{_NS}_telegrams", "Telegrams by result: ok (accepted), a broken kind (crc, length, header, checksum, "
+            "frame) or the filter that rejected it (filter.manufacturer, filter.device.type, filter.device.id, "
+            "radio.mode)", labels=["result"])
+        for result in TELEGRAM_RESULTS:
+            telegrams.add_metric([result], counts.get(result, 0))
+        yield telegrams
+
+        yield GaugeMetricFamily(f"{_NS}_meters_pending", "Meters with a telegram waiting for the next push",
+                                value=status.get("meters_pending", 0))
+        analyzer = gw.analyzer
+        if analyzer is not None:
+            totals = analyzer.totals()
+            yield GaugeMetricFamily(f"{_NS}_analyzer_meters", "Meters heard in the current analyzer period",
+                                    value=totals.meters_found)
+            yield GaugeMetricFamily(f"{_NS}_analyzer_period_start_seconds",
+                                    "Start of the current analyzer period (Unix time)", value=totals.running_since)
+
+        pushes = status.get("pushes", {})
+        push_results = CounterMetricFamily(f"{_NS}_pushes", "Report pushes by result", labels=["result"])
+        for result in ("ok", "failed"):
+            push_results.add_metric([result], pushes.get(result, 0))
+        yield push_results
+        attempts = CounterMetricFamily(f"{_NS}_push_attempts", "HTTP attempts made by pushes (retries included)")
+        attempts.add_metric([], getattr(gw, "push_attempts_total", 0))
+        yield attempts
+        duration = CounterMetricFamily(f"{_NS}_push_duration_seconds", "Time spent pushing, summed over pushes")
+        duration.add_metric([], getattr(gw, "push_seconds_total", 0.0))
+        yield duration
+        lines = CounterMetricFamily(f"{_NS}_push_lines_acknowledged", "Report lines the HES acknowledged")
+        lines.add_metric([], getattr(gw, "lines_acknowledged", 0))
+        yield lines
+        last = status.get("last_push") or {}
+        if last:
+            yield GaugeMetricFamily(f"{_NS}_push_last_duration_seconds", "Duration of the last push",
+                                    value=last.get("duration", 0.0))
+            yield GaugeMetricFamily(f"{_NS}_push_last_lines", "Lines in the last push", value=last.get("lines", 0))
+        success = getattr(gw, "last_push_success_at", None)
+        if success is None and last.get("ok"):
+            success = last.get("at")
+        if success is not None:
+            yield GaugeMetricFamily(f"{_NS}_push_last_success_timestamp_seconds",
+                                    "When the last acknowledged push started (Unix time)", value=success)
+        yield GaugeMetricFamily(f"{_NS}_push_in_flight", "1 while a push is running",
+                                value=1 if status.get("push_in_flight") else 0)
+        yield GaugeMetricFamily(f"{_NS}_store_write_errors", "State writes that failed since start (kept in memory)",
+                                value=status.get("store_write_errors", 0))
+
+        receiver = status.get("receiver", {})
+        connected = GaugeMetricFamily(f"{_NS}_receiver_connected", "1 when the receiver is connected")
+        connected.add_metric([], 1 if receiver.get("state") == "connected" else 0)
+        yield connected
+        reconnects = CounterMetricFamily(f"{_NS}_receiver_reconnects", "Times the receiver was reopened")
+        reconnects.add_metric([], receiver.get("reconnects", 0))
+        yield reconnects
+        read_bytes = CounterMetricFamily(f"{_NS}_receiver_bytes", "Bytes read from the receiver")
+        read_bytes.add_metric([], receiver.get("bytes_read", 0))
+        yield read_bytes
+        skipped = CounterMetricFamily(f"{_NS}_receiver_skipped_bytes", "Bytes skipped as noise while framing")
+        skipped.add_metric([], receiver.get("skipped_bytes", 0))
+        yield skipped
+
+        yield from self._sync(gw, status)
+
+        web = self.web
+        failures = CounterMetricFamily(f"{_NS}_web_login_failures", "Failed web/API logins")
+        failures.add_metric([], web.limiter.failures_total)
+        yield failures
+        yield GaugeMetricFamily(f"{_NS}_web_sessions", "Logged-in web sessions", value=len(web.sessions))
+
+    @staticmethod
+    def _sync(gw: Any, status: dict[str, Any]) -> Iterator[Metric]:
+        counts = getattr(gw, "sync_results", None)
+        if isinstance(counts, dict):
+            family = CounterMetricFamily(f"{_NS}_syncs", "Configuration syncs by result code (900, 920, 921)",
+                                         labels=["result"])
+            for code in sorted({"900", "920", "921", *map(str, counts)}):
+                family.add_metric([code], counts.get(code, counts.get(int(code) if code.isdigit() else code, 0)))
+            yield family
+        last = status.get("last_sync", status.get("sync"))
+        code = None
+        if isinstance(last, dict):
+            for name in ("code", "result"):
+                match = re.match(r"\s*(\d{3})", str(last.get(name, "")))
+                if match:
+                    code = int(match.group(1))
+                    break
+        elif last is not None:
+            match = re.match(r"\s*(\d{3})", str(last))
+            code = int(match.group(1)) if match else None
+        if code is not None:
+            yield GaugeMetricFamily(f"{_NS}_sync_last_result_code", "Result code of the last configuration sync",
+                                    value=code)
+
+
+class Metrics:
+    """The registry and the ``/metrics`` handler."""
+
+    def __init__(self, web: WebServer) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(GatewayCollector(web))  # type: ignore[arg-type]
+
+    def text(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def handle(self, req: Request, match: re.Match[str]) -> Response:
+        started = time.perf_counter()
+        body = self.text()
+        return Response(200, body, CONTENT_TYPE_LATEST,
+                        [("X-Scrape-Seconds", f"{time.perf_counter() - started:.4f}")])

@@ -1,0 +1,319 @@
+"""Life cycle of the running gateway: kill -9, SIGHUP, SIGTERM, and the one-shot commands.
+
+The gateway is a real process; kill -9 is ``os.kill(pid, SIGKILL)``; the state directory is
+a real SQLite database that the restarted process opens again. Nothing acknowledged by a
+2xx may come back, nothing not acknowledged may be lost (at-least-once, latest value).
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from gwkit import (
+    PROTOCOLS,
+    Hang,
+    Respond,
+    assert_report,
+    cron_at,
+    pairs,
+    run_cli,
+    soon,
+    variant,
+    vector_telegrams,
+    wait_for,
+)
+
+pytestmark = pytest.mark.integration
+
+CMEX50 = PROTOCOLS["cmex50"]
+# One slot a year: no scheduled push during the test (only what the test triggers).
+NEVER = cron_at(datetime.now(timezone.utc) - timedelta(days=1))
+
+
+# -------------------------------------------------------------------------------------------
+# kill -9
+
+
+def test_kill9_after_a_flush_before_the_push_loses_nothing(config, pty_receiver, hes, gateway) -> None:
+    telegrams = vector_telegrams(40)
+    config.write({"receiver.port": str(pty_receiver.link), "receiving.server.url": hes.url,
+                  "receiving.server.push.cron": NEVER})
+    since = time.time()
+    gw = gateway(config)
+    gw.wait_connected()
+    pty_receiver.write(b"".join(CMEX50.encode(t) for t in telegrams))
+    gw.wait_ok(len(telegrams))
+    wait_for(lambda: config.pending_on_disk() == len(telegrams), "the flush of every telegram", 5)
+    gw.kill9()
+    assert gw.proc.returncode == -signal.SIGKILL and hes.posts == []
+
+    config.write({"receiving.server.push.cron": "* * * * * *"})
+    again = gateway(config)
+    again.wait_log(rf"started: serial 00000161, {len(telegrams)} meters pending")
+    posts = hes.wait_posts(1, context=again.tail)
+    again.wait_status(lambda s: s["meters_pending"] == 0, "nothing pending")
+    assert_report(posts[0], pairs(CMEX50, telegrams), since=since)
+    assert config.pending_on_disk() == 0
+
+
+def test_kill9_during_a_push_then_restart_pushes_everything(config, pty_receiver, scripted_hes, gateway) -> None:
+    server = scripted_hes(Hang(seconds=30), Respond(204))
+    telegrams = vector_telegrams(40)
+    config.write({"receiver.port": str(pty_receiver.link), "receiving.server.url": server.url,
+                  "receiving.server.push.cron": cron_at(soon(2)), "receiving.server.read.timeout": "20"})
+    since = time.time()
+    gw = gateway(config)
+    gw.wait_connected()
+    pty_receiver.write(b"".join(CMEX50.encode(t) for t in telegrams))
+    gw.wait_ok(len(telegrams))
+    first = server.wait_requests(1, context=gw.tail)[0]  # the HES has the body, the push waits for its answer
+    assert_report(first.lines(), pairs(CMEX50, telegrams), since=since)
+    assert gw.status()["push_in_flight"]
+    gw.kill9()
+
+    config.write({"receiving.server.push.cron": "* * * * * *"})
+    again = gateway(config)
+    again.wait_log(rf"{len(telegrams)} meters pending")
+    second = server.wait_requests(2, context=again.tail)[1]
+    again.wait_status(lambda s: s["meters_pending"] == 0, "nothing pending")
+    assert second.answered == 204
+    assert second.body == first.body  # the same report again, arrival dates included
+    assert config.pending_on_disk() == 0
+
+
+# -------------------------------------------------------------------------------------------
+# SIGHUP
+
+
+def test_invalid_configuration_on_sighup_is_refused_and_the_old_one_keeps_running(config, pty_receiver, hes, gateway) -> None:
+    telegrams = vector_telegrams(10)
+    hes.down()
+    config.write({"receiver.port": str(pty_receiver.link), "receiving.server.url": hes.url})
+    since = time.time()
+    gw = gateway(config)
+    gw.wait_connected()
+    pty_receiver.write(b"".join(CMEX50.encode(t) for t in telegrams))
+    gw.wait_ok(len(telegrams))
+    gw.wait_status(lambda s: s["pushes"]["failed"] >= 1, "a failed push (HES down)")
+
+    mark = gw.mark()
+    good_text = config.path.read_text()
+    config.write_raw(good_text.replace("receiving.server.push.cron=* * * * * *", "receiving.server.push.cron=every minute")
+                     + "receiving.server.retries=lots\n")
+    gw.send_signal(signal.SIGHUP)
+    gw.wait_log(r"reload refused: receiving\.server\.push\.cron: invalid value 'every minute'", after=mark)
+    gw.wait_log(r"reload refused: receiving\.server\.retries: invalid value 'lots'", after=mark)
+    gw.wait_log("keeping the running configuration", after=mark)
+    status = gw.status()
+    assert status["meters_pending"] == len(telegrams) and gw.alive()
+    failed = status["pushes"]["failed"]
+    gw.wait_status(lambda s: s["pushes"]["failed"] > failed, "pushes going on at the old schedule")
+
+    hes.up()
+    posts = hes.wait_posts(1, context=gw.tail)
+    gw.wait_status(lambda s: s["meters_pending"] == 0, "nothing pending")
+    assert_report(posts[0], pairs(CMEX50, telegrams), since=since)
+    assert not gw.find("configuration reloaded")
+
+
+def test_valid_filter_change_on_sighup_applies_to_new_telegrams_and_keeps_pending(config, pty_receiver, hes, gateway) -> None:
+    elv, els = vector_telegrams(2)  # manufacturers ELV and ELS
+    hes.down()
+    config.write({"receiver.port": str(pty_receiver.link), "receiving.server.url": hes.url})
+    since = time.time()
+    gw = gateway(config)
+    gw.wait_connected()
+    pty_receiver.write(CMEX50.encode(elv) + CMEX50.encode(els))
+    gw.wait_ok(2)
+    gw.wait_status(lambda s: s["pushes"]["failed"] >= 1, "a failed push (HES down)")
+
+    mark = gw.mark()
+    config.write({"filter.manufacturer": "ELV"})
+    gw.send_signal(signal.SIGHUP)
+    line = gw.wait_log("configuration reloaded", after=mark)
+    assert "receiver restarted" not in line
+    elv_new, els_new = variant(elv, 1), variant(els, 1)
+    pty_receiver.write(CMEX50.encode(elv_new) + CMEX50.encode(els_new))
+    status = gw.wait_status(lambda s: s["telegrams"]["read"] == 4, "the two new telegrams read")
+    assert status["telegrams"]["ok"] == 3 and status["telegrams"]["filter.manufacturer"] == 1
+    assert status["meters_pending"] == 2
+
+    hes.up()
+    posts = hes.wait_posts(1, context=gw.tail)
+    gw.wait_status(lambda s: s["meters_pending"] == 0, "nothing pending")
+    # The ELS reading accepted before the change is not dropped; the one after it is filtered.
+    assert_report(posts[0], pairs(CMEX50, [elv_new, els]), since=since)
+
+
+# -------------------------------------------------------------------------------------------
+# SIGTERM
+
+
+def test_sigterm_flushes_state_and_exits_0_within_10_s(config, pty_receiver, hes, gateway) -> None:
+    telegrams = vector_telegrams(20)
+    hes.down()
+    # No periodic flush during the test: only the shutdown flush can save the telegrams.
+    config.write({"receiver.port": str(pty_receiver.link), "receiving.server.url": hes.url,
+                  "store.flush.seconds": "3600"})
+    since = time.time()
+    gw = gateway(config)
+    gw.wait_connected()
+    pty_receiver.write(b"".join(CMEX50.encode(t) for t in telegrams))
+    gw.wait_ok(len(telegrams))
+    assert config.pending_on_disk() == 0
+    gw.send_signal(signal.SIGTERM)
+    assert gw.wait_exit(timeout=10) == 0
+    assert gw.find(rf"stopped: {len(telegrams)} meters pending, state flushed")
+    assert config.pending_on_disk() == len(telegrams)
+
+    hes.up()
+    config.write({"store.flush.seconds": "0.2"})
+    again = gateway(config)
+    again.wait_log(rf"{len(telegrams)} meters pending")
+    posts = hes.wait_posts(1, context=again.tail)
+    assert_report(posts[0], pairs(CMEX50, telegrams), since=since)
+
+
+def test_sigterm_with_a_push_hanging_on_the_hes_exits_within_10_s_and_keeps_the_data(config, pty_receiver, scripted_hes, gateway) -> None:
+    """A.7 #38 with the default push timeouts (connect 10 s, read 30 s) and a HES that never answers."""
+    server = scripted_hes(Hang(seconds=60))
+    telegrams = vector_telegrams(10)
+    config.write({"receiver.port": str(pty_receiver.link), "receiving.server.url": server.url,
+                  "receiving.server.push.cron": cron_at(soon(2)), "receiving.server.connect.timeout": None,
+                  "receiving.server.read.timeout": None, "receiving.server.retries": None})
+    gw = gateway(config)
+    gw.wait_connected()
+    pty_receiver.write(b"".join(CMEX50.encode(t) for t in telegrams))
+    gw.wait_ok(len(telegrams))
+    server.wait_requests(1, context=gw.tail)
+    gw.wait_status(lambda s: s["push_in_flight"], "the push in flight")
+    gw.send_signal(signal.SIGTERM)
+    assert gw.wait_exit(timeout=10) == 0
+    assert gw.find("push still in flight at stop: abandoned; its meters stay pending")
+    assert config.pending_on_disk() == len(telegrams)
+
+
+# -------------------------------------------------------------------------------------------
+# One-shot commands
+
+
+def test_run_once_with_a_capture_file(config, hes, tmp_path) -> None:
+    first, later = vector_telegrams(25)[:20], vector_telegrams(25)[20:]
+    capture = tmp_path / "capture.cmex50"
+    capture.write_bytes(b"\x00garbage\x68\x03" + b"".join(CMEX50.encode(t) for t in first) + b"\x68\x10\x10")
+    config.write({"receiver.port": str(capture), "receiving.server.url": hes.url,
+                  "receiving.server.retries": "1"})
+    since = time.time()
+    done = run_cli("run", "--config", str(config.path), "--once")
+    assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
+    assert len(hes.posts) == 1
+    assert_report(hes.posts[0], pairs(CMEX50, first), since=since)
+    assert config.pending_on_disk() == 0
+
+    # HES down: exit 1, the data stays in the state directory for the next run.
+    hes.down()
+    capture.write_bytes(b"".join(CMEX50.encode(t) for t in later))
+    done = run_cli("run", "--config", str(config.path), "--once")
+    assert done.returncode == 1, done.stderr.decode()
+    assert b"refused" in done.stderr
+    assert config.pending_on_disk() == len(later)
+
+    hes.up()
+    capture.write_bytes(b"")
+    done = run_cli("run", "--config", str(config.path), "--once")
+    assert done.returncode == 0, done.stderr.decode()
+    assert len(hes.posts) == 2
+    assert_report(hes.posts[1], pairs(CMEX50, later), since=since)
+
+
+def test_push_now_without_a_running_gateway_pushes_the_saved_state(config, hes, tmp_path) -> None:
+    telegrams = vector_telegrams(5)
+    capture = tmp_path / "capture.cmex50"
+    capture.write_bytes(b"".join(CMEX50.encode(t) for t in telegrams))
+    hes.down()
+    config.write({"receiver.port": str(capture), "receiving.server.url": hes.url, "receiving.server.retries": "0"})
+    since = time.time()
+    assert run_cli("run", "--config", str(config.path), "--once").returncode == 1
+    hes.up()
+    done = run_cli("push", "now", "--config", str(config.path))
+    assert done.returncode == 0, done.stderr.decode()
+    assert b"acknowledged, 5 lines" in done.stdout
+    assert_report(hes.posts[0], pairs(CMEX50, telegrams), since=since)
+    assert config.pending_on_disk() == 0
+
+
+def test_push_now_against_a_running_gateway(config, pty_receiver, hes, gateway) -> None:
+    telegrams = vector_telegrams(15)
+    config.write({"receiver.port": str(pty_receiver.link), "receiving.server.url": hes.url,
+                  "receiving.server.push.cron": NEVER})
+    since = time.time()
+    gw = gateway(config)
+    gw.wait_connected()
+    pty_receiver.write(b"".join(CMEX50.encode(t) for t in telegrams))
+    gw.wait_ok(len(telegrams))
+    assert hes.posts == []
+    done = run_cli("push", "now", "--config", str(config.path))
+    assert done.returncode == 0, done.stderr.decode() + gw.tail()
+    assert f"acknowledged, {len(telegrams)} lines".encode() in done.stdout
+    assert len(hes.posts) == 1
+    assert_report(hes.posts[0], pairs(CMEX50, telegrams), since=since)
+    status = gw.status()
+    assert status["meters_pending"] == 0 and status["pushes"] == {"ok": 1, "failed": 0}
+
+
+def test_push_now_while_a_push_is_in_flight_does_not_start_a_second_one(config, pty_receiver, scripted_hes, gateway) -> None:
+    """A.7 #22: never more than one push in flight, also when pushes are asked for by hand."""
+    hang = Hang(then=204)
+    server = scripted_hes(hang, Respond(204))
+    telegrams = vector_telegrams(5)
+    config.write({"receiver.port": str(pty_receiver.link), "receiving.server.url": server.url,
+                  "receiving.server.push.cron": NEVER, "receiving.server.read.timeout": "20"})
+    since = time.time()
+    gw = gateway(config)
+    gw.wait_connected()
+    pty_receiver.write(b"".join(CMEX50.encode(t) for t in telegrams))
+    gw.wait_ok(len(telegrams))
+    first = subprocess.Popen([sys.executable, "-m", "wmbus_stream", "push", "now", "--config", str(config.path)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        server.wait_requests(1, context=gw.tail)
+        gw.wait_status(lambda s: s["push_in_flight"], "the push shown as in flight")
+        second = run_cli("push", "now", "--config", str(config.path))
+        assert second.returncode == 1
+        assert b"already in flight" in second.stderr
+        assert server.max_active == 1 and len(server.requests) == 1
+        hang.release.set()
+        out, err = first.communicate(timeout=20)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.communicate()
+    assert first.returncode == 0, err.decode()
+    assert f"acknowledged, {len(telegrams)} lines".encode() in out
+    assert_report(server.requests[0].lines(), pairs(CMEX50, telegrams), since=since)
+    assert gw.status()["meters_pending"] == 0
+
+
+@pytest.mark.parametrize("source", ["file", "stdin"])
+def test_replay_prints_the_expected_report(source, config, tmp_path) -> None:
+    proto = PROTOCOLS["hex"]
+    telegrams = vector_telegrams(12)
+    newer = variant(telegrams[0], 3)
+    capture = tmp_path / "capture.hex"
+    capture.write_bytes(b"# a capture\n" + b"".join(proto.encode(t) for t in telegrams) + b"nonsense\n"
+                        + proto.encode(newer))
+    config.write({"receiver.protocol": "hex", "receiver.port": "/dev/null"})
+    since = time.time()
+    if source == "file":
+        done = run_cli("replay", "--config", str(config.path), str(capture), "--report", "-")
+    else:
+        done = run_cli("replay", "--config", str(config.path), "-", "--report", "-", input=capture.read_bytes())
+    assert done.returncode == 0, done.stderr.decode()
+    assert_report(done.stdout.splitlines(keepends=True), pairs(proto, [newer, *telegrams[1:]]), since=since)
+    assert f"{len(telegrams)} meters in the report".encode() in done.stderr
