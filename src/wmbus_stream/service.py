@@ -58,7 +58,7 @@ ANALYZER_META = "analyzer"
 LAST_PUSH_META = "last_push"
 ANALYZER_SAVE_SECONDS = 60.0
 RECEIVER_KEYS = ("receiver.protocol", "receiver.port", "usb.baud.rate", "radio.mode",
-                 "receiver.reconnect.seconds", "simulator.meters", "receiver.address")
+                 "receiver.reconnect.seconds", "receiver.silence.minutes", "simulator.meters", "receiver.address")
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +196,8 @@ class Gateway:
         else:
             setup = framer.setup_commands(cfg.radio_mode)
             self.reader = ReceiverReader(cfg.receiver_port, cfg.baud_rate, framer, deliver, self._reader_stop,
-                                         setup=setup, max_backoff=cfg.reconnect_seconds)
+                                         setup=setup, max_backoff=cfg.reconnect_seconds,
+                                         silence_seconds=cfg.silence_minutes * 60.0)
         self.reader.start()
 
     def _stop_receiver(self) -> None:
@@ -482,6 +483,9 @@ class Gateway:
                 "reconnects": getattr(reader, "reconnects", 0),
                 "last_error": getattr(reader, "last_error", None),
                 "bytes_read": getattr(reader, "bytes_read", 0),
+                "last_data_at": getattr(reader, "last_data_at", None),
+                "silent": getattr(reader, "silent", False),
+                "silence_alarms": getattr(reader, "silence_alarms", 0),
                 "skipped_bytes": reader.framer.stats.skipped_bytes if reader else 0,
                 "bad_frames": reader.framer.stats.bad_frames if reader else 0,
             },

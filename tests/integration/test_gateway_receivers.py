@@ -133,6 +133,30 @@ def test_unplug_and_replug_loses_nothing_and_keeps_the_process(config, pty_recei
     assert telegram_report_key(with_id(SPEC_TELEGRAM, 12345678)) not in {report_key(line) for line in lines}
 
 
+def test_silent_receiver_raises_one_alarm_per_silent_period_and_is_reset(config, pty_receiver, hes, gateway) -> None:
+    """A.7 #3: a receiver that stays open but sends nothing is flagged once, reopened, and recovers."""
+    proto = PROTOCOLS["cmex50"]
+    telegrams = vector_telegrams(2)
+    config.write({"receiver.port": str(pty_receiver.link), "receiving.server.url": hes.url,
+                  "receiver.silence.minutes": "0.02"})  # 1.2 s
+    gw = gateway(config)
+    gw.wait_connected()
+    pty_receiver.write(proto.encode(telegrams[0]))
+    gw.wait_ok(1)
+    status = gw.wait_status(lambda s: s["receiver"]["silent"], "the silent-receiver alarm")
+    assert status["receiver"]["silence_alarms"] == 1 and status["receiver"]["last_error"] == "no data for 1.2 s"
+    # Several silence limits later: reopened (reset) each time, still one alarm for this period.
+    gw.wait_status(lambda s: s["receiver"]["reconnects"] >= 3, "reopens while silent")
+    alarms = gw.find("silent: no bytes for 1.2 s; reopening it")
+    assert len(alarms) == 1, alarms
+    pty_receiver.write(proto.encode(telegrams[1]))
+    status = gw.wait_status(lambda s: s["telegrams"].get("ok") == 2 and not s["receiver"]["silent"], "data again")
+    assert gw.find("delivers data again")
+    assert status["receiver"]["silence_alarms"] == 1
+    assert gw.alive()
+    wait_for(lambda: len(hes.lines()) == 2, "both telegrams at the HES", 10, context=gw.tail)
+
+
 def test_line_noise_and_torn_frames_are_counted_and_every_valid_frame_is_pushed(config, pty_receiver, hes, gateway) -> None:
     """A.7 #4 and #5: 10 MB of random bytes around 100 valid frames, bad checksums, a torn frame."""
     rng = random.Random(4)

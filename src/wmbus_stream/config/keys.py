@@ -311,6 +311,10 @@ KEYS: tuple[Key, ...] = (
         "an absolute path to a PEM file, or empty for the system CAs",
         "CA certificates that sign the configuration server's certificate (also used for"
         " Sync-File downloads and Sync-Notify-URL)."),
+    Key("configuration.server.timeout", "sync_timeout", "120", seconds(1, 600),
+        "a number of seconds from 1 to 600",
+        "Longest time one request of a sync may take (the .cad file, each Sync-File download,"
+        " each result notification attempt)."),
     Key("show.only.filtered", "show_only_filtered", "true", boolean, "true or false",
         "The analyzer shows only allow-listed meters (all when the allow-list is empty)."),
     # -- receiver --------------------------------------------------------------------------
@@ -327,6 +331,10 @@ KEYS: tuple[Key, ...] = (
     Key("receiver.reconnect.seconds", "reconnect_seconds", "2", seconds(0.1, 60),
         "a number of seconds from 0.1 to 60",
         "Longest wait between attempts to reopen a lost receiver."),
+    Key("receiver.silence.minutes", "silence_minutes", "60", seconds(0, 10080),
+        "a number of minutes from 0 (no alarm) to 10080",
+        "A receiver that delivers no bytes this long raises the silent-receiver alarm once"
+        " and is reopened (a reset); 0 turns the alarm off."),
     Key("simulator.meters", "simulator_meters", "300", integer(1, 100000),
         "a whole number from 1 to 100000",
         "Number of meters the simulator receiver invents.", restart=True),

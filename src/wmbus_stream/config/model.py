@@ -97,11 +97,13 @@ class Config:
     sync_url: str | None
     sync_cron: Schedule
     sync_ca_file: Path | None
+    sync_timeout: float
     show_only_filtered: bool
     receiver_protocol: str
     receiver_port: str
     receiver_address: str | None
     reconnect_seconds: float
+    silence_minutes: float
     simulator_meters: int
     gateway_serial: str
     wired_address: int

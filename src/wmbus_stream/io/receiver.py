@@ -1,9 +1,11 @@
 """The receiver reader thread: bytes from a pyserial URL or a capture file into a framer.
 
-A port that disappears, errors, returns no data ("device reports readiness to read but
-returned no data") or stays silent longer than the silence limit is closed and reopened
-with backoff capped at ``max_backoff`` seconds; while it is away the thread logs at most
-one line per 30 s. A capture file (a regular file or ``-``) is read once to its end.
+A port that disappears, errors or returns no data ("device reports readiness to read but
+returned no data") is closed and reopened with backoff capped at ``max_backoff`` seconds;
+while it is away the thread logs at most one line per 30 s. A port that stays open but
+delivers nothing for ``silence_seconds`` raises the silent-receiver alarm: one warning per
+silent period, ``silent`` set until bytes arrive again, and a reopen of the port (the reset
+that revives a hung USB receiver). A capture file (``-`` or a regular file) is read once.
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ Deliver = Callable[[list[Received], float], None]
 def is_capture(port: str) -> bool:
     """A capture is ``-`` or an existing regular file; anything else is a serial port or URL."""
     return port == "-" or (os.path.isfile(port) and not port.startswith("/dev/"))
+
+
+class _Silent(serial.SerialException):
+    """The port is open but has delivered nothing for the silence limit."""
 
 
 class ReceiverReader(threading.Thread):
@@ -59,6 +65,9 @@ class ReceiverReader(threading.Thread):
         self.reconnects = 0
         self.bytes_read = 0
         self.last_error: str | None = None
+        self.last_data_at: float | None = None  # wall clock of the last bytes read
+        self.silent = False  # no bytes for silence_seconds; cleared by the next bytes
+        self.silence_alarms = 0
         self._connected_once = False
 
     def run(self) -> None:
@@ -86,6 +95,8 @@ class ReceiverReader(threading.Thread):
             log.info("receiver %s connected (%s, %d Bd)", self.port, self.framer.name, self.baud)
             try:
                 self._pump(port)
+            except _Silent:
+                pass  # logged once by _pump; reopen at once
             except (serial.SerialException, OSError) as exc:
                 self._lost(str(exc))
                 log.warning("receiver %s lost (%s); reopening", self.port, exc)
@@ -115,12 +126,22 @@ class ReceiverReader(threading.Thread):
                 if waiting:
                     data += port.read(waiting)
                 quiet_since = time.monotonic()
+                if self.silent:
+                    self.silent = False
+                    log.info("receiver %s delivers data again", self.port)
                 self._feed(data)
             elif self.silence_seconds and time.monotonic() - quiet_since > self.silence_seconds:
-                raise serial.SerialException(f"no data for {self.silence_seconds:.0f} s")
+                if not self.silent:  # one alarm per silent period, however many resets it takes
+                    self.silent = True
+                    self.silence_alarms += 1
+                    log.warning("receiver %s silent: no bytes for %s; reopening it (check the receiver,"
+                                " its antenna and the meters' radio mode)", self.port, _duration(self.silence_seconds))
+                self.last_error = f"no data for {_duration(self.silence_seconds)}"
+                raise _Silent(self.last_error)
 
     def _feed(self, data: bytes) -> None:
         self.bytes_read += len(data)
+        self.last_data_at = time.time()
         items = self.framer.feed(data)
         if items:
             self.deliver(items, time.time())
@@ -144,6 +165,10 @@ class ReceiverReader(threading.Thread):
             self.deliver(items, time.time())
         self.state = "finished"
         log.info("capture %s read to its end (%d bytes)", self.port, self.bytes_read)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
 
 
 class SimulatedReceiver(threading.Thread):

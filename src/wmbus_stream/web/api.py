@@ -33,7 +33,8 @@ PREFIX = "/api/v1"
 
 
 def problems_json(exc: ConfigError) -> list[dict[str, str]]:
-    return [{"key": p.key, "value": p.value, "allowed": p.allowed, "reason": str(p)} for p in exc.problems]
+    """One object per problem, secret values masked."""
+    return [{"key": p.key, "value": p.value, "allowed": p.allowed, "reason": str(p)} for p in views.masked_problems(exc)]
 
 
 def _invalid(exc: ConfigError) -> Response:
