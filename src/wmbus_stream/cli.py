@@ -435,6 +435,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_name(args: argparse.Namespace) -> str:
+    """The command words of ``args`` (``config set``), for error lines."""
+    words = [getattr(args, "command", None), getattr(args, "config_command", None)]
+    return " ".join(w for w in words if isinstance(w, str))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     parser = build_parser()
@@ -450,6 +456,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     except WmbusStreamError as exc:
         print(f"wmbus-stream: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except OSError as exc:  # a file or folder the command needs: name it, no traceback
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"wmbus-stream {_command_name(args)}: cannot use{where}: {exc.strerror or exc}; nothing changed",
+              file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130

@@ -231,3 +231,46 @@ def test_tls_with_the_wrong_ca_or_password_keeps_the_data_until_fixed_by_sighup(
     assert_report(posts[0], pairs(CMEX50, telegrams), since=since)
     assert telegram_report_key(telegrams[0]) in {report_key(line) for line in posts[0]}
     assert SERIAL.encode() == posts[0][0].split(b";")[0]
+
+
+def test_burst_from_800_meters_keeps_exactly_the_latest_of_each(config, pty_receiver, hes, gateway) -> None:
+    """A.7 #6, #14, #16 scaled to 8 s: 1,000 telegrams/s from 800 meters plus a replay storm.
+
+    Every telegram is counted, the store holds one row per meter, the report carries each
+    meter's last reading, and the analyzer counts every repetition of the replayed frame.
+    """
+    import csv
+    import io
+
+    from gwkit import SPEC_TELEGRAM, with_id
+
+    meters = [with_id(SPEC_TELEGRAM, 30000000 + m) for m in range(800)]
+    storm = with_id(SPEC_TELEGRAM, 39999999)
+    config.write({"receiver.port": str(pty_receiver.link), "receiving.server.url": hes.url,
+                  "receiving.server.push.cron": cron_at(soon(3600))})
+    since = time.time()
+    gw = gateway(config)
+    gw.wait_connected()
+    rounds = 10
+    start = time.monotonic()
+    for round_ in range(rounds):  # 800 telegrams a round, in slices of 100 every 0.1 s
+        frames = [CMEX50.encode(variant(t, round_)) for t in meters]
+        if round_ == rounds // 2:
+            frames[400:400] = [CMEX50.encode(storm)] * 100  # the same frame 100 times in 0.1 s
+        for i in range(0, len(frames), 100):
+            pty_receiver.write(b"".join(frames[i:i + 100]))
+            time.sleep(max(0.0, start + (round_ * 8 + i // 100 + 1) * 0.1 - time.monotonic()))
+    sent = rounds * len(meters) + 100
+    status = gw.wait_status(lambda s: s["telegrams"].get("read") == sent, f"all {sent} telegrams read", timeout=30)
+    assert status["telegrams"]["ok"] == sent and status["receiver"]["bad_frames"] == 0
+    assert status["meters_pending"] == len(meters) + 1
+
+    pushed = run_cli("push", "now", "--config", str(config.path))
+    assert pushed.returncode == 0, pushed.stderr.decode()
+    assert_report(hes.lines(), pairs(CMEX50, [variant(t, rounds - 1) for t in meters] + [storm]), since=since)
+
+    table = run_cli("analyzer", "--config", str(config.path), "--csv")
+    counts = {row["id"]: int(row["count"]) for row in csv.DictReader(io.StringIO(table.stdout.decode()))}
+    assert counts["39999999"] == 100
+    assert {counts[f"{30000000 + m}"] for m in range(800)} == {rounds}
+    assert gw.alive()

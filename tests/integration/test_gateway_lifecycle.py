@@ -151,6 +151,45 @@ def test_valid_filter_change_on_sighup_applies_to_new_telegrams_and_keeps_pendin
     assert_report(posts[0], pairs(CMEX50, [elv_new, els]), since=since)
 
 
+def test_read_only_configuration_folder_runs_and_refuses_changes_clearly(tmp_path, pty_receiver, hes, gateway) -> None:
+    """A.7 #29: /etc read-only, state writable: the gateway runs and pushes; a change is refused clearly."""
+    import os
+
+    from gwkit import ConfigFile
+
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a read-only tmpfs needs root")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(etc)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"mount -t tmpfs is not permitted here: {mounted.stderr.strip()}")
+    try:
+        config = ConfigFile(etc)
+        config.state = tmp_path / "state"
+        config.write({"receiver.port": str(pty_receiver.link), "receiving.server.url": hes.url})
+        subprocess.run(["mount", "-o", "remount,ro", str(etc)], check=True)
+        before = config.path.read_bytes()
+        telegrams = vector_telegrams(5)
+        since = time.time()
+        gw = gateway(config)
+        gw.wait_connected()
+        pty_receiver.write(b"".join(CMEX50.encode(t) for t in telegrams))
+        posts = hes.wait_posts(1, context=gw.tail)
+        assert_report(posts[0], pairs(CMEX50, telegrams), since=since)
+
+        refused = run_cli("config", "set", "filter.manufacturer=ELV", "--config", str(config.path))
+        assert refused.returncode != 0
+        message = refused.stderr.decode()
+        assert "read-only" in message.lower() and "Traceback" not in message, message
+        assert config.path.read_bytes() == before
+        gw.send_signal(signal.SIGHUP)
+        gw.wait_log("configuration reloaded")
+        assert gw.alive()
+    finally:
+        subprocess.run(["umount", "-l", str(etc)], capture_output=True)
+
+
 # -------------------------------------------------------------------------------------------
 # SIGTERM
 

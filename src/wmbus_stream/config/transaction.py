@@ -135,8 +135,24 @@ def _journal(state_directory: str | os.PathLike[str]) -> Path:
     return Path(state_directory) / JOURNAL_NAME
 
 
+def _check_writable(folder: Path) -> None:
+    """Raise OSError when no file can be created in ``folder`` (a read-only /etc, say)."""
+    probe = folder / f"{STAGE_PREFIX}probe-{secrets.token_hex(4)}"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(folder)) from None  # name the folder, not the probe
+    os.unlink(probe)
+
+
 def commit(plan: Plan) -> None:
-    """Make the staged change durable and decided: from here on it will be completed."""
+    """Make the staged change durable and decided: from here on it will be completed.
+
+    A configuration folder that cannot be written is found here, before the commit point,
+    so the change fails at once instead of waiting in the journal for a writable /etc.
+    """
+    if plan.config_text is not None:
+        _check_writable(Path(plan.config_path).parent)
     for folder in plan.staging:
         fsync_directory(folder)
     _step("staged")
