@@ -568,8 +568,8 @@ def test_hex_bad_lines_are_broken_frames_with_reasons() -> None:
     out = run(f, [b"hello\n1844A\n1844;-7.5\n;-70\n18\xff44\n"])
     assert [r.data for r in out] == [b""] * 5
     reasons = [r.error for r in out]
-    assert "not hex" in reasons[0] and "odd" in reasons[1] and "RSSI" in reasons[2]
-    assert "no hex digits" in reasons[3] and "not hex" in reasons[4]
+    assert "'h' is not a hex digit" in reasons[0] and "odd" in reasons[1] and "RSSI" in reasons[2]
+    assert "no hex digits" in reasons[3] and "is not a hex digit" in reasons[4] and "allowed" in reasons[4]
     assert stats_of(f) == (0, 5, 0)
 
 

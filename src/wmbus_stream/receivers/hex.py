@@ -60,7 +60,9 @@ class HexFramer(LineFramer):
         if not digits:
             return [self._broken("hex: line has no hex digits")]
         if not _HEX_DIGITS.issuperset(digits):
-            return [self._broken("hex: line is not hex")]
+            bad = next(c for c in digits if c not in _HEX_DIGITS)
+            return [self._broken(f"hex: {bad!r} is not a hex digit (allowed: 0-9 A-F, spaces, an optional"
+                                 " ';rssi_dbm' at the end)")]
         if len(digits) % 2:
             return [self._broken(f"hex: odd number of hex digits ({len(digits)})")]
         return [Received(bytes.fromhex(digits), FORMAT_AUTO, rssi_dbm=rssi, receiver_address=self.receiver_address)]
