@@ -146,14 +146,7 @@ class Gateway:
                                          before_backup=self._before_backup, replace_state=self._replace_state)
             if self.manager.recovered:
                 self.config = config_model.load(self.config_path)
-        self.store = Store.open(state / STORE_FILE)
-        self.analyzer = Analyzer(time.time())
-        saved = self.store.get_meta(ANALYZER_META)
-        if saved:
-            try:
-                self.analyzer.load(saved)
-            except ValueError as exc:
-                log.warning("analyzer state could not be read (%s); starting a new period", exc)
+        self._open_state()
         last = self.store.get_meta(LAST_PUSH_META)
         if last:
             try:
@@ -163,7 +156,6 @@ class Gateway:
             if self.last_push is not None and self.last_push.ok:
                 self.last_push_success_at = self.last_push.at
         self.pipeline = Pipeline(settings_of(self.config), self.store, self.analyzer)
-        self.syncer.load()
         self._last_flush = self._last_analyzer_save = time.monotonic()
         log.info(
             "wmbus-stream %s (%s) started: serial %s, %d meters pending, pushing to %s at '%s'",
@@ -512,7 +504,6 @@ class Gateway:
 
     def _replace_state(self, swap: Callable[[], None]) -> None:
         """Close the store, let a restore put new state files in place, reopen everything."""
-        state = self.config.state_directory
         with self._state_lock:
             self._state_epoch += 1
             if self.store is not None:
@@ -521,18 +512,22 @@ class Gateway:
             try:
                 swap()
             finally:
-                self.store = Store.open(state / STORE_FILE)
-                self.analyzer = Analyzer(time.time())
-                saved = self.store.get_meta(ANALYZER_META)
-                if saved:
-                    try:
-                        self.analyzer.load(saved)
-                    except ValueError as exc:
-                        log.warning("restored analyzer state could not be read (%s); starting a new period", exc)
+                self._open_state()
                 if self.pipeline is not None:
                     self.pipeline.store, self.pipeline.analyzer = self.store, self.analyzer
-                self.syncer.load()
                 log.info("state reopened: %d meters pending", self.store.pending())
+
+    def _open_state(self) -> None:
+        """Open the store of the state directory with the analyzer and sync state it saved."""
+        self.store = Store.open(self.config.state_directory / STORE_FILE)
+        self.analyzer = Analyzer(time.time())
+        saved = self.store.get_meta(ANALYZER_META)
+        if saved:
+            try:
+                self.analyzer.load(saved)
+            except ValueError as exc:
+                log.warning("saved analyzer state could not be read (%s); starting a new period", exc)
+        self.syncer.load()
 
 
 def _asdict(outcome: PushOutcome) -> dict[str, Any]:
