@@ -62,6 +62,12 @@ class SyncLimits:
     timeouts: Timeouts = field(default_factory=lambda: Timeouts(connect=10.0, read=30.0, total=120.0))
     notify_seconds: float = 300.0
 
+    @classmethod
+    def for_config(cls, config: Config) -> SyncLimits:
+        """The default limits with each request capped at ``configuration.server.timeout``."""
+        total = config.sync_timeout
+        return cls(timeouts=Timeouts(connect=min(10.0, total), read=min(30.0, total), total=total))
+
 
 @dataclass(frozen=True, slots=True)
 class SyncResult:
@@ -158,7 +164,7 @@ def run_sync(
     notify: Callable[..., None] = http.notify,
     files_dir: Path | None = None,
     user_agent: str | None = None,
-    limits: SyncLimits = SyncLimits(),
+    limits: SyncLimits | None = None,
     stop_event: threading.Event | None = None,
     sleep: Callable[[float], object] | None = None,
     clock: Callable[[], float] = time.monotonic,
@@ -166,10 +172,12 @@ def run_sync(
 ) -> SyncResult:
     """Run one sync for the gateway whose configuration file ``manager`` manages.
 
-    ``config`` is the running configuration (server URL, CA, retries); the new one is built
-    on the file's content. ``files_dir`` must be the manager's files folder (the default).
+    ``config`` is the running configuration (server URL, CA, retries, timeout); the new one
+    is built on the file's content. ``files_dir`` must be the manager's files folder (the
+    default). ``limits`` defaults to ``SyncLimits.for_config(config)``.
     """
     started_wall, started = time.time(), clock()
+    limits = limits if limits is not None else SyncLimits.for_config(config)
     agent = user_agent or _default_user_agent(config)
     if files_dir is not None and Path(files_dir) != manager.files_directory:
         raise ValueError(f"files_dir must be {manager.files_directory}")
