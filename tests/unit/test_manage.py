@@ -57,6 +57,13 @@ def test_set_writes_atomically_0600_records_and_announces(gw) -> None:
     assert list(path.parent.iterdir()) == [path]  # no temporary files left
 
 
+def test_the_history_note_is_the_callers_or_names_the_keys(gw) -> None:
+    manager, _, _ = gw
+    assert manager.set({"radio.mode": "T1"}, "web", note="moved receiver to the attic").note == \
+        "moved receiver to the attic"
+    assert manager.set({"radio.mode": "S1", "usb.baud.rate": "9600"}).note == "set radio.mode, usb.baud.rate"
+
+
 def test_the_same_change_again_writes_and_records_nothing(gw) -> None:
     manager, path, applied = gw
     first = manager.set({"radio.mode": "T1"})

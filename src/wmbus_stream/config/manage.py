@@ -227,8 +227,11 @@ class ConfigManager:
         assert entry is not None
         return entry
 
-    def set(self, changes: Mapping[str, str | None], origin: str = "local") -> HistoryEntry:
-        """Change some keys (None resets to the default; a secret sent as ``********`` is kept)."""
+    def set(self, changes: Mapping[str, str | None], origin: str = "local", note: str = "") -> HistoryEntry:
+        """Change some keys (None resets to the default; a secret sent as ``********`` is kept).
+
+        The history note is ``note`` when given, else the names of the keys set.
+        """
         with self._locked():
             base = self._base()
             unknown = [Problem(name, "", "a known key") for name, v in changes.items() if v is None and name not in BY_NAME]
@@ -236,7 +239,7 @@ class ConfigManager:
                 raise ConfigError(unknown)
             new = base.with_changes(changes)
             names = ", ".join(sorted(changes))
-            return self.apply(new, origin, f"set {names}" if names else "")
+            return self.apply(new, origin, note or (f"set {names}" if names else ""))
 
     def revert(self, number: int, origin: str = "revert") -> HistoryEntry:
         """Apply history entry ``number`` again, exactly as it was written."""

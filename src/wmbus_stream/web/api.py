@@ -33,8 +33,8 @@ PREFIX = "/api/v1"
 
 
 def problems_json(exc: ConfigError) -> list[dict[str, str]]:
-    """One object per problem, secret values masked."""
-    return [{"key": p.key, "value": p.value, "allowed": p.allowed, "reason": str(p)} for p in views.masked_problems(exc)]
+    """One object per problem (the configuration model has already masked secret values)."""
+    return [{"key": p.key, "value": p.value, "allowed": p.allowed, "reason": str(p)} for p in exc.problems]
 
 
 def _invalid(exc: ConfigError) -> Response:
@@ -138,10 +138,7 @@ def _config_patch(app: WebServer, req: Request, match: re.Match[str]) -> Respons
         return error_response(422, "invalid_configuration", "unknown key(s); nothing was changed", key=unknown[0],
                               problems=problems)
     try:
-        from .pages import _takes_note
-
-        entry = (manager.set(changes, origin="web", note=note[:200]) if _takes_note(manager.set)
-                 else manager.set(changes, origin="web"))
+        entry = manager.set(changes, origin="web", note=note[:200])
     except ConfigError as exc:
         return _invalid(exc)
     return _applied(app, entry)

@@ -131,27 +131,23 @@ class GatewayCollector:
 
     @staticmethod
     def _sync(gw: Any, status: dict[str, Any]) -> Iterator[Metric]:
-        counts = getattr(gw, "sync_results", None)
-        if isinstance(counts, dict):
-            family = CounterMetricFamily(f"{_NS}_syncs", "Configuration syncs by result code (900, 920, 921)",
-                                         labels=["result"])
-            for code in sorted({"900", "920", "921", *map(str, counts)}):
-                family.add_metric([code], counts.get(code, counts.get(int(code) if code.isdigit() else code, 0)))
-            yield family
-        last = status.get("last_sync", status.get("sync"))
-        code = None
-        if isinstance(last, dict):
-            for name in ("code", "result"):
-                match = re.match(r"\s*(\d{3})", str(last.get(name, "")))
-                if match:
-                    code = int(match.group(1))
-                    break
-        elif last is not None:
-            match = re.match(r"\s*(\d{3})", str(last))
-            code = int(match.group(1)) if match else None
-        if code is not None:
-            yield GaugeMetricFamily(f"{_NS}_sync_last_result_code", "Result code of the last configuration sync",
-                                    value=code)
+        """Sync runs by outcome and the last result code, from the status' ``sync`` part."""
+        sync = status.get("sync")
+        sync = sync if isinstance(sync, dict) else {}
+        runs = sync.get("runs")
+        runs = runs if isinstance(runs, dict) else {}
+        family = CounterMetricFamily(f"{_NS}_syncs", "Configuration syncs by outcome (ok: 900, failed: 920 or 921)",
+                                     labels=["result"])
+        for outcome in ("ok", "failed"):
+            family.add_metric([outcome], runs.get(outcome, 0))
+        yield family
+        last = sync.get("last")
+        if isinstance(last, dict) and isinstance(last.get("code"), int):
+            yield GaugeMetricFamily(f"{_NS}_sync_last_result_code",
+                                    "Result code of the last configuration sync (900, 920, 921)", value=last["code"])
+            if isinstance(last.get("at"), (int, float)):
+                yield GaugeMetricFamily(f"{_NS}_sync_last_timestamp_seconds",
+                                        "When the last configuration sync ran (Unix time)", value=last["at"])
 
 
 class Metrics:

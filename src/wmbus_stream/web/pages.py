@@ -14,6 +14,7 @@ import io
 import re
 import time
 from collections.abc import Iterable
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
@@ -201,21 +202,26 @@ def _logout(app: WebServer, req: Request, match: re.Match[str]) -> Response:
 
 
 def _sync_text(status: dict[str, Any]) -> str:
-    sync = status.get("last_sync", status.get("sync"))
-    if sync is None:
+    """The last sync's result line and time from the status' ``sync`` part, or ``none yet``."""
+    sync = status.get("sync")
+    last = sync.get("last") if isinstance(sync, dict) else None
+    if not isinstance(last, dict):
         return "none yet"
-    if isinstance(sync, dict):
-        parts = []
-        for name in ("code", "result", "summary", "message", "error"):
-            if sync.get(name) not in (None, ""):
-                parts.append(str(sync[name]))
-        when = sync.get("at", sync.get("time"))
-        if isinstance(when, (int, float)):
-            parts.append("at " + fmt_time(when))
-        elif when:
-            parts.append(f"at {when}")
-        return " ".join(dict.fromkeys(parts)) or "none yet"
-    return str(sync)
+    text = str(last.get("text") or last.get("code") or "")
+    when = last.get("at")
+    if isinstance(when, (int, float)) and when:
+        text += " at " + fmt_time(when)
+    return text.strip() or "none yet"
+
+
+def _iso_time(text: Any) -> str:
+    """An ISO time from the status (any offset) shown like the other times: UTC, no ``T``."""
+    if not isinstance(text, str):
+        return "-"
+    try:
+        return fmt_time(datetime.fromisoformat(text).timestamp())
+    except ValueError:
+        return text.replace("T", " ")
 
 
 def _dl(items: Iterable[tuple[str, Any]]) -> Markup:
@@ -258,7 +264,7 @@ def overview_fragment(app: WebServer, req: Request) -> Markup:
         ("Broken", broken), ("Filtered out", filtered), ("Meters pending", status.get("meters_pending", 0)),
     ]
     push_items += [
-        ("Next push", next_push.replace("T", " ") if isinstance(next_push, str) else "-"),
+        ("Next push", _iso_time(next_push)),
         ("Pushes ok / failed", f"{pushes.get('ok', 0)} / {pushes.get('failed', 0)}"),
         ("Push in flight", "yes" if status.get("push_in_flight") else "no"),
     ]
@@ -408,12 +414,14 @@ def _analyzer(app: WebServer, req: Request, match: re.Match[str]) -> Response:
         html('<tr class="{cls}"><td class="mono">{id}</td><td class="mono">{man}</td><td>{type} <span class="muted">'
              '{code}</span></td><td>{verdict}</td><td class="num">{count}</td><td class="num">{last}</td>'
              '<td class="num">{min}</td><td class="num">{avg}</td><td class="num">{max}</td><td>{bar}</td>'
-             '<td>{mode}</td><td class="time">{first}</td><td class="time">{seen}</td></tr>',
+             '<td>{mode}</td><td class="time" title="{first_full}">{first}</td>'
+             '<td class="time" title="{seen_full}">{seen}</td></tr>',
              cls="rejected" if r.verdict != "Accepted" else "", id=r.id, man=r.manufacturer,
              type=r.device_type_name, code=f"{r.device_type:02X}", verdict=r.verdict, count=r.count,
              last=fmt_dbm(r.rssi_last), min=fmt_dbm(r.rssi_min), avg=fmt_dbm(r.rssi_avg, 1),
              max=fmt_dbm(r.rssi_max), bar=signal_bar(r), mode=r.mode or "-",
-             first=fmt_time(r.first_seen)[:-4], seen=fmt_time(r.last_seen)[:-4])
+             first=fmt_time(r.first_seen)[5:-4], seen=fmt_time(r.last_seen)[5:-4],
+             first_full=fmt_time(r.first_seen), seen_full=fmt_time(r.last_seen))
         for r in shown
     )
     # columns: the bar sits after Max so weak meters stand out next to their numbers
@@ -668,8 +676,7 @@ def _settings_post(app: WebServer, req: Request, match: re.Match[str]) -> Respon
         _flash(req, "Nothing changed: every value is as it was.", "warn")
         return redirect("/settings")
     try:
-        entry = manager.set(changes, origin="web", note=note) if _takes_note(manager.set) else \
-            manager.set(changes, origin="web")
+        entry = manager.set(changes, origin="web", note=note)
     except ConfigError as exc:
         errors = problems_by_key(exc)
         shown = {**current, **{k: ("" if v is None else v) for k, v in changes.items()}}
@@ -685,15 +692,6 @@ def _settings_post(app: WebServer, req: Request, match: re.Match[str]) -> Respon
         text += f" {', '.join(sorted(restart))} take(s) effect after a restart."
     _flash(req, text)
     return redirect("/settings")
-
-
-def _takes_note(method: Any) -> bool:
-    import inspect
-
-    try:
-        return "note" in inspect.signature(method).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def _history_entry(app: WebServer, req: Request, match: re.Match[str]) -> Response:
@@ -813,7 +811,7 @@ def _help(app: WebServer, req: Request, match: re.Match[str]) -> Response:
     body = html(
         '<h1>Help</h1><div class="prose">'
         '<h2>What this gateway does</h2>'
-        '<p>wmbus-stream reads Wireless M-Bus telegrams from a radio receiver ({protocol} on {port}), checks '
+        '<p>wmbus-stream reads Wireless M-Bus telegrams from a radio receiver ({receiver}), checks '
         'them (CRC, length, header), filters them (manufacturer, device type, meter allow-list, radio mode) and '
         'keeps the latest telegram of each meter. On a schedule (<code>{cron}</code>) it pushes one report with '
         'those telegrams to the head-end system (HES) with an HTTP POST and forgets what the HES acknowledged. '
@@ -844,7 +842,8 @@ def _help(app: WebServer, req: Request, match: re.Match[str]) -> Response:
         '<code>wmbus-stream --help</code> lists the commands. The administrator password is set with '
         '<code>wmbus-stream passwd</code> on the device.</p>'
         '<p class="muted">wmbus-stream {version}, {impl}.</p></div>',
-        protocol=cfg.receiver_protocol, port=cfg.receiver_port if cfg.receiver_protocol != "simulator" else "simulator",
+        receiver=("the built-in simulator" if cfg.receiver_protocol == "simulator"
+                  else f"{cfg.receiver_protocol} on {cfg.receiver_port}"),
         cron=str(cfg.get("receiving.server.push.cron")), reset=cfg.analyzer_reset_hours, weak=views.WEAK_BELOW,
         tz=cfg.get("report.timezone"), version=__version__, impl=app.gateway.status().get("implementation", ""),
     )

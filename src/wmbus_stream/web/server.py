@@ -186,12 +186,18 @@ class WebServer:
     def serve(self, handler: _Handler) -> None:
         """Answer one request read by ``handler`` (called on the connection's thread)."""
         self.requests_total += 1
+        handler.body_read = False
         try:
             response = self._answer(handler)
         except Exception:  # noqa: BLE001  (a handler bug must not kill the connection thread silently)
             log.exception("error answering %s %s", handler.command, _safe_path(handler.path))
             response = Response(500, b"internal error; see the gateway log\n", "text/plain; charset=utf-8",
                                 close=True)
+        if not handler.body_read and (handler.headers.get("Transfer-Encoding")
+                                      or handler.headers.get("Content-Length", "0").strip() not in ("", "0")):
+            # Refused before its body was read (401, 403, 404 ...): the unread bytes must not be
+            # taken for the next request on this connection, so the connection ends here.
+            response.close = True
         self._write(handler, response)
 
     def _answer(self, handler: _Handler) -> Response:
@@ -342,6 +348,7 @@ class WebServer:
         return bool(token) and hmac.compare_digest(token.encode(), req.session.csrf.encode())
 
     def _read_body(self, handler: _Handler, req: Request, limit: int) -> Response | None:
+        handler.body_read = True  # read now, or refused and the connection closed
         if handler.headers.get("Transfer-Encoding"):
             return self._error(req, 411, "length_required", "send a Content-Length, not a chunked body", close=True)
         length_text = handler.headers.get("Content-Length", "0").strip()
@@ -436,6 +443,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "wmbus-stream"
     sys_version = ""
     server: _Server
+    body_read = False  # set per request by WebServer.serve / _read_body
 
     def _serve(self) -> None:
         self.server.app.serve(self)
@@ -503,6 +511,10 @@ class _Server(ThreadingHTTPServer):
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         request.settimeout(self.app.timeout)
+        with contextlib.suppress(OSError):
+            # Headers and body leave in two writes; with Nagle on, the body waits for the
+            # client's delayed ACK of the headers (40 ms per keep-alive answer).
+            request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn = request
         if self.app.tls is not None:
             try:
