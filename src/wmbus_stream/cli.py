@@ -459,8 +459,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
     except OSError as exc:  # a file or folder the command needs: name it, no traceback
         where = f" {exc.filename}" if exc.filename else ""
-        print(f"wmbus-stream {_command_name(args)}: cannot use{where}: {exc.strerror or exc}; nothing changed",
-              file=sys.stderr)
+        print(f"wmbus-stream {_command_name(args)}: cannot use{where}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130

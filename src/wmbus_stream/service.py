@@ -130,6 +130,7 @@ class Gateway:
         self.syncer = SyncRunner(self)
         self._reload_lock = threading.RLock()  # reloads come from the main loop, a sync or the web UI
         self._state_lock = threading.RLock()  # store use vs. a restore swapping the store
+        self._swap_lock = threading.Lock()  # arrivals vs. a restore; not held by flushes (slow flash)
         self._state_epoch = 0  # bumped by a restore: a push of the old state must not acknowledge
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -200,7 +201,8 @@ class Gateway:
 
     def _deliver(self, items: list, now: float) -> None:
         assert self.pipeline is not None
-        self.pipeline.process(items, now)
+        with self._swap_lock:  # a restore swapping the store makes arrivals wait: none is lost
+            self.pipeline.process(items, now)
 
     def shutdown(self) -> None:
         """Stop everything; a push in flight finishes or is abandoned; state is flushed."""
@@ -224,8 +226,10 @@ class Gateway:
             except OSError:
                 pass
         if self.store is not None:
-            self._save_analyzer()
-            self.store.close()
+            with self._state_lock:
+                self._state_epoch += 1  # an abandoned push that still gets its 2xx acknowledges nothing
+                self._save_analyzer()
+                self.store.close()
             log.info("stopped: %d meters pending, state flushed", self.store.pending())
         if self._lock_fd is not None:
             os.close(self._lock_fd)
@@ -261,8 +265,12 @@ class Gateway:
             while reader.is_alive() and reader.state not in ("finished", "stopped") and not self.stop_event.is_set():
                 reader.join(0.2)
         self.flush()
-        outcome = self.push_now()
-        return 0 if outcome.ok else 1
+        outcome = self.push_by_hand()
+        if outcome is None:  # someone pushed by hand meanwhile: wait for it, then push what is left
+            while self._push_in_flight():
+                time.sleep(0.1)
+            outcome = self.push_by_hand()
+        return 0 if outcome is not None and outcome.ok else 1
 
     def _request_reload(self) -> None:
         self._reload_requested = True
@@ -366,15 +374,24 @@ class Gateway:
 
     def push_by_hand(self) -> PushOutcome | None:
         """Push now in the one push slot and wait for the outcome; None when a push is in flight."""
-        outcome: list[PushOutcome] = []
+        result: list[PushOutcome | BaseException] = []
+
+        def work() -> None:
+            try:
+                result.append(self.push_now())
+            except BaseException as exc:  # handed to the caller's thread
+                result.append(exc)
+
         with self._push_lock:
             if self._push_in_flight():
                 return None
-            thread = threading.Thread(target=lambda: outcome.append(self.push_now()), name="push", daemon=True)
+            thread = threading.Thread(target=work, name="push", daemon=True)
             self._push_thread = thread
             thread.start()
         thread.join()
-        return outcome[0] if outcome else None
+        if isinstance(result[0], BaseException):
+            raise result[0]
+        return result[0]
 
     def _push_worker(self, scheduled: bool) -> None:
         if scheduled and self.config.push_jitter > 0:
@@ -504,7 +521,7 @@ class Gateway:
 
     def _replace_state(self, swap: Callable[[], None]) -> None:
         """Close the store, let a restore put new state files in place, reopen everything."""
-        with self._state_lock:
+        with self._state_lock, self._swap_lock:
             self._state_epoch += 1
             if self.store is not None:
                 self._save_analyzer()

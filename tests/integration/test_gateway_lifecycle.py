@@ -8,12 +8,14 @@ a real SQLite database that the restarted process opens again. Nothing acknowled
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
+import urllib3
 
 from gwkit import (
     PROTOCOLS,
@@ -167,7 +169,12 @@ def test_read_only_configuration_folder_runs_and_refuses_changes_clearly(tmp_pat
     try:
         config = ConfigFile(etc)
         config.state = tmp_path / "state"
-        config.write({"receiver.port": str(pty_receiver.link), "receiving.server.url": hes.url})
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            web = f"127.0.0.1:{probe.getsockname()[1]}"
+        config.write({"receiver.port": str(pty_receiver.link), "receiving.server.url": hes.url,
+                      "web.enabled": "true", "web.listen": web})
+        assert run_cli("passwd", "--config", str(config.path), "--stdin", input=b"a long field passphrase\n").returncode == 0
         subprocess.run(["mount", "-o", "remount,ro", str(etc)], check=True)
         before = config.path.read_bytes()
         telegrams = vector_telegrams(5)
@@ -182,6 +189,13 @@ def test_read_only_configuration_folder_runs_and_refuses_changes_clearly(tmp_pat
         assert refused.returncode != 0
         message = refused.stderr.decode()
         assert "read-only" in message.lower() and "Traceback" not in message, message
+        assert config.path.read_bytes() == before
+        # The web API says the same, as JSON, instead of an internal error.
+        auth = urllib3.make_headers(basic_auth="admin:a long field passphrase")
+        answer = urllib3.request("PATCH", f"http://{web}/api/v1/config", json={"changes": {"filter.manufacturer": "ELV"}},
+                                 headers=auth, retries=False)
+        assert answer.status == 409, answer.data
+        assert answer.json()["error"] == "storage" and "Read-only file system" in answer.json()["reason"]
         assert config.path.read_bytes() == before
         gw.send_signal(signal.SIGHUP)
         gw.wait_log("configuration reloaded")

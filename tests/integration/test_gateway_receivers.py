@@ -144,17 +144,54 @@ def test_silent_receiver_raises_one_alarm_per_silent_period_and_is_reset(config,
     pty_receiver.write(proto.encode(telegrams[0]))
     gw.wait_ok(1)
     status = gw.wait_status(lambda s: s["receiver"]["silent"], "the silent-receiver alarm")
-    assert status["receiver"]["silence_alarms"] == 1 and status["receiver"]["last_error"] == "no data for 1.2 s"
+    assert status["receiver"]["silence_alarms"] == 1 and status["receiver"]["last_error"] == "no telegrams for 1.2 s"
     # Several silence limits later: reopened (reset) each time, still one alarm for this period.
     gw.wait_status(lambda s: s["receiver"]["reconnects"] >= 3, "reopens while silent")
-    alarms = gw.find("silent: no bytes for 1.2 s; reopening it")
+    alarms = gw.find("silent: no telegrams for 1.2 s; reopening it")
     assert len(alarms) == 1, alarms
     pty_receiver.write(proto.encode(telegrams[1]))
     status = gw.wait_status(lambda s: s["telegrams"].get("ok") == 2 and not s["receiver"]["silent"], "data again")
-    assert gw.find("delivers data again")
+    assert gw.find("delivers telegrams again")
     assert status["receiver"]["silence_alarms"] == 1
     assert gw.alive()
     wait_for(lambda: len(hes.lines()) == 2, "both telegrams at the HES", 10, context=gw.tail)
+
+
+def test_a_deaf_receiver_that_answers_its_setup_stays_silent_with_one_alarm(config, pty_receiver, hes, gateway) -> None:
+    """An iM871A that confirms every SET_CONFIG but hears no meter is silent, not revived by its answers."""
+    import os
+    import select
+    import threading
+
+    from wmbus_stream.receivers import im871a
+
+    answer = im871a.frame(im871a.DEVMGMT, 0x04, b"\x00")  # SET_CONFIG_RSP: OK
+    stop = threading.Event()
+
+    def confirm_every_request() -> None:
+        while not stop.is_set():
+            readable, _, _ = select.select([pty_receiver.master], [], [], 0.1)
+            if readable:
+                try:
+                    if os.read(pty_receiver.master, 4096):
+                        os.write(pty_receiver.master, answer)
+                except (BlockingIOError, OSError):
+                    pass
+
+    responder = threading.Thread(target=confirm_every_request, daemon=True)
+    responder.start()
+    try:
+        config.write({"receiver.protocol": "im871a", "receiver.port": str(pty_receiver.link),
+                      "receiving.server.url": hes.url, "receiver.silence.minutes": "0.01"})  # 0.6 s
+        gw = gateway(config)
+        gw.wait_connected()
+        status = gw.wait_status(lambda s: s["receiver"]["reconnects"] >= 4, "several resets while deaf")
+        assert status["receiver"]["silent"] and status["receiver"]["silence_alarms"] == 1
+        assert status["receiver"]["bytes_read"] > 0  # the confirmations did arrive
+        assert len(gw.find("silent: no telegrams")) == 1 and not gw.find("again")
+    finally:
+        stop.set()
+        responder.join(2)
 
 
 def test_line_noise_and_torn_frames_are_counted_and_every_valid_frame_is_pushed(config, pty_receiver, hes, gateway) -> None:

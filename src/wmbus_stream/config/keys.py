@@ -333,7 +333,7 @@ KEYS: tuple[Key, ...] = (
         "Longest wait between attempts to reopen a lost receiver."),
     Key("receiver.silence.minutes", "silence_minutes", "60", seconds(0, 10080),
         "a number of minutes from 0 (no alarm) to 10080",
-        "A receiver that delivers no bytes this long raises the silent-receiver alarm once"
+        "A receiver that delivers no telegram this long raises the silent-receiver alarm once"
         " and is reopened (a reset); 0 turns the alarm off."),
     Key("simulator.meters", "simulator_meters", "300", integer(1, 100000),
         "a whole number from 1 to 100000",

@@ -151,8 +151,8 @@ def commit(plan: Plan) -> None:
     A configuration folder that cannot be written is found here, before the commit point,
     so the change fails at once instead of waiting in the journal for a writable /etc.
     """
-    if plan.config_text is not None:
-        _check_writable(Path(plan.config_path).parent)
+    if plan.config_text is not None:  # write_atomic writes beside the file a link points to
+        _check_writable(Path(os.path.realpath(plan.config_path)).parent)
     for folder in plan.staging:
         fsync_directory(folder)
     _step("staged")

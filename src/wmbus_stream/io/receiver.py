@@ -3,9 +3,9 @@
 A port that disappears, errors or returns no data ("device reports readiness to read but
 returned no data") is closed and reopened with backoff capped at ``max_backoff`` seconds;
 while it is away the thread logs at most one line per 30 s. A port that stays open but
-delivers nothing for ``silence_seconds`` raises the silent-receiver alarm: one warning per
-silent period, ``silent`` set until bytes arrive again, and a reopen of the port (the reset
-that revives a hung USB receiver). A capture file (``-`` or a regular file) is read once.
+delivers no frame for ``silence_seconds`` raises the silent-receiver alarm: one warning per
+silent period, ``silent`` set until a frame (good or broken) arrives again, and a reopen of
+the port (the reset that revives a hung USB receiver). A capture file (``-`` or a regular file) is read once.
 """
 
 from __future__ import annotations
@@ -65,8 +65,8 @@ class ReceiverReader(threading.Thread):
         self.reconnects = 0
         self.bytes_read = 0
         self.last_error: str | None = None
-        self.last_data_at: float | None = None  # wall clock of the last bytes read
-        self.silent = False  # no bytes for silence_seconds; cleared by the next bytes
+        self.last_data_at: float | None = None  # wall clock of the last frame read
+        self.silent = False  # no frame for silence_seconds; cleared by the next frame
         self.silence_alarms = 0
         self._connected_once = False
 
@@ -95,8 +95,8 @@ class ReceiverReader(threading.Thread):
             log.info("receiver %s connected (%s, %d Bd)", self.port, self.framer.name, self.baud)
             try:
                 self._pump(port)
-            except _Silent:
-                pass  # logged once by _pump; reopen at once
+            except _Silent:  # logged once by _pump; reopen at once
+                self._flush_framer()
             except (serial.SerialException, OSError) as exc:
                 self._lost(str(exc))
                 log.warning("receiver %s lost (%s); reopening", self.port, exc)
@@ -110,7 +110,10 @@ class ReceiverReader(threading.Thread):
     def _lost(self, reason: str) -> None:
         self.state = "disconnected"
         self.last_error = reason
-        # A frame cut by an unplug must not be glued to the first bytes after replug.
+        self._flush_framer()
+
+    def _flush_framer(self) -> None:
+        """A frame cut by an unplug or a reset must not be glued to the first bytes after it."""
         items = self.framer.flush()
         if items:
             self.deliver(items, time.time())
@@ -125,26 +128,29 @@ class ReceiverReader(threading.Thread):
                 waiting = port.in_waiting
                 if waiting:
                     data += port.read(waiting)
-                quiet_since = time.monotonic()
-                if self.silent:
-                    self.silent = False
-                    log.info("receiver %s delivers data again", self.port)
-                self._feed(data)
+                # Only frames end a silence: a deaf receiver still answers the setup commands.
+                if self._feed(data):
+                    quiet_since = time.monotonic()
+                    if self.silent:
+                        self.silent = False
+                        log.info("receiver %s delivers telegrams again", self.port)
             elif self.silence_seconds and time.monotonic() - quiet_since > self.silence_seconds:
                 if not self.silent:  # one alarm per silent period, however many resets it takes
                     self.silent = True
                     self.silence_alarms += 1
-                    log.warning("receiver %s silent: no bytes for %s; reopening it (check the receiver,"
+                    log.warning("receiver %s silent: no telegrams for %s; reopening it (check the receiver,"
                                 " its antenna and the meters' radio mode)", self.port, _duration(self.silence_seconds))
-                self.last_error = f"no data for {_duration(self.silence_seconds)}"
+                self.last_error = f"no telegrams for {_duration(self.silence_seconds)}"
                 raise _Silent(self.last_error)
 
-    def _feed(self, data: bytes) -> None:
+    def _feed(self, data: bytes) -> int:
+        """Frame ``data`` and deliver what it completes; the number of frames (good or broken)."""
         self.bytes_read += len(data)
-        self.last_data_at = time.time()
         items = self.framer.feed(data)
         if items:
-            self.deliver(items, time.time())
+            self.last_data_at = time.time()
+            self.deliver(items, self.last_data_at)
+        return len(items)
 
     def _read_capture(self) -> None:
         self.state = "connected"

@@ -120,7 +120,7 @@ class GatewayCollector:
         skipped = CounterMetricFamily(f"{_NS}_receiver_skipped_bytes", "Bytes skipped as noise while framing")
         skipped.add_metric([], receiver.get("skipped_bytes", 0))
         yield skipped
-        yield GaugeMetricFamily(f"{_NS}_receiver_silent", "1 while the receiver has sent nothing for"
+        yield GaugeMetricFamily(f"{_NS}_receiver_silent", "1 while the receiver has delivered no telegram for"
                                 " receiver.silence.minutes", value=1 if receiver.get("silent") else 0)
         yield CounterMetricFamily(f"{_NS}_receiver_silence_alarms", "Silent periods of the receiver",
                                   value=receiver.get("silence_alarms", 0))

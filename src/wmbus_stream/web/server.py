@@ -245,6 +245,10 @@ class WebServer:
             return route.handler(req, match)
         except BadRequest as exc:
             return self._error(req, 400, "bad_request", str(exc))
+        except OSError as exc:  # a read-only /etc, a full disk: the device's problem, said plainly
+            where = f" {exc.filename}" if exc.filename else ""
+            log.error("web: %s %s failed: cannot use%s: %s", req.method, _safe_path(path), where, exc.strerror or exc)
+            return self._error(req, 409, "storage", f"cannot use{where}: {exc.strerror or exc}")
 
     def _find(self, method: str, path: str) -> tuple[Route | None, set[str]]:
         allowed: set[str] = set()
