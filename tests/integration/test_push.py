@@ -521,6 +521,23 @@ def test_tls_hostname_mismatch_fails(ca: trustme.CA, ca_file: str, tmp_path: Pat
         assert hes.stats.posts == 0
 
 
+def test_tls_expired_certificate_fails(ca: trustme.CA, ca_file: str, tmp_path: Path) -> None:
+    """A.7 #23: a certificate of the right CA and name, but expired, is refused with its reason."""
+    import datetime
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    leaf = ca.issue_cert("127.0.0.1", "localhost", not_before=now - datetime.timedelta(days=30),
+                         not_after=now - datetime.timedelta(days=1))
+    cert, key = tmp_path / "expired.pem", tmp_path / "expired.key"
+    leaf.cert_chain_pems[0].write_to_path(str(cert))
+    leaf.private_key_pem.write_to_path(str(key))
+    with ReceiveServer(tls_cert=str(cert), tls_key=str(key)) as hes:
+        result = client.push(hes.url, Factory(report(1)), ca_file=ca_file, deadline=None)
+        assert not result.ok and result.error.startswith("TLS verify failed: ")
+        assert "expired" in result.error
+        assert hes.stats.posts == 0
+
+
 def test_unreadable_ca_file_is_reported_without_an_attempt(tmp_path: Path) -> None:
     result = client.push("https://127.0.0.1:9/", Factory([]), ca_file=str(tmp_path / "missing.pem"), deadline=None)
     assert not result.ok and result.attempts == 0 and "CA file" in result.error

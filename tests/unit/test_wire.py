@@ -254,3 +254,30 @@ def test_frame_errors_share_the_root(twin):
     for call in (lambda: twin.strip_a(b""), lambda: twin.strip_b(b""), lambda: twin.parse_cmex50(b"")):
         with pytest.raises(FrameError):
             call()
+
+
+# Application-layer shapes that broke M-Bus parsers (libmbus #223/#236/#237, rtl_433 #3597),
+# wrapped in a correct link layer: the gateway never parses the application layer, so each
+# is accepted by the link check and forwarded byte for byte (A.7 #11).
+HEADER = bytes.fromhex("44961564010061011B")  # C, ELV, ID 61000164, version 1, room sensor
+KNOWN_BAD_PAYLOADS = {
+    "dife chain of 12": bytes.fromhex("7A01000000") + bytes((0x84,)) + b"\x80" * 11 + b"\x00\x13\x01\x02\x03\x04",
+    "vif 7C with length 0x80": bytes.fromhex("7A0200000004FC80") + b"\x41" * 8,
+    "lvar past the end": bytes.fromhex("7A030000000D13FF") + b"\x20" * 6,
+    "lengths wrapping at 256": bytes.fromhex("7A040000000DFD3BFE0DFD3BFE") + b"\xee" * 4,
+}
+
+
+@pytest.mark.parametrize("name", sorted(KNOWN_BAD_PAYLOADS))
+@pytest.mark.parametrize("frame_format", ["A", "B"])
+def test_known_bad_application_shapes_are_forwarded_unchanged(twin, name: str, frame_format: str) -> None:
+    payload = KNOWN_BAD_PAYLOADS[name]
+    telegram = bytes((len(HEADER) + len(payload),)) + HEADER + payload
+    frame = wire_frame.build_a(telegram) if frame_format == "A" else wire_frame.build_b(telegram)
+    stripped = twin.strip_a(frame) if frame_format == "A" else twin.strip_b(frame)
+    assert stripped == telegram
+    report = twin.build_report(stripped, "62001772", -74, 0)
+    assert report.endswith(bytes((0x0D, 0xFD, 0x3B, len(telegram))) + telegram)
+    matcher = twin.Matcher(frozenset(), frozenset(), frozenset(), 0)
+    verdicts, accepted = twin.check_batch([frame], twin.FORMAT_A if frame_format == "A" else twin.FORMAT_B, matcher)
+    assert verdicts == b"\x00" and accepted == [telegram]
