@@ -8,6 +8,7 @@
 : "${WMBUS_IMAGE_MIRROR:=http://deb.debian.org/debian}"
 : "${WMBUS_IMAGE_SECURITY_MIRROR:=http://deb.debian.org/debian-security}"
 : "${WMBUS_IMAGE_CACHE:=${XDG_CACHE_HOME:-$HOME/.cache}/wmbus-stream-image}"
+# shellcheck disable=SC2034  # used by the scripts that source this file
 PY_VERSION=3.11
 
 IMAGE_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -91,7 +92,7 @@ need_debs() {
 ensure_binfmt() {
     local arch=$1 qemu
     need_debs qemu-user-static binfmt-support arch-test
-    case $arch in arm64) qemu=qemu-aarch64 ;; armhf) qemu=qemu-arm ;; *) die "no binfmt for $arch" ;; esac
+    case $arch in arm64) qemu="qemu-aarch64" ;; armhf) qemu="qemu-arm" ;; *) die "no binfmt for $arch" ;; esac
     if [ ! -e /proc/sys/fs/binfmt_misc/status ]; then
         mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc || die "cannot mount binfmt_misc"
     fi
