@@ -8,7 +8,6 @@ HES stored equals the line computed from the telegrams written to the pty, byte 
 from __future__ import annotations
 
 import random
-import re
 import time
 from pathlib import Path
 
@@ -16,7 +15,6 @@ import pytest
 
 from gwkit import (
     PROTOCOLS,
-    RECEIVER,
     RSSI,
     SPEC_REPORT_HEX,
     SPEC_TELEGRAM,
@@ -30,7 +28,6 @@ from gwkit import (
     wait_for,
     with_id,
 )
-from wmbus_stream import wire
 from wmbus_stream.receivers import framer, rtlwmbus
 from wmbus_stream.receivers import hex as hexproto
 from wmbus_stream.wire.frame import build_a, build_b

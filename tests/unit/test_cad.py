@@ -196,7 +196,7 @@ def test_too_many_lines_of_a_kind() -> None:
 def test_secret_values_are_not_echoed() -> None:
     error = refused(f"Sync-Mode: server\nSync-Config-0: receiving.server.username=a:b|{T}\n")
     assert "a:b" in error.reason  # not a secret: shown
-    error = refused(f"Sync-Mode: server\nSync-File-0-URL: ftp://user:hunter2@x.example/f,f\n")
+    error = refused("Sync-Mode: server\nSync-File-0-URL: ftp://user:hunter2@x.example/f,f\n")
     assert "hunter2" not in error.reason
 
 

@@ -42,7 +42,7 @@ from ..errors import ConfigError
 from ..io import http
 from ..io.http import HttpError, Timeouts
 from . import cad
-from .cad import RESULT_ERROR, RESULT_MODE, RESULT_OK, CadError
+from .cad import RESULT_ERROR, RESULT_OK, CadError
 
 __all__ = ["SyncResult", "SyncLimits", "run_sync", "user_agent", "MODEL", "RESULT_TEXT_MAX"]
 

@@ -24,6 +24,7 @@ from .pages import IMPORT_LIMIT, RESTORE_LIMIT, analyzer_csv
 from .request import BadRequest, Request, Response, error_response, json_response
 
 if TYPE_CHECKING:
+    from ..config.manage import ConfigManager
     from ..service import Gateway, PushOutcome
     from .server import WebServer
 
@@ -121,10 +122,7 @@ def _applied(app: WebServer, entry: Any) -> Response:
     return json_response(value)
 
 
-def _config_patch(app: WebServer, req: Request, match: re.Match[str]) -> Response:
-    manager = app.manager()
-    if manager is None:
-        return _no_manager()
+def _config_patch(app: WebServer, req: Request, match: re.Match[str], manager: ConfigManager) -> Response:
     body = req.json()
     if not isinstance(body, dict):
         raise BadRequest("send an object: {\"changes\": {key: value-or-null}, \"note\": text}")
@@ -144,10 +142,7 @@ def _config_patch(app: WebServer, req: Request, match: re.Match[str]) -> Respons
     return _applied(app, entry)
 
 
-def _config_put(app: WebServer, req: Request, match: re.Match[str]) -> Response:
-    manager = app.manager()
-    if manager is None:
-        return _no_manager()
+def _config_put(app: WebServer, req: Request, match: re.Match[str], manager: ConfigManager) -> Response:
     body = req.json()
     if not isinstance(body, dict):
         raise BadRequest("send an object: {\"values\": {key: value}, \"note\": text}")
@@ -182,17 +177,11 @@ def _config_check(app: WebServer, req: Request, match: re.Match[str]) -> Respons
     return json_response({"valid": True})
 
 
-def _history(app: WebServer, req: Request, match: re.Match[str]) -> Response:
-    manager = app.manager()
-    if manager is None:
-        return _no_manager()
+def _history(app: WebServer, req: Request, match: re.Match[str], manager: ConfigManager) -> Response:
     return json_response({"entries": [_entry_json(e) for e in manager.history()]})
 
 
-def _history_entry(app: WebServer, req: Request, match: re.Match[str]) -> Response:
-    manager = app.manager()
-    if manager is None:
-        return _no_manager()
+def _history_entry(app: WebServer, req: Request, match: re.Match[str], manager: ConfigManager) -> Response:
     number = int(match["n"])
     for entry in manager.history():
         if entry.number == number:
@@ -200,10 +189,7 @@ def _history_entry(app: WebServer, req: Request, match: re.Match[str]) -> Respon
     return error_response(404, "not_found", f"no configuration #{number} in the history")
 
 
-def _revert(app: WebServer, req: Request, match: re.Match[str]) -> Response:
-    manager = app.manager()
-    if manager is None:
-        return _no_manager()
+def _revert(app: WebServer, req: Request, match: re.Match[str], manager: ConfigManager) -> Response:
     number = int(match["n"])
     if not any(e.number == number for e in manager.history()):
         return error_response(404, "not_found", f"no configuration #{number} in the history")
@@ -214,17 +200,11 @@ def _revert(app: WebServer, req: Request, match: re.Match[str]) -> Response:
     return _applied(app, entry)
 
 
-def _export(app: WebServer, req: Request, match: re.Match[str]) -> Response:
-    manager = app.manager()
-    if manager is None:
-        return _no_manager()
+def _export(app: WebServer, req: Request, match: re.Match[str], manager: ConfigManager) -> Response:
     return Response(200, manager.export_text().encode("utf-8"), "text/plain; charset=utf-8")
 
 
-def _import(app: WebServer, req: Request, match: re.Match[str]) -> Response:
-    manager = app.manager()
-    if manager is None:
-        return _no_manager()
+def _import(app: WebServer, req: Request, match: re.Match[str], manager: ConfigManager) -> Response:
     if req.content_type not in ("text/plain", "application/octet-stream"):
         return error_response(415, "unsupported_media_type", "send the configuration file as text/plain")
     try:
@@ -238,18 +218,12 @@ def _import(app: WebServer, req: Request, match: re.Match[str]) -> Response:
     return _applied(app, entry)
 
 
-def _backup(app: WebServer, req: Request, match: re.Match[str]) -> Response:
-    manager = app.manager()
-    if manager is None:
-        return _no_manager()
+def _backup(app: WebServer, req: Request, match: re.Match[str], manager: ConfigManager) -> Response:
     data, name = backup_bytes(app, manager)
     return Response(200, data, "application/octet-stream", [("Content-Disposition", f'attachment; filename="{name}"')])
 
 
-def _restore(app: WebServer, req: Request, match: re.Match[str]) -> Response:
-    manager = app.manager()
-    if manager is None:
-        return _no_manager()
+def _restore(app: WebServer, req: Request, match: re.Match[str], manager: ConfigManager) -> Response:
     if req.content_type not in ("application/octet-stream", "application/gzip", "application/x-tar",
                                 "application/x-gtar"):
         return error_response(415, "unsupported_media_type", "send the backup as application/octet-stream")
@@ -347,19 +321,26 @@ def register(app: WebServer) -> None:
     def bind(handler: Any) -> Any:
         return lambda req, match: handler(app, req, match)
 
+    def managed(handler: Any) -> Any:
+        """Bind a handler that needs configuration management (409 when the gateway has no file)."""
+        def route(req: Request, match: re.Match[str]) -> Response:
+            manager = app.manager()
+            return _no_manager() if manager is None else handler(app, req, match, manager)
+        return route
+
     n = r"(?P<n>[0-9]{1,9})"
     app.route("GET", PREFIX + r"/status", bind(_status))
     app.route("GET", PREFIX + r"/config", bind(_config_get))
-    app.route("PUT", PREFIX + r"/config", bind(_config_put))
-    app.route("PATCH", PREFIX + r"/config", bind(_config_patch))
+    app.route("PUT", PREFIX + r"/config", managed(_config_put))
+    app.route("PATCH", PREFIX + r"/config", managed(_config_patch))
     app.route("POST", PREFIX + r"/config/check", bind(_config_check))
-    app.route("GET", PREFIX + r"/config/history", bind(_history))
-    app.route("GET", PREFIX + r"/config/history/" + n, bind(_history_entry))
-    app.route("POST", PREFIX + r"/config/history/" + n + r"/revert", bind(_revert))
-    app.route("GET", PREFIX + r"/config/export", bind(_export))
-    app.route("POST", PREFIX + r"/config/import", bind(_import), body_limit=IMPORT_LIMIT)
-    app.route("GET", PREFIX + r"/backup", bind(_backup))
-    app.route("POST", PREFIX + r"/restore", bind(_restore), body_limit=RESTORE_LIMIT)
+    app.route("GET", PREFIX + r"/config/history", managed(_history))
+    app.route("GET", PREFIX + r"/config/history/" + n, managed(_history_entry))
+    app.route("POST", PREFIX + r"/config/history/" + n + r"/revert", managed(_revert))
+    app.route("GET", PREFIX + r"/config/export", managed(_export))
+    app.route("POST", PREFIX + r"/config/import", managed(_import), body_limit=IMPORT_LIMIT)
+    app.route("GET", PREFIX + r"/backup", managed(_backup))
+    app.route("POST", PREFIX + r"/restore", managed(_restore), body_limit=RESTORE_LIMIT)
     app.route("GET", PREFIX + r"/analyzer", bind(_analyzer))
     app.route("GET", PREFIX + r"/analyzer\.csv", bind(_analyzer_csv))
     app.route("POST", PREFIX + r"/analyzer/reset", bind(_analyzer_reset))

@@ -24,7 +24,7 @@ from ..core.analyzer import Analyzer, MeterRow
 from ..errors import ConfigError, WmbusStreamError
 from . import views
 from .request import Request, Response, redirect
-from .templates import Markup, attr_checked, escape, html, join, raw
+from .templates import Markup, attr_checked, html, join, raw
 from .views import BAND_WIDTH, BANDS, AnalyzerQuery, fmt_dbm, fmt_duration, fmt_time, quality
 
 if TYPE_CHECKING:
