@@ -28,6 +28,7 @@ from .templates import Markup, attr_checked, html, join, raw
 from .views import BAND_WIDTH, BANDS, AnalyzerQuery, fmt_dbm, fmt_duration, fmt_time, quality
 
 if TYPE_CHECKING:
+    from ..config.manage import ConfigManager
     from .server import WebServer
 
 __all__ = ["register", "login_page", "no_password", "error_page", "simple_page"]
@@ -711,10 +712,7 @@ def _history_entry(app: WebServer, req: Request, match: re.Match[str]) -> Respon
     return _layout(app, req, f"Configuration #{number}", body, active="/settings")
 
 
-def _revert(app: WebServer, req: Request, match: re.Match[str]) -> Response:
-    manager = app.manager()
-    if manager is None:
-        return error_page(app, req, 409, "Configuration management is not available on this gateway.")
+def _revert(app: WebServer, req: Request, match: re.Match[str], manager: ConfigManager) -> Response:
     try:
         entry = manager.revert(int(match["n"]), origin="revert")
     except ConfigError as exc:
@@ -727,10 +725,7 @@ def _revert(app: WebServer, req: Request, match: re.Match[str]) -> Response:
     return redirect("/settings")
 
 
-def _export(app: WebServer, req: Request, match: re.Match[str]) -> Response:
-    manager = app.manager()
-    if manager is None:
-        return error_page(app, req, 409, "Configuration management is not available on this gateway.")
+def _export(app: WebServer, req: Request, match: re.Match[str], manager: ConfigManager) -> Response:
     name = f"stream-{app.gateway.config.gateway_serial}.cfg"
     return Response(200, manager.export_text().encode("utf-8"), "text/plain; charset=utf-8",
                     [("Content-Disposition", f'attachment; filename="{name}"')])
@@ -747,10 +742,7 @@ def _upload(req: Request, limit: int) -> bytes | str:
     return part.data
 
 
-def _import(app: WebServer, req: Request, match: re.Match[str]) -> Response:
-    manager = app.manager()
-    if manager is None:
-        return error_page(app, req, 409, "Configuration management is not available on this gateway.")
+def _import(app: WebServer, req: Request, match: re.Match[str], manager: ConfigManager) -> Response:
     data = _upload(req, IMPORT_LIMIT)
     if isinstance(data, str):
         _flash(req, data, "error")
@@ -771,20 +763,14 @@ def _import(app: WebServer, req: Request, match: re.Match[str]) -> Response:
     return redirect("/settings")
 
 
-def _backup(app: WebServer, req: Request, match: re.Match[str]) -> Response:
+def _backup(app: WebServer, req: Request, match: re.Match[str], manager: ConfigManager) -> Response:
     from .api import backup_bytes
 
-    manager = app.manager()
-    if manager is None:
-        return error_page(app, req, 409, "Configuration management is not available on this gateway.")
     data, name = backup_bytes(app, manager)
     return Response(200, data, "application/octet-stream", [("Content-Disposition", f'attachment; filename="{name}"')])
 
 
-def _restore(app: WebServer, req: Request, match: re.Match[str]) -> Response:
-    manager = app.manager()
-    if manager is None:
-        return error_page(app, req, 409, "Configuration management is not available on this gateway.")
+def _restore(app: WebServer, req: Request, match: re.Match[str], manager: ConfigManager) -> Response:
     data = _upload(req, RESTORE_LIMIT)
     if isinstance(data, str):
         _flash(req, data, "error")
@@ -857,6 +843,15 @@ def register(app: WebServer) -> None:
     def bind(handler: Any) -> Any:
         return lambda req, match: handler(app, req, match)
 
+    def managed(handler: Any) -> Any:
+        """Bind a handler that needs configuration management (409 when the gateway has no file)."""
+        def route(req: Request, match: re.Match[str]) -> Response:
+            manager = app.manager()
+            if manager is None:
+                return error_page(app, req, 409, "Configuration management is not available on this gateway.")
+            return handler(app, req, match, manager)
+        return route
+
     app.route("GET", r"/", bind(_overview))
     app.route("GET", r"/login", bind(_login_get), public=True)
     app.route("POST", r"/login", bind(_login_post), public=True, body_limit=8 * 1024)
@@ -869,9 +864,9 @@ def register(app: WebServer) -> None:
     app.route("GET", r"/settings", bind(_settings))
     app.route("POST", r"/settings", bind(_settings_post))
     app.route("GET", r"/settings/history/(?P<n>[0-9]{1,9})", bind(_history_entry))
-    app.route("POST", r"/settings/history/(?P<n>[0-9]{1,9})/revert", bind(_revert))
-    app.route("GET", r"/settings/export", bind(_export))
-    app.route("POST", r"/settings/import", bind(_import), body_limit=IMPORT_LIMIT + 16 * 1024)
-    app.route("GET", r"/settings/backup", bind(_backup))
-    app.route("POST", r"/settings/restore", bind(_restore), body_limit=RESTORE_LIMIT + 16 * 1024)
+    app.route("POST", r"/settings/history/(?P<n>[0-9]{1,9})/revert", managed(_revert))
+    app.route("GET", r"/settings/export", managed(_export))
+    app.route("POST", r"/settings/import", managed(_import), body_limit=IMPORT_LIMIT + 16 * 1024)
+    app.route("GET", r"/settings/backup", managed(_backup))
+    app.route("POST", r"/settings/restore", managed(_restore), body_limit=RESTORE_LIMIT + 16 * 1024)
     app.route("GET", r"/help", bind(_help))
