@@ -27,11 +27,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import lzma
 import os
 import re
 import tarfile
 import tempfile
 import time
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +58,9 @@ __all__ = [
     "write",
     "unpack",
 ]
+
+# What a damaged archive raises while it is read: tar, gzip (zlib), xz and bzip2 (OSError) errors.
+_DAMAGED = (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError)
 
 FORMAT = "wmbus-stream-backup"
 VERSION = 1
@@ -257,7 +262,7 @@ def unpack(source: BinaryIO, folder: Path, limits: BackupLimits = BackupLimits()
     try:
         try:
             tar = tarfile.open(fileobj=spool, mode="r:*")
-        except (tarfile.TarError, OSError, EOFError) as exc:
+        except _DAMAGED as exc:
             raise BackupError(f"not a tar archive ({exc})") from None
         with tar:
             problems: list[str] = []
@@ -288,7 +293,7 @@ def unpack(source: BinaryIO, folder: Path, limits: BackupLimits = BackupLimits()
                         continue
                     seen.add(name)
                     accepted.append(member)
-            except (tarfile.TarError, OSError, EOFError) as exc:
+            except _DAMAGED as exc:
                 problems.append(f"archive is damaged ({exc})")
             if problems:
                 raise BackupError(problems)
@@ -299,7 +304,7 @@ def unpack(source: BinaryIO, folder: Path, limits: BackupLimits = BackupLimits()
                 manifest_file = tar.extractfile(accepted[0])
                 assert manifest_file is not None
                 manifest = _parse_manifest(manifest_file.read(_MANIFEST_MAX + 1), problems)
-            except (tarfile.TarError, OSError, EOFError) as exc:
+            except _DAMAGED as exc:
                 raise BackupError(f"{MANIFEST} cannot be read ({exc})") from None
             if manifest is None:
                 raise BackupError(problems)
@@ -321,7 +326,7 @@ def unpack(source: BinaryIO, folder: Path, limits: BackupLimits = BackupLimits()
                     assert handle is not None
                     while chunk := handle.read(1 << 16):
                         digest.update(chunk)
-                except (tarfile.TarError, OSError, EOFError) as exc:
+                except _DAMAGED as exc:
                     problems.append(f"member {member.name}: cannot be read ({exc})")
                     continue
                 if member.size != expected[0] or digest.hexdigest() != expected[1]:
@@ -331,7 +336,7 @@ def unpack(source: BinaryIO, folder: Path, limits: BackupLimits = BackupLimits()
             # Second line of defence: the data filter refuses links, devices and escapes itself.
             try:
                 tar.extractall(folder, members=accepted[1:], filter="data")
-            except (tarfile.TarError, OSError) as exc:
+            except _DAMAGED as exc:
                 raise BackupError(f"extraction refused: {exc}") from None
     finally:
         spool.close()
