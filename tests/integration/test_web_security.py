@@ -408,7 +408,8 @@ def hostile_backup(gw: WebGateway, tmp: Path) -> bytes:
     folder.mkdir()
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
         names = [m.name for m in tar.getmembers() if m.name != archive.MANIFEST]
-        tar.extractall(folder, filter="data")
+        # The gateway's own backup, so trusted; Python 3.11.2 (Debian bookworm) has no filters.
+        tar.extractall(folder, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
     state = json.loads(Analyzer(time.time()).dump())
     saved = Store.open(folder / archive.STORE_MEMBER)
     try:
