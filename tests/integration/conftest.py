@@ -912,15 +912,20 @@ http {{
         wait_for(listening, "nginx listening", 10)
         yield NginxHes(f"https://127.0.0.1:{port}/report", hes, ca_file, folder / "access.log")
     finally:
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        assert process.stderr is not None
-        process.stderr.close()
+        stop_server(process)
         hes.close()
+
+
+def stop_server(process: subprocess.Popen[bytes]) -> None:
+    """Stop a server process started with a stderr pipe: SIGTERM, SIGKILL after 5 s."""
+    process.terminate()
+    try:
+        process.wait(5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    if process.stderr is not None:
+        process.stderr.close()
 
 
 def basic_auth(user: str, password: str) -> str:

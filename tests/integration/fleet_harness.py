@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from gwkit import NGINX, ConfigFile, wait_for
+from gwkit import NGINX, ConfigFile, stop_server, wait_for
 
 __all__ = [
     "DOC_EXAMPLE", "EXAMPLE_PATHS", "CadServer", "Notification", "NotifyServer", "DripServer", "Snapshot",
@@ -314,14 +314,7 @@ def start_cad_server(folder: Path) -> Iterator[CadServer]:
     try:
         yield CadServer(folder, www, port, extra, untrusted, wrong_name, plain, ca_file, drip)
     finally:
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        assert process.stderr is not None
-        process.stderr.close()
+        stop_server(process)
         drip.close()
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from gwkit import stop_server
 from wmbus_stream import wire
 from wmbus_stream.hes import ReceiveServer
 from wmbus_stream.io import http as client
@@ -623,13 +624,7 @@ http {{
                 time.sleep(0.05)
         yield Nginx(f"https://127.0.0.1:{port}", hes)
     finally:
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        process.stderr.close()
+        stop_server(process)
         hes.stop()
 
 
