@@ -5,7 +5,8 @@ returned no data") is closed and reopened with backoff capped at ``max_backoff``
 while it is away the thread logs at most one line per 30 s. A port that stays open but
 delivers no frame for ``silence_seconds`` raises the silent-receiver alarm: one warning per
 silent period, ``silent`` set until a frame (good or broken) arrives again, and a reopen of
-the port (the reset that revives a hung USB receiver). A capture file (``-`` or a regular file) is read once.
+the port (the reset that revives a hung USB receiver). A capture file (``-`` or a regular
+file) is read once to its end.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def is_capture(port: str) -> bool:
 
 
 class _Silent(serial.SerialException):
-    """The port is open but has delivered nothing for the silence limit."""
+    """The port is open but has delivered no frame for the silence limit."""
 
 
 class ReceiverReader(threading.Thread):
