@@ -27,7 +27,7 @@ from . import properties
 from .keys import BY_NAME
 from .model import _shown
 
-__all__ = ["HistoryEntry", "History", "ORIGINS", "DEFAULT_LIMIT", "HISTORY_FILE", "check_database"]
+__all__ = ["HistoryEntry", "History", "ORIGINS", "DEFAULT_LIMIT", "HISTORY_FILE"]
 
 HISTORY_FILE = "history.sqlite"
 
@@ -173,23 +173,3 @@ class History:
                 target.execute("PRAGMA journal_mode=DELETE")
             finally:
                 target.close()
-
-
-def check_database(path: str | os.PathLike[str]) -> int:
-    """Entries in a history database file; ValueError saying why it is not one."""
-    uri = Path(path).resolve().as_uri() + "?mode=ro"
-    try:
-        db = sqlite3.connect(uri, uri=True)
-    except sqlite3.Error as exc:
-        raise ValueError(f"cannot be opened ({exc})") from None
-    try:
-        if db.execute("PRAGMA integrity_check").fetchall() != [("ok",)]:
-            raise ValueError("integrity check failed")
-        columns = {row[1] for row in db.execute("PRAGMA table_info(history)")}
-        if not {"number", "time", "origin", "note", "text", "apply_id"} <= columns:
-            raise ValueError("not a history database (table history missing or incomplete)")
-        return int(db.execute("SELECT count(*) FROM history").fetchone()[0])
-    except sqlite3.Error as exc:
-        raise ValueError(f"not a readable database ({exc})") from None
-    finally:
-        db.close()

@@ -41,7 +41,7 @@ from .. import __version__
 from ..errors import ConfigError, Problem
 from . import backup as archive
 from . import model, properties, transaction
-from .history import HISTORY_FILE, History, HistoryEntry, check_database
+from .history import HISTORY_FILE, History, HistoryEntry
 from .keys import BY_NAME, KEYS, MASK
 from .model import Config
 
@@ -449,12 +449,13 @@ class ConfigManager:
                 text, serial = self._restored_text(unpacked, keep_serial)
                 problems: list[str] = []
                 try:
-                    pending = _check_store(unpacked.paths[archive.STORE_MEMBER])
+                    pending = _check_database(unpacked.paths[archive.STORE_MEMBER], _STORE_TABLES,
+                                              "wmbus-stream state database")
                 except ValueError as exc:
                     problems.append(f"member {archive.STORE_MEMBER}: {exc}")
                     pending = 0
                 try:
-                    entries = check_database(unpacked.paths[archive.HISTORY_MEMBER])
+                    entries = _check_database(unpacked.paths[archive.HISTORY_MEMBER], _HISTORY_TABLES, "history database")
                 except ValueError as exc:
                     problems.append(f"member {archive.HISTORY_MEMBER}: {exc}")
                     entries = 0
@@ -559,8 +560,13 @@ def _copy_database(path: Path, destination: Path) -> None:
         source.close()
 
 
-def _check_store(path: Path) -> int:
-    """Pending meters in a restored state database; ValueError saying why it is not usable."""
+# Tables and columns a restored database must have; the first table's rows are counted.
+_STORE_TABLES = {"meters": {"key", "meter_id", "received_at", "telegram", "generation"}, "meta": {"name", "value"}}
+_HISTORY_TABLES = {"history": {"number", "time", "origin", "note", "text", "apply_id"}}
+
+
+def _check_database(path: Path, tables: dict[str, set[str]], kind: str) -> int:
+    """Rows of the first of ``tables`` in a restored database; ValueError saying why it is not usable."""
     uri = f"{path.resolve().as_uri()}?mode=ro"
     try:
         db = sqlite3.connect(uri, uri=True)
@@ -569,11 +575,10 @@ def _check_store(path: Path) -> int:
     try:
         if db.execute("PRAGMA integrity_check").fetchall() != [("ok",)]:
             raise ValueError("integrity check failed")
-        meters = {row[1] for row in db.execute("PRAGMA table_info(meters)")}
-        meta = {row[1] for row in db.execute("PRAGMA table_info(meta)")}
-        if not {"key", "meter_id", "received_at", "telegram", "generation"} <= meters or not {"name", "value"} <= meta:
-            raise ValueError("not a wmbus-stream state database (tables meters and meta missing)")
-        return int(db.execute("SELECT count(*) FROM meters").fetchone()[0])
+        for table, columns in tables.items():
+            if not columns <= {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+                raise ValueError(f"not a {kind} (table {table} missing or incomplete)")
+        return int(db.execute(f"SELECT count(*) FROM {next(iter(tables))}").fetchone()[0])
     except sqlite3.Error as exc:
         raise ValueError(f"not a readable database ({exc})") from None
     finally:
