@@ -324,24 +324,27 @@ class Store:
         anyway (the HES has them) and the next ``flush()`` retries the deletion.
         """
         with self._db_lock:
-            deleted = 0
-            with self._lock:
-                rows, dirty = self._rows, self._dirty
-                for row in snapshot.rows:
-                    key, generation = row[0], row[4]
-                    current = rows.get(key)
-                    if current is not None and current[4] == generation:
-                        del rows[key]
-                        dirty.pop(key, None)
-                        deleted += 1
             # On disk every acknowledged version goes, also where a newer one arrived meanwhile:
             # that newer one is in memory (dirty), and resending the acknowledged one after a
-            # crash would only be a duplicate.
+            # crash would only be a duplicate. Disk first, so that a row missing from memory
+            # (``pending()``) is gone from disk too, unless the delete failed.
             tombstones = self._tombstones
             for row in snapshot.rows:
                 if tombstones.get(row[0], -1) < row[4]:
                     tombstones[row[0]] = row[4]
-            self._write([])
+            try:
+                self._write([])
+            finally:
+                deleted = 0
+                with self._lock:
+                    rows, dirty = self._rows, self._dirty
+                    for row in snapshot.rows:
+                        key, generation = row[0], row[4]
+                        current = rows.get(key)
+                        if current is not None and current[4] == generation:
+                            del rows[key]
+                            dirty.pop(key, None)
+                            deleted += 1
         return deleted
 
     def pending(self) -> int:
