@@ -1,7 +1,7 @@
 """Shared test fixtures: the public test vectors and the two wire twins.
 
-The vectors live outside the repository, in ``shared/vectors`` beside it (CI clones the
-repository next to ``shared/``). The twins are imported by module name, never from ``src``.
+The vectors are public telegrams kept in ``tests/vectors``. The twins are imported by module
+name, never from ``src``.
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ from types import ModuleType
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-VECTORS_DIR = REPO.parent / "shared" / "vectors"
+VECTORS_DIR = REPO / "tests" / "vectors"
 TELEGRAMS = VECTORS_DIR / "telegrams.jsonl"
 
 
 def load_vectors() -> list[dict]:
     """Every telegram vector as a dict with the hex fields also decoded to bytes."""
     if not TELEGRAMS.is_file():
-        raise FileNotFoundError(f"test vectors not found at {TELEGRAMS}; shared/ must sit beside the repository")
+        raise FileNotFoundError(f"test vectors not found at {TELEGRAMS}")
     vectors = []
     with TELEGRAMS.open(encoding="utf-8") as lines:
         for number, line in enumerate(lines, 1):
@@ -52,15 +52,15 @@ def twin_params() -> list:
 
 @pytest.fixture(scope="session")
 def vectors_dir() -> Path:
-    """``shared/vectors`` beside the repository."""
+    """``tests/vectors`` of the repository."""
     if not VECTORS_DIR.is_dir():
-        pytest.fail(f"shared vectors directory missing: {VECTORS_DIR}")
+        pytest.fail(f"vectors directory missing: {VECTORS_DIR}")
     return VECTORS_DIR
 
 
 @pytest.fixture(scope="session")
 def vectors(vectors_dir: Path) -> list[dict]:
-    """All telegram vectors (``<repo>/../shared/vectors/telegrams.jsonl``)."""
+    """All telegram vectors (``tests/vectors/telegrams.jsonl``)."""
     return load_vectors()
 
 

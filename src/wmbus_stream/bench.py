@@ -4,8 +4,8 @@ What is timed: ``check_batch`` on format-A frames (every CRC checked, telegrams 
 filters applied, accepted telegrams returned) with a realistic non-empty filter, and
 ``crc16`` called once per frame (the CRC alone, Python call included).
 
-Frames: the format-A frames of ``shared/vectors/telegrams.jsonl`` when ``shared/`` sits
-beside the source tree or the working directory; otherwise frames built from telegrams
+Frames: the format-A frames of the repository's ``tests/vectors/telegrams.jsonl`` when run
+from a source checkout (or from the checkout's folder); otherwise frames built from telegrams
 embedded here (the spec's telegram and the OMS example under many meter IDs). They are
 repeated to at least ``frames``. The filter allows the manufacturers present, an ID
 allow-list of 1,000 meters that holds about half of the meters present, and radio mode
@@ -48,11 +48,11 @@ EMBEDDED_TELEGRAMS = (
 
 
 def _vector_file() -> Path | None:
-    """``shared/vectors/telegrams.jsonl`` beside the source checkout or the working directory."""
-    # src/wmbus_stream/bench.py -> <repo>/../shared (editable installs); an installed package
-    # finds it only when run from the repository (CI) or from the folder holding shared/.
-    for root in (Path(__file__).resolve().parents[2].parent, Path.cwd().parent, Path.cwd()):
-        path = root / "shared" / "vectors" / "telegrams.jsonl"
+    """``tests/vectors/telegrams.jsonl`` of the source checkout or of the working directory."""
+    # src/wmbus_stream/bench.py -> <repo> (editable installs); an installed package finds it
+    # only when run from the repository.
+    for root in (Path(__file__).resolve().parents[2], Path.cwd()):
+        path = root / "tests" / "vectors" / "telegrams.jsonl"
         if path.is_file():
             return path
     return None
@@ -71,7 +71,7 @@ def _telegrams() -> tuple[list[bytes], str]:
         for n in range(100):  # the same telegram from 100 meters (IDs are BCD, LSB first)
             ident = bytes.fromhex(f"{12340000 + n * 37:08d}")[::-1]
             telegrams.append(base[:4] + ident + base[8:])
-    return telegrams, f"{len(telegrams)} embedded telegrams (shared vectors not found)"
+    return telegrams, f"{len(telegrams)} embedded telegrams (tests/vectors not found)"
 
 
 def _filter_sets(telegrams: list[bytes]) -> tuple[frozenset[int], frozenset[int], frozenset[int], int]:

@@ -51,7 +51,7 @@ sys.modules.setdefault("gwkit", sys.modules[__name__])
 SERIAL = "00000161"
 RECEIVER = "62001772"
 RSSI = -74
-VECTORS = Path(__file__).resolve().parents[2].parent / "shared" / "vectors" / "telegrams.jsonl"
+VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "telegrams.jsonl"
 
 # Spec section 5: the wireless telegram and the report telegram it must become
 # (receiver 62001772, RSSI code 0x1C = -74 dBm, wired address 0).

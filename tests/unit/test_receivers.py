@@ -1,4 +1,4 @@
-"""Receiver framers: the shared vectors put on the line with each protocol's real framing.
+"""Receiver framers: the test vectors put on the line with each protocol's real framing.
 
 Every framer must give the same frames whether a capture comes whole, byte by byte, in
 random chunks or wrapped in garbage; its counters must be exact for constructed inputs;
@@ -353,7 +353,7 @@ def test_frames_in_noise_without_start_bytes_are_all_found(capture: Capture, dat
     assert stats_of(f) == (len(picks), 0, skipped)
 
 
-# Reference examples (shared/reference/wmbus.md section 4) ----------------------------------
+# Reference examples (EN 13757-4 and the receiver manuals) ----------------------------------
 
 
 def test_cmex50_seed_frame() -> None:

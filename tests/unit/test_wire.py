@@ -1,6 +1,6 @@
 """The wire core on the public vectors, through both twins explicitly.
 
-Every vector of ``shared/vectors/telegrams.jsonl`` is stripped from formats A and B, rebuilt,
+Every vector of ``tests/vectors/telegrams.jsonl`` is stripped from formats A and B, rebuilt,
 its header parsed, every byte corrupted and its length changed; the CRC check values of the
 reference and the spec's report vector (section 5) are checked byte for byte.
 """
