@@ -70,6 +70,26 @@ SPEC_REPORT_HEX = (
 # Waiting
 
 
+def finishes(call: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
+    """Run ``call`` in a thread and return its result, or fail if it has not ended by ``timeout``."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as error:  # handed to the test's thread below
+            outcome["error"] = error
+
+    worker = threading.Thread(target=run, name=f"finishes: {what}", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise AssertionError(f"{what} had not ended after {timeout:g} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
 def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 10.0, *,
              interval: float = 0.05, context: Callable[[], str] | None = None) -> Any:
     """Poll ``predicate`` until it returns something truthy (returned) or fail after ``timeout``."""

@@ -107,9 +107,7 @@ def test_unplug_and_replug_loses_nothing_and_keeps_the_process(config, pty_recei
     assert gw.status()["receiver"]["state"] == "disconnected"
 
     pty_receiver.plug()
-    replugged = time.monotonic()
     gw.wait_status(lambda s: s["receiver"]["state"] == "connected", "reconnect after replug", timeout=5)
-    assert time.monotonic() - replugged < 5
     while_away = [line for line in gw.log()[mark:] if "wmbus_stream.receiver" in line and "WARNING" in line]
     assert len(while_away) <= 2, f"receiver warnings while away (at most: lost + not available):\n{while_away}"
     assert pty_receiver.names[0] != pty_receiver.names[1]  # another tty name behind the same link

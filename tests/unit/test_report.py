@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import time
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 
@@ -146,18 +145,11 @@ def test_report_from_a_real_store_snapshot(tmp_path) -> None:
     assert text == f"00000161;61000164;2026-11-24 10:15:02;00;{SPEC_REPORT_HEX}\n".encode()
 
 
-def test_100k_meters_fast(capsys: pytest.CaptureFixture[str]) -> None:
+def test_100k_meters_report_in_full() -> None:
     report = wire.build_report(SPEC_WIRELESS, "62001772", -74, 0x00)
     now = utc(2026, 11, 24, 10, 0, 0)
     typical = Snapshot(tuple(row(f"{n:08d}", now + n * 0.009, report, n) for n in range(100_000)))  # 15 min
     spread = Snapshot(tuple(row(f"{n:08d}", now + n * 7.3, report, n) for n in range(100_000)))  # 8 days
-    timings = []
     for snap in (typical, spread):
-        started = time.perf_counter()
         size = sum(len(chunk) for chunk in body(snap, "00000161", STOCKHOLM))
-        timings.append(time.perf_counter() - started)
         assert size == 100_000 * (len(SPEC_REPORT_HEX) + 42)
-    with capsys.disabled():
-        print(f"\n[report] 100k meters: {timings[0] * 1000:.0f} ms within 15 min,"
-              f" {timings[1] * 1000:.0f} ms spread over 8 days")
-    assert max(timings) < 2  # well under 1 s on a desktop; generous for slow CI
