@@ -189,16 +189,12 @@ def test_load_rejects_malformed_state_and_keeps_the_current_one() -> None:
         assert a.rows() == before
 
 
-def test_record_is_cheap(capsys: pytest.CaptureFixture[str]) -> None:
-    import time
-
+def test_record_counts_a_burst_of_100k_telegrams() -> None:
+    """100,000 records over 1,000 meters: every one counted (its cost per call is in bench --service)."""
     a = Analyzer(T0)
     keys = [key(ELV, n) for n in range(1000)]
     ids = [mid(k) for k in keys]
-    started = time.perf_counter()
     for i in range(100_000):
         a.record(keys[i % 1000], ids[i % 1000], 7, ACCEPTED, -70, "T1", T0 + i)
-    per = (time.perf_counter() - started) / 100_000 * 1e6
-    with capsys.disabled():
-        print(f"\n[analyzer] record {per:.2f} us")
-    assert per < 20
+    totals = a.totals()
+    assert totals.meters_found == 1000 and totals.telegrams_ok == 100_000 and totals.untracked == 0
