@@ -14,8 +14,8 @@ Strategy:
 * CRC-16/EN-13757 uses a static 256-entry ``uint16_t`` table filled once at import.
 * Frames are stripped into a stack buffer; a ``bytes`` object is allocated only for a
   telegram that passes the filters.
-* ``Matcher`` keeps the filters as integer sets a C loop can test: a 65536-bit bitmap of
-  manufacturer codes (the wire field has 16 bits, and the pure twin compares all 16), a
+* ``Matcher`` keeps the filters as integer sets a C loop can test: a 32768-bit bitmap of
+  15-bit manufacturer codes (``MANUFACTURER_MASK``: bit 15 of the M-field is no letter), a
   256-bit bitmap of device types and a sorted ``uint32_t`` array of IDs (binary search).
   "Is the filter set" is kept apart from the bitmaps, because a set holding only values a
   telegram can never carry still rejects everything, as in the pure twin.
@@ -48,6 +48,10 @@ __all__ = [
 OK, CRC, LENGTH, HEADER = 0, 1, 2, 3
 FILTER_MANUFACTURER, FILTER_DEVICE_TYPE, FILTER_ID, FILTER_MODE = 4, 5, 6, 7
 FORMAT_NONE, FORMAT_A, FORMAT_B = 0, 1, 2
+MANUFACTURER_MASK = 0x7FFF  # the pure twin's: the manufacturer code is the M-field's low 15 bits
+
+cdef enum:
+    _MANUFACTURER_MASK = 0x7FFF
 
 cdef enum:
     _OK = 0
@@ -298,13 +302,13 @@ cdef inline str _bcd4(const unsigned char *p):
 
 
 def parse_header(telegram):
-    """Link header of a checked telegram: (C, manufacturer code, ID, version, device type, CI)."""
+    """Link header of a checked telegram: (C, 15-bit manufacturer code, ID, version, device type, CI)."""
     cdef bytes buf = _as_bytes(telegram)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(buf)
     cdef const unsigned char *t = <const unsigned char *>PyBytes_AS_STRING(buf)
     if n < 11:
         raise LengthError(f"telegram of {n} bytes is shorter than 11 (L, link header, CI)")
-    return (t[1], t[2] | (t[3] << 8), _bcd4(t + 4), t[8], t[9], t[10])
+    return (t[1], (t[2] | (t[3] << 8)) & _MANUFACTURER_MASK, _bcd4(t + 4), t[8], t[9], t[10])
 
 
 def parse_cmex50(frame):
@@ -447,7 +451,10 @@ cdef int _cmp_u32(const void *a, const void *b) noexcept nogil:
 
 
 cdef class Matcher:
-    """The four filters of spec section 4 compiled to integer sets; empty means no filter."""
+    """The four filters of spec section 4 compiled to integer sets; empty means no filter.
+
+    ``manufacturers`` holds 15-bit manufacturer codes (``MANUFACTURER_MASK``).
+    """
 
     cdef readonly frozenset manufacturers
     cdef readonly frozenset device_types
@@ -455,7 +462,7 @@ cdef class Matcher:
     cdef readonly object modes
     cdef long long _modes
     cdef bint _has_manufacturers, _has_device_types, _has_ids
-    cdef unsigned char _manufacturer_bits[8192]
+    cdef unsigned char _manufacturer_bits[4096]
     cdef unsigned char _device_type_bits[32]
     cdef uint32_t *_ids
     cdef Py_ssize_t _id_count
@@ -481,7 +488,7 @@ cdef class Matcher:
         memset(self._manufacturer_bits, 0, sizeof(self._manufacturer_bits))
         memset(self._device_type_bits, 0, sizeof(self._device_type_bits))
         for value in self.manufacturers:
-            if _as_exact_int(value, 0, 0xFFFF, &k):
+            if _as_exact_int(value, 0, _MANUFACTURER_MASK, &k):  # no other value can match
                 self._manufacturer_bits[k >> 3] |= 1 << (k & 7)
         for value in self.device_types:
             if _as_exact_int(value, 0, 0xFF, &k):
@@ -518,7 +525,7 @@ cdef class Matcher:
         if self._has_manufacturers:
             if n < 4:
                 return _SHORT_INDEX
-            code = t[2] | (t[3] << 8)
+            code = (t[2] | (t[3] << 8)) & _MANUFACTURER_MASK
             if not (self._manufacturer_bits[code >> 3] >> (code & 7)) & 1:
                 return _FILTER_MANUFACTURER
         if self._has_device_types:

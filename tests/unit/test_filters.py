@@ -14,7 +14,7 @@ import pytest
 from wmbus_stream import wire
 from wmbus_stream.wire import filters, modes
 from wmbus_stream.wire.frame import build_a
-from wmbus_stream.wire.header import manufacturer_code
+from wmbus_stream.wire.header import header, manufacturer_code
 
 SPEC_TELEGRAM = bytes.fromhex(
     "6044961564010061011B7A970400202F2F02653607426534078201652C072265320712653607626516075265"
@@ -157,3 +157,15 @@ def test_crc_and_length_come_before_filters():
     codes, accepted = wire.check_batch([bytes(frame), build_a(SPEC_TELEGRAM)[:-1]], wire.FORMAT_A, matcher, 0)
     assert list(codes) == [wire.CRC, wire.LENGTH]
     assert accepted == [None, None]
+
+
+def test_manufacturer_filter_reads_the_letters_from_15_bits(vectors):
+    # Apator sends M-field 14 86 (0x8614): bit 15 set, letters APT, as decode shows them.
+    apator = next(v["telegram_bytes"] for v in vectors if v["telegram_bytes"][2:4] == b"\x14\x86")
+    assert header(apator).manufacturer == "APT"
+    assert verdicts(filters.matcher(["APT"]), apator, 0) == {wire.OK}
+    assert verdicts(filters.matcher(["apt", "ELV"]), apator, 0) == {wire.OK}
+    assert verdicts(filters.matcher(["ELV"]), apator, 0) == {wire.FILTER_MANUFACTURER}
+    # The same letters without bit 15 are the same manufacturer for the filter.
+    plain = apator[:3] + bytes((apator[3] & 0x7F,)) + apator[4:]
+    assert verdicts(filters.matcher(["APT"]), plain, 0) == {wire.OK}

@@ -27,11 +27,13 @@ from hypothesis import strategies as st
 from wmbus_stream.errors import ChecksumError, FrameError, HeaderError, LengthError
 from wmbus_stream.wire import _pywire as pure
 from wmbus_stream.wire.frame import build_a, build_b
+from wmbus_stream.wire.header import manufacturer_code
 
 NO_EXTENSIONS = os.environ.get("WMBUS_STREAM_NO_EXTENSIONS", "").strip().lower() in {"1", "true", "yes", "on"}
 compiled = None if NO_EXTENSIONS else importlib.import_module("wmbus_stream.wire._cwire")
 TWINS = [pure] if compiled is None else [pure, compiled]
 needs_compiled = pytest.mark.skipif(compiled is None, reason="WMBUS_STREAM_NO_EXTENSIONS=1")
+twins = pytest.mark.parametrize("twin", TWINS, ids=lambda m: m.__name__.rsplit(".", 1)[-1])
 
 SEED = 20261124
 
@@ -115,7 +117,7 @@ def mutate(rng: random.Random, data: bytes, wired: bool) -> bytes:
 def random_matcher(module: Any, rng: random.Random, telegrams: list[bytes]) -> Any:
     """A Matcher of ``module`` with random (sometimes empty, sometimes odd) integer sets."""
     headers = [pure.parse_header(t) for t in rng.sample(telegrams, 5)]
-    odd = [70000, -1, 2**40, True, 7.0, "ELV", None]
+    odd = [70000, -1, 2**40, True, 7.0, "ELV", None, 0x8614, 0xFFFF]  # codes with bit 15 never match
     manufacturers = set() if rng.random() < 0.3 else {h[1] for h in headers[:3]} | set(rng.sample(odd, 2))
     device_types = set() if rng.random() < 0.4 else {h[4] for h in headers[:3]} | set(rng.sample(odd, 2))
     ids = set() if rng.random() < 0.4 else {int(h[2], 16) for h in headers[:3]} | set(rng.sample(odd, 2))
@@ -210,6 +212,46 @@ def test_verdicts_agree(corpus):
             assert left == right, (round_, data, mode)
 
 
+# M-fields with bit 15 set (Apator 14 86 is APT, 0x8614) and their 15-bit neighbours.
+M_FIELDS = (0x0614, 0x8614, 0x8601, 0x0601, 0x7FFF, 0xFFFF, 0x8000, 0x0000, 0x15C5)
+
+
+def with_m_field(telegram: bytes, m_field: int) -> bytes:
+    return telegram[:2] + m_field.to_bytes(2, "little") + telegram[4:]
+
+
+@twins
+def test_manufacturer_is_the_m_fields_low_15_bits_in_header_and_filter(twin, vectors):
+    apator = next(v for v in vectors if v["telegram_bytes"][2:4] == b"\x14\x86")
+    assert apator["expect"]["manufacturer"] == "APT"
+    telegram = apator["telegram_bytes"]
+    assert twin.parse_header(telegram)[1] == 0x0614 == manufacturer_code("APT")
+    for matcher, expected in ((twin.Matcher({0x0614}, set(), set(), 0), twin.OK),
+                              (twin.Matcher({manufacturer_code("ELV")}, set(), set(), 0), twin.FILTER_MANUFACTURER)):
+        assert matcher.verdict(telegram, 0) == expected
+        assert twin.check_batch([build_a(telegram)], twin.FORMAT_A, matcher)[0] == bytes((expected,))
+        assert twin.check_batch([build_b(telegram)], twin.FORMAT_B, matcher)[0] == bytes((expected,))
+    for m_field in M_FIELDS:  # bit 15 set or clear: the same manufacturer
+        variant = with_m_field(telegram, m_field)
+        assert twin.parse_header(variant)[1] == m_field & 0x7FFF
+        assert twin.Matcher({m_field & 0x7FFF}, set(), set(), 0).verdict(variant, 0) == twin.OK
+
+
+@needs_compiled
+def test_bit_15_verdicts_and_headers_agree(vectors):
+    telegrams = [v["telegram_bytes"] for v in vectors[:20]]
+    sets = [set(), {0x0614}, {0x8614}, {0x7FFF}, {0xFFFF}, {0x0614, 0x8614}, {0x8000, 0}]
+    for telegram in telegrams:
+        for m_field in M_FIELDS:
+            variant = with_m_field(telegram, m_field)
+            same("parse_header", lambda m: (variant,), variant)
+            for codes in sets:
+                left = outcome(pure.Matcher(codes, set(), set(), 0).verdict, variant, 0)
+                right = outcome(compiled.Matcher(codes, set(), set(), 0).verdict, variant, 0)
+                assert left == right, (variant.hex(), codes)
+                same("check_batch", lambda m: ([variant], 0, m.Matcher(codes, set(), set(), 0)), (variant, codes))
+
+
 @needs_compiled
 def test_batches_agree(corpus):
     inputs, _, telegrams = corpus
@@ -251,7 +293,6 @@ def test_bytes_like_inputs_agree(vectors):
 # -- Hypothesis properties -------------------------------------------------------------------
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-twins = pytest.mark.parametrize("twin", TWINS, ids=lambda m: m.__name__.rsplit(".", 1)[-1])
 
 
 def checked_telegram(data: bytes) -> None:

@@ -32,6 +32,7 @@ from ._pywire import (  # noqa: E402  (constants are shared by both twins)
     FORMAT_NONE,
     HEADER,
     LENGTH,
+    MANUFACTURER_MASK,
     OK,
 )
 
@@ -41,5 +42,5 @@ __all__ = [
     "crc16", "strip_a", "strip_b", "check_telegram", "parse_header", "parse_cmex50", "rssi_code",
     "build_report", "Matcher", "check_batch", "RESULT_NAMES",
     "OK", "CRC", "LENGTH", "HEADER", "FILTER_MANUFACTURER", "FILTER_DEVICE_TYPE", "FILTER_ID",
-    "FILTER_MODE", "FORMAT_NONE", "FORMAT_A", "FORMAT_B",
+    "FILTER_MODE", "FORMAT_NONE", "FORMAT_A", "FORMAT_B", "MANUFACTURER_MASK",
 ]

@@ -27,6 +27,12 @@ OK, CRC, LENGTH, HEADER = 0, 1, 2, 3
 FILTER_MANUFACTURER, FILTER_DEVICE_TYPE, FILTER_ID, FILTER_MODE = 4, 5, 6, 7
 FORMAT_NONE, FORMAT_A, FORMAT_B = 0, 1, 2
 
+# The manufacturer code is the low 15 bits of the M-field: three letters of 5 bits each
+# (EN 13757-3, FLAG). Bit 15 is not part of it (M-Bus stacks read it as "locally, not
+# globally, unique address"): letters, filters and comparisons all use this one definition,
+# while the telegram, the store key and the report keep the M-field byte for byte.
+MANUFACTURER_MASK = 0x7FFF
+
 
 def _make_table() -> tuple[int, ...]:
     table = []
@@ -116,11 +122,12 @@ def check_telegram(telegram: bytes) -> bytes:
 
 
 def parse_header(telegram: bytes) -> tuple[int, int, str, int, int, int]:
-    """Link header of a checked telegram: (C, manufacturer code, ID, version, device type, CI)."""
+    """Link header of a checked telegram: (C, 15-bit manufacturer code, ID, version, device type, CI)."""
     if len(telegram) < 11:
         raise LengthError(f"telegram of {len(telegram)} bytes is shorter than 11 (L, link header, CI)")
     ident = "%02X%02X%02X%02X" % (telegram[7], telegram[6], telegram[5], telegram[4])
-    return (telegram[1], telegram[2] | telegram[3] << 8, ident, telegram[8], telegram[9], telegram[10])
+    manufacturer = (telegram[2] | telegram[3] << 8) & MANUFACTURER_MASK
+    return (telegram[1], manufacturer, ident, telegram[8], telegram[9], telegram[10])
 
 
 def parse_cmex50(frame: bytes) -> tuple[bytes, str | None, int | None, int | None, bytes]:
@@ -201,7 +208,10 @@ def build_report(telegram: bytes, receiver_address: str | None, rssi_dbm: int | 
 
 
 class Matcher:
-    """The four filters of spec section 4 compiled to integer sets; empty means no filter."""
+    """The four filters of spec section 4 compiled to integer sets; empty means no filter.
+
+    ``manufacturers`` holds 15-bit manufacturer codes (``MANUFACTURER_MASK``).
+    """
 
     __slots__ = ("manufacturers", "device_types", "ids", "modes")
 
@@ -213,7 +223,7 @@ class Matcher:
 
     def verdict(self, telegram: bytes, mode: int) -> int:
         """0 when accepted, else the result code of the first filter that rejects."""
-        if self.manufacturers and (telegram[2] | telegram[3] << 8) not in self.manufacturers:
+        if self.manufacturers and ((telegram[2] | telegram[3] << 8) & MANUFACTURER_MASK) not in self.manufacturers:
             return FILTER_MANUFACTURER
         if self.device_types and telegram[9] not in self.device_types:
             return FILTER_DEVICE_TYPE

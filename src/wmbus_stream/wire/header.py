@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import parse_header
+from . import MANUFACTURER_MASK, parse_header
 
 __all__ = ["Header", "header", "manufacturer_letters", "manufacturer_code", "device_type_name", "id_key"]
 
@@ -30,7 +30,8 @@ def device_type_name(code: int) -> str:
 
 
 def manufacturer_letters(code: int) -> str:
-    """Three letters of a 15-bit manufacturer code (``@`` where a 5-bit group is 0)."""
+    """Three letters of a manufacturer code or M-field (bit 15 ignored; ``@`` where a 5-bit group is 0)."""
+    code &= MANUFACTURER_MASK
     return "".join(chr(((code >> shift) & 0x1F) + 64) for shift in (10, 5, 0))
 
 
