@@ -467,9 +467,21 @@ def test_im871a_implausible_control_bytes_are_garbage() -> None:
     assert stats_of(f) == (1, 0, len(junk))
 
 
-def test_im871a_rssi_mapping_round_trips() -> None:
-    assert im871a.rssi_dbm(45) == -100 and im871a.rssi_dbm(255) == 0
-    assert all(im871a.rssi_dbm(im871a.rssi_raw(d)) == d for d in range(-120, 1))
+def test_im871a_rssi_of_every_raw_byte_follows_the_cited_curve(twin) -> None:
+    # Every raw byte through the framer: -100 dBm at 45, -20 at 205, 0 from 230 on (where
+    # the curve saturates), straight in between, so monotonic in steps of at most 1 dB.
+    f = framer("im871a")
+    out = run(f, [b"".join(im871a.encode(IPERL, rssi=raw) for raw in range(256))])
+    dbm = [r.rssi_dbm for r in out]
+    assert len(dbm) == 256 and stats_of(f) == (256, 0, 0)
+    assert (dbm[0], dbm[45], dbm[205]) == (-122, -100, -20)
+    assert dbm[230:] == [0] * 26
+    assert all(0 <= b - a <= 1 for a, b in zip(dbm, dbm[1:]))
+    assert dbm[206:230] == [int(-20 + 0.8 * (raw - 205)) for raw in range(206, 230)]
+    assert all(im871a.rssi_dbm(im871a.rssi_raw(d)) == d for d in range(-122, 1))
+    # The report's RSSI code of each: 63 (above -6 dBm) for the saturated bytes, never 0 (unknown).
+    codes = [twin.rssi_code(d) for d in dbm]
+    assert codes[0] == 4 and codes[230:] == [63] * 26 and all(1 <= c <= 63 for c in codes)
 
 
 # amb8465 details --------------------------------------------------------------------------

@@ -15,9 +15,14 @@ prepending LEN gives the CRC-less telegram (``FORMAT_NONE``). Every other messag
 confirmations of our own set-up commands, device info ...) is consumed and counted in
 ``stats.extra``.
 
-RSSI: no formula is published; we use the linear approximation of the radio chip's
-RSSI-vs-input-power curve that wmbusmeters uses: -100 dBm at raw 45, 0.5 dB per step,
-truncated toward zero and never above 0 dBm. (jMBus' approximation differs by about 1 dB.)
+RSSI: the HCI specification gives no dBm formula for the raw byte. We follow the radio
+chip's RSSI-vs-input-power curve (Silicon Labs Si1002 datasheet, figure 7-3) through the
+three points wmbusmeters reads off it: -100 dBm at raw 45, -20 dBm at 205, 0 dBm from 230 on
+(the curve saturates there). Between the points the line is straight: 0.5 dB a step up to
+205, 0.8 dB a step from 205 to 230; results are truncated toward zero. Every byte maps:
+0 -> -122 dBm, monotonic, never above 0 dBm. wmbusmeters itself keeps 0.5 dB a step up to
+229 (-8 dBm) and then jumps to 0 dBm at 230; the two agree outside 206..229. (jMBus'
+straight line differs by up to about 3 dB.)
 
 The dongle does not report the radio mode per frame, so every telegram carries the mask
 of the configured ``radio_mode`` (0 when not given).
@@ -93,14 +98,26 @@ def x25(data: bytes) -> int:
     return crc ^ 0xFFFF
 
 
+def _toward_zero(numerator: int, denominator: int) -> int:
+    return -(-numerator // denominator) if numerator < 0 else numerator // denominator
+
+
 def rssi_dbm(raw: int) -> int:
-    """Approximate dBm of a raw RSSI byte (-100 dBm at 45, 0.5 dB a step, at most 0)."""
-    return min(0, int(-100 + (raw - 45) / 2))
+    """Approximate dBm of a raw RSSI byte: through -100 dBm at 45, -20 at 205, 0 from 230 on."""
+    if raw >= 230:
+        return 0
+    if raw >= 205:
+        return _toward_zero(4 * (raw - 205) - 100, 5)  # -20 dBm + 0.8 dB a step
+    return _toward_zero(raw - 245, 2)  # -100 dBm at 45 + 0.5 dB a step
 
 
 def rssi_raw(dbm: int) -> int:
-    """The raw RSSI byte ``rssi_dbm`` maps back to ``dbm`` (clamped to one byte)."""
-    return max(0, min(255, 2 * dbm + 245))
+    """A raw RSSI byte that ``rssi_dbm`` maps to ``dbm`` (-122..0 dBm; clamped outside)."""
+    if dbm >= 0:
+        return 230
+    if dbm >= -20:
+        return 205 + 5 * (dbm + 20) // 4
+    return max(0, 2 * dbm + 245)
 
 
 def frame(endpoint: int, msg: int, payload: bytes, *, timestamp: int | None = None,
