@@ -49,9 +49,12 @@ OK, CRC, LENGTH, HEADER = 0, 1, 2, 3
 FILTER_MANUFACTURER, FILTER_DEVICE_TYPE, FILTER_ID, FILTER_MODE = 4, 5, 6, 7
 FORMAT_NONE, FORMAT_A, FORMAT_B = 0, 1, 2
 MANUFACTURER_MASK = 0x7FFF  # the pure twin's: the manufacturer code is the M-field's low 15 bits
+CONTAINER_MAX, LONG_FORM = 0xBF, 0x0F  # the pure twin's: longer telegrams follow 0F, not 0D FD 3B n
 
 cdef enum:
     _MANUFACTURER_MASK = 0x7FFF
+    _CONTAINER_MAX = 0xBF
+    _LONG_FORM = 0x0F
 
 cdef enum:
     _OK = 0
@@ -315,14 +318,14 @@ def parse_cmex50(frame):
     """Check a wired M-Bus long frame from a CMeX50-style receiver.
 
     Returns (body from C to the last data byte, receiver address or None, age in minutes or
-    None, RSSI code or None, the contained wireless telegram).
+    None, RSSI code or None, the wireless telegram of its 0D FD 3B container or 0F long form).
     """
     cdef bytes buf = _as_bytes(frame)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(buf)
     cdef const unsigned char *f = <const unsigned char *>PyBytes_AS_STRING(buf)
     cdef const unsigned char *body
     cdef const unsigned char *t
-    cdef Py_ssize_t length, pos, end, size, rest, i
+    cdef Py_ssize_t length, pos, end, size, rest, start, i
     cdef unsigned int total = 0
     cdef int detail
     if n < 9 or f[0] != 0x68 or f[3] != 0x68 or f[1] != f[2]:
@@ -361,22 +364,29 @@ def parse_cmex50(frame):
             rest = end - (pos + 4 + size)
             if rest > 1 or (rest == 1 and body[end - 1] != 0x0F and body[end - 1] != 0x1F):
                 raise HeaderError(f"{rest} unexpected bytes after the container record")
-            detail = _check_telegram(body + pos + 4, size)
-            if detail:
-                raise _frame_error(detail, 0, body + pos + 4, size)
-            # The telegram's M, ID, version and type must be the wired header's ID, M, version, type.
-            t = body + pos + 4
-            if (t[2] != body[7] or t[3] != body[8] or t[4] != body[3] or t[5] != body[4]
-                    or t[6] != body[5] or t[7] != body[6] or t[8] != body[9] or t[9] != body[10]):
-                raise HeaderError("container telegram's address does not match the wired header")
-            # Slices of the caller's object, so the result types match the pure twin's.
-            body_obj = frame[4 : n - 2]
-            return body_obj, address, age, rssi, body_obj[pos + 4 : pos + 4 + size]
+            start = pos + 4
+            break
+        elif body[pos] == _LONG_FORM:
+            start = pos + 1
+            size = end - start
+            break
         else:
             raise HeaderError(
-                f"unexpected record 0x{body[pos]:02X} at offset {pos}; expected 0C78, 0275, 01FD71 or 0DFD3B"
+                f"unexpected record 0x{body[pos]:02X} at offset {pos}; expected 0C78, 0275, 01FD71, 0DFD3B or 0F"
             )
-    raise HeaderError("long frame has no 0D FD 3B container record")
+    else:
+        raise HeaderError("long frame has no 0D FD 3B container or 0F long-form record")
+    t = body + start
+    detail = _check_telegram(t, size)
+    if detail:
+        raise _frame_error(detail, 0, t, size)
+    # The telegram's M, ID, version and type must be the wired header's ID, M, version, type.
+    if (t[2] != body[7] or t[3] != body[8] or t[4] != body[3] or t[5] != body[4]
+            or t[6] != body[5] or t[7] != body[6] or t[8] != body[9] or t[9] != body[10]):
+        raise HeaderError("container telegram's address does not match the wired header")
+    # Slices of the caller's object, so the result types match the pure twin's.
+    body_obj = frame[4 : n - 2]
+    return body_obj, address, age, rssi, body_obj[start : start + size]
 
 
 def rssi_code(rssi_dbm):
@@ -400,7 +410,10 @@ def rssi_code(rssi_dbm):
 
 
 def build_report(telegram, receiver_address, rssi_dbm, wired_address):
-    """The wired RSP_UD telegram of the report (spec section 5) for a checked wireless telegram."""
+    """The wired RSP_UD telegram of the report (spec section 5) for a checked wireless telegram.
+
+    Telegrams longer than CONTAINER_MAX bytes follow LONG_FORM instead of a container record.
+    """
     cdef bytes buf = _as_bytes(telegram)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(buf), size, o
     cdef const unsigned char *t = <const unsigned char *>PyBytes_AS_STRING(buf)
@@ -414,7 +427,7 @@ def build_report(telegram, receiver_address, rssi_dbm, wired_address):
         address = bytes.fromhex(receiver_address)[::-1]
     # bytes((..., code, ...)) in the pure twin takes integers only: a float code is a TypeError.
     code = PyNumber_Index(rssi_code(rssi_dbm))
-    size = 15 + (2 + len(address) if address is not None else 0) + 8 + n
+    size = 15 + (2 + len(address) if address is not None else 0) + 4 + (4 if n <= _CONTAINER_MAX else 1) + n
     out = PyBytes_FromStringAndSize(NULL, size)
     w = <unsigned char *>PyBytes_AS_STRING(out)
     w[0], w[1], w[2] = 0x08, a, 0x72
@@ -428,8 +441,14 @@ def build_report(telegram, receiver_address, rssi_dbm, wired_address):
         memcpy(w + o + 2, PyBytes_AS_STRING(address), len(address))
         o += 2 + len(address)
     w[o], w[o + 1], w[o + 2], w[o + 3] = 0x01, 0xFD, 0x71, code
-    w[o + 4], w[o + 5], w[o + 6], w[o + 7] = 0x0D, 0xFD, 0x3B, <unsigned char>n
-    memcpy(w + o + 8, t, n)
+    o += 4
+    if n <= _CONTAINER_MAX:
+        w[o], w[o + 1], w[o + 2], w[o + 3] = 0x0D, 0xFD, 0x3B, <unsigned char>n
+        o += 4
+    else:
+        w[o] = _LONG_FORM
+        o += 1
+    memcpy(w + o, t, n)
     return out
 
 

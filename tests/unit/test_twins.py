@@ -75,14 +75,14 @@ def cmex50_frames(rng: random.Random, telegrams: list[bytes]) -> list[bytes]:
     """Valid wired frames around the vector telegrams, with optional receiver records."""
     frames = []
     for telegram in telegrams:
-        if len(telegram) > 200:  # the long frame's L must stay <= 255
-            continue
         address = None if rng.random() < 0.3 else f"{rng.randrange(10**8):08d}"
         body = pure.build_report(telegram, address, rng.choice([None, -74, -120, 0]), rng.randrange(256))
+        if len(body) > 255 - 6:  # the long frame's L must stay <= 255 (age record included)
+            continue
         if rng.random() < 0.3:  # an age record before the RSSI record
             cut = body.index(b"\x01\xfd\x71")
             body = body[:cut] + b"\x02\x75" + rng.randbytes(2) + body[cut:]
-        if rng.random() < 0.2:
+        if rng.random() < 0.2 and len(telegram) <= pure.CONTAINER_MAX:  # a fill byte after a container
             body += rng.choice([b"\x0f", b"\x1f"])
         frames.append(long_frame(body))
     return frames
@@ -167,6 +167,7 @@ def test_mutations_reach_the_deep_cmex50_checks(corpus):
     # first length test.
     assert {ChecksumError, HeaderError, LengthError} <= raised
     assert sum(result[0] == "ok" for result in results) >= len(wired)
+    assert any(len(pure.parse_cmex50(frame)[4]) > pure.CONTAINER_MAX for frame in wired)  # the 0F long form
     messages = {result[2].split(" ")[0] for result in results if result[0] == "raise"}
     assert {"unexpected", "container", "long"} <= messages
 
@@ -334,8 +335,11 @@ def wired_frames(draw: st.DrawFn) -> bytes:
         )
     )
     header = bytes((0x08, 0x00, 0x72)) + telegram[4:8] + telegram[2:4] + telegram[8:10] + bytes(4)
-    body = header + b"".join(records) + b"\x0d\xfd\x3b" + bytes((len(telegram),)) + telegram
-    body += draw(st.sampled_from([b"", b"\x0f", b"\x00"]))
+    if draw(st.booleans()):  # a 0D FD 3B container (any length byte a device may send), maybe a fill byte
+        body = header + b"".join(records) + b"\x0d\xfd\x3b" + bytes((len(telegram),)) + telegram
+        body += draw(st.sampled_from([b"", b"\x0f", b"\x00"]))
+    else:  # the 0F long form, the telegram to the end
+        body = header + b"".join(records) + b"\x0f" + telegram + draw(st.sampled_from([b"", b"\x00"]))
     frame = long_frame(body[:255])
     if draw(st.booleans()):
         position = draw(st.integers(0, len(frame) - 1))

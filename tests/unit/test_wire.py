@@ -180,6 +180,44 @@ def test_report_length_limits(twin):
         twin.build_report(bytes((255,)) + bytes(255), None, None, 0)
 
 
+def sized(telegram: bytes, n: int) -> bytes:
+    """The spec telegram's link header with a payload making it ``n`` bytes long (L = n - 1)."""
+    return bytes((n - 1,)) + telegram[1:11] + bytes(range(n - 11))
+
+
+def test_long_telegrams_follow_the_long_form_not_a_container(twin, vectors):
+    # A 0D FD 3B length byte of 0xC0 or more reads as BCD/binary to EN 13757-3 parsers, so a
+    # telegram of 192+ bytes follows 0F (manufacturer data to the end) instead; the rest of
+    # the report is the spec's, byte for byte.
+    long_ones = [v["telegram_bytes"] for v in vectors if len(v["telegram_bytes"]) > 191]
+    assert sorted({len(t) for t in long_ones}) == [202, 207, 230]
+    for telegram in long_ones + [sized(SPEC_TELEGRAM, n) for n in (192, 226, 227, 255)]:
+        head = b"\x08\x00\x72" + telegram[4:8] + telegram[2:4] + telegram[8:10] + bytes(4)
+        report = twin.build_report(telegram, "62001772", -74, 0)
+        assert report == head + b"\x0c\x78\x72\x17\x00\x62\x01\xfd\x71\x1c\x0f" + telegram
+        assert twin.build_report(telegram, None, None, 0) == head + b"\x01\xfd\x71\x00\x0f" + telegram
+    for n in (11, 97, 191):  # up to 0xBF the container is the spec's
+        telegram = sized(SPEC_TELEGRAM, n)
+        assert twin.build_report(telegram, None, -74, 0).endswith(b"\x0d\xfd\x3b" + bytes((n,)) + telegram)
+
+
+def test_cmex50_long_form_and_long_container(twin, vectors):
+    telegram = next(v["telegram_bytes"] for v in vectors if len(v["telegram_bytes"]) == 202)
+    body = twin.build_report(telegram, "62001772", -74, 0)
+    assert twin.parse_cmex50(long_frame(body)) == (body, "62001772", None, 0x1C, telegram)
+    # A device's own container with a length byte of 0xC0 or more is still read as a length.
+    device = body[:21] + b"\x02\x75\x01\x00" + body[21:25] + b"\x0d\xfd\x3b\xca" + telegram
+    assert twin.parse_cmex50(long_frame(device)) == (device, "62001772", 1, 0x1C, telegram)
+    for bad, error, message in (
+        (body[:-1], LengthError, "L-field"),  # the long form's telegram runs to the end: L must say so
+        (body + b"\x0f", LengthError, "L-field"),
+        (body[:25] + b"\x0f" + telegram[:2] + b"\x00" + telegram[3:], HeaderError, "does not match"),
+        (body[:25] + b"\x0f", LengthError, "shorter than 11"),
+    ):
+        with pytest.raises(error, match=message):
+            twin.parse_cmex50(long_frame(bad))
+
+
 def test_cmex50_round_trip_of_the_spec_report(twin):
     body, address, age, rssi, telegram = twin.parse_cmex50(long_frame(SPEC_REPORT))
     assert body == SPEC_REPORT

@@ -22,6 +22,7 @@ Matcher = _impl.Matcher
 check_batch = _impl.check_batch
 
 from ._pywire import (  # noqa: E402  (constants are shared by both twins)
+    CONTAINER_MAX,
     CRC,
     FILTER_DEVICE_TYPE,
     FILTER_ID,
@@ -32,6 +33,7 @@ from ._pywire import (  # noqa: E402  (constants are shared by both twins)
     FORMAT_NONE,
     HEADER,
     LENGTH,
+    LONG_FORM,
     MANUFACTURER_MASK,
     OK,
 )
@@ -43,4 +45,5 @@ __all__ = [
     "build_report", "Matcher", "check_batch", "RESULT_NAMES",
     "OK", "CRC", "LENGTH", "HEADER", "FILTER_MANUFACTURER", "FILTER_DEVICE_TYPE", "FILTER_ID",
     "FILTER_MODE", "FORMAT_NONE", "FORMAT_A", "FORMAT_B", "MANUFACTURER_MASK",
+    "CONTAINER_MAX", "LONG_FORM",
 ]

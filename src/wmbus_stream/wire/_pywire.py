@@ -33,6 +33,13 @@ FORMAT_NONE, FORMAT_A, FORMAT_B = 0, 1, 2
 # while the telegram, the store key and the report keep the M-field byte for byte.
 MANUFACTURER_MASK = 0x7FFF
 
+# The report carries a telegram of up to CONTAINER_MAX bytes in a ``0D FD 3B n`` container;
+# a length byte of 0xC0 or more means BCD, binary or float to EN 13757-3 parsers, not a
+# length. A longer telegram follows LONG_FORM instead (DIF 0F: manufacturer-specific data to
+# the end), its own L-field giving its length.
+CONTAINER_MAX = 0xBF
+LONG_FORM = 0x0F
+
 
 def _make_table() -> tuple[int, ...]:
     table = []
@@ -134,7 +141,7 @@ def parse_cmex50(frame: bytes) -> tuple[bytes, str | None, int | None, int | Non
     """Check a wired M-Bus long frame from a CMeX50-style receiver.
 
     Returns (body from C to the last data byte, receiver address or None, age in minutes or
-    None, RSSI code or None, the contained wireless telegram).
+    None, RSSI code or None, the wireless telegram of its 0D FD 3B container or 0F long form).
     """
     n = len(frame)
     if n < 9 or frame[0] != 0x68 or frame[3] != 0x68 or frame[1] != frame[2]:
@@ -172,13 +179,20 @@ def parse_cmex50(frame: bytes) -> tuple[bytes, str | None, int | None, int | Non
             rest = body[pos + 4 + size :]
             if rest and rest not in (b"\x0f", b"\x1f"):
                 raise HeaderError(f"{len(rest)} unexpected bytes after the container record")
-            check_telegram(telegram)
-            if telegram[2:10] != body[7:9] + body[3:7] + body[9:11]:
-                raise HeaderError("container telegram's address does not match the wired header")
-            return body, address, age, rssi, telegram
+            break
+        elif body[pos] == LONG_FORM:
+            telegram = body[pos + 1 :]
+            break
         else:
-            raise HeaderError(f"unexpected record 0x{body[pos]:02X} at offset {pos}; expected 0C78, 0275, 01FD71 or 0DFD3B")
-    raise HeaderError("long frame has no 0D FD 3B container record")
+            raise HeaderError(
+                f"unexpected record 0x{body[pos]:02X} at offset {pos}; expected 0C78, 0275, 01FD71, 0DFD3B or 0F"
+            )
+    else:
+        raise HeaderError("long frame has no 0D FD 3B container or 0F long-form record")
+    check_telegram(telegram)
+    if telegram[2:10] != body[7:9] + body[3:7] + body[9:11]:
+        raise HeaderError("container telegram's address does not match the wired header")
+    return body, address, age, rssi, telegram
 
 
 def rssi_code(rssi_dbm: int | None) -> int:
@@ -193,7 +207,10 @@ def rssi_code(rssi_dbm: int | None) -> int:
 
 
 def build_report(telegram: bytes, receiver_address: str | None, rssi_dbm: int | None, wired_address: int) -> bytes:
-    """The wired RSP_UD telegram of the report (spec section 5) for a checked wireless telegram."""
+    """The wired RSP_UD telegram of the report (spec section 5) for a checked wireless telegram.
+
+    Telegrams longer than CONTAINER_MAX bytes follow LONG_FORM instead of a container record.
+    """
     n = len(telegram)
     if n < 11 or n > 255:
         raise LengthError(f"telegram of {n} bytes does not fit the container (11..255)")
@@ -202,7 +219,8 @@ def build_report(telegram: bytes, receiver_address: str | None, rssi_dbm: int | 
     out += b"\x00\x00\x00\x00"
     if receiver_address is not None:
         out += b"\x0c\x78" + bytes.fromhex(receiver_address)[::-1]
-    out += bytes((0x01, 0xFD, 0x71, rssi_code(rssi_dbm), 0x0D, 0xFD, 0x3B, n))
+    out += bytes((0x01, 0xFD, 0x71, rssi_code(rssi_dbm)))
+    out += bytes((0x0D, 0xFD, 0x3B, n)) if n <= CONTAINER_MAX else bytes((LONG_FORM,))
     out += telegram
     return bytes(out)
 
