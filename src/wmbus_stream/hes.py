@@ -1,19 +1,24 @@
 """``wmbus-stream receive``: a reference head-end system (HES) that receives report pushes.
 
 Strategy
-- A stdlib ``ThreadingHTTPServer`` (one thread per connection, HTTP/1.1 keep-alive). The
-  stdlib does not decode ``Transfer-Encoding: chunked`` request bodies, so the handler
-  decodes them itself; ``Content-Length`` bodies are accepted too (a buffering proxy such as
-  nginx turns the gateway's chunked POST into one). A request with both is refused (request
-  smuggling), and every body is capped (``max_body``, 256 MiB by default).
-- TLS, when configured, is negotiated in the connection's own thread, so a client that
-  connects and never completes a handshake cannot stall the accept loop.
-- Every line of a body is validated before anything is stored (spec section 5): five
+- A stdlib ``ThreadingHTTPServer`` (one thread per connection, HTTP/1.1 keep-alive) with a
+  connection cap (``max_connections``): a connection over it gets no thread; one shared
+  thread answers it ``503`` with ``Retry-After`` (over TLS it is closed, since an answer
+  would need a handshake). The stdlib does not decode ``Transfer-Encoding: chunked`` request
+  bodies, so the handler decodes them itself; ``Content-Length`` bodies are accepted too (a
+  buffering proxy such as nginx turns the gateway's chunked POST into one). A request with
+  both is refused (request smuggling).
+- Path and credentials are checked from the request head, before any body byte is read:
+  ``Expect: 100-continue`` is answered only after them, and a refusal closes the connection.
+  Authentication is the command line's default (``--no-auth`` turns it off).
+- A body is read in pieces and validated line by line as it arrives (spec section 5): five
   fields, 8-digit gateway serial, 8 hex-digit meter ID, ``YYYY-MM-DD hh:mm:ss``, ``00``,
   even-length uppercase hex holding a wired RSP_UD telegram (C=08, CI=72, optional receiver
-  records in their order, the ``0D FD 3B n`` container with exactly n bytes, a wireless
-  telegram whose L-field fits) whose meter ID equals the line's and the container's. The
-  first bad line answers ``400 line N: reason`` and nothing of that body is stored.
+  records in their order, then the ``0D FD 3B n`` container with exactly n bytes or the
+  ``0F`` long form running to the end, a wireless telegram whose L-field fits) whose meter ID
+  equals the line's and the container's. The first bad line answers ``400 line N: reason``
+  at once, and crossing ``max_body`` answers ``413`` at once; either way the rest of the
+  body is not waited for and nothing of it is stored. Only validated lines are kept.
 - Storage is deduplicated: one reading per distinct wireless telegram (key: SHA-256 of the
   telegram bytes, which cover manufacturer, ID, version, device type, access number and
   payload), plus one ``heard_by`` row per (reading, gateway, reception time). The same
@@ -38,7 +43,9 @@ import hmac
 import json
 import logging
 import os
+import queue
 import re
+import select
 import signal
 import socket
 import socketserver
@@ -47,7 +54,7 @@ import ssl
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -55,7 +62,7 @@ from typing import Any, BinaryIO, Protocol
 
 from . import __version__
 from .errors import FrameError
-from .wire import check_telegram, parse_header
+from .wire import LONG_FORM, check_telegram, parse_header
 from .wire.header import manufacturer_letters
 
 __all__ = [
@@ -76,11 +83,18 @@ __all__ = [
     "add_arguments",
     "main",
     "DEFAULT_MAX_BODY",
+    "DEFAULT_MAX_CONNECTIONS",
+    "ReportParser",
 ]
 
 log = logging.getLogger("wmbus_stream.hes")
 
 DEFAULT_MAX_BODY = 256 * 1024 * 1024
+DEFAULT_MAX_CONNECTIONS = 64
+# The longest report line accepted: a valid one has at most about 620 characters.
+MAX_REPORT_LINE = 1024
+# A body is read and validated in pieces of at most this size.
+READ_SIZE = 64 * 1024
 # Longest chunk-size or trailer line accepted; real ones are a few bytes.
 MAX_LINE = 1024
 MAX_TRAILERS = 32
@@ -101,6 +115,7 @@ _RECORDS: tuple[tuple[bytes, int, str], ...] = (
     (b"\x01\xfd\x71", 1, "RSSI 01FD71"),
 )
 _CONTAINER = b"\x0d\xfd\x3b"
+_LONG_FORM = bytes((LONG_FORM,))
 
 
 # --------------------------------------------------------------------------------------------
@@ -125,6 +140,7 @@ class ReportLine:
     ci: int
     access_number: int | None
     digest: str
+    long_form: bool = False  # the telegram followed 0F (192+ bytes), not a 0D FD 3B container
 
 
 class ReportError(ValueError):
@@ -142,8 +158,13 @@ def _access_number(telegram: bytes, ci: int) -> int | None:
     return telegram[index] if index is not None and index < len(telegram) else None
 
 
-def parse_wired(wired: bytes) -> tuple[str | None, int | None, int | None, bytes]:
-    """Check a report's wired RSP_UD telegram: (receiver address, age, RSSI code, wireless telegram)."""
+def parse_wired(wired: bytes) -> tuple[str | None, int | None, int | None, bytes, bool]:
+    """Check a report's wired RSP_UD telegram: (receiver address, age, RSSI code, wireless telegram, long form).
+
+    The telegram is in a ``0D FD 3B n`` container (n bytes, maybe a fill byte 0F/1F after
+    it) or, past 191 bytes, follows ``0F`` to the end (the long form). A container length of
+    0xC0 or more is read as a length too: gateways before the long form sent those.
+    """
     if len(wired) < 15:
         raise ValueError(f"wired telegram of {len(wired)} bytes is shorter than the 15-byte RSP_UD header")
     if wired[0] != 0x08:
@@ -152,12 +173,12 @@ def parse_wired(wired: bytes) -> tuple[str | None, int | None, int | None, bytes
         raise ValueError(f"wired CI-field is 0x{wired[2]:02X}, not 0x72")
     found: dict[str, bytes] = {}
     pos, next_record = 15, 0
-    while not wired.startswith(_CONTAINER, pos):
+    while not wired.startswith(_CONTAINER, pos) and not wired.startswith(_LONG_FORM, pos):
         match = next((i for i, (tag, _, _) in enumerate(_RECORDS) if wired.startswith(tag, pos)), None)
         if match is None:
             raise ValueError(
                 f"unexpected bytes {wired[pos:pos + 3].hex().upper()} at offset {pos};"
-                " expected 0C78, 0275, 01FD71 or the container 0DFD3B"
+                " expected 0C78, 0275, 01FD71, the container 0DFD3B or the long form 0F"
             )
         index = match
         tag, size, name = _RECORDS[index]
@@ -169,19 +190,24 @@ def parse_wired(wired: bytes) -> tuple[str | None, int | None, int | None, bytes
         found[name] = value
         pos += len(tag) + size
         next_record = index + 1
-    if pos + 4 > len(wired):
-        raise ValueError(f"container record at offset {pos} has no length byte")
-    n = wired[pos + 3]
-    telegram = wired[pos + 4 : pos + 4 + n]
-    rest = wired[pos + 4 + n :]
-    if len(telegram) != n:
-        raise ValueError(f"container says {n} bytes but only {len(telegram)} follow")
-    if rest and rest not in (b"\x0f", b"\x1f"):
-        raise ValueError(f"container says {n} bytes but {n + len(rest)} follow")
+    long_form = wired.startswith(_LONG_FORM, pos)
+    if long_form:
+        telegram = wired[pos + 1 :]
+    else:
+        if pos + 4 > len(wired):
+            raise ValueError(f"container record at offset {pos} has no length byte")
+        n = wired[pos + 3]
+        telegram = wired[pos + 4 : pos + 4 + n]
+        rest = wired[pos + 4 + n :]
+        if len(telegram) != n:
+            raise ValueError(f"container says {n} bytes but only {len(telegram)} follow")
+        if rest and rest not in (b"\x0f", b"\x1f"):
+            raise ValueError(f"container says {n} bytes but {n + len(rest)} follow")
     try:
         check_telegram(telegram)
     except FrameError as exc:
-        raise ValueError(f"wireless telegram in the container: {exc}") from None
+        where = "after the long form 0F (it runs to the end of the line)" if long_form else "in the container"
+        raise ValueError(f"wireless telegram {where}: {exc}") from None
     if telegram[2:4] + telegram[8:10] != wired[7:11]:
         raise ValueError("manufacturer, version or device type of the wired header differ from the wireless telegram's")
     if telegram[4:8] != wired[3:7]:
@@ -199,6 +225,7 @@ def parse_wired(wired: bytes) -> tuple[str | None, int | None, int | None, bytes
         int.from_bytes(age, "little") if age is not None else None,
         rssi[0] if rssi is not None else None,
         telegram,
+        long_form,
     )
 
 
@@ -227,7 +254,7 @@ def parse_line(text: str) -> ReportLine:
     if len(hex_text) % 2:
         raise ValueError(f"telegram has an odd number of hex digits ({len(hex_text)})")
     wired = bytes.fromhex(hex_text)
-    receiver, age, rssi, telegram = parse_wired(wired)
+    receiver, age, rssi, telegram, long_form = parse_wired(wired)
     _c, man, ident, version, device_type, ci = parse_header(telegram)
     if ident != meter_id.upper():
         raise ValueError(f"meter id {meter_id} differs from {ident} in the telegram")
@@ -246,26 +273,53 @@ def parse_line(text: str) -> ReportLine:
         ci=ci,
         access_number=_access_number(telegram, ci),
         digest=hashlib.sha256(telegram).hexdigest(),
+        long_form=long_form,
     )
 
 
-def parse_report(body: bytes) -> list[ReportLine]:
-    """Validate a whole report body; raises ReportError for the first bad line.
+class ReportParser:
+    """Validates a report body while it arrives: ``feed`` pieces, then ``finish``.
 
     Lines end with LF (CRLF tolerated); the last line may lack its line break; an empty
-    body is a valid report of no lines.
+    body is a valid report of no lines. ``feed`` and ``finish`` raise ReportError for the
+    first bad line, at the piece that completes it (or makes it longer than a line can be).
     """
-    if not body:
-        return []
-    raw_lines = body.split(b"\n")
-    if raw_lines[-1] == b"":
-        raw_lines.pop()
-    lines: list[ReportLine] = []
-    for number, raw in enumerate(raw_lines, 1):
+
+    def __init__(self) -> None:
+        self.lines: list[ReportLine] = []
+        self._partial = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        """Validate the lines ``data`` completes; keep an unfinished last line for later."""
+        start = 0
+        while (end := data.find(b"\n", start)) >= 0:
+            if self._partial:
+                self._partial += data[start:end]
+                raw = bytes(self._partial)
+                self._partial.clear()
+            else:
+                raw = data[start:end]
+            self._line(raw)
+            start = end + 1
+        self._partial += data[start:]
+        if len(self._partial) > MAX_REPORT_LINE:
+            raise ReportError(len(self.lines) + 1, f"longer than {MAX_REPORT_LINE} bytes (a report line is about 600)")
+
+    def finish(self) -> list[ReportLine]:
+        """The validated lines, once the body has ended."""
+        if self._partial:
+            self._line(bytes(self._partial))
+            self._partial.clear()
+        return self.lines
+
+    def _line(self, raw: bytes) -> None:
+        number = len(self.lines) + 1
         if raw.endswith(b"\r"):
             raw = raw[:-1]
         if not raw:
             raise ReportError(number, "empty line")
+        if len(raw) > MAX_REPORT_LINE:
+            raise ReportError(number, f"longer than {MAX_REPORT_LINE} bytes (a report line is about 600)")
         try:
             text = raw.decode("ascii")
         except UnicodeDecodeError:
@@ -273,10 +327,16 @@ def parse_report(body: bytes) -> list[ReportLine]:
         if not text.isprintable():
             raise ReportError(number, "control character in the line")
         try:
-            lines.append(parse_line(text))
+            self.lines.append(parse_line(text))
         except ValueError as exc:
             raise ReportError(number, str(exc)) from None
-    return lines
+
+
+def parse_report(body: bytes) -> list[ReportLine]:
+    """Validate a whole report body (see ReportParser); raises ReportError for the first bad line."""
+    parser = ReportParser()
+    parser.feed(body)
+    return parser.finish()
 
 
 # --------------------------------------------------------------------------------------------
@@ -552,7 +612,8 @@ def open_store(db: str | None = None, jsonl: str | None = None) -> SqliteStore |
 
 @dataclass(frozen=True, slots=True)
 class ReceiveStats:
-    """Counters since start: accepted POSTs, lines, new readings, new heard_by rows, refusals."""
+    """Counters since start: accepted POSTs, lines (long form among them), new readings and
+    heard_by rows, refused POSTs, unauthorized POSTs, connections turned away over the cap."""
 
     posts: int = 0
     lines: int = 0
@@ -560,6 +621,8 @@ class ReceiveStats:
     heard: int = 0
     rejected: int = 0
     unauthorized: int = 0
+    long_form: int = 0
+    busy: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -583,14 +646,28 @@ class _TooLarge(Exception):
     """The request body is over the limit."""
 
 
+class _Cut(Exception):
+    """The client closed the connection before its body ended."""
+
+
 class _Reader(Protocol):
     def readline(self, size: int = -1, /) -> bytes: ...
     def read(self, size: int = -1, /) -> bytes: ...
 
 
-def _read_chunked(rfile: _Reader, limit: int) -> bytes:
-    """Decode a chunked request body (RFC 9112 section 7.1), at most ``limit`` bytes of data."""
-    parts: list[bytes] = []
+def _length_pieces(rfile: _Reader, size: int) -> Iterator[bytes]:
+    """A ``Content-Length`` body in pieces of at most READ_SIZE bytes."""
+    left = size
+    while left:
+        data = rfile.read(min(left, READ_SIZE))
+        if not data:
+            raise _Cut(f"connection closed after {size - left} of {size} body bytes")
+        left -= len(data)
+        yield data
+
+
+def _chunked_pieces(rfile: _Reader, limit: int) -> Iterator[bytes]:
+    """A chunked request body (RFC 9112 section 7.1) in pieces; _TooLarge before passing ``limit``."""
     total = 0
     while True:
         line = rfile.readline(MAX_LINE + 1)
@@ -607,16 +684,18 @@ def _read_chunked(rfile: _Reader, limit: int) -> bytes:
         total += size
         if total > limit:
             raise _TooLarge()
-        data = rfile.read(size)
-        if len(data) != size:
-            raise _BadBody("connection closed inside a chunk")
-        parts.append(data)
+        while size:
+            data = rfile.read(min(size, READ_SIZE))
+            if not data:
+                raise _BadBody("connection closed inside a chunk")
+            size -= len(data)
+            yield data
         if rfile.readline(3) not in (b"\r\n", b"\n"):
             raise _BadBody("chunk data not followed by CRLF")
     for _ in range(MAX_TRAILERS):
         line = rfile.readline(MAX_LINE + 1)
         if line in (b"\r\n", b"\n"):
-            return b"".join(parts)
+            return
         if not line or len(line) > MAX_LINE:
             raise _BadBody("broken trailer section")
     raise _BadBody("too many trailer lines")
@@ -629,9 +708,14 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = f"wmbus-stream-hes/{__version__}"
     sys_version = ""
     server: _Server
+    continued = False  # 100 Continue sent for the current request
 
     def do_POST(self) -> None:  # noqa: N802  (http.server's naming)
         self.server.app._handle_post(self)
+
+    def handle_expect_100(self) -> bool:
+        """Defer ``100 Continue``: ``_handle_post`` sends it once path and credentials are checked."""
+        return True
 
     def _not_allowed(self) -> None:
         self.server.app._reply(self, 405, "only POST is accepted here\n", {"Allow": "POST"}, close=True)
@@ -642,8 +726,84 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("%s %s", self.address_string(), format % args)
 
 
+class _Busy:
+    """Turns away connections over the cap from one thread for all of them.
+
+    Each gets the ``503`` answer and a half-close; what the client already sent is read (up
+    to DRAIN_LIMIT, for at most a second) so that the close does not reset the connection
+    before the client reads the answer. At most ``MAX_OPEN`` wait at once; more are closed.
+    """
+
+    MAX_OPEN = 256
+
+    def __init__(self, answer: bytes | None) -> None:
+        self._answer = answer  # None: close without an answer (TLS would need a handshake)
+        self._new: queue.SimpleQueue[socket.socket] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="hes-busy", daemon=True)
+        self._thread.start()
+
+    def refuse(self, sock: socket.socket) -> None:
+        self._new.put(sock)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._new.put(None)  # type: ignore[arg-type]  (wakes the thread)
+        self._thread.join(5)
+
+    def _admit(self, sock: socket.socket, waiting: dict[socket.socket, tuple[float, int]]) -> None:
+        if self._answer is None or len(waiting) >= self.MAX_OPEN:
+            _close(sock)
+            return
+        try:
+            sock.setblocking(False)
+            sock.send(self._answer)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            _close(sock)
+            return
+        waiting[sock] = (time.monotonic() + 1.0, 0)
+
+    def _run(self) -> None:
+        waiting: dict[socket.socket, tuple[float, int]] = {}
+        while not self._stop.is_set():
+            try:
+                sock = self._new.get(timeout=0.05 if waiting else None)
+                while sock is not None:
+                    self._admit(sock, waiting)
+                    sock = self._new.get_nowait()
+            except queue.Empty:
+                pass
+            if not waiting:
+                continue
+            with contextlib.suppress(OSError, ValueError):
+                readable, _, _ = select.select(list(waiting), [], [], 0.05)
+                for sock in readable:
+                    deadline, drained = waiting[sock]
+                    try:
+                        data = sock.recv(65536)
+                    except OSError:
+                        data = b""
+                    if data and drained + len(data) < DRAIN_LIMIT:
+                        waiting[sock] = (deadline, drained + len(data))
+                    else:
+                        del waiting[sock]
+                        _close(sock)
+            now = time.monotonic()
+            for sock in [s for s, (deadline, _) in waiting.items() if deadline <= now]:
+                del waiting[sock]
+                _close(sock)
+        for sock in waiting:
+            _close(sock)
+
+
+def _close(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.close()
+
+
 class _Server(ThreadingHTTPServer):
-    """ThreadingHTTPServer with TLS per connection and a registry of open connections."""
+    """ThreadingHTTPServer with TLS per connection, a connection cap and a registry of connections."""
 
     daemon_threads = True
 
@@ -652,9 +812,44 @@ class _Server(ThreadingHTTPServer):
         self.app = app
         self.connections: set[socket.socket] = set()
         self.connections_lock = threading.Lock()
+        self.active = 0  # accepted connections with a thread, TLS handshake included
+        text = f"busy: {app.max_connections} connections are open, the most this HES serves; retry later\n"
+        answer = (
+            "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            f"Content-Length: {len(text)}\r\nConnection: close\r\n\r\n{text}"
+        ).encode("ascii")
+        self.busy = _Busy(None if app._ssl is not None else answer)
         # The socket timeout of every connection (idle keep-alive, slow bodies) is per server.
         handler = type("_TimedHandler", (_Handler,), {"timeout": app.timeout})
         super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.connections_lock:
+            admitted = self.active < self.app.max_connections
+            if admitted:
+                self.active += 1
+        if not admitted:
+            self.app._count(busy=1)
+            log.info("connection from %s turned away: %d connections open", client_address[0], self.app.max_connections)
+            self.busy.refuse(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            with self.connections_lock:
+                self.active -= 1
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self.connections_lock:
+                self.active -= 1
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.busy.close()
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind does a reverse DNS lookup (getfqdn) that can hang offline.
@@ -720,6 +915,7 @@ class ReceiveServer:
         tls_key: str | None = None,
         path: str | None = None,
         max_body: int = DEFAULT_MAX_BODY,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
         ok_status: int = 204,
         timeout: float = 60.0,
         on_post: Callable[[PostSummary], None] | None = None,
@@ -730,6 +926,8 @@ class ReceiveServer:
             raise ValueError("a TLS key needs its certificate")
         if ok_status not in (200, 204):
             raise ValueError("ok_status must be 200 or 204")
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
         self.host = host
         self._requested_port = port
         self._owns_store = store is None
@@ -745,6 +943,7 @@ class ReceiveServer:
             self._ssl = context
         self.path = path
         self.max_body = max_body
+        self.max_connections = max_connections
         self.ok_status = ok_status
         self.timeout = timeout
         self.on_post = on_post
@@ -842,8 +1041,10 @@ class ReceiveServer:
         handler.wfile.flush()
 
     def _refuse_early(self, handler: _Handler, status: int, text: str, headers: dict[str, str] | None = None) -> None:
-        """Answer before reading the body, then read some of it so the client sees the answer."""
+        """Answer before the body has ended and close; read (not keep) some of it so the client sees the answer."""
         self._reply(handler, status, text, headers, close=True)
+        if _expects_continue(handler) and not handler.continued:
+            return  # the client waits for 100 Continue and sends no body: nothing to read
         # Closing with unread data makes the kernel send a reset that can destroy our answer
         # in the client's receive buffer; reading the body (bounded) first avoids that.
         with contextlib.suppress(OSError, ValueError):
@@ -876,6 +1077,7 @@ class ReceiveServer:
     def _handle_post(self, handler: _Handler) -> None:
         client = handler.client_address[0]
         request_path = handler.path.split("?", 1)[0]
+        handler.continued = False
 
         def summary(status: int, error: str | None, lines: Sequence[ReportLine] = (), new: int = 0) -> None:
             if self.on_post is not None:
@@ -885,6 +1087,13 @@ class ReceiveServer:
                 except Exception:  # a broken observer must not turn a stored POST into an error
                     log.exception("on_post callback failed")
 
+        def refuse(status: int, error: str, text: str, headers: dict[str, str] | None = None) -> None:
+            self._count(rejected=1)
+            log.info("POST %s from %s: %d %s; nothing stored", request_path, client, status, error)
+            summary(status, error)
+            self._refuse_early(handler, status, text, headers)
+
+        # Everything up to the 100 Continue is decided from the request head alone.
         if self.path is not None and request_path != self.path:
             self._refuse_early(handler, 404, f"reports are received at {self.path}\n")
             return
@@ -897,51 +1106,50 @@ class ReceiveServer:
             return
         transfer = handler.headers.get("Transfer-Encoding")
         length = handler.headers.get("Content-Length")
+        if transfer is not None and length is not None:
+            refuse(400, "both Transfer-Encoding and Content-Length", "bad request body: both Transfer-Encoding and Content-Length\n")
+            return
+        if transfer is not None and transfer.strip().lower() != "chunked":
+            refuse(501, f"Transfer-Encoding {transfer!r}", f"Transfer-Encoding {transfer!r} is not supported\n")
+            return
+        if length is not None and not length.strip().isdigit():
+            refuse(400, f"bad Content-Length {length!r}", f"bad request body: bad Content-Length {length!r}\n")
+            return
+        if length is not None and int(length) > self.max_body:
+            refuse(413, "body too large", f"body larger than {self.max_body} bytes\n")
+            return
+        if _expects_continue(handler):
+            handler.send_response_only(100)
+            handler.end_headers()
+            handler.continued = True
+        if transfer is not None:
+            pieces = _chunked_pieces(handler.rfile, self.max_body)
+        else:
+            pieces = _length_pieces(handler.rfile, int(length or 0))
+        parser = ReportParser()
         try:
-            if transfer is not None and length is not None:
-                raise _BadBody("both Transfer-Encoding and Content-Length")
-            if transfer is not None:
-                if transfer.strip().lower() != "chunked":
-                    self._count(rejected=1)
-                    summary(501, f"Transfer-Encoding {transfer!r}")
-                    self._refuse_early(handler, 501, f"Transfer-Encoding {transfer!r} is not supported\n")
-                    return
-                body = _read_chunked(handler.rfile, self.max_body)
-            elif length is not None:
-                if not length.strip().isdigit():
-                    raise _BadBody(f"bad Content-Length {length!r}")
-                size = int(length)
-                if size > self.max_body:
-                    raise _TooLarge()
-                body = handler.rfile.read(size)
-                if len(body) != size:
-                    log.info("POST from %s: connection closed after %d of %d body bytes; nothing stored", client, len(body), size)
-                    handler.close_connection = True
-                    return
-            else:
-                body = b""
+            for piece in pieces:
+                parser.feed(piece)
         except _TooLarge:
-            self._count(rejected=1)
-            summary(413, "body too large")
-            self._refuse_early(handler, 413, f"body larger than {self.max_body} bytes\n")
+            refuse(413, "body too large", f"body larger than {self.max_body} bytes\n")
             return
         except _BadBody as exc:
-            self._count(rejected=1)
-            log.info("POST from %s: bad body framing (%s); nothing stored", client, exc)
-            summary(400, str(exc))
-            self._refuse_early(handler, 400, f"bad request body: {exc}\n")
+            refuse(400, f"bad body framing ({exc})", f"bad request body: {exc}\n")
             return
-        except (TimeoutError, OSError) as exc:
+        except ReportError as exc:
+            refuse(400, str(exc), f"{exc}\n")  # the rest of the body is not waited for
+            return
+        except (_Cut, TimeoutError, OSError) as exc:
             log.info("POST from %s: body not received (%s); nothing stored", client, exc)
             handler.close_connection = True
             return
         try:
-            lines = parse_report(body)
+            lines = parser.finish()
         except ReportError as exc:
             self._count(rejected=1)
             log.info("POST %s from %s: 400 %s; nothing stored", request_path, client, exc)
             summary(400, str(exc))
-            self._reply(handler, 400, f"{exc}\n")
+            self._reply(handler, 400, f"{exc}\n")  # the body has ended: the connection stays usable
             return
         try:
             new_readings, new_heard = self.store.add(lines)
@@ -950,13 +1158,19 @@ class ReceiveServer:
             summary(500, f"storage failed: {exc}")
             self._reply(handler, 500, f"storage failed: {exc}\n")
             return
-        self._count(posts=1, lines=len(lines), readings=new_readings, heard=new_heard)
+        long_form = sum(line.long_form for line in lines)
+        self._count(posts=1, lines=len(lines), readings=new_readings, heard=new_heard, long_form=long_form)
         # Reported before the answer, so a log reader sees POSTs in the order clients saw them.
         summary(self.ok_status, None, lines, new_readings)
         if self.ok_status == 204:
             self._reply(handler, 204)
         else:
             self._reply(handler, 200, f"OK {len(lines)} lines, {new_readings} new readings\n")
+
+
+def _expects_continue(handler: _Handler) -> bool:
+    """Whether the client waits for ``100 Continue`` before sending its body."""
+    return handler.request_version != "HTTP/1.0" and handler.headers.get("Expect", "").strip().lower() == "100-continue"
 
 
 # --------------------------------------------------------------------------------------------
@@ -970,15 +1184,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--db", metavar="FILE", help="SQLite database for readings (default: in memory only)")
     where.add_argument("--jsonl", metavar="FILE", help="append readings as JSON lines to FILE instead")
-    parser.add_argument("--username", help="require HTTP basic auth with this user")
+    parser.add_argument("--username", help="HTTP basic auth user the gateways push as (required unless --no-auth)")
     secret = parser.add_mutually_exclusive_group()
     secret.add_argument("--password", help="basic-auth password (visible in ps; prefer --password-file)")
     secret.add_argument("--password-file", metavar="FILE", help="file whose first line is the password")
+    parser.add_argument("--no-auth", action="store_true",
+                        help="accept reports without credentials from anyone who can reach the port")
     parser.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate (PEM, chain)")
     parser.add_argument("--tls-key", metavar="FILE", help="private key of --tls-cert (if not in the same file)")
     parser.add_argument("--path", default=None, help="accept reports only at this path (default: any path)")
     parser.add_argument("--max-body-mib", type=int, default=DEFAULT_MAX_BODY // (1024 * 1024), metavar="MIB",
                         help="largest accepted body in MiB (default 256)")
+    parser.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS, metavar="N",
+                        help=f"connections served at once; more are answered 503 (default {DEFAULT_MAX_CONNECTIONS})")
     parser.add_argument("--ok-status", type=int, choices=(200, 204), default=204,
                         help="status of an accepted POST (default 204)")
 
@@ -993,10 +1211,18 @@ def main(args: argparse.Namespace) -> int:
                 password = handle.readline().rstrip("\r\n")
         if (args.username is None) != (password is None):
             raise ValueError("--username and --password (or --password-file) go together")
+        if args.no_auth and args.username is not None:
+            raise ValueError("--no-auth and --username exclude each other")
+        if args.username is None and not args.no_auth:
+            raise ValueError(
+                "refusing to start without authentication: give --username and --password-file (or --password),"
+                " or --no-auth to accept reports from anyone who can reach the port")
         if args.tls_key and not args.tls_cert:
             raise ValueError("--tls-key needs --tls-cert")
         if args.max_body_mib < 1:
             raise ValueError("--max-body-mib must be at least 1")
+        if args.max_connections < 1:
+            raise ValueError("--max-connections must be at least 1")
         if args.path is not None and not args.path.startswith("/"):
             raise ValueError("--path must start with '/'")
         store = open_store(args.db, args.jsonl)
@@ -1017,7 +1243,7 @@ def main(args: argparse.Namespace) -> int:
         server = ReceiveServer(
             host, port, store=store, username=args.username, password=password, tls_cert=args.tls_cert,
             tls_key=args.tls_key, path=args.path, max_body=args.max_body_mib * 1024 * 1024,
-            ok_status=args.ok_status, on_post=show,
+            max_connections=args.max_connections, ok_status=args.ok_status, on_post=show,
         )
     except (ValueError, OSError, ssl.SSLError) as exc:
         store.close()
@@ -1033,7 +1259,7 @@ def main(args: argparse.Namespace) -> int:
         where = f"SQLite {args.db}" if args.db else f"JSON lines {args.jsonl}"
     else:
         where = "memory only (use --db or --jsonl to keep them)"
-    auth = "basic auth" if args.username else "no auth"
+    auth = "basic auth" if args.username else "NO AUTHENTICATION: anyone who can reach the port can post reports"
     print(f"receiving reports on {server.url} ({auth}); readings stored in {where}", flush=True)
 
     stop = threading.Event()
@@ -1050,7 +1276,7 @@ def main(args: argparse.Namespace) -> int:
         server.stop()
         store.close()
     stats = server.stats
-    print(f"stopped: {stats.posts} POSTs, {stats.lines} lines, {stats.readings} new readings, {stats.rejected} refused",
-          flush=True)
+    print(f"stopped: {stats.posts} POSTs, {stats.lines} lines, {stats.readings} new readings, {stats.rejected} refused,"
+          f" {stats.busy} connections turned away as busy", flush=True)
     return 0
 

@@ -499,6 +499,7 @@ class Gateway:
                 "bad_frames": reader.framer.stats.bad_frames if reader else 0,
             },
             "telegrams": counts,
+            "telegrams_long_form": self.pipeline.long_form if self.pipeline else 0,
             "meters_pending": self.store.pending() if self.store else 0,
             "store_write_errors": self.store_errors,
             "pushes": dict(self.pushes),

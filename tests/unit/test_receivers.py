@@ -408,6 +408,21 @@ def test_cmex50_frame_without_receiver_records_uses_the_configured_address() -> 
     assert item.receiver_address == "12345678" and item.rssi_dbm is None and item.wired == frame[4:-2]
 
 
+def test_cmex50_long_container_is_forwarded_in_the_long_form(vectors) -> None:
+    # A device may put a 202-byte telegram in 0D FD 3B CA ...; the report carries it as 0F ...
+    # (0xCA is not a length to EN 13757-3 parsers), every other byte of the frame unchanged.
+    telegram = next(v["telegram_bytes"] for v in vectors if len(v["telegram_bytes"]) == 202)
+    long_form = wire.build_report(telegram, RECEIVER, -74, 0)
+    head = long_form[:25] + b"\x02\x75\x03\x00"
+    for tail in (b"", b"\x0f", b"\x1f"):
+        device = cmex50.wrap(head + b"\x0d\xfd\x3b\xca" + telegram + tail)
+        (item,) = run(framer("cmex50"), [device])
+        assert item.data == telegram and item.error is None
+        assert item.wired == head + b"\x0f" + telegram
+    (item,) = run(framer("cmex50"), [cmex50.wrap(long_form)])  # already the long form: unchanged
+    assert item.wired == long_form
+
+
 def test_cmex50_good_checksum_but_no_container_is_broken_and_consumed_whole() -> None:
     not_ours = cmex50.wrap(bytes.fromhex("080072" "64010061" "9615" "01" "07" "00" "00" "0000"))
     good = cmex50.encode(SEED_TELEGRAM, receiver_address=RECEIVER, rssi_dbm=-74)

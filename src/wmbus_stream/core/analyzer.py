@@ -10,8 +10,10 @@ Invariants
     - Bounded: at most ``max_meters`` records; telegrams of further meters are still counted
       in the totals (and in ``untracked``) but get no record of their own.
     - ``telegrams_ok`` counts every ``record`` call, ``telegrams_broken`` every
-      ``record_broken`` call; a meter's ``count`` counts all its telegrams, whatever the
-      verdict; verdict, RSSI "last" and mode are those of the latest telegram.
+      ``record_broken`` call, ``long_form`` every ``record_long_form`` call (accepted
+      telegrams of more than 191 bytes, reported in the 0F long form); a meter's ``count``
+      counts all its telegrams, whatever the verdict; verdict, RSSI "last" and mode are
+      those of the latest telegram.
     - Min/avg/max RSSI cover only telegrams whose RSSI is known; None when none was.
     - Resetting (by hand, or every 24 h from the start of the period) clears the statistics
       only; the store's pending telegrams are a different object and are never touched.
@@ -66,7 +68,7 @@ class MeterRow:
 
 @dataclass(frozen=True, slots=True)
 class Totals:
-    """Analyzer totals: running since (epoch s), meters found, telegrams OK and broken."""
+    """Analyzer totals: running since (epoch s), meters found, telegrams OK, broken and long."""
 
     running_since: float
     meters_found: int
@@ -74,6 +76,7 @@ class Totals:
     telegrams_broken: int
     broken_by_kind: tuple[tuple[str, int], ...]
     untracked: int  # telegrams of meters beyond max_meters (counted in telegrams_ok only)
+    long_form: int  # accepted telegrams of 192+ bytes, reported in the 0F long form
 
 
 class _Meter:
@@ -117,6 +120,7 @@ class Analyzer:
         self._ok = 0
         self._broken: dict[str, int] = {}
         self._untracked = 0
+        self._long_form = 0
 
     # -- recording (pipeline thread) ------------------------------------------------------
 
@@ -149,6 +153,11 @@ class Analyzer:
         with self._lock:
             self._broken[kind] = self._broken.get(kind, 0) + 1
 
+    def record_long_form(self) -> None:
+        """Count one accepted telegram the report carries in the 0F long form (192+ bytes)."""
+        with self._lock:
+            self._long_form += 1
+
     # -- reading (web/CLI thread) ---------------------------------------------------------
 
     def rows(self, only_allowed: bool = False, allow_ids: Iterable[str] = ()) -> list[MeterRow]:
@@ -172,7 +181,7 @@ class Analyzer:
         """Totals of the current period."""
         with self._lock:
             return Totals(self._since, len(self._meters), self._ok, sum(self._broken.values()),
-                          tuple(sorted(self._broken.items())), self._untracked)
+                          tuple(sorted(self._broken.items())), self._untracked, self._long_form)
 
     # -- periods --------------------------------------------------------------------------
 
@@ -184,6 +193,7 @@ class Analyzer:
             self._ok = 0
             self._broken = {}
             self._untracked = 0
+            self._long_form = 0
 
     def maybe_reset(self, t: float, hours: float = 24) -> bool:
         """Reset when a whole period has passed since its start; True if it did.
@@ -233,7 +243,8 @@ class Analyzer:
             ]
             state = {
                 "version": _DUMP_VERSION, "running_since": self._since, "telegrams_ok": self._ok,
-                "broken": self._broken, "untracked": self._untracked, "meters": meters,
+                "broken": self._broken, "untracked": self._untracked, "long_form": self._long_form,
+                "meters": meters,
             }
         return json.dumps(state, separators=(",", ":")).encode()
 
@@ -247,6 +258,7 @@ class Analyzer:
             ok = int(state["telegrams_ok"])
             broken = {str(k): int(v) for k, v in dict(state["broken"]).items()}
             untracked = int(state["untracked"])
+            long_form = int(state.get("long_form", 0))  # absent in dumps of older versions
             meters: dict[bytes, _Meter] = {}
             for entry in state["meters"]:
                 (key_hex, meter_id, manufacturer, device_type, verdict, count, last, low, high,
@@ -262,7 +274,7 @@ class Analyzer:
             raise ValueError(f"analyzer state is malformed ({exc}); keeping the current one") from exc
         with self._lock:
             self._meters, self._since, self._ok = meters, since, ok
-            self._broken, self._untracked = broken, untracked
+            self._broken, self._untracked, self._long_form = broken, untracked, long_form
 
 
 def _opt_int(value: object) -> int | None:

@@ -2,8 +2,10 @@
 
 Sans-IO: frames and the arrival time come in as arguments; nothing here touches a port, a
 clock or a file (the store's flush is the service's business). Every frame is counted
-exactly once under one result name; ``counts["read"]`` is their sum. This loop runs once
-per telegram, so it avoids per-telegram objects beyond the ones the store keeps.
+exactly once under one result name; ``counts["read"]`` is their sum. ``long_form`` counts
+the accepted telegrams longer than ``wire.CONTAINER_MAX``, whose report uses the 0F long form
+(also counted by the analyzer). This loop runs once per telegram, so it avoids per-telegram
+objects beyond the ones the store keeps.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class Pipeline:
         self.store = store
         self.analyzer = analyzer
         self.counts: Counter[str] = Counter()
+        self.long_form = 0
 
     def process(self, items: Iterable[Received], now: float) -> None:
         """Handle frames that arrived at ``now`` (epoch seconds)."""
@@ -75,6 +78,9 @@ class Pipeline:
             results[verdict] += 1
             if report is not None:
                 put(key, meter_id, now, report)
+                if len(telegram) > wire.CONTAINER_MAX:
+                    self.long_form += 1
+                    self.analyzer.record_long_form()
         counts = self.counts
         counts["read"] += read
         for verdict, count in enumerate(results):

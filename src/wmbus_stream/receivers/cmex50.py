@@ -10,8 +10,11 @@ C/CI) is reported broken and skipped as a whole.
 Each good frame gives the contained wireless telegram (CRC-less, ``FORMAT_NONE``), the RSSI
 from the ``01 FD 71`` record (code 0 -> unknown, 63 -> -6 dBm, else 2*code - 130), the
 receiver address from ``0C 78`` (else the configured one) and ``wired`` = the frame's own
-C..data bytes, which the report forwards unchanged. The receiver does not say which radio
-mode a telegram came in, so ``mode`` is 0 (unknown, passes every mode filter).
+C..data bytes, which the report forwards unchanged, except that a telegram longer than
+``wire.CONTAINER_MAX`` in a ``0D FD 3B`` container moves to the report's ``0F`` long form
+(a length byte of 0xC0 or more is not a length to EN 13757-3 parsers). The receiver does
+not say which radio mode a telegram came in, so ``mode`` is 0 (unknown, passes every mode
+filter).
 """
 
 from __future__ import annotations
@@ -89,6 +92,14 @@ class Cmex50Framer(BinaryFramer):
             return Received(b"", 0, error=f"cmex50: {exc}"), False
         except FrameError as exc:
             return Received(b"", 0, error=f"cmex50: {exc}"), True
+        if len(telegram) > wire.CONTAINER_MAX:
+            body = _long_form(body, telegram)
         # Positional on purpose: this runs once per telegram.
         address = address if address is not None else self.receiver_address
         return Received(telegram, wire.FORMAT_NONE, rssi_dbm(code), 0, address, body), True
+
+
+def _long_form(body: bytes, telegram: bytes) -> bytes:
+    """``body`` with its container record (and fill byte) replaced by the 0F long form."""
+    start = body.rfind(b"\x0d\xfd\x3b" + bytes((len(telegram),)) + telegram)
+    return body if start < 0 else body[:start] + bytes((wire.LONG_FORM,)) + telegram

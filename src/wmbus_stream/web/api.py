@@ -108,7 +108,8 @@ def _status(app: WebServer, req: Request, match: re.Match[str]) -> Response:
     if analyzer is not None:
         totals = analyzer.totals()
         status["analyzer"] = {"running_since": views.iso(totals.running_since), "meters_found": totals.meters_found,
-                              "telegrams_ok": totals.telegrams_ok, "telegrams_broken": totals.telegrams_broken}
+                              "telegrams_ok": totals.telegrams_ok, "telegrams_broken": totals.telegrams_broken,
+                              "telegrams_long_form": totals.long_form}
     return json_response(status)
 
 
@@ -252,6 +253,7 @@ def _analyzer(app: WebServer, req: Request, match: re.Match[str]) -> Response:
             "running_since": views.iso(totals.running_since), "meters_found": totals.meters_found,
             "telegrams_ok": totals.telegrams_ok, "telegrams_broken": totals.telegrams_broken,
             "broken_by_kind": dict(totals.broken_by_kind), "untracked": totals.untracked,
+            "telegrams_long_form": totals.long_form,
         },
         "only_allowed": q.only_allowed,
         "total": total,

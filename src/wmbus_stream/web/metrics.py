@@ -66,6 +66,10 @@ class GatewayCollector:
         for result in TELEGRAM_RESULTS:
             telegrams.add_metric([result], counts.get(result, 0))
         yield telegrams
+        yield CounterMetricFamily(
+            f"{_NS}_telegrams_long_form", "Accepted telegrams of 192 bytes or more, which the report carries in"
+            " the 0F long form because a 0D FD 3B length byte cannot say their length",
+            value=status.get("telegrams_long_form", 0))
 
         yield GaugeMetricFamily(f"{_NS}_meters_pending", "Meters with a telegram waiting for the next push",
                                 value=status.get("meters_pending", 0))

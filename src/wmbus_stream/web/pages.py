@@ -433,9 +433,10 @@ def _analyzer(app: WebServer, req: Request, match: re.Match[str]) -> Response:
     totals_html = html(
         '<dl class="totals"><div><dt>Running since</dt><dd>{since}</dd></div><div><dt>Meters found</dt><dd>{found}</dd>'
         '</div><div><dt>Telegrams OK</dt><dd>{ok}</dd></div><div><dt>Telegrams broken</dt><dd>{broken} ({kinds})</dd>'
-        '</div></dl>',
+        '</div><div><dt>Long telegrams (0F long form)</dt><dd>{long}</dd></div></dl>',
         since=fmt_time(totals.running_since) if totals else "-", found=totals.meters_found if totals else 0,
         ok=totals.telegrams_ok if totals else 0, broken=totals.telegrams_broken if totals else 0, kinds=broken,
+        long=totals.long_form if totals else 0,
     )
     switch_label = ("Showing allow-listed meters only" if q.only_allowed and cfg.filter_device_id
                     else "Showing all meters")
