@@ -347,3 +347,169 @@ def test_cli_rejects_bad_options() -> None:
     assert main(parser.parse_args(["--username", "gw"])) == 3
     assert main(parser.parse_args(["--listen", "nonsense"])) == 3
     assert main(parser.parse_args(["--tls-key", "k.pem"])) == 3
+
+
+# -- long telegrams ----------------------------------------------------------------------------
+
+
+def vector_telegrams_longer_than(size: int) -> list[bytes]:
+    path = Path(__file__).resolve().parents[1] / "vectors" / "telegrams.jsonl"
+    found = {bytes.fromhex(json.loads(raw)["telegram"]) for raw in path.read_text().splitlines() if raw.strip()}
+    return sorted((t for t in found if len(t) > size), key=len)
+
+
+def test_long_form_lines_are_read_and_stored_byte_exact(hes: ReceiveServer) -> None:
+    # 202, 207 and 230 bytes: past a 0D FD 3B length byte (0xBF) and, for 230, past a long frame.
+    long_ones = vector_telegrams_longer_than(wire.CONTAINER_MAX)
+    assert [len(t) for t in long_ones] == [202, 202, 207, 230]
+    body = "".join(
+        f"{i:08d};{t[7:3:-1].hex().upper()};2026-11-24 10:15:02;00;{wire.build_report(t, '62001772', -74, 0).hex().upper()}\n"
+        for i, t in enumerate(long_ones, 1)
+    )
+    assert post(hes, body.encode())[0] == 204
+    assert sorted(r.telegram for r in hes.store.readings()) == sorted(long_ones)
+    assert {h.rssi_code for h in hes.store.heard()} == {0x1C} and hes.stats.long_form == 4
+    assert all(h.receiver == "62001772" for h in hes.store.heard())
+
+
+def test_long_container_of_older_gateways_is_still_read_as_a_length(hes: ReceiveServer) -> None:
+    telegram = vector_telegrams_longer_than(wire.CONTAINER_MAX)[0]
+    meter = telegram[7:3:-1].hex().upper()
+    assert post(hes, (line(meter=meter, telegram=telegram) + "\n").encode())[0] == 204  # 0D FD 3B CA ...
+    assert [r.telegram for r in hes.store.readings()] == [telegram] and hes.stats.long_form == 0
+
+
+LONG = vector_telegrams_longer_than(0xBF)[0]
+LONG_WIRED = wire.build_report(LONG, "62001772", -74, 0)
+LONG_METER = LONG[7:3:-1].hex().upper()
+BAD_LONG_LINES = [
+    (LONG_WIRED[:-1], "L-field"),  # 0F runs to the end of the line: the L-field must say so
+    (LONG_WIRED + b"\x0f", "L-field"),
+    (LONG_WIRED[:25] + b"\x0f", "shorter than 11"),
+    (LONG_WIRED[:25] + b"\x0f\x0f" + LONG, "L-field"),
+    (LONG_WIRED[:15] + b"\x0f" + LONG[:-1], "L-field"),
+]
+
+
+@pytest.mark.parametrize(("wired_bytes", "reason"), BAD_LONG_LINES, ids=[str(i) for i in range(len(BAD_LONG_LINES))])
+def test_malformed_long_form_is_400(hes: ReceiveServer, wired_bytes: bytes, reason: str) -> None:
+    status, text, _ = post(hes, (line(meter=LONG_METER, hex_text=wired_bytes.hex().upper()) + "\n").encode())
+    assert status == 400 and text.startswith("line 1: ") and reason in text and "long form" in text, text
+    assert hes.store.readings() == []
+
+
+# -- the trust boundary: connection cap, streaming limits, credentials before the body ---------
+
+
+def raw_request(port: int, head: str, body: bytes = b"") -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(head.replace("\n", "\r\n").encode() + b"\r\n" + body)
+    return sock
+
+
+def read_answer(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes (or the 10 s socket timeout fails the test)."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_connections_over_the_cap_get_503_without_a_thread_each() -> None:
+    with ReceiveServer(max_connections=2) as server:
+        idle = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(2)]
+        assert wait_until(lambda: server._server.active == 2)
+        threads = threading.active_count()
+        excess = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(40)]
+        answers = [read_answer(sock) for sock in excess]
+        assert all(a.startswith(b"HTTP/1.1 503 ") and b"Retry-After: 5\r\n" in a for a in answers), answers[0]
+        assert threading.active_count() <= threads + 1  # no thread per turned-away connection
+        assert server.stats.busy == 40
+        for sock in idle + excess:
+            sock.close()
+        assert wait_until(lambda: server._server.active == 0)
+        assert post(server, (line() + "\n").encode())[0] == 204
+
+
+def test_expect_100_continue_is_answered_only_after_the_credentials() -> None:
+    body = (line() + "\n").encode()
+    head = f"POST / HTTP/1.1\nHost: x\nContent-Length: {len(body)}\nExpect: 100-continue\n"
+    good = "Authorization: Basic " + base64.b64encode(b"gw:s3cret").decode() + "\n"
+    with ReceiveServer(username="gw", password="s3cret", max_body=10_000) as server:
+        with raw_request(server.port, head) as sock:  # no credentials, no body sent: 401 at once
+            answer = read_answer(sock)
+        assert answer.startswith(b"HTTP/1.1 401 ") and b"100 Continue" not in answer
+        big = f"POST / HTTP/1.1\nHost: x\nContent-Length: 20000\nExpect: 100-continue\n{good}"
+        with raw_request(server.port, big) as sock:  # over the limit: 413 without 100 Continue
+            answer = read_answer(sock)
+        assert answer.startswith(b"HTTP/1.1 413 ") and b"100 Continue" not in answer
+        with raw_request(server.port, head + good) as sock:
+            assert sock.recv(100).startswith(b"HTTP/1.1 100 Continue\r\n")
+            sock.sendall(body)
+            assert sock.recv(100).startswith(b"HTTP/1.1 204 ")
+        assert len(server.store.readings()) == 1 and server.stats.unauthorized == 1
+
+
+def test_a_bad_line_is_answered_before_the_body_ends(hes: ReceiveServer) -> None:
+    first = (line(serial="0000016X") + "\n").encode()
+    head = "POST / HTTP/1.1\nHost: x\nTransfer-Encoding: chunked\n"
+    with raw_request(hes.port, head, b"%x\r\n%s\r\n" % (len(first), first)) as sock:  # the body never ends
+        answer = read_answer(sock)
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"line 1: gateway serial" in answer
+    assert hes.store.readings() == [] and hes.stats.rejected == 1
+
+
+def test_a_body_over_the_limit_is_413_as_soon_as_it_crosses_it() -> None:
+    piece = (line() + "\n").encode()
+    with ReceiveServer(max_body=100_000) as server:
+        head = "POST / HTTP/1.1\nHost: x\nTransfer-Encoding: chunked\n"
+        chunks = b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for _ in range(100_000 // len(piece) + 2))
+        with raw_request(server.port, head, chunks) as sock:  # past the limit, and never ended
+            answer = read_answer(sock)
+        assert answer.startswith(b"HTTP/1.1 413 ")
+        assert server.store.readings() == [] and server.stats.posts == 0
+
+
+def wait_until(predicate, timeout: float = 10.0) -> bool:
+    """Poll ``predicate`` until it holds (True) or the deadline passes (False)."""
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def run_receive(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "wmbus_stream", "receive", "--listen", "127.0.0.1:0", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def refused(*args: str) -> str:
+    """stderr of a ``receive`` that must exit 3 at once (killed if it starts serving instead)."""
+    process = run_receive(*args)
+    try:
+        _, error = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 3, error
+    return error
+
+
+def test_cli_receive_requires_credentials_unless_no_auth() -> None:
+    error = refused()
+    assert "refusing to start without authentication" in error and "--no-auth" in error
+    assert "exclude each other" in refused("--no-auth", "--username", "gw", "--password", "x")
+    process = run_receive("--no-auth", "--max-connections", "4")
+    try:
+        banner = process.stdout.readline()
+        assert "NO AUTHENTICATION" in banner, banner + process.stderr.read()
+        url = banner.split()[3]
+        assert client.push(url, lambda: [(line() + "\n").encode()], deadline=None).ok
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(10) == 0
+        process.stdout.close()
+        process.stderr.close()
