@@ -24,7 +24,7 @@ import pytest
 
 import wmbus_stream
 from wmbus_stream import wire
-from wmbus_stream.hes import JsonlStore, PostSummary, ReceiveServer, SqliteStore, add_arguments, parse_report
+from wmbus_stream.hes import JsonlStore, PostSummary, ReceiveServer, SqliteStore, add_arguments, parse_line, parse_report
 from wmbus_stream.io import http as client
 
 pytestmark = pytest.mark.integration
@@ -513,3 +513,12 @@ def test_cli_receive_requires_credentials_unless_no_auth() -> None:
         assert process.wait(10) == 0
         process.stdout.close()
         process.stderr.close()
+
+
+def test_the_long_form_example_of_the_integration_guide_parses() -> None:
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "hes-integration.md").read_text(encoding="utf-8")
+    (example,) = [text for text in guide.splitlines() if text.startswith("00000161;54423117;")]
+    parsed = parse_line(example)
+    assert parsed.long_form and parsed.telegram in vector_telegrams_longer_than(wire.CONTAINER_MAX)
+    assert parsed.wired == wire.build_report(parsed.telegram, "62001772", -74, 0)
+    assert (parsed.receiver, parsed.rssi_code, len(parsed.telegram)) == ("62001772", 0x1C, 202)
