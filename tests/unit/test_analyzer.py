@@ -198,3 +198,32 @@ def test_record_counts_a_burst_of_100k_telegrams() -> None:
         a.record(keys[i % 1000], ids[i % 1000], 7, ACCEPTED, -70, "T1", T0 + i)
     totals = a.totals()
     assert totals.meters_found == 1000 and totals.telegrams_ok == 100_000 and totals.untracked == 0
+
+
+def test_long_form_telegrams_through_the_pipeline_are_counted_kept_and_reset(tmp_path: Path, vectors) -> None:
+    from wmbus_stream import wire
+    from wmbus_stream.core.pipeline import Pipeline, Settings
+    from wmbus_stream.receivers.base import Received
+    from wmbus_stream.wire.filters import matcher
+
+    long_one = next(v["telegram_bytes"] for v in vectors if len(v["telegram_bytes"]) == 230)
+    short_one = vectors[0]["telegram_bytes"]
+    analyzer = Analyzer(1000.0)
+    store = Store.open(str(tmp_path / "s.sqlite"))
+    pipeline = Pipeline(Settings(matcher(), "62001772", 0), store, analyzer)
+    pipeline.process([Received(t, wire.FORMAT_NONE) for t in (long_one, short_one, long_one)], 1001.0)
+    pipeline.settings = Settings(matcher(["ELV"] if long_one[2:4] != b"\x96\x15" else ["ABB"]), None, 0)
+    pipeline.process([Received(long_one, wire.FORMAT_NONE)], 1002.0)  # rejected by the filter: not reported
+    assert pipeline.long_form == 2 and analyzer.totals().long_form == 2 and analyzer.totals().telegrams_ok == 4
+    (row,) = [r for r in store.snapshot() if r[3].endswith(long_one)]
+    assert row[3][25] == wire.LONG_FORM
+    copy = Analyzer(0.0)
+    copy.load(analyzer.dump())
+    assert copy.totals().long_form == 2
+    state = json.loads(analyzer.dump())
+    del state["long_form"]  # a dump of an older version
+    copy.load(json.dumps(state).encode())
+    assert copy.totals().long_form == 0
+    analyzer.reset(2000.0)
+    assert analyzer.totals().long_form == 0
+    store.close()
