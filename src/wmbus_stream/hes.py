@@ -8,6 +8,8 @@ Strategy
   bodies, so the handler decodes them itself; ``Content-Length`` bodies are accepted too (a
   buffering proxy such as nginx turns the gateway's chunked POST into one). A request with
   both is refused (request smuggling).
+- TLS, when configured, is negotiated in the connection's own thread, so a client that
+  connects and never completes a handshake cannot stall the accept loop.
 - Path and credentials are checked from the request head, before any body byte is read:
   ``Expect: 100-continue`` is answered only after them, and a refusal closes the connection.
   Authentication is the command line's default (``--no-auth`` turns it off).
