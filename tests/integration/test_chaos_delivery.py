@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from gwkit import PROTOCOLS, SPEC_TELEGRAM, assert_report, pairs, report_key, variant, wait_for, with_id
+from gwkit import PROTOCOLS, SPEC_TELEGRAM, assert_report, cron_at, pairs, report_key, run_cli, soon, variant, wait_for, with_id
 
 pytestmark = pytest.mark.integration
 
@@ -78,6 +78,7 @@ class ChaosHes:
 
     def __init__(self, seed: int) -> None:
         self.rng = random.Random(seed)
+        self.script: list[tuple[str, int]] = []  # (fault, cut) to play first, in order
         self.requests: list[ChaosRequest] = []
         self.healthy = False
         self._lock = threading.Lock()
@@ -102,8 +103,11 @@ class ChaosHes:
             except OSError:
                 return
             with self._lock:  # faults are drawn in arrival order: a seed replays the sequence
-                fault = "healthy" if self.healthy else self.rng.choice(FAULTS)
-                cut = self.rng.randrange(0, 500_000)
+                if self.script:
+                    fault, cut = self.script.pop(0)
+                else:
+                    fault = "healthy" if self.healthy else self.rng.choice(FAULTS)
+                    cut = self.rng.randrange(0, 500_000)
                 request = ChaosRequest(len(self.requests), fault)
                 self.requests.append(request)
             thread = threading.Thread(target=self._handle, args=(conn, request, cut), daemon=True)
@@ -246,3 +250,37 @@ def test_chaos_hes_loses_nothing_and_deletes_nothing_without_a_2xx(config, pty_r
     assert not missing, f"the latest telegram of {missing} of {METERS} meters never arrived{context()}"
     assert_report([delivered[w] for w in wired], pairs(CMEX50, latest), since=since)
     assert gw.alive()
+
+
+def test_push_by_hand_takes_an_early_2xx_for_a_failure_and_keeps_everything(config, pty_receiver, chaos_hes, gateway) -> None:
+    """``push now`` through the running gateway (the web's push button takes the same path) and
+    from the state of a stopped one apply the same rule as the scheduled push."""
+    meters = [with_id(SPEC_TELEGRAM, 41000000 + m) for m in range(500)]  # a body of about 150 kB
+    chaos_hes.script += [("early-200", 50_000), ("early-200", 100_000)]
+    chaos_hes.heal()  # after the script
+    config.write({"receiver.port": str(pty_receiver.link), "receiving.server.url": chaos_hes.url,
+                  "receiving.server.push.cron": cron_at(soon(3600)), "receiving.server.retries": "0"})
+    since = time.time()
+    gw = gateway(config)
+    gw.wait_connected()
+    pty_receiver.write(b"".join(CMEX50.encode(t) for t in meters))
+    gw.wait_ok(len(meters))
+
+    through_gateway = run_cli("push", "now", "--config", str(config.path))
+    assert through_gateway.returncode != 0, through_gateway.stdout.decode() + gw.tail()
+    assert b"HES answered HTTP 200 " in through_gateway.stdout and b"not acknowledged, kept" in through_gateway.stdout
+    assert gw.status()["meters_pending"] == len(meters)
+    gw.stop()
+    assert config.pending_on_disk() == len(meters)
+
+    from_state = run_cli("push", "now", "--config", str(config.path))
+    assert from_state.returncode != 0 and b"not acknowledged, kept" in from_state.stdout, from_state.stdout.decode()
+    assert config.pending_on_disk() == len(meters)
+
+    healthy = run_cli("push", "now", "--config", str(config.path))
+    assert healthy.returncode == 0, healthy.stdout.decode() + healthy.stderr.decode()
+    assert config.pending_on_disk() == 0
+    first, second, last = chaos_hes.snapshot()
+    assert not first.complete and not second.complete and first.answered == second.answered == 200
+    assert acknowledged(last)
+    assert_report(last.lines(), pairs(CMEX50, meters), since=since)
