@@ -34,8 +34,8 @@ METERS = 2000
 GENERATIONS = 4
 FAULTS = ("200", "500", "503", "hang", "close", "early-200")
 SLICE = 500  # meters written to the pty at once
-PUSHES_PER_SLICE = 1  # chaos pushes between two slices (unless nothing is pending)
-PUSHES_AFTER_THE_LAST = 6  # chaos pushes after the last generation, before the HES recovers
+PUSHES_PER_SLICE = 2  # chaos pushes between two slices (unless nothing is pending)
+PUSHES_AFTER_THE_LAST = 10  # chaos pushes after the last generation, before the HES recovers
 
 
 @dataclass
