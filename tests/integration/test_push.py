@@ -71,6 +71,7 @@ class Respond:
     status: int
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
+    hold: float = 0.0  # keep the connection open this long after answering (ignoring Connection: close)
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,7 @@ class RawServer:
             head = f"HTTP/1.1 {action.status} {reason}\r\nContent-Length: {len(action.body)}\r\nConnection: close\r\n"
             head += "".join(f"{k}: {v}\r\n" for k, v in action.headers.items())
             conn.sendall(head.encode() + b"\r\n" + action.body)
+            self._stop.wait(action.hold)
 
     @staticmethod
     def _read(conn: socket.socket, cut_after: int | None) -> Seen:
@@ -448,6 +450,16 @@ def test_early_2xx_is_retried_and_the_next_complete_body_acknowledges(raw_server
     result = client.push(server.url, factory, deadline=None, sleep=lambda s: None)
     assert result.ok and result.status == 204 and result.attempts == 2 and factory.calls == 2
     assert server.seen[1].complete and server.seen[1].body == factory.body
+
+
+def test_push_asks_the_hes_to_close_and_a_server_keeping_it_open_still_acknowledges(raw_server) -> None:
+    """The clean close is how the HES shows it read everything; one that ignores
+    ``Connection: close`` but took every byte is acknowledged after the read timeout."""
+    factory = Factory(report(50))
+    server = raw_server(Respond(204, hold=5))
+    result = client.push(server.url, factory, attempts=1, read_timeout=0.3, deadline=None)
+    assert result.ok and result.status == 204 and result.bytes_sent == len(factory.body)
+    assert server.seen[0].headers["connection"] == "close" and server.seen[0].complete
 
 
 def test_body_generator_ending_in_an_error_after_a_2xx_cannot_acknowledge(raw_server) -> None:

@@ -98,6 +98,8 @@ CHUNK_SIZE = 16 * 1024
 MIN_TIMEOUT = 0.5
 # How much of an error response is kept for the message (the HES says what was wrong there).
 ERROR_EXCERPT = 300
+# After a 2xx at most this much more is read while waiting for the HES to close the connection.
+DRAIN_MAX = 64 * 1024
 RETRYABLE_STATUS = frozenset({408, 429})
 REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
 
@@ -262,12 +264,18 @@ class _BodyMeter:
         wire = self.wire
         if wire is None:
             return "but no connection was seen"
-        wire.settimeout(timeout)
+        # What is left of the answer (or a TLS close alert), within the read timeout and a
+        # size limit: an HES that keeps the connection open, or keeps talking, is judged below.
+        end, left_over = time.monotonic() + timeout, 0
         try:
-            while wire.recv(65536):  # what is left of the answer (or a TLS close alert)
-                pass
+            while (left := end - time.monotonic()) > 0 and left_over <= DRAIN_MAX:
+                wire.settimeout(left)
+                data = wire.recv(65536)
+                if not data:
+                    break
+                left_over += len(data)
         except TimeoutError:
-            pass  # it keeps the connection open despite Connection: close: judged below
+            pass
         except OSError as exc:
             return f"and then {'reset' if isinstance(exc, ConnectionResetError) else 'broke'} the connection" \
                    " (it had not read the whole body)"
@@ -517,7 +525,7 @@ def _post_once(
             if 200 <= status < 300:
                 if not meter.complete():
                     return _Attempt(False, status, _incomplete(status, meter, pieces), True, None, meter.written)
-                response.drain_conn()
+                _read_excerpt(response)  # the start of its answer; peer_problem reads on to the close
                 problem = meter.peer_problem(read_timeout)
                 if problem is not None:
                     message = f"HES answered HTTP {status} {problem}: not acknowledged, kept"
