@@ -27,6 +27,8 @@ Strategy
   dropped, so the server sees an incomplete body and must store nothing of it.
 
 Invariants
+- Nothing is acknowledged that was not sent: ``PushResult.ok`` only for a 2xx to a body that
+  reached the socket whole (see above); ``bytes_sent`` counts report bytes the socket took.
 - TLS verification is always on: system CAs plus an optional private CA file, hostname
   checked. There is no switch to turn it off.
 - Credentials come from the arguments or the URL's user info; they are sent only as an
