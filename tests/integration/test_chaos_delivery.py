@@ -36,6 +36,7 @@ FAULTS = ("200", "500", "503", "hang", "close", "early-200")
 SLICE = 500  # meters written to the pty at once
 PUSHES_PER_SLICE = 2  # chaos pushes between two slices (unless nothing is pending)
 PUSHES_AFTER_THE_LAST = 10  # chaos pushes after the last generation, before the HES recovers
+BUDGET = 240.0  # seconds for the whole run, however the waits add up (a healthy run takes about 30)
 
 
 @dataclass
@@ -199,6 +200,7 @@ def deleted_without_a_2xx(requests: list[ChaosRequest]) -> list[str]:
 
 
 def test_chaos_hes_loses_nothing_and_deletes_nothing_without_a_2xx(config, pty_receiver, chaos_hes, gateway) -> None:
+    """2,000 meters, four generations through the pty, a seeded mix of every fault, then a healthy HES."""
     meters = [with_id(SPEC_TELEGRAM, 40000000 + m) for m in range(METERS)]
     config.write({"receiver.port": str(pty_receiver.link), "receiving.server.url": chaos_hes.url,
                   "receiving.server.push.cron": "* * * * * *", "receiving.server.retries": "1",
@@ -216,18 +218,25 @@ def test_chaos_hes_loses_nothing_and_deletes_nothing_without_a_2xx(config, pty_r
         target = len(chaos_hes.snapshot()) + count
         return lambda: len(chaos_hes.snapshot()) >= target or (gw.status() or {}).get("meters_pending") == 0
 
+    budget_end = time.monotonic() + BUDGET
+
+    def budget() -> float:
+        """What is left of the run's time budget (each wait gets at most that)."""
+        return max(1.0, budget_end - time.monotonic())
+
     sent = 0
     for generation in range(GENERATIONS):  # a new reading of every meter, in slices, while the HES misbehaves
         for start in range(0, METERS, SLICE):
             frames = [CMEX50.encode(variant(t, generation)) for t in meters[start:start + SLICE]]
-            pty_receiver.write(b"".join(frames), timeout=60)
+            pty_receiver.write(b"".join(frames), timeout=budget())
             sent += len(frames)
-            gw.wait_status(lambda s, n=sent: s["telegrams"].get("ok", 0) >= n, f"{sent} telegrams read", timeout=60)
-            wait_for(pushes(PUSHES_PER_SLICE), f"chaos pushes after {sent} telegrams", 60, context=context)
-    wait_for(pushes(PUSHES_AFTER_THE_LAST), "chaos pushes after the last generation", 60, context=context)
+            gw.wait_status(lambda s, n=sent: s["telegrams"].get("ok", 0) >= n, f"{sent} telegrams read", timeout=budget())
+            wait_for(pushes(PUSHES_PER_SLICE), f"chaos pushes after {sent} telegrams", budget(), context=context)
+    wait_for(pushes(PUSHES_AFTER_THE_LAST), "chaos pushes after the last generation", budget(),
+             context=context)
 
     chaos_hes.heal()
-    gw.wait_status(lambda s: s["meters_pending"] == 0, "everything acknowledged by the healthy HES", timeout=60)
+    gw.wait_status(lambda s: s["meters_pending"] == 0, "everything acknowledged by the healthy HES", timeout=budget())
     requests = chaos_hes.snapshot()
     status = gw.status()
     assert status is not None and status["telegrams"]["ok"] == sent, context()
@@ -246,7 +255,10 @@ def test_chaos_hes_loses_nothing_and_deletes_nothing_without_a_2xx(config, pty_r
     wired = {CMEX50.wired(t).hex().upper().encode() + b"\n" for t in latest}
     missing = len(wired - delivered.keys())
     assert not missing, f"the latest telegram of {missing} of {METERS} meters never arrived{context()}"
-    assert_report([delivered[w] for w in wired], pairs(CMEX50, latest), since=since)
+    try:
+        assert_report([delivered[w] for w in wired], pairs(CMEX50, latest), since=since)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}{context()}") from None
     assert gw.alive()
 
 
