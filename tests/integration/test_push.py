@@ -71,6 +71,7 @@ class Respond:
     status: int
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
+    hold: float = 0.0  # keep the connection open this long after answering (ignoring Connection: close)
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,15 @@ class Cut:
 @dataclass(frozen=True)
 class Hang:
     """Read the whole request and never answer."""
+
+
+@dataclass(frozen=True)
+class Early:
+    """Read the head and ``after`` bytes of the body as they are on the wire (chunk framing
+    included), answer ``status`` with ``Connection: close`` and close: a careless HES."""
+
+    after: int
+    status: int = 200
 
 
 @dataclass
@@ -98,7 +108,7 @@ class Seen:
 class RawServer:
     """One request per connection; action i answers connection i (the last one repeats)."""
 
-    def __init__(self, *actions: Respond | Cut | Hang):
+    def __init__(self, *actions: Respond | Cut | Hang | Early):
         self.actions = list(actions)
         self.seen: list[Seen] = []
         self._lock = threading.Lock()
@@ -124,9 +134,21 @@ class RawServer:
             thread.start()
             self._threads.append(thread)
 
-    def _handle(self, conn: socket.socket, action: Respond | Cut | Hang) -> None:
+    def _handle(self, conn: socket.socket, action: Respond | Cut | Hang | Early) -> None:
         conn.settimeout(5)
         with conn:
+            if isinstance(action, Early):
+                # Unbuffered reads: what it does not read stays in the kernel, as in a real HES.
+                head = bytearray()
+                while not head.endswith(b"\r\n\r\n"):
+                    head += conn.recv(1)
+                body = bytearray()
+                while len(body) < action.after and (data := conn.recv(min(65536, action.after - len(body)))):
+                    body += data
+                with self._lock:
+                    self.seen.append(Seen(bytes(head + body), {}, bytes(body), [], False, []))
+                conn.sendall(f"HTTP/1.1 {action.status} OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode())
+                return  # closing with the rest of the body unread: the kernel resets the connection
             seen = self._read(conn, action.after if isinstance(action, Cut) else None)
             with self._lock:
                 self.seen.append(seen)
@@ -141,6 +163,7 @@ class RawServer:
             head = f"HTTP/1.1 {action.status} {reason}\r\nContent-Length: {len(action.body)}\r\nConnection: close\r\n"
             head += "".join(f"{k}: {v}\r\n" for k, v in action.headers.items())
             conn.sendall(head.encode() + b"\r\n" + action.body)
+            self._stop.wait(action.hold)
 
     @staticmethod
     def _read(conn: socket.socket, cut_after: int | None) -> Seen:
@@ -203,7 +226,7 @@ class RawServer:
 def raw_server() -> Iterator[Callable[..., RawServer]]:
     servers: list[RawServer] = []
 
-    def make(*actions: Respond | Cut | Hang) -> RawServer:
+    def make(*actions: Respond | Cut | Hang | Early) -> RawServer:
         server = RawServer(*actions)
         servers.append(server)
         return server
@@ -367,6 +390,88 @@ def test_server_cutting_the_body_gets_the_complete_body_next_attempt(raw_server)
     assert second.complete and second.body == factory.body
     assert result.bytes_sent == len(factory.body)
     assert len(waits) == 1
+
+
+def chunked(body: bytes) -> bytes:
+    """The body as the push frames it on the wire: CHUNK_SIZE chunks and the zero chunk."""
+    size = client.CHUNK_SIZE
+    pieces = [body[i:i + size] for i in range(0, len(body), size)]
+    return b"".join(b"%x\r\n%b\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+
+
+def early_cut_points(body: bytes) -> dict[str, int]:
+    """Places in the wire body where a careless HES stops reading and answers."""
+    wire_body = chunked(body)
+    last_chunk_data = wire_body.rindex(b"\r\n", 0, len(wire_body) - 5 - 2) + 2
+    return {
+        "before the body": 0,
+        "in the first chunk": 1000,
+        "in the middle": len(wire_body) // 2,
+        "inside the last chunk": last_chunk_data + 10,
+        "before the terminating zero chunk": len(wire_body) - 5,
+        "inside the terminating zero chunk": len(wire_body) - 2,
+    }
+
+
+BIG_REPORT = report(1360)  # as many lines as the report of the field incident (about 400 kB)
+
+
+@pytest.mark.parametrize("where", list(early_cut_points(b"".join(BIG_REPORT))))
+def test_2xx_before_the_whole_body_was_read_acknowledges_nothing(where: str, raw_server, caplog: pytest.LogCaptureFixture) -> None:
+    """The field incident: an HES answered 200 after reading part of the report and the gateway
+    took it as an acknowledgement (urllib3 swallows the broken pipe and reads the early answer)."""
+    factory = Factory(BIG_REPORT)
+    after = early_cut_points(factory.body)[where]
+    server = raw_server(Early(after))
+    caplog.set_level(logging.INFO, logger="wmbus_stream.push")
+    result = client.push(server.url, factory, attempts=1, read_timeout=5, deadline=None)
+    (seen,) = server.seen
+    assert len(seen.body) == after  # the HES did stop there
+    assert not result.ok and result.status == 200 and result.retryable
+    assert result.error.startswith("HES answered HTTP 200 ") and result.error.endswith(": not acknowledged, kept")
+    assert "acknowledged:" not in caplog.text
+    assert re.search(r"attempt 1/1 failed: HES answered HTTP 200 .*not acknowledged, kept; giving up", caplog.text)
+    if result.bytes_sent < len(factory.body):  # the cut came while the gateway was still sending
+        assert f"after {result.bytes_sent} of {len(factory.body)} bytes" in result.error
+
+
+def test_2xx_after_the_whole_body_was_read_acknowledges(raw_server) -> None:
+    """The same careless server reading the body to its end is a proper acknowledgement."""
+    factory = Factory(BIG_REPORT)
+    server = raw_server(Early(len(chunked(factory.body))))
+    result = client.push(server.url, factory, attempts=1, read_timeout=5, deadline=None)
+    assert result.ok and result.status == 200 and result.bytes_sent == len(factory.body)
+    assert server.seen[0].body == chunked(factory.body)
+
+
+def test_early_2xx_is_retried_and_the_next_complete_body_acknowledges(raw_server) -> None:
+    factory = Factory(BIG_REPORT)
+    server = raw_server(Early(64 * 1024), Respond(204))
+    result = client.push(server.url, factory, deadline=None, sleep=lambda s: None)
+    assert result.ok and result.status == 204 and result.attempts == 2 and factory.calls == 2
+    assert server.seen[1].complete and server.seen[1].body == factory.body
+
+
+def test_push_asks_the_hes_to_close_and_a_server_keeping_it_open_still_acknowledges(raw_server) -> None:
+    """The clean close is how the HES shows it read everything; one that ignores
+    ``Connection: close`` but took every byte is acknowledged after the read timeout."""
+    factory = Factory(report(50))
+    server = raw_server(Respond(204, hold=5))
+    result = client.push(server.url, factory, attempts=1, read_timeout=0.3, deadline=None)
+    assert result.ok and result.status == 204 and result.bytes_sent == len(factory.body)
+    assert server.seen[0].headers["connection"] == "close" and server.seen[0].complete
+
+
+def test_body_generator_ending_in_an_error_after_a_2xx_cannot_acknowledge(raw_server) -> None:
+    """A generator that breaks is the caller's fault and never acknowledges, whatever the HES says."""
+    server = raw_server(Early(0))
+
+    def body() -> Iterator[bytes]:
+        yield from BIG_REPORT[:200]
+        raise RuntimeError("store went away")
+
+    result = client.push(server.url, body, attempts=3, deadline=None, sleep=lambda s: None)
+    assert not result.ok and not result.retryable
 
 
 def test_hung_server_hits_the_read_timeout(raw_server) -> None:

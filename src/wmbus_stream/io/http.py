@@ -9,7 +9,14 @@ Strategy
   pieces from the report generator are coalesced into chunks of up to ``CHUNK_SIZE`` bytes
   so the wire carries a few framed chunks instead of one per line; empty pieces are dropped
   because an empty chunk would end the body early.
-- Any 2xx acknowledges. 408, 429, 5xx, connection and timeout failures are retried with
+- A 2xx acknowledges only a body that was sent whole: the report generator ran to its end,
+  every chunk and the terminating zero chunk were written to the socket (counted in the
+  connection's ``send``, where ``sendall`` returns), and the HES then closed the connection
+  (every push asks for ``Connection: close``) without a reset and with nothing of ours left
+  unacknowledged in the socket's send queue. urllib3 swallows a broken pipe or reset while
+  sending so that it can read an early answer; such an answer, a reset after the answer or a
+  body cut short any other way is a failed push (retried, the report kept), never an
+  acknowledgement. 408, 429, 5xx, connection and timeout failures are retried with
   exponential backoff and full jitter (``BACKOFF_BASE`` doubling up to ``BACKOFF_CAP``), or
   after exactly ``Retry-After`` when the server sends one. Other statuses, TLS verification
   failures and a bad configuration are not retried in this interval: a retry cannot fix them.
@@ -20,6 +27,8 @@ Strategy
   dropped, so the server sees an incomplete body and must store nothing of it.
 
 Invariants
+- Nothing is acknowledged that was not sent: ``PushResult.ok`` only for a 2xx to a body that
+  reached the socket whole (see above); ``bytes_sent`` counts report bytes the socket took.
 - TLS verification is always on: system CAs plus an optional private CA file, hostname
   checked. There is no switch to turn it off.
 - Credentials come from the arguments or the URL's user info; they are sent only as an
@@ -33,11 +42,15 @@ from __future__ import annotations
 
 import base64
 import email.utils
+import fcntl
 import http.client
 import logging
+import os
 import random
 import socket
 import ssl
+import struct
+import termios
 import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
@@ -46,6 +59,8 @@ from typing import Any
 from urllib.parse import unquote, urljoin
 
 import urllib3
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import (
     ConnectTimeoutError,
     LocationParseError,
@@ -85,6 +100,8 @@ CHUNK_SIZE = 16 * 1024
 MIN_TIMEOUT = 0.5
 # How much of an error response is kept for the message (the HES says what was wrong there).
 ERROR_EXCERPT = 300
+# After a 2xx at most this much more is read while waiting for the HES to close the connection.
+DRAIN_MAX = 64 * 1024
 RETRYABLE_STATUS = frozenset({408, 429})
 REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
 
@@ -190,6 +207,137 @@ def _pool(target: _Target, ca_file: str | None) -> urllib3.PoolManager:
     return urllib3.PoolManager(**kwargs)
 
 
+class _BodyMeter:
+    """One attempt's body: what the report produced and what of it the socket took.
+
+    The report generator (``_coalesce``) announces each chunk before urllib3 sends it; the
+    connection's ``send`` confirms it once ``sendall`` returned. The first send of an
+    attempt is the request head, a send after the generator's end is the zero chunk.
+    """
+
+    def __init__(self) -> None:
+        self.wire: socket.socket | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the previous attempt (and its socket)."""
+        self.close()
+        self.taken = 0  # bytes taken from the report generator
+        self.produced = 0  # payload bytes handed to urllib3 as chunks
+        self.written = 0  # payload bytes of chunks the socket took whole
+        self.pending = 0  # payload of the chunk handed over and not yet written
+        self.finished = False  # the report generator ran to its end
+        self.terminated = False  # the terminating zero chunk was written
+        self.fault: str | None = None  # why the body did not reach the socket whole
+
+    def chunk(self, size: int) -> None:
+        """The generator hands urllib3 a chunk of ``size`` payload bytes."""
+        self.produced += size
+        self.pending = size
+
+    def sent(self, sock: socket.socket | None, size: int) -> None:
+        """The connection's sendall took ``size`` bytes."""
+        if self.wire is None and sock is not None:
+            # Our own handle on the TCP socket, to see how the HES ends the connection after
+            # its answer (http.client closes its socket object once the answer is read).
+            self.wire = socket.socket(fileno=os.dup(sock.fileno()))
+        if self.pending:
+            framed = len(b"%x\r\n" % self.pending) + self.pending + 2
+            if size == framed:
+                self.written += self.pending
+            elif self.fault is None:
+                self.fault = f"a chunk of {self.pending} bytes went out as {size} bytes"
+            self.pending = 0
+        elif self.finished and size == len(b"0\r\n\r\n"):
+            self.terminated = True
+
+    def failed(self, exc: OSError) -> None:
+        """A send failed (urllib3 may swallow it to read an early answer)."""
+        if self.fault is None:
+            self.fault = f"sending failed: {exc.strerror or type(exc).__name__}"
+        self.pending = 0
+
+    def complete(self) -> bool:
+        """True when the whole body, zero chunk included, reached the socket."""
+        return self.finished and self.terminated and self.fault is None and self.written == self.produced
+
+    def peer_problem(self, timeout: float) -> str | None:
+        """After a 2xx: None when the HES closed cleanly with every byte of ours received."""
+        wire = self.wire
+        if wire is None:
+            return "but no connection was seen"
+        # What is left of the answer (or a TLS close alert), within the read timeout and a
+        # size limit: an HES that keeps the connection open, or keeps talking, is judged below.
+        end, left_over = time.monotonic() + timeout, 0
+        try:
+            while (left := end - time.monotonic()) > 0 and left_over <= DRAIN_MAX:
+                wire.settimeout(left)
+                data = wire.recv(65536)
+                if not data:
+                    break
+                left_over += len(data)
+        except TimeoutError:
+            pass
+        except OSError as exc:
+            return f"and then {'reset' if isinstance(exc, ConnectionResetError) else 'broke'} the connection" \
+                   " (it had not read the whole body)"
+        try:
+            unacked = struct.unpack("i", fcntl.ioctl(wire.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+        except OSError:
+            unacked = 0  # no send-queue figure on this socket: the clean close has to do
+        if unacked:
+            return f"and closed the connection with {unacked} bytes of the body not received"
+        return None
+
+    def close(self) -> None:
+        if self.wire is not None:
+            self.wire.close()
+            self.wire = None
+
+
+class _MeteredConnection:
+    """A urllib3 connection whose ``send`` reports to the push's body meter."""
+
+    def __init__(self, *args: Any, meter: _BodyMeter, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._meter = meter
+
+    def send(self, data: Any) -> None:
+        try:
+            super().send(data)  # type: ignore[misc]
+        except OSError as exc:
+            self._meter.failed(exc)
+            raise
+        self._meter.sent(self.sock, len(data))  # type: ignore[attr-defined]
+
+
+class _MeteredHTTPConnection(_MeteredConnection, HTTPConnection):
+    pass
+
+
+class _MeteredHTTPSConnection(_MeteredConnection, HTTPSConnection):
+    pass
+
+
+class _PushHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _MeteredHTTPConnection
+
+
+class _PushHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _MeteredHTTPSConnection
+
+
+def _push_pool(target: _Target, ca_file: str | None, meter: _BodyMeter) -> HTTPConnectionPool:
+    """A one-connection pool to the push target whose connections report to ``meter``."""
+    context = _ssl_context(ca_file) if target.scheme == "https" or ca_file else None
+    parsed = parse_url(target.url)
+    port = parsed.port or (443 if target.scheme == "https" else 80)
+    if target.scheme == "https":
+        return _PushHTTPSPool(parsed.host, port, retries=False, maxsize=1, cert_reqs="CERT_REQUIRED",
+                              ssl_context=context, meter=meter)
+    return _PushHTTPPool(parsed.host, port, retries=False, maxsize=1, meter=meter)
+
+
 def _causes(exc: BaseException) -> Iterator[BaseException]:
     """The exception and everything it wraps (args, reason, cause, context), each once."""
     seen: set[int] = set()
@@ -278,26 +426,46 @@ def _status_text(status: int, reason: str | None, body: bytes) -> str:
     return f"{text}: {excerpt}" if excerpt else text
 
 
-def _coalesce(pieces: Iterable[bytes], stop_event: threading.Event | None, sent: list[int]) -> Generator[bytes, None, None]:
-    """Chunks of up to CHUNK_SIZE from the caller's pieces; counts bytes; honours stop."""
+def _coalesce(pieces: Iterator[bytes], stop_event: threading.Event | None, meter: _BodyMeter) -> Generator[bytes, None, None]:
+    """Chunks of up to CHUNK_SIZE from the caller's pieces, announced to the meter; honours stop."""
     buffer = bytearray()
     try:
         for piece in pieces:
             if stop_event is not None and stop_event.is_set():
                 raise _Stopped()
+            meter.taken += len(piece)
             buffer += piece
             while len(buffer) >= CHUNK_SIZE:
                 chunk = bytes(buffer[:CHUNK_SIZE])
                 del buffer[:CHUNK_SIZE]
-                sent[0] += len(chunk)
+                meter.chunk(len(chunk))
                 yield chunk
     except _Stopped:
         raise
     except Exception as exc:
         raise _BodyFailed(exc) from exc
     if buffer:
-        sent[0] += len(buffer)
+        meter.chunk(len(buffer))
         yield bytes(buffer)
+    meter.finished = True
+
+
+def _report_size(meter: _BodyMeter, rest: Iterator[bytes]) -> str:
+    """The size of the whole report for a message, counting what was never sent."""
+    try:
+        return str(meter.taken + sum(len(piece) for piece in rest))
+    except Exception:  # noqa: BLE001  (only a message depends on it)
+        return "?"
+
+
+def _incomplete(status: int, meter: _BodyMeter, rest: Iterator[bytes]) -> str:
+    """Why a 2xx for a body that did not reach the socket whole acknowledges nothing."""
+    if not meter.finished or meter.written != meter.produced:
+        where = f"after {meter.written} of {_report_size(meter, rest)} bytes"
+    else:
+        where = f"after all {meter.written} bytes but before the end of the body (the terminating chunk was not sent)"
+    cause = f" ({meter.fault})" if meter.fault else ""
+    return f"HES answered HTTP {status} {where}{cause}: not acknowledged, kept"
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,7 +483,8 @@ class _Attempt:
 
 
 def _post_once(
-    pool: urllib3.PoolManager,
+    pool: HTTPConnectionPool,
+    meter: _BodyMeter,
     target: _Target,
     body_factory: Callable[[], Iterable[bytes]],
     headers: dict[str, str],
@@ -324,53 +493,62 @@ def _post_once(
     stop_event: threading.Event | None,
 ) -> _Attempt:
     """Send one chunked POST with a freshly built body and classify the answer."""
-    sent = [0]
+    meter.reset()
     try:
-        pieces = body_factory()
+        pieces = iter(body_factory())
     except Exception as exc:  # noqa: BLE001  (a report that cannot be built is the caller's bug)
         message = f"report body could not be built: {type(exc).__name__}: {exc}"
         return _Attempt(False, None, message, False, None, 0, body_error=True)
-    body = _coalesce(pieces, stop_event, sent)
+    body = _coalesce(pieces, stop_event, meter)
     try:
-        response = pool.urlopen(
-            "POST",
-            target.url,
-            body=body,
-            headers=headers,
-            chunked=True,
-            retries=False,
-            redirect=False,
-            preload_content=False,
-            timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
-        )
-    except _Stopped:
-        return _Attempt(False, None, "stopped while sending", False, None, sent[0], stopped=True)
-    except _BodyFailed as exc:
-        inner = exc.__cause__ or exc
-        message = f"report body failed while sending: {type(inner).__name__}: {inner}"
-        return _Attempt(False, None, message, False, None, sent[0], body_error=True)
-    except Exception as exc:  # noqa: BLE001  (every transport failure becomes a described result)
-        message, retryable = _describe(exc, target.netloc, connect_timeout, read_timeout)
-        return _Attempt(False, None, message, retryable, None, sent[0])
+        try:
+            response = pool.urlopen(
+                "POST",
+                parse_url(target.url).request_uri,
+                body=body,
+                headers=headers,
+                chunked=True,
+                retries=False,
+                redirect=False,
+                preload_content=False,
+                timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
+            )
+        except _Stopped:
+            return _Attempt(False, None, "stopped while sending", False, None, meter.written, stopped=True)
+        except _BodyFailed as exc:
+            inner = exc.__cause__ or exc
+            message = f"report body failed while sending: {type(inner).__name__}: {inner}"
+            return _Attempt(False, None, message, False, None, meter.written, body_error=True)
+        except Exception as exc:  # noqa: BLE001  (every transport failure becomes a described result)
+            message, retryable = _describe(exc, target.netloc, connect_timeout, read_timeout)
+            return _Attempt(False, None, message, retryable, None, meter.written)
+        try:
+            status = response.status
+            if 200 <= status < 300:
+                if not meter.complete():
+                    return _Attempt(False, status, _incomplete(status, meter, pieces), True, None, meter.written)
+                _read_excerpt(response)  # the start of its answer; peer_problem reads on to the close
+                problem = meter.peer_problem(read_timeout)
+                if problem is not None:
+                    message = f"HES answered HTTP {status} {problem}: not acknowledged, kept"
+                    return _Attempt(False, status, message, True, None, meter.written)
+                return _Attempt(True, status, None, False, None, meter.written)
+            excerpt = _read_excerpt(response)
+            message = _status_text(status, response.reason, excerpt)
+            if status in REDIRECT_STATUS:
+                message += f" (redirect to {response.headers.get('Location', '?')!r} not followed for a push; fix the URL)"
+            retryable = status in RETRYABLE_STATUS or 500 <= status < 600
+            retry_after = _retry_after(response.headers.get("Retry-After"), time.time()) if retryable else None
+            return _Attempt(False, status, message, retryable, retry_after, meter.written)
+        finally:
+            # The pool is private to this push; closing never leaves half-read bytes for reuse.
+            response.close()
     finally:
         body.close()
         close = getattr(pieces, "close", None)
         if callable(close):
             close()
-    try:
-        status = response.status
-        if 200 <= status < 300:
-            return _Attempt(True, status, None, False, None, sent[0])
-        excerpt = _read_excerpt(response)
-        message = _status_text(status, response.reason, excerpt)
-        if status in REDIRECT_STATUS:
-            message += f" (redirect to {response.headers.get('Location', '?')!r} not followed for a push; fix the URL)"
-        retryable = status in RETRYABLE_STATUS or 500 <= status < 600
-        retry_after = _retry_after(response.headers.get("Retry-After"), time.time()) if retryable else None
-        return _Attempt(False, status, message, retryable, retry_after, sent[0])
-    finally:
-        # The pool is private to this push; closing never leaves half-read bytes for reuse.
-        response.close()
+        meter.close()
 
 
 def push(
@@ -402,12 +580,15 @@ def push(
 
     try:
         target = _target(url, username, password)
-        pool = _pool(target, ca_file)
+        meter = _BodyMeter()
+        pool = _push_pool(target, ca_file, meter)
     except ValueError as exc:
         log.error("push not attempted: %s", exc)
         return result(False, None, 0, str(exc), 0, retryable=False)
 
-    headers = {"User-Agent": user_agent, "Content-Type": "text/plain; charset=us-ascii"}
+    # Connection: close, so the HES ends every push by closing: a clean close after its answer
+    # shows it read the whole body, a reset shows it did not (see _BodyMeter.peer_problem).
+    headers = {"User-Agent": user_agent, "Content-Type": "text/plain; charset=us-ascii", "Connection": "close"}
     if target.authorization:
         headers["Authorization"] = target.authorization
 
@@ -435,7 +616,7 @@ def push(
                 left = max(deadline - clock(), MIN_TIMEOUT)
                 connect_t, read_t = min(connect_t, left), min(read_t, left)
             t0 = clock()
-            last = _post_once(pool, target, body_factory, headers, connect_t, read_t, stop_event)
+            last = _post_once(pool, meter, target, body_factory, headers, connect_t, read_t, stop_event)
             took = clock() - t0
             if last.ok:
                 log.info(
@@ -474,7 +655,7 @@ def push(
                 log.info("push to %s abandoned during the retry wait: stopping", target.display)
                 return result(False, last.status, tries, "stopped", last.bytes_sent, stopped=True)
     finally:
-        pool.clear()
+        pool.close()
 
 
 def _headers(target: _Target, user_agent: str, extra: dict[str, str] | None = None) -> dict[str, str]:
