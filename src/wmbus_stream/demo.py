@@ -4,20 +4,27 @@ A simulated receiver with a few hundred meters feeds a real gateway (the same ``
 as ``run``) that pushes every 10 seconds to a real local receiving server (``receive``).
 The gateway's web UI listens on localhost (port 8080, or a free one when 8080 is taken)
 with a random administrator password made for this run and printed once. Progress lines
-show telegrams read, meters held, pushes and lines acknowledged.
+show telegrams read (accepted, broken, filtered out: they add up), meters pending, pushes
+and lines acknowledged. SIGINT, SIGTERM and SIGHUP stop it cleanly and remove its folder; a
+second signal while it stops cuts the gateway's shutdown short (exit status 128 + signal).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import shutil
+import signal
 import socket
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from .config import model
+from .core.pipeline import tally
 from .hes import ReceiveServer, SqliteStore
 from .service import Gateway
 from .web.auth import DEFAULT_USER, generate_password, write_password
@@ -55,50 +62,138 @@ def _web_port() -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run the demo until Ctrl-C (or ``--seconds``); everything lives in a temporary folder."""
-    folder = Path(tempfile.mkdtemp(prefix="wmbus-stream-demo-"))
-    hes = ReceiveServer("127.0.0.1", 0, store=SqliteStore(str(folder / "hes.sqlite"))).start()
-    config_path = folder / "stream.cfg"
-    model.save(config_path, demo_config(folder / "state", hes.url, args.meters, _web_port()))
-    password = generate_password()
-    write_password(folder / "state", DEFAULT_USER, password)  # only its scrypt hash is stored
-    gateway = Gateway(model.load(config_path), config_path)
-    stop = threading.Event()
-    try:
-        gateway.start(control=False)
-        print(f"wmbus-stream demo: {args.meters} simulated meters -> gateway 00000161 -> receiving server {hes.url}")
-        print(f"  state and received reports in {folder}; pushes every 10 s; Ctrl-C stops")
-        if gateway.web is not None:
-            print(f"  web UI: {gateway.web.url}  user {DEFAULT_USER}, password {password}"
-                  "  (made for this run, shown once)", flush=True)
-        started = last = time.monotonic()
-        while not stop.wait(0.25):
-            gateway.tick()
-            now = time.monotonic()
-            if now - last >= PROGRESS_SECONDS:
-                last = now
-                print(_progress(gateway, hes), flush=True)
-            if args.seconds and now - started >= args.seconds:
-                break
-    except KeyboardInterrupt:
-        pass
-    finally:
-        gateway.shutdown()
-        print(_progress(gateway, hes))
-        hes.stop()
-        print("wmbus-stream demo: stopped cleanly")
-        shutil.rmtree(folder, ignore_errors=True)
+    """Run the demo until a stop signal (or ``--seconds``); everything lives in a temporary folder, removed at the end."""
+    stop = _StopSignals()
+    with stop.installed():
+        folder = Path(tempfile.mkdtemp(prefix="wmbus-stream-demo-"))
+        store = SqliteStore(str(folder / "hes.sqlite"))
+        hes: ReceiveServer | None = None
+        gateway: Gateway | None = None
+        cut_short = False
+        try:
+            hes = ReceiveServer("127.0.0.1", 0, store=store).start()
+            config_path = folder / "stream.cfg"
+            model.save(config_path, demo_config(folder / "state", hes.url, args.meters, _web_port()))
+            password = generate_password()
+            write_password(folder / "state", DEFAULT_USER, password)  # only its scrypt hash is stored
+            gateway = Gateway(model.load(config_path), config_path)
+            gateway.start(control=False)
+            _say(f"{args.meters} simulated meters -> gateway 00000161 -> receiving server {hes.url}")
+            _out(f"  state and received reports in {folder} (removed at the end); pushes every 10 s")
+            if gateway.web is not None:
+                _out(f"  web UI: {gateway.web.url}  user {DEFAULT_USER}, password {password}"
+                     "  (made for this run, shown once)")
+            _say(f"ready; a progress line every {PROGRESS_SECONDS:.0f} s; Ctrl-C or SIGTERM stops it")
+            _run(gateway, hes, stop, args.seconds)
+        finally:
+            if stop.received:
+                _say(f"{stop.name(0)} received: stopping (a second signal stops at once)")
+            if gateway is not None:
+                cut_short = _shut_down(gateway, stop)
+                if not cut_short:
+                    _out(_progress(gateway, hes))
+            if hes is not None:
+                hes.stop()
+            store.close()
+            _remove(folder)
+            if cut_short:
+                _say(f"{stop.name(-1)} received while stopping: stopped at once, the gateway's shutdown cut short;"
+                     f" removed {folder}")
+            else:
+                _say(f"stopped cleanly; removed {folder}")
+    if cut_short:
+        os._exit(128 + stop.received[-1])  # the gateway's threads are left behind: do not wait for them
     return 0
 
 
+class _StopSignals:
+    """SIGINT, SIGTERM and SIGHUP stop the demo, even when started with one ignored (a script's background job).
+
+    The handler only notes the signal: the main loop polls it, so no lock is ever taken inside a handler.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+
+    def _note(self, signum: int, frame: object) -> None:
+        self.received.append(signum)
+
+    def name(self, index: int) -> str:
+        return signal.Signals(self.received[index]).name
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        previous = {}
+        for signum in self.SIGNALS:
+            with contextlib.suppress(ValueError):  # not in the main thread: the caller handles signals
+                previous[signum] = signal.signal(signum, self._note)
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+
+def _run(gateway: Gateway, hes: ReceiveServer, stop: _StopSignals, seconds: float) -> None:
+    """The main loop: ticks, a progress line every PROGRESS_SECONDS, until a signal or ``seconds``."""
+    started = last = time.monotonic()
+    while not stop.received:
+        gateway.tick()
+        now = time.monotonic()
+        if now - last >= PROGRESS_SECONDS:
+            last = now
+            _out(_progress(gateway, hes))
+        if seconds and now - started >= seconds:
+            return
+        time.sleep(0.25)
+
+
+def _shut_down(gateway: Gateway, stop: _StopSignals) -> bool:
+    """Shut the gateway down in a thread of its own; True when a second signal came first and cut it short."""
+    done = threading.Event()
+
+    def work() -> None:
+        try:
+            gateway.shutdown()
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name="demo-shutdown", daemon=True).start()
+    while len(stop.received) < 2:
+        if done.wait(0.1):
+            return False
+    return True
+
+
+def _remove(folder: Path) -> None:
+    """Remove the demo's folder, again if a gateway thread cut short was still writing into it."""
+    for _ in range(20):
+        shutil.rmtree(folder, ignore_errors=True)
+        if not folder.exists():
+            return
+        time.sleep(0.05)
+    _say(f"could not remove {folder}; remove it by hand")
+
+
+def _say(text: str) -> None:
+    _out(f"wmbus-stream demo: {text}")
+
+
+def _out(line: str) -> None:
+    """Print a line at once; a closed terminal (SIGHUP) must not keep the demo from cleaning up."""
+    with contextlib.suppress(OSError):
+        print(line, flush=True)
+
+
 def _progress(gateway: Gateway, hes: ReceiveServer) -> str:
+    """One progress line, in the Overview's words: read = accepted + broken + filtered out."""
     status = gateway.status()
-    counts = status["telegrams"]
-    broken = sum(counts.get(k, 0) for k in ("crc", "length", "header", "checksum", "frame"))
-    stats = hes.stats
+    telegrams = tally(status["telegrams"])
     return (
-        f"{time.strftime('%H:%M:%S')}  telegrams read {counts.get('read', 0)} (ok {counts.get('ok', 0)},"
-        f" broken {broken})  meters held {status['meters_pending']}  pushes ok {status['pushes']['ok']}"
-        f" failed {status['pushes']['failed']}  lines acknowledged {gateway.lines_acknowledged}"
-        f"  HES readings {stats.readings}"
+        f"{time.strftime('%H:%M:%S')}  telegrams read {telegrams.read} (accepted {telegrams.accepted},"
+        f" broken {telegrams.broken}, filtered out {telegrams.filtered})  meters pending {status['meters_pending']}"
+        f"  pushes ok {status['pushes']['ok']} failed {status['pushes']['failed']}"
+        f"  lines acknowledged {gateway.lines_acknowledged}  HES readings {hes.stats.readings}"
     )

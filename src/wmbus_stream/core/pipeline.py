@@ -2,7 +2,8 @@
 
 Sans-IO: frames and the arrival time come in as arguments; nothing here touches a port, a
 clock or a file (the store's flush is the service's business). Every frame is counted
-exactly once under one result name; ``counts["read"]`` is their sum. ``long_form`` counts
+exactly once under one result name; ``counts["read"]`` is their sum in every snapshot,
+because a batch's counts are published at once as a new ``Counter``. ``long_form`` counts
 the accepted telegrams longer than ``wire.CONTAINER_MAX``, whose report uses the 0F long form
 (also counted by the analyzer). This loop runs once per telegram, so it avoids per-telegram
 objects beyond the ones the store keeps.
@@ -11,7 +12,8 @@ objects beyond the ones the store keeps.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import NamedTuple
 
 from .. import wire
 from ..errors import FrameError
@@ -19,11 +21,29 @@ from ..receivers.base import FORMAT_AUTO, Received
 from ..wire.frame import strip_any
 from ..wire.modes import mode_name
 
-__all__ = ["Pipeline", "Settings"]
+__all__ = ["Pipeline", "Settings", "Tally", "tally"]
 
 _STRIP = {wire.FORMAT_NONE: wire.check_telegram, wire.FORMAT_A: wire.strip_a, wire.FORMAT_B: wire.strip_b,
           FORMAT_AUTO: lambda data: strip_any(data)[0]}
 _VERDICTS = ("Accepted",) + wire.RESULT_NAMES[1:]
+FILTERED = wire.RESULT_NAMES[wire.FILTER_MANUFACTURER:]  # the filter verdicts: filter.* and radio.mode
+
+
+class Tally(NamedTuple):
+    """Telegrams read, split the way the Overview and the demo show them: read = accepted + broken + filtered."""
+
+    read: int
+    accepted: int
+    broken: int
+    filtered: int
+
+
+def tally(counts: Mapping[str, int]) -> Tally:
+    """Sum a pipeline's counts; every result that is neither ``ok`` nor a filter verdict is a broken kind."""
+    filtered = sum(counts.get(name, 0) for name in FILTERED)
+    accepted = counts.get("ok", 0)
+    broken = sum(v for k, v in counts.items() if k not in ("read", "ok") and k not in FILTERED)
+    return Tally(counts.get("read", 0), accepted, broken, filtered)
 
 
 class Settings:
@@ -53,7 +73,8 @@ class Pipeline:
         verdict_of = settings.matcher.verdict
         record = self.analyzer.record
         put = self.store.put
-        results = [0] * len(wire.RESULT_NAMES)  # counted locally, added to counts once per call
+        results = [0] * len(wire.RESULT_NAMES)  # counted locally, published once per call
+        broken: Counter[str] = Counter()
         read = 0
         for item in items:
             read += 1
@@ -69,7 +90,7 @@ class Pipeline:
                         report = wire.build_report(telegram, item.receiver_address or settings.receiver_address,
                                                    item.rssi_dbm, settings.wired_address)
             except FrameError as exc:
-                self.counts[exc.kind] += 1
+                broken[exc.kind] += 1
                 self.analyzer.record_broken(now, exc.kind)
                 continue
             key = telegram[2:10]  # manufacturer, ID, version, device type: the meter's link address
@@ -81,8 +102,9 @@ class Pipeline:
                 if len(telegram) > wire.CONTAINER_MAX:
                     self.long_form += 1
                     self.analyzer.record_long_form()
-        counts = self.counts
+        counts = self.counts + broken
         counts["read"] += read
         for verdict, count in enumerate(results):
             if count:
                 counts[wire.RESULT_NAMES[verdict]] += count
+        self.counts = counts  # one assignment: a reader never sees half a batch

@@ -21,6 +21,7 @@ from urllib.parse import urlencode
 from .. import __version__
 from ..config.keys import BAUD_RATES, KEYS, LOG_LEVELS, MASK, RADIO_MODES, RECEIVER_PROTOCOLS, Key, boolean
 from ..core.analyzer import Analyzer, MeterRow
+from ..core.pipeline import tally
 from ..errors import ConfigError, WmbusStreamError
 from . import views
 from .request import Request, Response, redirect
@@ -36,7 +37,6 @@ __all__ = ["register", "login_page", "no_password", "error_page", "simple_page"]
 IMPORT_LIMIT = 64 * 1024
 RESTORE_LIMIT = 64 * 1024 * 1024
 NAV = (("/", "Overview"), ("/settings", "Settings"), ("/analyzer", "Analyzer"), ("/help", "Help"))
-BROKEN_KINDS = ("crc", "length", "header", "checksum", "frame")
 
 SETTINGS_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Service and reports", ("service.enabled", "receiving.server.url", "receiving.server.push.cron",
@@ -232,9 +232,7 @@ def _dl(items: Iterable[tuple[str, Any]]) -> Markup:
 def overview_fragment(app: WebServer, req: Request) -> Markup:
     gw = app.gateway
     status = gw.status()
-    counts = status.get("telegrams", {})
-    broken = sum(counts.get(k, 0) for k in BROKEN_KINDS)
-    filtered = sum(v for k, v in counts.items() if k.startswith("filter.") or k == "radio.mode")
+    telegrams = tally(status.get("telegrams", {}))
     receiver = status.get("receiver", {})
     last = status.get("last_push")
     if last:
@@ -261,8 +259,8 @@ def overview_fragment(app: WebServer, req: Request) -> Markup:
         ("Last error", receiver.get("last_error") or "-"),
     ]
     telegram_items = [
-        ("Read", counts.get("read", 0)), ("OK (accepted)", counts.get("ok", 0)),
-        ("Broken", broken), ("Filtered out", filtered), ("Meters pending", status.get("meters_pending", 0)),
+        ("Read", telegrams.read), ("OK (accepted)", telegrams.accepted), ("Broken", telegrams.broken),
+        ("Filtered out", telegrams.filtered), ("Meters pending", status.get("meters_pending", 0)),
     ]
     push_items += [
         ("Next push", _iso_time(next_push)),
