@@ -115,6 +115,10 @@ def test_a_filter_changed_in_settings_is_used_by_the_next_report(ui: Browser, gw
     for post in posts:
         assert manufacturers(post) == {"KAM"}
     assert gw.gateway.status()["telegrams"].get("filter.manufacturer", 0) > 0
+    ui.get(gw.base + "/")
+    shown = {k: int(v) for k, v in facts(ui).items() if k in ("Read", "OK (accepted)", "Broken", "Filtered out")}
+    assert shown["Filtered out"] > 0
+    assert shown["Read"] == shown["OK (accepted)"] + shown["Broken"] + shown["Filtered out"], shown
 
 
 def test_invalid_values_show_errors_next_to_their_keys_and_change_nothing(ui: Browser, gw: WebGateway) -> None:
@@ -129,11 +133,29 @@ def test_invalid_values_show_errors_next_to_their_keys_and_change_nothing(ui: Br
     assert set(errors) == {"filter.device.type", "report.timezone"}
     assert "XYZ" in errors["filter.device.type"] and "hex" in errors["filter.device.type"]
     assert "nothing was changed" in flash(ui)
+    # the banner at the top names every wrong key with its reason, each linked to its field
+    named = {a.text: a.find_element("xpath", "..").text for a in ui.all("[role=alert] li a")}
+    assert named == {key: f"{key}: {reason}" for key, reason in errors.items()}, named
+    for link in ui.all("[role=alert] li a"):
+        row = link.get_attribute("hash")[1:]
+        assert ui.driver.execute_script("return document.getElementById(arguments[0]).className", row) == "invalid"
     assert ui.css('[name="filter.device.type"]').get_attribute("value") == "XYZ", "what was typed stays"
     ui.screenshot("settings-invalid")
     assert gw.config_path.read_bytes() == file_before
     assert len(gw.web.manager().history()) == history_before
     assert gw.gateway.config.filter_device_id == ()
+
+
+def test_a_key_the_gateway_does_not_know_is_named_in_the_banner(ui: Browser, gw: WebGateway) -> None:
+    file_before = gw.config_path.read_bytes()
+    ui.get(gw.base + "/settings")
+    ui.driver.execute_script(  # a form from another version, or edited by hand
+        "const extra = document.createElement('input'); extra.name = 'filter.maker'; extra.value = 'ELV';"
+        "document.getElementById('settings-form').appendChild(extra);")
+    ui.submit_and_wait(ui.css("#save"), "the settings page refusing the form")
+    banner = ui.css("[role=alert]").text
+    assert "nothing was changed" in banner and "filter.maker: Unknown key" in banner, banner
+    assert gw.config_path.read_bytes() == file_before
 
 
 def test_analyzer_csv_is_the_clis_and_reset_empties_it(ui: Browser, gw: WebGateway) -> None:
@@ -198,6 +220,12 @@ def test_export_and_import_through_the_browser(ui: Browser, gw: WebGateway, tmp_
     exported = ui.download(lambda: ui.css("#export").click(), ".cfg")
     text = exported.read_text(encoding="utf-8")
     assert HES_SECRET not in text and "gateway.serial" not in text and "receiving.server.password" not in text
+    broken = tmp_path / "broken.cfg"
+    broken.write_text(text + "filter.device.type=7G\n", encoding="utf-8")
+    ui.css("#import-file").send_keys(str(broken))
+    ui.submit_and_wait(ui.css("#import"), "the settings refusing the import")
+    banner = ui.css("[role=alert]").text
+    assert "nothing was changed" in banner and "filter.device.type: Invalid value '7G'" in banner, banner
     edited = tmp_path / "edited.cfg"
     edited.write_text(text + "filter.device.type=07,16\n", encoding="utf-8")
     ui.css("#import-file").send_keys(str(edited))
@@ -231,3 +259,65 @@ def test_push_now_and_help(ui: Browser, gw: WebGateway) -> None:
     ui.get(gw.base + "/help")
     assert "The report format" in ui.text() and "/api/v1/" in ui.text()
     ui.screenshot("help")
+
+
+def page_paths(gw: WebGateway) -> list[str]:
+    """Every page the web server registers (GET routes answering HTML), parameters filled in."""
+    values = {"n": str(max(e.number for e in gw.web.manager().history())), "name": "app.css"}
+    paths = []
+    for route in gw.web.routes:
+        if route.method != "GET":
+            continue
+        path = re.sub(r"\(\?P<(\w+)>[^)]*\)", lambda m: values[m[1]], route.pattern.pattern.removesuffix(r"\Z"))
+        path = path.replace("\\", "")
+        status, headers, _ = gw.request("GET", path, auth=(ADMIN, PASSWORD))
+        if status == 200 and headers.get("content-type", "").startswith("text/html"):
+            paths.append(path)
+    return paths
+
+
+def assert_fits(b: Browser, name: str) -> None:
+    """No sideways scrolling: the document is no wider than the window (a screenshot is kept when it is)."""
+    wide = b.driver.execute_script(
+        "const root = document.documentElement; if (root.scrollWidth <= root.clientWidth) return null;"
+        "return [root.scrollWidth, root.clientWidth, [...document.querySelectorAll('body *')]"
+        ".filter(e => e.getBoundingClientRect().right > root.clientWidth + 0.5)"
+        ".map(e => e.tagName.toLowerCase() + (e.id ? '#' + e.id : '')).slice(0, 10)];")
+    if wide is not None:
+        shot = b.shots / f"too-wide-{name}.png"
+        b.driver.save_screenshot(str(shot))
+        pytest.fail(f"{name} at {b.driver.current_url} scrolls sideways at 1280 px: {wide[0]} > {wide[1]} px, "
+                    f"wider: {wide[2]} (screenshot {shot})")
+
+
+def test_every_page_fits_a_1280_pixel_window(ui: Browser, gw: WebGateway, tmp_path: Path) -> None:
+    paths = page_paths(gw)
+    assert {"/", "/settings", "/analyzer", "/help"} <= set(paths), paths
+    ui.driver.set_window_size(1280, 800)
+    try:
+        assert ui.driver.execute_script("return window.innerWidth") == 1280
+        for path in paths:
+            ui.get(gw.base + path)
+            assert_fits(ui, path.strip("/").replace("/", "-") or "overview")
+        # the pages that only a result shows: the settings with a long invalid value, an error page
+        ui.get(gw.base + "/settings")
+        set_field(ui, "receiving.server.url", "ftp://" + "x" * 300)
+        ui.submit_and_wait(ui.css("#save"), "the settings page with errors")
+        assert ui.all("[role=alert] li")
+        assert_fits(ui, "settings-invalid")
+        ui.get(gw.base + "/no-such-page")
+        assert "Not found" in ui.text()
+        assert_fits(ui, "not-found")
+        ui.driver.delete_all_cookies()
+        ui.get(gw.base + "/login")
+        assert_fits(ui, "login")
+        locked = start_gateway(tmp_path, password=None, meters=5)  # no password yet: the one page it shows
+        try:
+            ui.get(locked.base + "/")
+            assert "Set a password on the device" in ui.text()
+            assert_fits(ui, "no-password")
+        finally:
+            locked.close()
+    finally:
+        ui.driver.set_window_size(1400, 1000)
+        ui.login(gw.base)

@@ -22,7 +22,7 @@ from .. import __version__
 from ..config.keys import BAUD_RATES, KEYS, LOG_LEVELS, MASK, RADIO_MODES, RECEIVER_PROTOCOLS, Key, boolean
 from ..core.analyzer import Analyzer, MeterRow
 from ..core.pipeline import tally
-from ..errors import ConfigError, WmbusStreamError
+from ..errors import ConfigError, Problem, WmbusStreamError
 from . import views
 from .request import Request, Response, redirect
 from .templates import Markup, attr_checked, html, join, raw
@@ -653,11 +653,23 @@ def changes_from_form(current: dict[str, str], form: dict[str, str]) -> dict[str
     return changes
 
 
-def problems_by_key(exc: ConfigError) -> dict[str, list[str]]:
+_SECRETS = frozenset(key.name for key in KEYS if key.secret)
+
+
+def problems_by_key(problems: Iterable[Problem]) -> dict[str, list[str]]:
+    """Each problem's reason under its key (a secret's value is never shown back)."""
     errors: dict[str, list[str]] = {}
-    for p in exc.problems:
-        errors.setdefault(p.key, []).append(f"Invalid value {p.value!r}; allowed: {p.allowed}")
+    for p in problems:
+        value = "(hidden)" if p.key in _SECRETS else repr(p.value)
+        errors.setdefault(p.key, []).append(f"Invalid value {value}; allowed: {p.allowed}")
     return errors
+
+
+def problems_banner(intro: str, errors: dict[str, list[str]]) -> Markup:
+    """The alert above the form: what happened, then every wrong key with its reason, linked to its field."""
+    items = join(html('<li><a href="#row-{key}"><code>{key}</code></a>: {reason}</li>', key=key, reason=reason)
+                 for key, reasons in errors.items() for reason in reasons)
+    return html('<div class="flash error" role="alert"><p>{0}</p><ul class="problems">{1}</ul></div>', intro, items)
 
 
 def _settings_post(app: WebServer, req: Request, match: re.Match[str]) -> Response:
@@ -670,21 +682,20 @@ def _settings_post(app: WebServer, req: Request, match: re.Match[str]) -> Respon
     changes = changes_from_form(current, form)
     note = form.get("note", "")[:200]
     if unknown:
-        errors = {name: ["Unknown key; nothing was changed."] for name in unknown}
-        return _settings_page(app, req, {**current, **form}, errors, status=422, note=note)
+        errors = {name: ["Unknown key; allowed: the keys listed on this page"] for name in unknown}
+        banner = problems_banner(f"{len(unknown)} unknown key(s); nothing was changed.", errors)
+        return _settings_page(app, req, current, errors, status=422, note=note, banner=banner)
     if not changes:
         _flash(req, "Nothing changed: every value is as it was.", "warn")
         return redirect("/settings")
     try:
         entry = manager.set(changes, origin="web", note=note)
     except ConfigError as exc:
-        errors = problems_by_key(exc)
+        errors = problems_by_key(exc.problems)
         shown = {**current, **{k: ("" if v is None else v) for k, v in changes.items()}}
-        for key in KEYS:  # never echo a secret back into the page
-            if key.secret and key.name in shown and key.name in changes:
-                shown[key.name] = current.get(key.name, "")
-        banner = html('<p class="flash error" role="alert">{0} invalid value(s); nothing was changed.</p>',
-                      len(exc.problems))
+        for name in _SECRETS & changes.keys():  # never echo a secret back into the page
+            shown[name] = current.get(name, "")
+        banner = problems_banner(f"{len(exc.problems)} invalid value(s); nothing was changed.", errors)
         return _settings_page(app, req, shown, errors, status=422, note=note, banner=banner)
     restart = [name for name in changes if any(k.name == name and k.restart for k in KEYS)]
     text = f"Saved as configuration #{getattr(entry, 'number', '?')}: {', '.join(sorted(changes))} changed."
@@ -754,9 +765,8 @@ def _import(app: WebServer, req: Request, match: re.Match[str], manager: ConfigM
     try:
         entry = manager.import_text(text, origin="import")
     except ConfigError as exc:
-        errors = problems_by_key(exc)
-        banner = html('<p class="flash error" role="alert">The imported file has {0} problem(s); nothing was changed.'
-                      '</p>', len(exc.problems))
+        errors = problems_by_key(exc.problems)
+        banner = problems_banner(f"The imported file has {len(exc.problems)} problem(s); nothing was changed.", errors)
         return _settings_page(app, req, _shown_values(app), errors, status=422, banner=banner)
     _flash(req, f"Imported and applied as configuration #{getattr(entry, 'number', '?')}.")
     return redirect("/settings")
