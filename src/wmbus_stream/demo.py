@@ -67,11 +67,11 @@ def main(args: argparse.Namespace) -> int:
     with stop.installed():
         folder = Path(tempfile.mkdtemp(prefix="wmbus-stream-demo-"))
         store = SqliteStore(str(folder / "hes.sqlite"))
-        hes: ReceiveServer | None = None
+        hes = ReceiveServer("127.0.0.1", 0, store=store)
         gateway: Gateway | None = None
-        cut_short = False
+        ran = cut_short = False
         try:
-            hes = ReceiveServer("127.0.0.1", 0, store=store).start()
+            hes.start()
             config_path = folder / "stream.cfg"
             model.save(config_path, demo_config(folder / "state", hes.url, args.meters, _web_port()))
             password = generate_password()
@@ -85,6 +85,7 @@ def main(args: argparse.Namespace) -> int:
                      "  (made for this run, shown once)")
             _say(f"ready; a progress line every {PROGRESS_SECONDS:.0f} s; Ctrl-C or SIGTERM stops it")
             _run(gateway, hes, stop, args.seconds)
+            ran = True
         finally:
             if stop.received:
                 _say(f"{stop.name(0)} received: stopping (a second signal stops at once)")
@@ -92,15 +93,14 @@ def main(args: argparse.Namespace) -> int:
                 cut_short = _shut_down(gateway, stop)
                 if not cut_short:
                     _out(_progress(gateway, hes))
-            if hes is not None:
-                hes.stop()
+            hes.stop()
             store.close()
-            _remove(folder)
+            removed = f"removed {folder}" if _remove(folder) else f"could not remove {folder}: remove it by hand"
             if cut_short:
                 _say(f"{stop.name(-1)} received while stopping: stopped at once, the gateway's shutdown cut short;"
-                     f" removed {folder}")
+                     f" {removed}")
             else:
-                _say(f"stopped cleanly; removed {folder}")
+                _say(f"stopped {'cleanly' if ran else 'after an error (below)'}; {removed}")
     if cut_short:
         os._exit(128 + stop.received[-1])  # the gateway's threads are left behind: do not wait for them
     return 0
@@ -167,14 +167,14 @@ def _shut_down(gateway: Gateway, stop: _StopSignals) -> bool:
     return True
 
 
-def _remove(folder: Path) -> None:
-    """Remove the demo's folder, again if a gateway thread cut short was still writing into it."""
+def _remove(folder: Path) -> bool:
+    """Remove the demo's folder, again if a gateway thread cut short was still writing into it; whether it is gone."""
     for _ in range(20):
         shutil.rmtree(folder, ignore_errors=True)
         if not folder.exists():
-            return
+            return True
         time.sleep(0.05)
-    _say(f"could not remove {folder}; remove it by hand")
+    return False
 
 
 def _say(text: str) -> None:
