@@ -10,6 +10,7 @@ in its session, its ports closed and its temporary folder gone.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -112,6 +113,43 @@ def assert_all_gone(demo: Demo, folder: Path, ports: tuple[int, ...]) -> None:
     assert not folder.exists(), f"{folder} was left behind"
 
 
+def web_api(port: int, password: str, method: str, path: str, body: object = None) -> dict:
+    """One JSON API call to the demo's web UI with its one-time password; the answer must be 200."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        data = None if body is None else json.dumps(body).encode()
+        conn.request(method, path, body=data, headers={"Authorization": gwkit.basic_auth("admin", password),
+                                                       "Content-Type": "application/json"})
+        answer = conn.getresponse()
+        text = answer.read()
+        assert answer.status == 200, text
+        return json.loads(text)
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def silent_hes() -> Iterator[tuple[str, threading.Event]]:
+    """A receiving server that takes a push and never answers: its URL and an event set once a push arrived."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    arrived = threading.Event()
+    held: list[socket.socket] = []
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = listener.accept()
+                held.append(conn)
+                if conn.recv(65536).startswith(b"POST"):
+                    arrived.set()
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/", arrived
+    listener.close()
+    for conn in held:
+        conn.close()
+
+
 @pytest.mark.parametrize(("signum", "ignore_sigint"), [
     (signal.SIGTERM, True),   # a service manager, `kill`, or a script stopping its background job
     (signal.SIGINT, True),    # `kill -INT` of a background job, which starts with SIGINT ignored
@@ -153,22 +191,29 @@ def test_a_second_signal_while_stopping_stops_at_once(start_demo) -> None:
     assert_all_gone(demo, folder, (hes_port, web_port))
 
 
+def test_a_second_signal_while_a_hung_push_holds_the_shutdown_stops_at_once(start_demo, silent_hes) -> None:
+    demo = start_demo()
+    folder, hes_port, web_port, password = demo.ready()
+    url, arrived = silent_hes
+    web_api(web_port, password, "PATCH", "/api/v1/config", {"changes": {"receiving.server.url": url}})
+    assert arrived.wait(60), "no push reached the silent receiving server"
+    demo.signal(signal.SIGTERM)  # the gateway's shutdown now waits for the push in flight
+    demo.wait_line(r"SIGTERM received: stopping", "the demo to start stopping")
+    demo.signal(signal.SIGINT)
+    status = demo.exit_status("on a second signal")
+    out = demo.output()
+    assert out.splitlines()[-1] == ("wmbus-stream demo: SIGINT received while stopping: stopped at once, the "
+                                    f"gateway's shutdown cut short; removed {folder}"), out
+    assert status == 128 + signal.SIGINT, out
+    assert_all_gone(demo, folder, (hes_port, web_port))
+
+
 def test_the_progress_line_adds_up_after_a_filter_change(start_demo) -> None:
     demo = start_demo(ignore_sigint=False)
     folder, _, web_port, password = demo.ready()
-    auth = {"Authorization": gwkit.basic_auth("admin", password)}
 
     def api(method: str, path: str, body: object = None) -> dict:
-        conn = http.client.HTTPConnection("127.0.0.1", web_port, timeout=30)
-        try:
-            data = None if body is None else json.dumps(body).encode()
-            conn.request(method, path, body=data, headers={**auth, "Content-Type": "application/json"})
-            answer = conn.getresponse()
-            text = answer.read()
-            assert answer.status == 200, text
-            return json.loads(text)
-        finally:
-            conn.close()
+        return web_api(web_port, password, method, path, body)
 
     gwkit.wait_for(lambda: api("GET", "/api/v1/status")["telegrams"].get("ok", 0) > 0, "accepted telegrams", 30)
     api("PATCH", "/api/v1/config", {"changes": {"filter.manufacturer": "KAM"}})
