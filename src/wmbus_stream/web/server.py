@@ -70,7 +70,7 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' 
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 _STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                  ".svg": "image/svg+xml", ".ico": "image/x-icon"}
-HEAD_SECONDS = 10.0  # TLS handshake, and each request head with the idle time before it
+HEAD_SECONDS = 10.0  # the TLS handshake, and each request head with the idle time before it
 BODY_GRACE, MIN_BODY_RATE = 10.0, 8192  # a body may take 10 s + its length at 8 KiB/s
 HSTS = "max-age=31536000"
 _HOST = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.-]+))(?::[0-9]{1,5})?")
@@ -96,11 +96,12 @@ class WebServer:
     def __init__(self, gateway: Gateway, host: str = "127.0.0.1", port: int = 8080, *,
                  tls_cert: str | None = None, tls_key: str | None = None,
                  password_path: Path | None = None, max_connections: int = 32, per_address: int = 8,
-                 reserve: int = 8, timeout: float = 20.0, limiter: LoginLimiter | None = None) -> None:
+                 reserve: int = 8, timeout: float = 20.0, head_seconds: float = HEAD_SECONDS,
+                 limiter: LoginLimiter | None = None) -> None:
         self.gateway = gateway
         self.host = host
         self.requested_port = port
-        self.timeout = timeout
+        self.timeout, self.head_seconds = timeout, head_seconds
         self.max_connections, self.per_address, self.reserve = max_connections, per_address, reserve
         self.names = _own_names(host)
         self.closing = threading.Event()
@@ -229,8 +230,9 @@ class WebServer:
             return Response(400, b"bad request target\n", "text/plain", close=True)
         misdirected = self._misdirected(handler)
         if misdirected is not None:
-            log.warning("refused a request from %s for another host: %s", handler.client_address[0], misdirected)
-            return Response(421, f"{misdirected}\n".encode(), "text/plain; charset=utf-8", close=True)
+            status, reason = misdirected
+            log.warning("web: refused a request from %s: %s", handler.client_address[0], reason)
+            return Response(status, f"{reason}\n".encode(), "text/plain; charset=utf-8", close=True)
         path = unquote(target.path)
         try:
             query = dict(parse_qsl(target.query, keep_blank_values=True, max_num_fields=50))
@@ -352,16 +354,16 @@ class WebServer:
         self.closing.wait(hold)
         return False
 
-    def _misdirected(self, handler: _Handler) -> str | None:
-        """Why the Host header names no one this gateway answers to (None when it does)."""
+    def _misdirected(self, handler: _Handler) -> tuple[int, str] | None:
+        """400 or 421 and why, unless the Host header names the gateway (a DNS-rebinding page does not)."""
         hosts = handler.headers.get_all("Host") or []
         if len(hosts) != 1:
             if not hosts and handler.request_version == "HTTP/1.0":
                 return None
-            return "send exactly one Host header"
+            return 400, f"send exactly one Host header, not {len(hosts)}"
         match = _HOST.fullmatch(hosts[0].strip())
         if match is None:
-            return "malformed Host header"
+            return 400, "malformed Host header: send host, host:port or [IPv6 address]:port"
         name = (match.group(1) or match.group(2)).lower().removesuffix(".")
         try:
             address = ipaddress.ip_address(name)
@@ -376,9 +378,9 @@ class WebServer:
                 return None
         if name in self.names or name in self.gateway.config.web_hosts:
             return None
-        return (f"this gateway does not answer to the name {name[:100]!r}; it answers to "
-                f"{', '.join(sorted(self.names | set(self.gateway.config.web_hosts)))} and the address "
-                "it was reached at (add other names to web.hosts)")
+        return 421, (f"this gateway does not answer to the name {name[:100]!r}; it answers to "
+                     f"{', '.join(sorted(self.names | set(self.gateway.config.web_hosts)))} and the address "
+                     "it was reached at (add other names to web.hosts)")
 
     def session_cookie(self, session: Session | None) -> tuple[str, str]:
         secure = "; Secure" if self.tls else ""
@@ -599,15 +601,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.rfile = io.BufferedReader(self.reader)
 
     def handle_one_request(self) -> None:
-        # The head must be complete within HEAD_SECONDS of starting to wait for it: a client
+        # The head must be complete within head_seconds of starting to wait for it: a client
         # sending a byte now and then does not keep its thread (parse_request stops the clock).
-        self.reader.start(HEAD_SECONDS)
+        seconds = self.server.app.head_seconds
+        self.reader.start(seconds)
         try:
             super().handle_one_request()
         except _Late:
             self.close_connection = True
             if self.reader.got:  # silence for an idle keep-alive connection, 408 for a late head
-                log.info("web: %s did not send a request head within %g s", self.client_address[0], HEAD_SECONDS)
+                log.info("web: %s did not send a request head within %g s", self.client_address[0], seconds)
                 self._plain(408, b"the request head did not arrive in time\n")
         finally:
             self.reader.stop()
@@ -726,7 +729,7 @@ class _Server(ThreadingHTTPServer):
         if self.app.tls is not None:
             try:
                 # The handshake's timeout is one deadline for all of it (ssl's do_handshake).
-                request.settimeout(HEAD_SECONDS)
+                request.settimeout(self.app.head_seconds)
                 conn = self.app.tls.wrap_socket(request, server_side=True)
                 conn.settimeout(self.app.timeout)
             except (ssl.SSLError, OSError) as exc:
