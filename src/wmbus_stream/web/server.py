@@ -677,7 +677,7 @@ class _Server(ThreadingHTTPServer):
         source = source_of(client_address[0])
         refused = self._admit(source)
         if refused:
-            log.info("web: refused a connection from %s: %s", client_address[0], refused)
+            log.debug("web: refused a connection from %s: %s", client_address[0], refused)
             if self.app.tls is None:  # a TLS client could not read a plain answer
                 body = f"{refused}; try again later\n".encode()
                 with contextlib.suppress(OSError):
@@ -699,8 +699,11 @@ class _Server(ThreadingHTTPServer):
             held = self.held.get(source, 0)
             if held >= app.per_address:
                 return f"{held} connections from this address are open, the most one address may have"
-            if self.active >= app.max_connections or (self.active >= app.max_connections - app.reserve and held >= 2):
+            if self.active >= app.max_connections:
                 return f"{self.active} connections are open, the most this gateway takes"
+            if self.active >= app.max_connections - app.reserve and held >= 2:
+                return (f"{held} connections from this address are open and the last {app.reserve} "
+                        "are kept for other addresses")
             self.held[source] = held + 1
             self.active += 1
             return None
