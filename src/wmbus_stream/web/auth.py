@@ -16,10 +16,10 @@ Strategy
 
     Password checks run on two long-lived threads (``PasswordChecks``), never on the
     connection's own: each check takes the KDF's memory (8 MiB), so 32 guesses at once
-    cannot take 32 times that, and glibc keeps freed memory per thread. At most eight
-    attempts wait; the address with the fewest recent failures is checked first, and a
-    newcomer to a full queue displaces the attempt of the address with the most (or is
-    itself answered 429 at once, unchecked).
+    cannot take 32 times that, and glibc keeps the freed memory in each thread's arena. At
+    most eight attempts wait; the address with the fewest recent failures is checked first,
+    and a newcomer to a full queue displaces the waiting attempt whose address has the most,
+    if that is more than its own (else it is answered 429 at once, unchecked).
 
     Throttling never refuses a right password: every attempt that gets a turn is checked,
     and a right one gets in. Failures are what is slowed (``LoginLimiter``): a few per
