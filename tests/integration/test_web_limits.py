@@ -150,6 +150,8 @@ def test_slow_clients_from_one_or_several_addresses_leave_room_for_the_owner(gw:
     def wait_refused(source: str, count: int) -> None:
         wait_until(lambda: refused(source) == count or None, f"{count} connections from {source} answered 503")
 
+    wait_until(lambda: web.open_connections == 0 or None, "no connection left open by earlier tests")
+    refused_before = web.refused_connections
     try:
         # 40 slow connections from 127.0.0.1: it may hold per_address of them, the rest get 503 at once
         open_slow("127.0.0.1", 40)
@@ -157,6 +159,7 @@ def test_slow_clients_from_one_or_several_addresses_leave_room_for_the_owner(gw:
         assert all(b"from this address" in seen[s] for s in opened["127.0.0.1"] if seen[s])
         status, _, _ = request(gw.port, "GET", "/api/v1/status", headers=basic(ADMIN, PASSWORD))
         assert status == 200, "the owner, from another address, is served"
+        wait_until(lambda: web.open_connections == web.per_address or None, "the owner's connection released")
 
         # two more addresses take their cap, which fills all but the reserve; two more get two each
         filled = web.max_connections - web.reserve
@@ -171,6 +174,7 @@ def test_slow_clients_from_one_or_several_addresses_leave_room_for_the_owner(gw:
         held = [sock for socks in opened.values() for sock in socks if not seen[sock]]
         assert len(held) == filled + 4
         assert all(answered(sock) is None for sock in held), "the slow heads are all still held"
+        assert web.refused_connections - refused_before == 40 - web.per_address + 2 + 2 * 2
     finally:
         for socks in opened.values():
             for sock in socks:

@@ -197,6 +197,14 @@ class WebServer:
         return self._server.server_address[1] if self._server else self.requested_port
 
     @property
+    def open_connections(self) -> int:
+        return self._server.active if self._server else 0
+
+    @property
+    def refused_connections(self) -> int:
+        return self._server.refused_total if self._server else 0
+
+    @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{'https' if self.tls else 'http'}://{host}:{self.port}/"
@@ -662,6 +670,7 @@ class _Server(ThreadingHTTPServer):
         self.connections_lock = threading.Lock()
         self.held: dict[str, int] = {}  # open connections per source (auth.source_of)
         self.active = 0
+        self.refused_total = 0
         super().__init__(address, _Handler)
 
     def server_bind(self) -> None:
@@ -698,15 +707,18 @@ class _Server(ThreadingHTTPServer):
         with self.connections_lock:
             held = self.held.get(source, 0)
             if held >= app.per_address:
-                return f"{held} connections from this address are open, the most one address may have"
-            if self.active >= app.max_connections:
-                return f"{self.active} connections are open, the most this gateway takes"
-            if self.active >= app.max_connections - app.reserve and held >= 2:
-                return (f"{held} connections from this address are open and the last {app.reserve} "
-                        "are kept for other addresses")
-            self.held[source] = held + 1
-            self.active += 1
-            return None
+                refused = f"{held} connections from this address are open, the most one address may have"
+            elif self.active >= app.max_connections:
+                refused = f"{self.active} connections are open, the most this gateway takes"
+            elif self.active >= app.max_connections - app.reserve and held >= 2:
+                refused = (f"{held} connections from this address are open and the last {app.reserve} "
+                           "are kept for other addresses")
+            else:
+                self.held[source] = held + 1
+                self.active += 1
+                return None
+            self.refused_total += 1
+            return refused
 
     def _release(self, source: str) -> None:
         with self.connections_lock:
