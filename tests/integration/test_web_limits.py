@@ -339,6 +339,24 @@ def test_content_length_must_be_one_number_in_ascii_digits(gw: WebGateway) -> No
     assert got.startswith(b"HTTP/1.1 401"), "one plain Content-Length is read"
 
 
+def test_malformed_headers_get_a_4xx_never_a_500(gw: WebGateway) -> None:
+    host = f"Host: 127.0.0.1:{gw.port}\r\n"
+    form = "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 10\r\n\r\nuser=admin"
+    cases = {
+        "basic auth that is not ASCII": (f"GET /api/v1/status HTTP/1.1\r\n{host}Authorization: Basic \xff\xfe\r\n"
+                                         "Connection: close\r\n\r\n", 401),
+        "basic auth that is not base64": (f"GET /api/v1/status HTTP/1.1\r\n{host}Authorization: Basic ***\r\n"
+                                          "Connection: close\r\n\r\n", 401),
+        "a Referer that is no URL": (f"POST /login HTTP/1.1\r\n{host}Referer: http://[::1\r\n{form}", 403),
+        "an Origin that is not ASCII": (f"POST /login HTTP/1.1\r\n{host}Origin: http://\xe9vil\r\n{form}", 403),
+        "a cookie that is not ASCII": (f"GET / HTTP/1.1\r\n{host}Cookie: wmbus_session=\xff; x=\"\r\n"
+                                       "Connection: close\r\n\r\n", 401),
+    }
+    for what, (text, status) in cases.items():
+        got = raw(gw.port, text.encode("latin-1"))
+        assert got.startswith(f"HTTP/1.1 {status} ".encode()), f"{what}: {got[:120]!r}"
+
+
 def test_json_that_is_too_deep_or_not_text_is_a_400_with_the_reason(gw: WebGateway) -> None:
     auth_json = {"Content-Type": "application/json", **basic(ADMIN, PASSWORD)}
     cases = {

@@ -31,7 +31,6 @@ authentication; no handler error reaches the client as a traceback.
 from __future__ import annotations
 
 import base64
-import binascii
 import contextlib
 import hmac
 import io
@@ -317,7 +316,7 @@ class WebServer:
                 return None
             try:
                 user, _, password = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8").partition(":")
-            except (binascii.Error, UnicodeDecodeError):
+            except ValueError:  # not base64 (binascii.Error), not ASCII, not UTF-8
                 user = password = ""
             outcome = self._check(req, cred, user, password, "basic-auth login")
             if outcome is True:
@@ -407,7 +406,10 @@ class WebServer:
             if referer is None:
                 # Not a browser (curl, scripts): they cannot ride on a victim's cookie.
                 return None if req.via == "basic" or req.via is None or req.session is None else "no Origin header"
-            parts = urlsplit(referer)
+            try:
+                parts = urlsplit(referer)
+            except ValueError:  # http://[::1 and the like
+                return "malformed Referer header"
             origin = f"{parts.scheme}://{parts.netloc}"
         host = req.headers.get("Host") or ""
         expected = f"{'https' if req.tls else 'http'}://{host}"
