@@ -272,6 +272,20 @@ def listen_address(text: str) -> tuple[str, int]:
     return host, port
 
 
+def host_names(text: str) -> tuple[str, ...]:
+    """Comma list of host names and IP addresses, lower case, IPv6 without brackets."""
+    names = []
+    for item in _items(text, r"\[?[0-9A-Za-z.:-]+\]?"):
+        name = item.lower().removeprefix("[").removesuffix("]").removesuffix(".")
+        try:
+            name = str(ipaddress.ip_address(name))
+        except ValueError:
+            if not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,62})(\.[a-z0-9]([a-z0-9-]{0,62}))*", name) or len(name) > 253:
+                raise ValueError(f"{item!r} is neither a host name nor an IP address") from None
+        names.append(name)
+    return _unique(names)
+
+
 _CRON_ALLOWED = (
     "5-field cron 'minute hour day month weekday' or 6-field with seconds first"
 )
@@ -386,6 +400,11 @@ KEYS: tuple[Key, ...] = (
     Key("web.listen", "web_listen", "127.0.0.1:8080", listen_address,
         "host:port or [ipv6]:port",
         "Address and port of the web UI.", restart=True),
+    Key("web.hosts", "web_hosts", "", host_names,
+        "comma-separated host names or IP addresses, or empty for none",
+        "Names the web UI answers to besides localhost, web.listen's host, the device's host name "
+        "and the address a client connected to (a Host header naming anything else is refused).",
+        device_specific=True),
     Key("web.tls.cert", "web_tls_cert", "", optional_path,
         "an absolute path to a PEM certificate, or empty for plain HTTP",
         "TLS certificate of the web UI.", device_specific=True, restart=True),

@@ -121,6 +121,7 @@ class Config:
     log_level: str
     web_enabled: bool
     web_listen: tuple[str, int]
+    web_hosts: tuple[str, ...]
     web_tls_cert: Path | None
     web_tls_key: Path | None
     web_metrics_public: bool

@@ -136,6 +136,10 @@ class GatewayCollector:
         failures.add_metric([], web.limiter.failures_total)
         yield failures
         yield GaugeMetricFamily(f"{_NS}_web_sessions", "Logged-in web sessions", value=len(web.sessions))
+        yield GaugeMetricFamily(f"{_NS}_web_connections", "Open connections to the web server",
+                                value=web.open_connections)
+        yield CounterMetricFamily(f"{_NS}_web_connections_refused", "Connections refused over a connection limit",
+                                  value=web.refused_connections)
 
     @staticmethod
     def _sync(gw: Any, status: dict[str, Any]) -> Iterator[Metric]:

@@ -8,6 +8,7 @@ to the route's size limit. Parsing is strict: anything malformed is a ``BadReque
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from email.message import Message
 from http.cookies import CookieError, SimpleCookie
@@ -24,6 +25,32 @@ MAX_FIELDS = 200
 
 class BadRequest(ValueError):
     """The request is malformed; answered 400 with the reason."""
+
+
+MAX_JSON_DEPTH = 32
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKETS = re.compile(r"[\[\]{}]")
+
+
+def _no_constant(name: str) -> Any:
+    raise BadRequest(f"{name} is not a JSON number")
+
+
+def _check_text(value: Any) -> None:
+    """Refuse strings that are not text (an escaped lone surrogate such as ``\\ud800``)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise BadRequest(f"the JSON body holds \\u{ord(value[exc.start]):04x}, which is not a character "
+                             "(a lone surrogate)") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key)
+            _check_text(item)
+    elif isinstance(value, list):
+        for item in value:
+            _check_text(item)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,12 +174,24 @@ class Request:
         return self._parts
 
     def json(self) -> Any:
+        """The body as JSON: UTF-8, nested at most ``MAX_JSON_DEPTH`` deep, no lone surrogates or NaN."""
         if self.content_type != "application/json":
             raise BadRequest("send the body as application/json")
         try:
-            return json.loads(self.body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
+            text = self.body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BadRequest(f"the body is not UTF-8 (byte 0x{self.body[exc.start]:02x} at offset {exc.start})") from None
+        depth = 0
+        for bracket in _BRACKETS.findall(_JSON_STRING.sub("", text)):
+            depth += 1 if bracket in "[{" else -1
+            if depth > MAX_JSON_DEPTH:
+                raise BadRequest(f"the JSON body is nested more than {MAX_JSON_DEPTH} levels deep")
+        try:
+            value = json.loads(text, parse_constant=_no_constant)
+        except ValueError as exc:
             raise BadRequest(f"body is not valid JSON: {exc}") from None
+        _check_text(value)
+        return value
 
 
 @dataclass(slots=True)

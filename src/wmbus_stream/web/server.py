@@ -1,31 +1,40 @@
 """The web server: stdlib ``ThreadingHTTPServer`` in its own threads, with every check in one place.
 
 Strategy
-    One accept thread plus one thread per connection, capped (``max_connections``; extra
-    connections get a bare 503 and are closed), each with a socket timeout so an idle or
-    slow client lets go of its thread. TLS, when configured, is negotiated in the
-    connection's own thread, never in the accept loop. Nothing here runs on the receiver
-    thread: pages read the gateway's state through its locked accessors and the pipeline
-    never waits for the web server.
+    One accept thread plus one thread per connection. A client must not hold a thread
+    without finishing a request: the TLS handshake and the request head (idle keep-alive
+    time included) each have one deadline in all (``HEAD_SECONDS``), not a timeout per
+    byte, and a body must arrive at ``MIN_BODY_RATE`` after a grace; a late client gets 408
+    and is closed. Connections are capped in all (``max_connections``) and per source
+    address (``per_address``, an IPv6 /64 counting as one), and the last ``reserve`` slots
+    go only to sources holding fewer than two, so the owner still gets in while other
+    addresses hold their cap; a connection over a limit gets a short 503 and is closed.
+    TLS is negotiated in the connection's own thread, never in the accept loop. Nothing
+    here runs on the receiver thread: pages read the gateway's state through its locked
+    accessors and the pipeline never waits for the web server.
 
-    Every request goes through ``WebServer.dispatch`` in this order: route lookup,
-    authentication (401 before anything else; 429 while the client is locked out),
-    same-origin check for state-changing methods, body length check against the route's
-    limit (413 without reading), body read, CSRF token check for cookie sessions, handler.
-    A route cannot skip a step by accident: the exceptions (the login form, static assets,
-    public metrics) are flags on the route table.
+    Every request goes through ``WebServer._answer`` in this order: framing (one
+    Content-Length of ASCII digits, no Transfer-Encoding; 400/411 and close), Host (one of
+    the names the gateway answers to, so a DNS-rebinding page is refused 421), route
+    lookup, authentication (401 before anything else; a password check waits its turn in
+    ``auth.PasswordChecks``), same-origin check for state-changing methods, body length
+    check against the route's limit (413 without reading), body read, CSRF token check for
+    cookie sessions, handler. A route cannot skip a step by accident: the exceptions (the
+    login form, static assets, public metrics) are flags on the route table.
 
 Invariants: every response carries the security headers (CSP without inline script,
-nosniff, frame-ancestors 'none', no-referrer, no-store for anything dynamic); no request
-body is read before authentication; no handler error reaches the client as a traceback.
+nosniff, frame-ancestors 'none', no-referrer, no-store for anything dynamic, HSTS under
+TLS) and a ``Server`` header without a version; no request body is read before
+authentication; no handler error reaches the client as a traceback.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import contextlib
 import hmac
+import io
+import ipaddress
 import logging
 import re
 import socket
@@ -42,8 +51,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from .. import __version__
-from .auth import PASSWORD_FILE, BasicCache, LoginLimiter, PasswordStore, Session, Sessions, verify_password
+from .auth import (PASSWORD_FILE, BasicCache, Credential, LoginLimiter, PasswordChecks, PasswordStore, Session,
+                   Sessions, source_of)
 from .request import BadRequest, Request, Response, error_response, json_response
 
 if TYPE_CHECKING:
@@ -60,6 +69,10 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' 
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 _STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                  ".svg": "image/svg+xml", ".ico": "image/x-icon"}
+HEAD_SECONDS = 10.0  # the TLS handshake, and each request head with the idle time before it
+BODY_GRACE, MIN_BODY_RATE = 10.0, 8192  # a body may take 10 s + its length at 8 KiB/s
+HSTS = "max-age=31536000"
+_HOST = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.-]+))(?::[0-9]{1,5})?")
 
 Handler = Callable[[Request, "re.Match[str]"], Response]
 
@@ -81,13 +94,16 @@ class WebServer:
 
     def __init__(self, gateway: Gateway, host: str = "127.0.0.1", port: int = 8080, *,
                  tls_cert: str | None = None, tls_key: str | None = None,
-                 password_path: Path | None = None, max_connections: int = 32,
-                 timeout: float = 20.0, limiter: LoginLimiter | None = None) -> None:
+                 password_path: Path | None = None, max_connections: int = 32, per_address: int = 8,
+                 reserve: int = 8, timeout: float = 20.0, head_seconds: float = HEAD_SECONDS,
+                 limiter: LoginLimiter | None = None) -> None:
         self.gateway = gateway
         self.host = host
         self.requested_port = port
-        self.timeout = timeout
-        self.max_connections = max_connections
+        self.timeout, self.head_seconds = timeout, head_seconds
+        self.max_connections, self.per_address, self.reserve = max_connections, per_address, reserve
+        self.names = _own_names(host)
+        self.closing = threading.Event()
         self.tls: ssl.SSLContext | None = None
         if tls_cert:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -98,6 +114,7 @@ class WebServer:
         self.passwords = PasswordStore(password_path or state / PASSWORD_FILE)
         self.sessions = Sessions()
         self.limiter = limiter or LoginLimiter()
+        self.checks = PasswordChecks(self.limiter.failures)
         self.basic_cache = BasicCache()
         self.requests_total = 0
         self.started_at = time.time()
@@ -162,6 +179,8 @@ class WebServer:
         server = self._server
         if server is None:
             return
+        self.closing.set()
+        self.checks.close()
         server.shutdown()
         with server.connections_lock:
             for conn in list(server.connections):
@@ -177,6 +196,14 @@ class WebServer:
         return self._server.server_address[1] if self._server else self.requested_port
 
     @property
+    def open_connections(self) -> int:
+        return self._server.active if self._server else 0
+
+    @property
+    def refused_connections(self) -> int:
+        return self._server.refused_total if self._server else 0
+
+    @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{'https' if self.tls else 'http'}://{host}:{self.port}/"
@@ -187,14 +214,14 @@ class WebServer:
         """Answer one request read by ``handler`` (called on the connection's thread)."""
         self.requests_total += 1
         handler.body_read = False
+        handler.body_length = 0
         try:
             response = self._answer(handler)
         except Exception:  # noqa: BLE001  (a handler bug must not kill the connection thread silently)
             log.exception("error answering %s %s", handler.command, _safe_path(handler.path))
             response = Response(500, b"internal error; see the gateway log\n", "text/plain; charset=utf-8",
                                 close=True)
-        if not handler.body_read and (handler.headers.get("Transfer-Encoding")
-                                      or handler.headers.get("Content-Length", "0").strip() not in ("", "0")):
+        if not handler.body_read and handler.body_length != 0:
             # Refused before its body was read (401, 403, 404 ...): the unread bytes must not be
             # taken for the next request on this connection, so the connection ends here.
             response.close = True
@@ -202,9 +229,17 @@ class WebServer:
 
     def _answer(self, handler: _Handler) -> Response:
         method = handler.command
+        framing = _framing(handler)
+        if framing is not None:
+            return framing
         target = urlsplit(handler.path)
         if not handler.path.startswith("/") or target.netloc:
             return Response(400, b"bad request target\n", "text/plain", close=True)
+        misdirected = self._misdirected(handler)
+        if misdirected is not None:
+            status, reason = misdirected
+            log.warning("web: refused a request from %s: %s", handler.client_address[0], reason)
+            return Response(status, f"{reason}\n".encode(), "text/plain; charset=utf-8", close=True)
         path = unquote(target.path)
         try:
             query = dict(parse_qsl(target.query, keep_blank_values=True, max_num_fields=50))
@@ -279,20 +314,17 @@ class WebServer:
             if self.basic_cache.hit(header, generation):
                 req.user, req.via = cred.user, "basic"
                 return None
-            wait = self.limiter.retry_after(req.client)
-            if wait > 0:
-                return _too_many(req, wait)
             try:
                 user, _, password = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8").partition(":")
-            except (binascii.Error, UnicodeDecodeError):
+            except ValueError:  # not base64 (binascii.Error), not ASCII, not UTF-8
                 user = password = ""
-            if user and verify_password(cred, user, password):
-                self.limiter.succeeded(req.client)
+            outcome = self._check(req, cred, user, password, "basic-auth login")
+            if outcome is True:
                 self.basic_cache.add(header, generation)
                 req.user, req.via = cred.user, "basic"
                 return None
-            self.limiter.failed(req.client)
-            log.warning("web: failed basic-auth login from %s", req.client)
+            if outcome is not False:
+                return outcome
         if req.is_api or req.path == "/metrics":
             headers = [] if req.headers.get("X-Requested-With") else [("WWW-Authenticate", 'Basic realm="wmbus-stream", charset="UTF-8"')]
             return error_response(401, "unauthorized", "log in, or send HTTP basic auth", headers=headers)
@@ -305,16 +337,57 @@ class WebServer:
             from . import pages
 
             return pages.no_password(self, req)
-        wait = self.limiter.retry_after(req.client)
-        if wait > 0:
-            return _too_many(req, wait)
-        if len(user) > 200 or len(password) > 1024 or not verify_password(cred, user, password):
-            self.limiter.failed(req.client)
-            log.warning("web: failed login from %s", req.client)
+        outcome = self._check(req, cred, user, password, "login")
+        if outcome is False:
             return Response(401)
-        self.limiter.succeeded(req.client)
+        if outcome is not True:
+            return outcome
         log.info("web: %s logged in from %s", cred.user, req.client)
         return self.sessions.create(cred.user, cred.digest[:8])
+
+    def _check(self, req: Request, cred: Credential, user: str, password: str, what: str) -> bool | Response:
+        """Check a password in its turn: True, False (the failure's answer held as throttled) or a 429."""
+        if user and len(user) <= 200 and len(password) <= 1024:
+            right = self.checks.check(req.client, cred, user, password)
+            if right is None:
+                return _too_many(req)
+        else:
+            right = False  # passwd never stores such a pair: no need to hash it
+        if right:
+            self.limiter.succeeded(req.client)
+            return True
+        hold = self.limiter.failed(req.client)
+        log.warning("web: failed %s from %s%s", what, req.client, f"; answered in {hold:g} s" if hold else "")
+        self.closing.wait(hold)
+        return False
+
+    def _misdirected(self, handler: _Handler) -> tuple[int, str] | None:
+        """400 or 421 and why, unless the Host header names the gateway (a DNS-rebinding page does not)."""
+        hosts = handler.headers.get_all("Host") or []
+        if len(hosts) != 1:
+            if not hosts and handler.request_version == "HTTP/1.0":
+                return None
+            return 400, f"send exactly one Host header, not {len(hosts)}"
+        match = _HOST.fullmatch(hosts[0].strip())
+        if match is None:
+            return 400, "malformed Host header: send host, host:port or [IPv6 address]:port"
+        name = (match.group(1) or match.group(2)).lower().removesuffix(".")
+        try:
+            address = ipaddress.ip_address(name)
+        except ValueError:
+            address = None
+        if address is not None:
+            name = str(address)
+            local = ipaddress.ip_address(handler.connection.getsockname()[0])
+            if isinstance(local, ipaddress.IPv6Address) and local.ipv4_mapped is not None:
+                local = local.ipv4_mapped
+            if address == local:
+                return None
+        if name in self.names or name in self.gateway.config.web_hosts:
+            return None
+        return 421, (f"this gateway does not answer to the name {name[:100]!r}; it answers to "
+                     f"{', '.join(sorted(self.names | set(self.gateway.config.web_hosts)))} and the address "
+                     "it was reached at (add other names to web.hosts)")
 
     def session_cookie(self, session: Session | None) -> tuple[str, str]:
         secure = "; Secure" if self.tls else ""
@@ -333,7 +406,10 @@ class WebServer:
             if referer is None:
                 # Not a browser (curl, scripts): they cannot ride on a victim's cookie.
                 return None if req.via == "basic" or req.via is None or req.session is None else "no Origin header"
-            parts = urlsplit(referer)
+            try:
+                parts = urlsplit(referer)
+            except ValueError:  # http://[::1 and the like
+                return "malformed Referer header"
             origin = f"{parts.scheme}://{parts.netloc}"
         host = req.headers.get("Host") or ""
         expected = f"{'https' if req.tls else 'http'}://{host}"
@@ -353,22 +429,25 @@ class WebServer:
 
     def _read_body(self, handler: _Handler, req: Request, limit: int) -> Response | None:
         handler.body_read = True  # read now, or refused and the connection closed
-        if handler.headers.get("Transfer-Encoding"):
-            return self._error(req, 411, "length_required", "send a Content-Length, not a chunked body", close=True)
-        length_text = handler.headers.get("Content-Length", "0").strip()
-        if not length_text.isdigit() or len(length_text) > 12:
-            return self._error(req, 400, "bad_request", "bad Content-Length", close=True)
-        length = int(length_text)
+        length = handler.body_length
         if length > limit:
             return self._error(req, 413, "too_large", f"the body may have at most {limit} bytes; nothing was changed",
                                close=True)
-        chunks, got, deadline = [], 0, time.monotonic() + 120.0
-        while got < length:
-            chunk = handler.rfile.read(min(65536, length - got))
-            if not chunk or time.monotonic() > deadline:
-                return self._error(req, 400, "bad_request", "the body ended early", close=True)
-            chunks.append(chunk)
-            got += len(chunk)
+        seconds = BODY_GRACE + length / MIN_BODY_RATE
+        handler.reader.start(seconds)
+        chunks, got = [], 0
+        try:
+            while got < length:
+                chunk = handler.rfile.read(min(65536, length - got))
+                if not chunk:
+                    return self._error(req, 400, "bad_request", "the body ended early", close=True)
+                chunks.append(chunk)
+                got += len(chunk)
+        except _Late:
+            return self._error(req, 408, "timeout", f"the body of {length} bytes did not arrive within {seconds:.0f} s",
+                               close=True)
+        finally:
+            handler.reader.stop()
         req.body = b"".join(chunks)
         return None
 
@@ -401,6 +480,8 @@ class WebServer:
             handler.send_header("Referrer-Policy", "same-origin")  # "no-referrer" makes browsers send Origin: null
             handler.send_header("Cross-Origin-Opener-Policy", "same-origin")
             handler.send_header("Cross-Origin-Resource-Policy", "same-origin")
+            if self.tls is not None:
+                handler.send_header("Strict-Transport-Security", HSTS)
             if response.close:
                 handler.send_header("Connection", "close")
                 handler.close_connection = True
@@ -411,18 +492,52 @@ class WebServer:
             log.debug("client went away: %s", exc)
 
 
-def _too_many(req: Request, wait: float) -> Response:
-    seconds = max(1, int(wait + 0.999))
-    headers = [("Retry-After", str(seconds))]
+def _too_many(req: Request) -> Response:
+    """The answer to a login attempt refused unchecked: more were waiting than are let wait."""
+    headers = [("Retry-After", "1")]
+    reason = "too many login attempts at once; the password was not checked, try again in a second"
     if req.is_api or req.path == "/metrics":
-        return error_response(429, "too_many_attempts", f"too many failed logins; try again in {seconds} s",
-                              headers=headers)
+        return error_response(429, "too_many_attempts", reason, headers=headers)
     from . import pages
 
-    response = pages.simple_page("Too many attempts", f"Too many failed logins from this address; "
-                                 f"try again in {seconds} seconds.", 429)
+    response = pages.simple_page("Too many attempts", reason[0].upper() + reason[1:] + ".", 429)
     response.headers.extend(headers)
     return response
+
+
+def _framing(handler: _Handler) -> Response | None:
+    """Refuse a request whose body length is not one plain Content-Length; else set ``body_length``."""
+    plain = "text/plain; charset=utf-8"
+    if handler.headers.get_all("Transfer-Encoding"):
+        if handler.headers.get_all("Content-Length"):
+            return Response(400, b"send Content-Length or Transfer-Encoding, not both\n", plain, close=True)
+        return Response(411, b"send a Content-Length, not a chunked body\n", plain, close=True)
+    lengths = handler.headers.get_all("Content-Length") or []
+    if len(lengths) > 1:
+        return Response(400, b"send one Content-Length header, not several\n", plain, close=True)
+    text = lengths[0].strip() if lengths else "0"
+    if not re.fullmatch(r"[0-9]{1,12}", text):
+        return Response(400, b"Content-Length must be a number of bytes in ASCII digits (at most 12)\n", plain,
+                        close=True)
+    handler.body_length = int(text)
+    return None
+
+
+def _own_names(host: str) -> frozenset[str]:
+    """Names a request may give in Host besides web.hosts and the address it reached."""
+    names = {"localhost"}
+    with contextlib.suppress(OSError):
+        own = socket.gethostname().lower()
+        if own:
+            names |= {own, own.split(".")[0] + ".local"}
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        names.add(host.lower().removesuffix("."))
+    else:
+        if not address.is_unspecified:
+            names.add(str(address))
+    return frozenset(names)
 
 
 def _safe_path(path: str) -> str:
@@ -442,12 +557,79 @@ def _load_static() -> dict[str, tuple[bytes, str]]:
 # -- the HTTP plumbing ------------------------------------------------------------------------
 
 
+class _Late(Exception):
+    """A client did not send what it owed before its deadline."""
+
+
+class _DeadlineReader(io.RawIOBase):
+    """A connection's bytes with one deadline for a whole phase (request head, body), not per read."""
+
+    def __init__(self, sock: socket.socket, timeout: float) -> None:
+        self.sock, self.timeout = sock, timeout
+        self.until: float | None = None
+        self.got = 0  # bytes read since ``start``
+
+    def start(self, seconds: float) -> None:
+        self.until, self.got = time.monotonic() + seconds, 0
+
+    def stop(self) -> None:
+        self.until = None
+        self.sock.settimeout(self.timeout)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.until is not None:
+            left = self.until - time.monotonic()
+            if left <= 0:
+                raise _Late
+            self.sock.settimeout(min(left, self.timeout))
+        try:
+            count = self.sock.recv_into(buffer)
+        except TimeoutError:
+            if self.until is not None and time.monotonic() >= self.until:
+                raise _Late from None
+            raise
+        self.got += count
+        return count
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "wmbus-stream"
     sys_version = ""
     server: _Server
+    reader: _DeadlineReader
     body_read = False  # set per request by WebServer.serve / _read_body
+    body_length = 0  # set per request by _framing
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()  # the plain socket file, replaced by one that keeps deadlines
+        self.reader = _DeadlineReader(self.connection, self.server.app.timeout)
+        self.rfile = io.BufferedReader(self.reader)
+
+    def handle_one_request(self) -> None:
+        # The head must be complete within head_seconds of starting to wait for it: a client
+        # sending a byte now and then does not keep its thread (parse_request stops the clock).
+        seconds = self.server.app.head_seconds
+        self.reader.start(seconds)
+        try:
+            super().handle_one_request()
+        except _Late:
+            self.close_connection = True
+            if self.reader.got:  # silence for an idle keep-alive connection, 408 for a late head
+                log.info("web: %s did not send a request head within %g s", self.client_address[0], seconds)
+                self._plain(408, b"the request head did not arrive in time\n")
+        finally:
+            self.reader.stop()
+
+    def parse_request(self) -> bool:
+        try:
+            return super().parse_request()
+        finally:
+            self.reader.stop()
 
     def _serve(self) -> None:
         self.server.app.serve(self)
@@ -455,22 +637,27 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _serve  # noqa: N815
 
     def version_string(self) -> str:
-        return f"wmbus-stream/{__version__}"
+        return self.server_version
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         log.debug("%s %s", self.client_address[0], (format % args).encode("ascii", "backslashreplace").decode())
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         # Malformed request lines and headers: a short plain answer, never an echo of the input.
+        self._plain(code, b"bad request\n")
+
+    def _plain(self, code: int, body: bytes) -> None:
+        """A short plain-text answer that ends the connection."""
         self.close_connection = True
         try:
             self.send_response_only(code)
+            self.send_header("Server", self.server_version)
             self.send_header("Content-Type", "text/plain; charset=utf-8")
-            self.send_header("Content-Length", "12")
+            self.send_header("Content-Length", str(len(body)))
             self.send_header("Connection", "close")
             self.end_headers()
-            self.wfile.write(b"bad request\n")
-        except OSError:
+            self.wfile.write(body)
+        except (OSError, ssl.SSLError):
             pass
 
 
@@ -483,7 +670,9 @@ class _Server(ThreadingHTTPServer):
         self.app = app
         self.connections: set[socket.socket] = set()
         self.connections_lock = threading.Lock()
-        self.slots = threading.BoundedSemaphore(app.max_connections)
+        self.held: dict[str, int] = {}  # open connections per source (auth.source_of)
+        self.active = 0
+        self.refused_total = 0
         super().__init__(address, _Handler)
 
     def server_bind(self) -> None:
@@ -496,22 +685,56 @@ class _Server(ThreadingHTTPServer):
         self.server_name, self.server_port = str(host), int(port)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self.slots.acquire(blocking=False):
-            with contextlib.suppress(OSError):
-                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        source = source_of(client_address[0])
+        refused = self._admit(source)
+        if refused:
+            log.debug("web: refused a connection from %s: %s", client_address[0], refused)
+            if self.app.tls is None:  # a TLS client could not read a plain answer
+                body = f"{refused}; try again later\n".encode()
+                with contextlib.suppress(OSError):
+                    request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nServer: wmbus-stream\r\n"
+                                    b"Content-Type: text/plain; charset=utf-8\r\nRetry-After: 10\r\n"
+                                    b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
             self.shutdown_request(request)
             return
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self.slots.release()
+            self._release(source)
             raise
+
+    def _admit(self, source: str) -> str | None:
+        """Take a connection slot for ``source``; why not, when it may not have one."""
+        app = self.app
+        with self.connections_lock:
+            held = self.held.get(source, 0)
+            if held >= app.per_address:
+                refused = f"{held} connections from this address are open, the most one address may have"
+            elif self.active >= app.max_connections:
+                refused = f"{self.active} connections are open, the most this gateway takes"
+            elif self.active >= app.max_connections - app.reserve and held >= 2:
+                refused = (f"{held} connections from this address are open and the last {app.reserve} "
+                           "are kept for other addresses")
+            else:
+                self.held[source] = held + 1
+                self.active += 1
+                return None
+            self.refused_total += 1
+            return refused
+
+    def _release(self, source: str) -> None:
+        with self.connections_lock:
+            self.active -= 1
+            if self.held[source] <= 1:
+                del self.held[source]
+            else:
+                self.held[source] -= 1
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self.slots.release()
+            self._release(source_of(client_address[0]))
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         request.settimeout(self.app.timeout)
@@ -522,7 +745,10 @@ class _Server(ThreadingHTTPServer):
         conn = request
         if self.app.tls is not None:
             try:
+                # The handshake's timeout is one deadline for all of it (ssl's do_handshake).
+                request.settimeout(self.app.head_seconds)
                 conn = self.app.tls.wrap_socket(request, server_side=True)
+                conn.settimeout(self.app.timeout)
             except (ssl.SSLError, OSError) as exc:
                 log.debug("TLS handshake with %s failed: %s", client_address[0], exc)
                 return
