@@ -185,38 +185,55 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_analyzer(args: argparse.Namespace) -> int:
-    """Print the analyzer table (or CSV) of the running gateway, else of the saved state."""
+def _saved_analyzer(config):
+    """The analyzer of the running gateway, else the one saved in the state, and where it came from."""
     from .core.analyzer import Analyzer
     from .service import ANALYZER_META, STORE_FILE, control_request
 
-    config = _load_config(args.config)
     analyzer = Analyzer(0.0)
     answer = control_request(config.state_directory, "analyzer", timeout=10)
     if answer is not None and answer.get("dump"):
         analyzer.load(answer["dump"].encode())
-    else:
-        path = config.state_directory / STORE_FILE
-        if path.exists():
-            from .core.store import Store
+        return analyzer, "the running gateway"
+    path = config.state_directory / STORE_FILE
+    if path.exists():
+        from .core.store import Store
 
-            store = Store.open(path)
-            saved = store.get_meta(ANALYZER_META)
-            store.close(flush=False)
-            if saved:
-                analyzer.load(saved)
+        store = Store.open(path)
+        saved = store.get_meta(ANALYZER_META)
+        store.close(flush=False)
+        if saved:
+            analyzer.load(saved)
+            return analyzer, f"the state saved in {config.state_directory} (no gateway is running)"
+    return None, None
+
+
+def cmd_analyzer(args: argparse.Namespace) -> int:
+    """Print the analyzer table (or CSV) of the running gateway, else of the saved state."""
+    from .core.analyzer import Analyzer
+
+    config = _load_config(args.config)
+    analyzer, source = _saved_analyzer(config)
     only = config.show_only_filtered and not args.all
-    rows = analyzer.rows(only_allowed=only, allow_ids=config.filter_device_id)
+    rows = analyzer.rows(only_allowed=only, allow_ids=config.filter_device_id) if analyzer else []
     if args.csv:
         sys.stdout.write(Analyzer.to_csv(rows))
         return EXIT_OK
-    totals = analyzer.totals()
-    print(_format_totals(totals))
-    print(f"{'ID':8} {'MAN':3} {'TYPE':24} {'VERDICT':20} {'COUNT':>6} {'RSSI':>5} {'MIN':>5} {'AVG':>6} {'MAX':>5} MODE  LAST SEEN")
+    if analyzer is None:
+        print(f"no analyzer data yet: no gateway is running for {config.state_directory} and none saved any")
+        return EXIT_OK
+    print(f"analyzer of {source}")
+    print(_format_totals(analyzer.totals()))
+    if not rows:
+        hidden = " (show.only.filtered=true hides meters outside filter.device.id; --all shows them)" if only and config.filter_device_id else ""
+        print(f"no meters heard in this period{hidden}")
+        return EXIT_OK
+    print(f"{'ID':8} {'MAN':3} {'TYPE':24} {'VERDICT':20} {'COUNT':>6} {'RSSI':>5} {'MIN':>5} {'AVG':>6} {'MAX':>5} "
+          f"{'MODE':5} {'FIRST SEEN':19} LAST SEEN")
     for r in rows:
         print(f"{r.id:8} {r.manufacturer:3} {r.device_type_name[:24]:24} {r.verdict[:20]:20} {r.count:>6} "
               f"{_n(r.rssi_last):>5} {_n(r.rssi_min):>5} {_n(r.rssi_avg, 1):>6} {_n(r.rssi_max):>5} "
-              f"{(r.mode or '-'):5} {_when(r.last_seen)}")
+              f"{(r.mode or '-'):5} {_when(r.first_seen):19} {_when(r.last_seen)}")
     return EXIT_OK
 
 
@@ -231,8 +248,13 @@ def _when(t: float) -> str:
 
 
 def _format_totals(totals) -> str:
-    return (f"running since {_when(totals.since)} UTC; meters found {totals.meters}; "
-            f"telegrams ok {totals.ok}; broken {totals.broken}")
+    """One line: the period's start, meters found, telegrams ok and broken (by kind)."""
+    kinds = ", ".join(f"{kind} {count}" for kind, count in totals.broken_by_kind)
+    line = (f"since {_when(totals.running_since)} UTC: {totals.meters_found} meters found, "
+            f"{totals.telegrams_ok} telegrams ok, {totals.telegrams_broken} broken" + (f" ({kinds})" if kinds else ""))
+    if totals.untracked:
+        line += f"; {totals.untracked} telegrams of meters beyond the table's limit"
+    return line
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
