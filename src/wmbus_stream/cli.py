@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__, implementation
-from .errors import ConfigError, FrameError, WmbusStreamError
+from .errors import ConfigError, ConfigFileError, FrameError, WmbusStreamError
 
 __all__ = ["main"]
 
@@ -42,7 +42,7 @@ def _open_input(path: str):
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
-    """Decode a capture: one JSON object a line per frame found."""
+    """Decode a capture: one JSON object a line per frame found, then a summary on stderr."""
     from .core.check import broken_json, check
     from .receivers import framer
 
@@ -53,21 +53,38 @@ def cmd_decode(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     reader = framer(args.protocol, receiver_address=args.receiver_address)
     out = sys.stdout
+    read = ok = broken = 0
     with source:
         while True:
             chunk = source.read1(65536) if hasattr(source, "read1") else source.read(65536)
+            read += len(chunk)
             items = reader.feed(chunk) if chunk else reader.flush()
             for item in items:
                 try:
                     obj = check(item).as_json(args.receiver_address, args.wired_address)
+                    ok += 1
                 except FrameError as exc:
                     obj = broken_json(exc)
                     obj["rssi_dbm"] = item.rssi_dbm
+                    broken += 1
                 out.write(json.dumps(obj) + "\n")
             if not chunk:
                 break
     out.flush()
+    print(_decode_summary(args.protocol, read, ok, broken, reader.stats.skipped_bytes), file=sys.stderr)
     return EXIT_OK
+
+
+def _decode_summary(protocol: str, read: int, ok: int, broken: int, skipped: int) -> str:
+    """What ``decode`` found, so a wrong ``--protocol`` is obvious: frames, broken ones, bytes skipped."""
+    line = (f"decode: {ok + broken} {protocol} frames ({ok} ok, {broken} broken) in {read} bytes read; "
+            f"{skipped} bytes skipped")
+    if read and not ok:
+        from .receivers import SIMULATOR, names
+
+        others = ", ".join(name for name in names() if name not in (protocol, SIMULATOR))
+        line += f"; no good {protocol} frame found: is --protocol right? (the others: {others})"
+    return line
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -117,15 +134,33 @@ def _load_config(path: str):
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    """Validate a configuration file: exit 0, or 3 with one line per problem."""
+    """Validate a configuration file: exit 0 (valid, on stdout) or 3 (one line per problem on stderr)."""
     from .config import model
 
-    problems = model.check_file(args.file)
-    for problem in problems:
-        print(problem)
-    if not problems:
-        print(f"{args.file}: configuration is valid")
-    return EXIT_CONFIG if problems else EXIT_OK
+    if args.file and args.config and args.file != args.config:
+        print(f"wmbus-stream config check: two files given ({args.file} and --config {args.config}); give one",
+              file=sys.stderr)
+        return EXIT_USAGE
+    path = args.file or args.config or DEFAULT_CONFIG
+    try:
+        config = model.load(path)
+    except ConfigFileError:
+        raise
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"{path}: configuration is valid")
+    print(_baud_in_effect(config))
+    return EXIT_OK
+
+
+def _baud_in_effect(config) -> str:
+    """Which serial speed the receiver is opened at, and whether the file or the protocol's default chose it."""
+    if "usb.baud.rate" in config.explicit:
+        return f"usb.baud.rate {config.baud_rate} Bd: set in the file"
+    return (f"usb.baud.rate {config.baud_rate} Bd: the default for receiver.protocol={config.receiver_protocol}"
+            " (set usb.baud.rate for another speed)")
 
 
 def _setup_logging(level: str = "info") -> None:
@@ -147,26 +182,25 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    """Push now: through the running gateway, or directly from the state when none runs."""
-    from .service import Gateway, control_request
+    """Push now through the running gateway; say at once when none runs."""
+    from .service import CONTROL_SOCKET, PushOutcome, control_request
 
     config = _load_config(args.config)
-    _setup_logging(config.log_level)
-    answer = control_request(config.state_directory, "push")
+    status = control_request(config.state_directory, "status", timeout=10)
+    answer = None
+    if status is not None:
+        print(f"push now: the running gateway pushes its {status.get('meters_pending', '?')} pending meters to"
+              f" {config.push_endpoint or '(no receiving.server.url)'}, up to {config.push_retries + 1} attempts;"
+              " waiting for its answer", file=sys.stderr)
+        answer = control_request(config.state_directory, "push")
     if answer is None:
-        gateway = Gateway(config, args.config)
-        gateway.start(receiver=False, control=False)
-        try:
-            outcome = gateway.push_now()
-        finally:
-            gateway.shutdown()
-        print(outcome.summary())
-        return EXIT_OK if outcome.ok else EXIT_FAILURE
-    if "error" in answer and "ok" not in answer:
-        print(f"wmbus-stream push: {answer['error']}", file=sys.stderr)
+        print(f"wmbus-stream push now: no gateway is running at {config.state_directory / CONTROL_SOCKET}; nothing"
+              f" was pushed. Start it (systemctl start wmbus-stream, or wmbus-stream run --config {args.config})"
+              f" and push again, or push a capture once with wmbus-stream run --once --config FILE", file=sys.stderr)
         return EXIT_FAILURE
-    from .service import PushOutcome
-
+    if "error" in answer and "ok" not in answer:
+        print(f"wmbus-stream push now: {answer['error']}", file=sys.stderr)
+        return EXIT_FAILURE
     outcome = PushOutcome(**answer)
     print(outcome.summary())
     return EXIT_OK if outcome.ok else EXIT_FAILURE
@@ -379,12 +413,15 @@ def cmd_passwd(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .receivers import names as receiver_names
+
     parser = argparse.ArgumentParser(prog="wmbus-stream", description="Wireless M-Bus stream-mode gateway")
     parser.add_argument("--version", action="version", version=f"wmbus-stream {__version__} {implementation()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("decode", help="decode receiver bytes to JSON lines, one per telegram")
-    p.add_argument("--protocol", default="hex", help="receiver protocol (default hex)")
+    p.add_argument("--protocol", default="hex", choices=receiver_names(), metavar="PROTOCOL",
+                   help=f"receiver protocol: {', '.join(receiver_names())} (default hex)")
     p.add_argument("--receiver-address", type=_address, help="8-digit address for the 0C 78 record")
     p.add_argument("--wired-address", type=_wired_address, default=0, help="wired M-Bus address A (default 0)")
     p.add_argument("file", nargs="?", default="-", help="capture file, or - for standard input")
@@ -401,7 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="configuration: check, show, set, export, import, history, revert, backup, restore")
     csub = p.add_subparsers(dest="config_command", metavar="ACTION")
     c = csub.add_parser("check", help="validate a configuration file (exit 3 when invalid)")
-    c.add_argument("file")
+    c.add_argument("file", nargs="?", help=f"the file to check (default: --config, else {DEFAULT_CONFIG})")
+    c.add_argument("--config", help="the file to check, as every other command names it")
     c.set_defaults(func=cmd_config_check)
     add_config_commands(csub)
     add_sync_command(sub)
@@ -472,6 +510,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return args.func(args)
+    except ConfigFileError as exc:  # a file that cannot be opened is a failure, not an invalid configuration
+        print(f"wmbus-stream {_command_name(args)}: cannot read the configuration file {exc.path}: {exc.reason}"
+              " (--config FILE names another)", file=sys.stderr)
+        return EXIT_FAILURE
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
