@@ -521,6 +521,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except WmbusStreamError as exc:
         print(f"wmbus-stream: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    except BrokenPipeError:  # the reader went away (``| head``): stop quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILURE
     except OSError as exc:  # a file or folder the command needs: name it, no traceback
         where = f" {exc.filename}" if exc.filename else ""
         print(f"wmbus-stream {_command_name(args)}: cannot use{where}: {exc.strerror or exc}", file=sys.stderr)
