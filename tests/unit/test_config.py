@@ -411,3 +411,15 @@ def test_save_keeps_comments_and_is_private(tmp_path: Path) -> None:
 def test_config_is_a_slotted_frozen_dataclass() -> None:
     assert not hasattr(defaults(), "__dict__")
     assert Config.__dataclass_params__.frozen  # type: ignore[attr-defined]
+
+
+def test_the_baud_rate_defaults_to_the_receivers_own_unless_set() -> None:
+    assert parse({"receiver.protocol": "im871a"}).baud_rate == 57600
+    assert parse({"receiver.protocol": "AMB8465"}).baud_rate == 9600
+    assert parse({"receiver.protocol": "rtlwmbus"}).baud_rate == defaults().baud_rate == 115200
+    im871a = parse({"receiver.protocol": "im871a"})
+    assert im871a.get("usb.baud.rate") == "57600" and "usb.baud.rate" not in im871a.explicit
+    assert im871a.with_changes({"receiver.protocol": "amb8465"}).baud_rate == 9600  # the default follows
+    explicit = parse({"receiver.protocol": "im871a", "usb.baud.rate": "115200"})
+    assert explicit.baud_rate == 115200 and explicit.with_changes({"receiver.protocol": "amb8465"}).baud_rate == 115200
+    assert "usb.baud.rate" not in im871a.exported()  # another gateway's protocol picks its own
