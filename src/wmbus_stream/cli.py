@@ -37,6 +37,12 @@ def _wired_address(text: str) -> int:
     return value
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
 def _open_input(path: str):
     return sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
 
@@ -428,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_decode)
 
     p = sub.add_parser("bench", help="benchmark the check + filter batch, compiled and pure")
-    p.add_argument("--frames", type=int, default=200_000)
+    p.add_argument("--frames", type=_positive, default=200_000, help="frames to time (default 200000)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--service", action="store_true", help="service benchmarks: pipeline, push, memory, idle CPU")
     p.set_defaults(func=cmd_bench)
@@ -489,7 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_passwd)
 
     p = sub.add_parser("demo", help="demo gateway with simulator and local receiving server")
-    p.add_argument("--meters", type=int, default=300)
+    p.add_argument("--meters", type=_positive, default=300, help="simulated meters (default 300)")
     p.add_argument("--seconds", type=float, default=0, help="stop after this many seconds (0 = until Ctrl-C)")
     p.set_defaults(func=cmd_demo)
     return parser

@@ -206,6 +206,8 @@ def test_bench_table_and_json() -> None:
     assert run.code == 0, run
     result = json.loads(run.out)
     assert result["frames"] >= 2000 and result["twins"]["pure"]["check_batch_per_s"] > 0
+    run = wmbus("bench", "--frames", "0")
+    assert run.code == 2 and run.out == "" and "'0' is not a whole number of at least 1" in run.err, run
     # ``bench --service`` (a minute of full-size measurements) prints the same two forms; it is
     # the benchmark run of docs/performance, not part of this suite.
 
@@ -266,6 +268,9 @@ def test_config_management_outputs(tmp_path: Path) -> None:
     exported = tmp_path / "export.cfg"
     run = wmbus("config", "export", *cfg, str(exported))
     assert run.code == 0 and run.out == f"exported to {exported}\n" and "radio.mode=T1" in exported.read_text()
+    run = wmbus("config", "export", *cfg, str(tmp_path / "no" / "export.cfg"))
+    assert run.code == 1 and run.err == f"wmbus-stream config export: cannot use {tmp_path / 'no'}: No such file or" \
+                                        " directory\n", run
 
     run = wmbus("config", "history", *cfg)
     assert run.code == 0 and run.out.splitlines()[0].split() == ["#", "TIME", "(UTC)", "ORIGIN", "NOTE"], run
@@ -459,6 +464,8 @@ def test_demo_runs_and_stops_cleanly() -> None:
     run = wmbus("demo", "--meters", "20", "--seconds", "2")
     assert run.code == 0, run
     assert run.out.startswith("wmbus-stream demo: 20 simulated meters") and "stopped cleanly" in run.out, run
+    run = wmbus("demo", "--meters", "0")
+    assert run.code == 2 and run.out == "" and "argument --meters" in run.err, run
 
 
 @covers("systemd-unit")
