@@ -208,8 +208,8 @@ def test_bench_table_and_json() -> None:
     assert result["frames"] >= 2000 and result["twins"]["pure"]["check_batch_per_s"] > 0
     run = wmbus("bench", "--frames", "0")
     assert run.code == 2 and run.out == "" and "'0' is not a whole number of at least 1" in run.err, run
-    # ``bench --service`` (a minute of full-size measurements) prints the same two forms; it is
-    # the benchmark run of docs/performance, not part of this suite.
+    # ``bench --service`` (a minute of full-size measurements, docs/performance.md) is the one output
+    # form not run here: the benchmark runs it; its --help is tested above.
 
 
 # -------------------------------------------------------------------------------------------
