@@ -339,14 +339,17 @@ def test_cli_receive_prints_one_line_per_post(tmp_path: Path) -> None:
     assert len(JsonlStore(str(store)).readings()) == 1
 
 
-def test_cli_rejects_bad_options() -> None:
+def test_cli_rejects_bad_options_as_usage_errors() -> None:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     from wmbus_stream.hes import main
 
-    assert main(parser.parse_args(["--username", "gw"])) == 3
-    assert main(parser.parse_args(["--listen", "nonsense"])) == 3
-    assert main(parser.parse_args(["--tls-key", "k.pem"])) == 3
+    assert main(parser.parse_args(["--username", "gw"])) == 2
+    with pytest.raises(SystemExit) as parsed:
+        parser.parse_args(["--listen", "nonsense"])
+    assert parsed.value.code == 2
+    assert main(parser.parse_args(["--tls-key", "k.pem", "--no-auth"])) == 2
+    assert main(parser.parse_args(["--password-file", "/nonexistent/password", "--username", "gw"])) == 1
 
 
 # -- long telegrams ----------------------------------------------------------------------------
