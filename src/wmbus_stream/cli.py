@@ -225,7 +225,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _saved_analyzer(config):
+def _analyzer_of(config):
     """The analyzer of the running gateway, else the one saved in the state, and where it came from."""
     from .core.analyzer import Analyzer
     from .service import ANALYZER_META, STORE_FILE, control_request
@@ -253,7 +253,7 @@ def cmd_analyzer(args: argparse.Namespace) -> int:
     from .core.analyzer import Analyzer
 
     config = _load_config(args.config)
-    analyzer, source = _saved_analyzer(config)
+    analyzer, source = _analyzer_of(config)
     only = config.show_only_filtered and not args.all
     rows = analyzer.rows(only_allowed=only, allow_ids=config.filter_device_id) if analyzer else []
     if args.csv:
@@ -265,8 +265,9 @@ def cmd_analyzer(args: argparse.Namespace) -> int:
     print(f"analyzer of {source}")
     print(_format_totals(analyzer.totals()))
     if not rows:
-        hidden = " (show.only.filtered=true hides meters outside filter.device.id; --all shows them)" if only and config.filter_device_id else ""
-        print(f"no meters heard in this period{hidden}")
+        hidden = only and config.filter_device_id
+        print("no meters heard in this period"
+              + (" (show.only.filtered=true hides meters outside filter.device.id; --all shows them)" if hidden else ""))
         return EXIT_OK
     print(f"{'ID':8} {'MAN':3} {'TYPE':24} {'VERDICT':20} {'COUNT':>6} {'RSSI':>5} {'MIN':>5} {'AVG':>6} {'MAX':>5} "
           f"{'MODE':5} {'FIRST SEEN':19} LAST SEEN")

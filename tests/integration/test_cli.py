@@ -405,6 +405,11 @@ def test_status_and_analyzer_of_a_running_then_a_stopped_gateway(gw: ConfigFile,
     assert [line.split()[0] for line in run.out.splitlines()[3:]] == [ids[0]], run
     run = wmbus("analyzer", "--all", "--config", str(gw.path))
     assert run.code == 0 and len(run.out.splitlines()[3:]) == 12, run
+    gw.write({"filter.device.id": "99999999"})
+    run = wmbus("analyzer", "--config", str(gw.path))
+    assert run.code == 0 and run.out.splitlines()[2:] == [
+        "no meters heard in this period (show.only.filtered=true hides meters outside filter.device.id;"
+        " --all shows them)"], run
 
 
 # -------------------------------------------------------------------------------------------
