@@ -438,13 +438,16 @@ def test_replay_prints_writes_or_pushes_the_report(gw: ConfigFile, tmp_path: Pat
 def test_receive_serves_until_sigterm(gw: ConfigFile, tmp_path: Path) -> None:
     port = free_port()
     db = tmp_path / "hes.sqlite"
-    server = subprocess.Popen([str(WMBUS), "receive", "--listen", f"127.0.0.1:{port}", "--db", str(db)],
+    (tmp_path / "password").write_text("Kestrel-Harbour-42\n")
+    server = subprocess.Popen([str(WMBUS), "receive", "--listen", f"127.0.0.1:{port}", "--db", str(db),
+                               "--username", "gw", "--password-file", str(tmp_path / "password")],
                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert server.stdout is not None
         first = server.stdout.readline()
         assert first.startswith(f"receiving reports on http://127.0.0.1:{port}") and f"SQLite {db}" in first, first
-        gw.write({"receiving.server.url": f"http://127.0.0.1:{port}/in"})
+        gw.write({"receiving.server.url": f"http://127.0.0.1:{port}/in", "receiving.server.username": "gw",
+                  "receiving.server.password": "Kestrel-Harbour-42"})
         assert wmbus("replay", "--config", str(gw.path), str(tmp_path / "capture.hex"), "--push").code == 0
         post = server.stdout.readline()
         assert re.search(r"POST /in: 12 lines, 12 new readings, gateway 00000161", post), post
@@ -456,8 +459,12 @@ def test_receive_serves_until_sigterm(gw: ConfigFile, tmp_path: Path) -> None:
             server.wait()
     assert server.returncode == 0 and "Traceback" not in err, err
     assert out.startswith("stopped: 1 POSTs, 12 lines, 12 new readings"), out
-    run = wmbus("receive", "--listen", "127.0.0.1:1", "--tls-key", str(tmp_path / "key.pem"))
-    assert run.code == 2 and "--tls-key needs --tls-cert" in run.err, run
+    run = wmbus("receive", "--listen", "127.0.0.1:1", "--no-auth", "--tls-key", str(tmp_path / "key.pem"))
+    assert run.code == 2 and run.out == "" and "--tls-key needs --tls-cert" in run.err, run
+    run = wmbus("receive", "--listen", "127.0.0.1:1")
+    assert run.code == 2 and run.out == "" and "refusing to start without authentication" in run.err, run
+    run = wmbus("receive", "--listen", "127.0.0.1:1", "--username", "gw", "--password-file", str(tmp_path / "none"))
+    assert run.code == 1 and run.out == "" and f"cannot read {tmp_path / 'none'}" in run.err, run
 
 
 # -------------------------------------------------------------------------------------------

@@ -489,7 +489,7 @@ def run_receive(*args: str) -> subprocess.Popen:
 
 
 def refused(*args: str) -> str:
-    """stderr of a ``receive`` that must exit 3 at once (killed if it starts serving instead)."""
+    """stderr of a ``receive`` that must exit 2 (a usage error) at once (killed if it starts serving instead)."""
     process = run_receive(*args)
     try:
         _, error = process.communicate(timeout=20)
@@ -497,7 +497,7 @@ def refused(*args: str) -> str:
         if process.poll() is None:
             process.kill()
             process.communicate()
-    assert process.returncode == 3, error
+    assert process.returncode == 2, error
     return error
 
 
