@@ -57,7 +57,10 @@ def write_atomic(
     target = Path(os.path.realpath(path))
     payload = data.encode(encoding) if isinstance(data, str) else bytes(data)
     tmp = _temp_name(target)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), mode)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), mode)
+    except OSError as exc:  # name the folder the caller gave, not our temporary file
+        raise OSError(exc.errno, exc.strerror, str(target.parent)) from None
     try:
         try:
             # The umask may have removed bits from ``mode``; the caller's mode is the contract.

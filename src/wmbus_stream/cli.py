@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__, implementation
-from .errors import ConfigError, FrameError, WmbusStreamError
+from .errors import ConfigError, ConfigFileError, FrameError, WmbusStreamError
 
 __all__ = ["main"]
 
@@ -37,12 +37,18 @@ def _wired_address(text: str) -> int:
     return value
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
 def _open_input(path: str):
     return sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
-    """Decode a capture: one JSON object a line per frame found."""
+    """Decode a capture: one JSON object a line per frame found, then a summary on stderr."""
     from .core.check import broken_json, check
     from .receivers import framer
 
@@ -53,21 +59,38 @@ def cmd_decode(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     reader = framer(args.protocol, receiver_address=args.receiver_address)
     out = sys.stdout
+    read = ok = broken = 0
     with source:
         while True:
             chunk = source.read1(65536) if hasattr(source, "read1") else source.read(65536)
+            read += len(chunk)
             items = reader.feed(chunk) if chunk else reader.flush()
             for item in items:
                 try:
                     obj = check(item).as_json(args.receiver_address, args.wired_address)
+                    ok += 1
                 except FrameError as exc:
                     obj = broken_json(exc)
                     obj["rssi_dbm"] = item.rssi_dbm
+                    broken += 1
                 out.write(json.dumps(obj) + "\n")
             if not chunk:
                 break
     out.flush()
+    print(_decode_summary(args.protocol, read, ok, broken, reader.stats.skipped_bytes), file=sys.stderr)
     return EXIT_OK
+
+
+def _decode_summary(protocol: str, read: int, ok: int, broken: int, skipped: int) -> str:
+    """What ``decode`` found, so a wrong ``--protocol`` is obvious: frames, broken ones, bytes skipped."""
+    line = (f"decode: {ok + broken} {protocol} frames ({ok} ok, {broken} broken) in {read} bytes read; "
+            f"{skipped} bytes skipped")
+    if read and not ok:
+        from .receivers import SIMULATOR, names
+
+        others = ", ".join(name for name in names() if name not in (protocol, SIMULATOR))
+        line += f"; no good {protocol} frame found: is --protocol right? (the others: {others})"
+    return line
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -117,15 +140,33 @@ def _load_config(path: str):
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    """Validate a configuration file: exit 0, or 3 with one line per problem."""
+    """Validate a configuration file: exit 0 (valid, on stdout) or 3 (one line per problem on stderr)."""
     from .config import model
 
-    problems = model.check_file(args.file)
-    for problem in problems:
-        print(problem)
-    if not problems:
-        print(f"{args.file}: configuration is valid")
-    return EXIT_CONFIG if problems else EXIT_OK
+    if args.file and args.config and args.file != args.config:
+        print(f"wmbus-stream config check: two files given ({args.file} and --config {args.config}); give one",
+              file=sys.stderr)
+        return EXIT_USAGE
+    path = args.file or args.config or DEFAULT_CONFIG
+    try:
+        config = model.load(path)
+    except ConfigFileError:
+        raise
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"{path}: configuration is valid")
+    print(_baud_in_effect(config))
+    return EXIT_OK
+
+
+def _baud_in_effect(config) -> str:
+    """Which serial speed the receiver is opened at, and whether the file or the protocol's default chose it."""
+    if "usb.baud.rate" in config.explicit:
+        return f"usb.baud.rate {config.baud_rate} Bd: set in the file"
+    return (f"usb.baud.rate {config.baud_rate} Bd: the default for receiver.protocol={config.receiver_protocol}"
+            " (set usb.baud.rate for another speed)")
 
 
 def _setup_logging(level: str = "info") -> None:
@@ -147,26 +188,25 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    """Push now: through the running gateway, or directly from the state when none runs."""
-    from .service import Gateway, control_request
+    """Push now through the running gateway; say at once when none runs."""
+    from .service import CONTROL_SOCKET, PushOutcome, control_request
 
     config = _load_config(args.config)
-    _setup_logging(config.log_level)
-    answer = control_request(config.state_directory, "push")
+    status = control_request(config.state_directory, "status", timeout=10)
+    answer = None
+    if status is not None:
+        print(f"push now: the running gateway pushes its {status.get('meters_pending', '?')} pending meters to"
+              f" {config.push_endpoint or '(no receiving.server.url)'}, up to {config.push_retries + 1} attempts;"
+              " waiting for its answer", file=sys.stderr)
+        answer = control_request(config.state_directory, "push")
     if answer is None:
-        gateway = Gateway(config, args.config)
-        gateway.start(receiver=False, control=False)
-        try:
-            outcome = gateway.push_now()
-        finally:
-            gateway.shutdown()
-        print(outcome.summary())
-        return EXIT_OK if outcome.ok else EXIT_FAILURE
-    if "error" in answer and "ok" not in answer:
-        print(f"wmbus-stream push: {answer['error']}", file=sys.stderr)
+        print(f"wmbus-stream push now: no gateway is running at {config.state_directory / CONTROL_SOCKET}; nothing"
+              f" was pushed. Start it (systemctl start wmbus-stream, or wmbus-stream run --config {args.config})"
+              f" and push again, or push a capture once with wmbus-stream run --once --config FILE", file=sys.stderr)
         return EXIT_FAILURE
-    from .service import PushOutcome
-
+    if "error" in answer and "ok" not in answer:
+        print(f"wmbus-stream push now: {answer['error']}", file=sys.stderr)
+        return EXIT_FAILURE
     outcome = PushOutcome(**answer)
     print(outcome.summary())
     return EXIT_OK if outcome.ok else EXIT_FAILURE
@@ -185,38 +225,56 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_analyzer(args: argparse.Namespace) -> int:
-    """Print the analyzer table (or CSV) of the running gateway, else of the saved state."""
+def _analyzer_of(config):
+    """The analyzer of the running gateway, else the one saved in the state, and where it came from."""
     from .core.analyzer import Analyzer
     from .service import ANALYZER_META, STORE_FILE, control_request
 
-    config = _load_config(args.config)
     analyzer = Analyzer(0.0)
     answer = control_request(config.state_directory, "analyzer", timeout=10)
     if answer is not None and answer.get("dump"):
         analyzer.load(answer["dump"].encode())
-    else:
-        path = config.state_directory / STORE_FILE
-        if path.exists():
-            from .core.store import Store
+        return analyzer, "the running gateway"
+    path = config.state_directory / STORE_FILE
+    if path.exists():
+        from .core.store import Store
 
-            store = Store.open(path)
-            saved = store.get_meta(ANALYZER_META)
-            store.close(flush=False)
-            if saved:
-                analyzer.load(saved)
+        store = Store.open(path)
+        saved = store.get_meta(ANALYZER_META)
+        store.close(flush=False)
+        if saved:
+            analyzer.load(saved)
+            return analyzer, f"the state saved in {config.state_directory} (no gateway is running)"
+    return None, None
+
+
+def cmd_analyzer(args: argparse.Namespace) -> int:
+    """Print the analyzer table (or CSV) of the running gateway, else of the saved state."""
+    from .core.analyzer import Analyzer
+
+    config = _load_config(args.config)
+    analyzer, source = _analyzer_of(config)
     only = config.show_only_filtered and not args.all
-    rows = analyzer.rows(only_allowed=only, allow_ids=config.filter_device_id)
+    rows = analyzer.rows(only_allowed=only, allow_ids=config.filter_device_id) if analyzer else []
     if args.csv:
         sys.stdout.write(Analyzer.to_csv(rows))
         return EXIT_OK
-    totals = analyzer.totals()
-    print(_format_totals(totals))
-    print(f"{'ID':8} {'MAN':3} {'TYPE':24} {'VERDICT':20} {'COUNT':>6} {'RSSI':>5} {'MIN':>5} {'AVG':>6} {'MAX':>5} MODE  LAST SEEN")
+    if analyzer is None:
+        print(f"no analyzer data yet: no gateway is running for {config.state_directory} and none saved any")
+        return EXIT_OK
+    print(f"analyzer of {source}")
+    print(_format_totals(analyzer.totals()))
+    if not rows:
+        hidden = only and config.filter_device_id
+        print("no meters heard in this period"
+              + (" (show.only.filtered=true hides meters outside filter.device.id; --all shows them)" if hidden else ""))
+        return EXIT_OK
+    print(f"{'ID':8} {'MAN':3} {'TYPE':24} {'VERDICT':20} {'COUNT':>6} {'RSSI':>5} {'MIN':>5} {'AVG':>6} {'MAX':>5} "
+          f"{'MODE':5} {'FIRST SEEN':19} LAST SEEN")
     for r in rows:
         print(f"{r.id:8} {r.manufacturer:3} {r.device_type_name[:24]:24} {r.verdict[:20]:20} {r.count:>6} "
               f"{_n(r.rssi_last):>5} {_n(r.rssi_min):>5} {_n(r.rssi_avg, 1):>6} {_n(r.rssi_max):>5} "
-              f"{(r.mode or '-'):5} {_when(r.last_seen)}")
+              f"{(r.mode or '-'):5} {_when(r.first_seen):19} {_when(r.last_seen)}")
     return EXIT_OK
 
 
@@ -231,8 +289,13 @@ def _when(t: float) -> str:
 
 
 def _format_totals(totals) -> str:
-    return (f"running since {_when(totals.since)} UTC; meters found {totals.meters}; "
-            f"telegrams ok {totals.ok}; broken {totals.broken}")
+    """One line: the period's start, meters found, telegrams ok and broken (by kind)."""
+    kinds = ", ".join(f"{kind} {count}" for kind, count in totals.broken_by_kind)
+    line = (f"since {_when(totals.running_since)} UTC: {totals.meters_found} meters found, "
+            f"{totals.telegrams_ok} telegrams ok, {totals.telegrams_broken} broken" + (f" ({kinds})" if kinds else ""))
+    if totals.untracked:
+        line += f"; {totals.untracked} telegrams of meters beyond the table's limit"
+    return line
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -357,19 +420,22 @@ def cmd_passwd(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .receivers import names as receiver_names
+
     parser = argparse.ArgumentParser(prog="wmbus-stream", description="Wireless M-Bus stream-mode gateway")
     parser.add_argument("--version", action="version", version=f"wmbus-stream {__version__} {implementation()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("decode", help="decode receiver bytes to JSON lines, one per telegram")
-    p.add_argument("--protocol", default="hex", help="receiver protocol (default hex)")
+    p.add_argument("--protocol", default="hex", choices=receiver_names(), metavar="PROTOCOL",
+                   help=f"receiver protocol: {', '.join(receiver_names())} (default hex)")
     p.add_argument("--receiver-address", type=_address, help="8-digit address for the 0C 78 record")
     p.add_argument("--wired-address", type=_wired_address, default=0, help="wired M-Bus address A (default 0)")
     p.add_argument("file", nargs="?", default="-", help="capture file, or - for standard input")
     p.set_defaults(func=cmd_decode)
 
     p = sub.add_parser("bench", help="benchmark the check + filter batch, compiled and pure")
-    p.add_argument("--frames", type=int, default=200_000)
+    p.add_argument("--frames", type=_positive, default=200_000, help="frames to time (default 200000)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--service", action="store_true", help="service benchmarks: pipeline, push, memory, idle CPU")
     p.set_defaults(func=cmd_bench)
@@ -379,7 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="configuration: check, show, set, export, import, history, revert, backup, restore")
     csub = p.add_subparsers(dest="config_command", metavar="ACTION")
     c = csub.add_parser("check", help="validate a configuration file (exit 3 when invalid)")
-    c.add_argument("file")
+    c.add_argument("file", nargs="?", help=f"the file to check (default: --config, else {DEFAULT_CONFIG})")
+    c.add_argument("--config", help="the file to check, as every other command names it")
     c.set_defaults(func=cmd_config_check)
     add_config_commands(csub)
     add_sync_command(sub)
@@ -429,7 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_passwd)
 
     p = sub.add_parser("demo", help="demo gateway with simulator and local receiving server")
-    p.add_argument("--meters", type=int, default=300)
+    p.add_argument("--meters", type=_positive, default=300, help="simulated meters (default 300)")
     p.add_argument("--seconds", type=float, default=0, help="stop after this many seconds (0 = until Ctrl-C)")
     p.set_defaults(func=cmd_demo)
     return parser
@@ -450,12 +517,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return args.func(args)
+    except ConfigFileError as exc:  # a file that cannot be opened is a failure, not an invalid configuration
+        print(f"wmbus-stream {_command_name(args)}: cannot read the configuration file {exc.path}: {exc.reason}"
+              " (--config FILE names another)", file=sys.stderr)
+        return EXIT_FAILURE
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return EXIT_CONFIG
     except WmbusStreamError as exc:
         print(f"wmbus-stream: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except BrokenPipeError:  # the reader went away (``| head``): stop quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FAILURE
     except OSError as exc:  # a file or folder the command needs: name it, no traceback
         where = f" {exc.filename}" if exc.filename else ""

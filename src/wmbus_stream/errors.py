@@ -15,6 +15,7 @@ __all__ = [
     "HeaderError",
     "ChecksumError",
     "ConfigError",
+    "ConfigFileError",
     "Problem",
     "ExtensionMissingError",
     "GatewayIOError",
@@ -81,6 +82,14 @@ class ConfigError(WmbusStreamError, ValueError):
     @property
     def key(self) -> str:
         return self.problems[0].key if self.problems else ""
+
+
+class ConfigFileError(ConfigError):
+    """The configuration file cannot be read at all (missing, no permission): a file failure, not a bad value."""
+
+    def __init__(self, path: str, reason: str):
+        self.path, self.reason = path, reason
+        super().__init__(Problem("<file>", path, f"a readable file ({reason})"))
 
 
 class ExtensionMissingError(WmbusStreamError, ImportError):

@@ -1179,9 +1179,18 @@ def _expects_continue(handler: _Handler) -> bool:
 # Command line
 
 
+def _listen_option(text: str) -> str:
+    """``--listen`` checked when the options are parsed, so a bad address is a usage error (exit 2)."""
+    try:
+        _split_listen(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT, [IPv6]:PORT or PORT") from None
+    return text
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``wmbus-stream receive``."""
-    parser.add_argument("--listen", default="127.0.0.1:8081", metavar="HOST:PORT",
+    parser.add_argument("--listen", default="127.0.0.1:8081", metavar="HOST:PORT", type=_listen_option,
                         help="address to listen on (default 127.0.0.1:8081; [::]:PORT for IPv6)")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--db", metavar="FILE", help="SQLite database for readings (default: in memory only)")
@@ -1204,7 +1213,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run the receiving server until SIGINT/SIGTERM; 0 on a clean stop, 1 on failure, 3 on bad options."""
+    """Run the receiving server until SIGINT/SIGTERM; 0 on a clean stop, 1 on failure (a file, the address), 2 on bad options."""
     try:
         host, port = _split_listen(args.listen)
         password = args.password
@@ -1227,10 +1236,17 @@ def main(args: argparse.Namespace) -> int:
             raise ValueError("--max-connections must be at least 1")
         if args.path is not None and not args.path.startswith("/"):
             raise ValueError("--path must start with '/'")
-        store = open_store(args.db, args.jsonl)
-    except (ValueError, OSError, sqlite3.Error) as exc:
+    except ValueError as exc:
         print(f"wmbus-stream receive: {exc}", file=sys.stderr)
-        return 3
+        return 2
+    except OSError as exc:
+        print(f"wmbus-stream receive: cannot read {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    try:
+        store = open_store(args.db, args.jsonl)
+    except (OSError, sqlite3.Error) as exc:
+        print(f"wmbus-stream receive: cannot open {args.db or args.jsonl}: {exc}", file=sys.stderr)
+        return 1
 
     def show(post: PostSummary) -> None:
         stamp = datetime.now().strftime("%Y-%m-%d %H:%M:%S")
@@ -1247,10 +1263,10 @@ def main(args: argparse.Namespace) -> int:
             tls_key=args.tls_key, path=args.path, max_body=args.max_body_mib * 1024 * 1024,
             max_connections=args.max_connections, ok_status=args.ok_status, on_post=show,
         )
-    except (ValueError, OSError, ssl.SSLError) as exc:
+    except (ValueError, OSError, ssl.SSLError) as exc:  # the certificate or key files
         store.close()
         print(f"wmbus-stream receive: {exc}", file=sys.stderr)
-        return 3
+        return 1
     try:
         server.start()
     except OSError as exc:

@@ -75,8 +75,12 @@ class PushOutcome:
 
     def summary(self) -> str:
         when = datetime.fromtimestamp(self.at, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        if self.ok and not self.attempts:
+            return f"{when}: nothing pending, nothing sent"
         if self.ok:
             return f"{when}: acknowledged, {self.lines} lines, HTTP {self.status}, {self.duration:.2f} s"
+        if not self.attempts:
+            return f"{when}: not sent: {self.error}; {self.lines} meters kept"
         return f"{when}: failed after {self.attempts} attempt(s): {self.error}; {self.lines} meters kept"
 
 

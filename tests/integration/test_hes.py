@@ -339,14 +339,17 @@ def test_cli_receive_prints_one_line_per_post(tmp_path: Path) -> None:
     assert len(JsonlStore(str(store)).readings()) == 1
 
 
-def test_cli_rejects_bad_options() -> None:
+def test_cli_rejects_bad_options_as_usage_errors() -> None:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     from wmbus_stream.hes import main
 
-    assert main(parser.parse_args(["--username", "gw"])) == 3
-    assert main(parser.parse_args(["--listen", "nonsense"])) == 3
-    assert main(parser.parse_args(["--tls-key", "k.pem"])) == 3
+    assert main(parser.parse_args(["--username", "gw"])) == 2
+    with pytest.raises(SystemExit) as parsed:
+        parser.parse_args(["--listen", "nonsense"])
+    assert parsed.value.code == 2
+    assert main(parser.parse_args(["--tls-key", "k.pem", "--no-auth"])) == 2
+    assert main(parser.parse_args(["--password-file", "/nonexistent/password", "--username", "gw"])) == 1
 
 
 # -- long telegrams ----------------------------------------------------------------------------
@@ -486,7 +489,7 @@ def run_receive(*args: str) -> subprocess.Popen:
 
 
 def refused(*args: str) -> str:
-    """stderr of a ``receive`` that must exit 3 at once (killed if it starts serving instead)."""
+    """stderr of a ``receive`` that must exit 2 (a usage error) at once (killed if it starts serving instead)."""
     process = run_receive(*args)
     try:
         _, error = process.communicate(timeout=20)
@@ -494,7 +497,7 @@ def refused(*args: str) -> str:
         if process.poll() is None:
             process.kill()
             process.communicate()
-    assert process.returncode == 3, error
+    assert process.returncode == 2, error
     return error
 
 

@@ -77,7 +77,7 @@ def test_missing_file_exits_1_and_usage_errors_exit_2(tmp_path):
     proc = run("decode", str(tmp_path / "nope.hex"))
     assert proc.returncode == 1 and b"cannot open" in proc.stderr
     assert run("decode", "--receiver-address", "12").returncode == 2
-    assert run("decode", "--protocol", "nosuch", data=b"").returncode == 3
+    assert run("decode", "--protocol", "nosuch", data=b"").returncode == 2
 
 
 @pytest.mark.parametrize("protocol", ["cmex50", "im871a", "amb8465", "rtlwmbus", "hex"])

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -11,10 +9,9 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from wmbus_stream.config import KEYS, MASK, Config, check_file, defaults, load, parse, save, to_text
-from wmbus_stream.config.cli import check_command
 from wmbus_stream.config.keys import BY_NAME
 from wmbus_stream.core.schedule import Schedule
-from wmbus_stream.errors import ConfigError
+from wmbus_stream.errors import ConfigError, ConfigFileError
 
 # key -> [(text, expected typed value)]
 VALID: dict[str, list[tuple[str, object]]] = {
@@ -385,15 +382,15 @@ def test_load_reports_file_and_key_problems_together(tmp_path: Path) -> None:
     assert check_file(path) == info.value.problems
 
 
-def test_unreadable_file(tmp_path: Path) -> None:
+def test_unreadable_file_is_a_file_error_not_an_invalid_configuration(tmp_path: Path) -> None:
     missing = tmp_path / "nope.cfg"
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(ConfigFileError) as info:
         load(missing)
-    (problem,) = info.value.problems
+    assert info.value.path == str(missing) and "No such file" in info.value.reason
+    (problem,) = info.value.problems  # still a ConfigError: every caller that lists problems keeps working
     assert problem.key == "<file>" and problem.value == str(missing)
-    assert "No such file" in problem.allowed
-    (problem,) = check_file(tmp_path)  # a directory
-    assert problem.key == "<file>"
+    with pytest.raises(ConfigFileError):
+        check_file(tmp_path)  # a directory
 
 
 def test_save_keeps_comments_and_is_private(tmp_path: Path) -> None:
@@ -414,25 +411,18 @@ def test_save_keeps_comments_and_is_private(tmp_path: Path) -> None:
     assert load(path) == config  # an invalid configuration is never written
 
 
-def test_check_command(tmp_path: Path) -> None:
-    good = tmp_path / "good.cfg"
-    good.write_text("filter.manufacturer=ELV\n")
-    out = io.StringIO()
-    assert check_command(good, out) == 0
-    assert out.getvalue() == f"{good}: ok\n"
-    bad = tmp_path / "bad.cfg"
-    bad.write_text("filter.manufacturer=EL\nusb.baud.rate=1\n")
-    out = io.StringIO()
-    assert check_command(bad, out) == 3
-    lines = out.getvalue().splitlines()
-    assert lines == [
-        "filter.manufacturer: invalid value 'EL'; allowed: "
-        f"{BY_NAME['filter.manufacturer'].allowed} ('EL' is not valid)",
-        f"usb.baud.rate: invalid value '1'; allowed: {BY_NAME['usb.baud.rate'].allowed}",
-    ]
-    assert check_command(os.path.join(tmp_path, "missing.cfg"), io.StringIO()) == 3
-
-
 def test_config_is_a_slotted_frozen_dataclass() -> None:
     assert not hasattr(defaults(), "__dict__")
     assert Config.__dataclass_params__.frozen  # type: ignore[attr-defined]
+
+
+def test_the_baud_rate_defaults_to_the_receivers_own_unless_set() -> None:
+    assert parse({"receiver.protocol": "im871a"}).baud_rate == 57600
+    assert parse({"receiver.protocol": "AMB8465"}).baud_rate == 9600
+    assert parse({"receiver.protocol": "rtlwmbus"}).baud_rate == defaults().baud_rate == 115200
+    im871a = parse({"receiver.protocol": "im871a"})
+    assert im871a.get("usb.baud.rate") == "57600" and "usb.baud.rate" not in im871a.explicit
+    assert im871a.with_changes({"receiver.protocol": "amb8465"}).baud_rate == 9600  # the default follows
+    explicit = parse({"receiver.protocol": "im871a", "usb.baud.rate": "115200"})
+    assert explicit.baud_rate == 115200 and explicit.with_changes({"receiver.protocol": "amb8465"}).baud_rate == 115200
+    assert "usb.baud.rate" not in im871a.exported()  # another gateway's protocol picks its own

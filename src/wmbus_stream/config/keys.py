@@ -16,7 +16,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timezone, tzinfo
 from pathlib import Path
 from urllib.parse import SplitResult, urlsplit
@@ -32,6 +32,7 @@ __all__ = [
     "RADIO_MODES",
     "RECEIVER_PROTOCOLS",
     "BAUD_RATES",
+    "PROTOCOL_BAUD_RATES",
     "LOG_LEVELS",
     "PYSERIAL_URL_SCHEMES",
 ]
@@ -44,6 +45,9 @@ RADIO_MODES = (
 )
 RECEIVER_PROTOCOLS = ("cmex50", "im871a", "amb8465", "rtlwmbus", "hex", "simulator")
 BAUD_RATES = (3600, 4800, 7200, 9600, 14400, 19200, 28800, 38400, 57600, 76800, 115200)
+# The serial speed each receiver module runs at out of the box (IMST iM871A user manual: 57600 Bd;
+# Amber AMB8465-M manual: 9600 Bd; both 8N1). Every other protocol defaults to 115200.
+PROTOCOL_BAUD_RATES = {"im871a": "57600", "amb8465": "9600"}
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 # The URL handlers pyserial's serial_for_url knows (serial/urlhandler/protocol_*.py).
 PYSERIAL_URL_SCHEMES = ("socket", "rfc2217", "loop", "spy", "alt", "hwgrep", "cp2110")
@@ -62,6 +66,15 @@ class Key:
     secret: bool = False
     device_specific: bool = False
     restart: bool = False
+    # (other key, {its value: this key's default}): a default that depends on another key's value.
+    default_by: tuple[str, dict[str, str]] | None = field(default=None, compare=False)
+
+    def default_for(self, raw: dict[str, str]) -> str:
+        """This key's default given the other keys' text values ``raw``."""
+        if self.default_by is None:
+            return self.default
+        other, table = self.default_by
+        return table.get(raw.get(other, "").strip().lower(), self.default)
 
 
 # -- validators: text in, typed value out, ValueError(detail) for anything else ----------
@@ -313,7 +326,9 @@ KEYS: tuple[Key, ...] = (
         "Radio modes to receive and accept.", restart=True),
     Key("usb.baud.rate", "baud_rate", "115200", baud_rate,
         " ".join(map(str, BAUD_RATES)),
-        "Serial speed of the receiver.", restart=True),
+        "Serial speed of the receiver; when not set, the speed its receiver.protocol runs at out of the box: "
+        + ", ".join(f"{rate} for {name}" for name, rate in PROTOCOL_BAUD_RATES.items()) + ", else 115200.",
+        restart=True, default_by=("receiver.protocol", PROTOCOL_BAUD_RATES)),
     Key("sync.enabled", "sync_enabled", "false", boolean, "true or false",
         "Pull the configuration from configuration.server.url."),
     Key("configuration.server.url", "sync_url", "", optional_url,

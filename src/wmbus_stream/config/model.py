@@ -26,7 +26,7 @@ from types import MappingProxyType
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from ..core.schedule import Schedule
-from ..errors import ConfigError, Problem
+from ..errors import ConfigError, ConfigFileError, Problem
 from . import properties
 from .keys import BY_NAME, KEYS, MASK, Key
 
@@ -225,6 +225,9 @@ def _validate(mapping: Mapping[str, str]) -> tuple[Config | None, list[Problem]]
         given[name] = value
 
     raw = {key.name: given.get(key.name, key.default) for key in KEYS}
+    for key in KEYS:
+        if key.default_by is not None and key.name not in given:
+            raw[key.name] = key.default_for(raw)
     typed: dict[str, object] = {}
     for key in KEYS:
         value = raw[key.name]
@@ -277,17 +280,17 @@ def defaults() -> Config:
 
 
 def _read(path: str | os.PathLike[str]) -> tuple[Config | None, list[Problem]]:
+    """The configuration in a file and its problems; ConfigFileError when it cannot be read at all."""
     try:
         document = properties.read(path)
     except OSError as exc:
-        reason = exc.strerror or exc.__class__.__name__
-        return None, [Problem("<file>", os.fspath(path), f"a readable file ({reason})")]
+        raise ConfigFileError(os.fspath(path), exc.strerror or exc.__class__.__name__) from None
     config, problems = _validate(document.values)
     return (config if not document.problems else None), [*document.problems, *problems]
 
 
 def load(path: str | os.PathLike[str]) -> Config:
-    """Read and validate a configuration file; ConfigError lists every problem."""
+    """Read and validate a configuration file; ConfigError lists every problem (ConfigFileError: unreadable)."""
     config, problems = _read(path)
     if config is None or problems:
         raise ConfigError(problems)
@@ -305,7 +308,7 @@ def loads(data: bytes | str) -> Config:
 
 
 def check_file(path: str | os.PathLike[str]) -> list[Problem]:
-    """Every problem of a configuration file (empty when it would load)."""
+    """Every problem of a configuration file (empty when it would load); ConfigFileError when unreadable."""
     return _read(path)[1]
 
 
@@ -338,7 +341,7 @@ def to_text(
                                            ("needs restart", key.restart)) if on]
             note = f" [{', '.join(flags)}]" if flags else ""
             lines.append(f"# {key.description}{note}")
-            lines.append(f"# allowed: {key.allowed}; default: {key.default or '(empty)'}")
+            lines.append(f"# allowed: {key.allowed}; default: {key.default_for(values) or '(empty)'}")
             lines.append(properties.render({key.name: values[key.name]}).rstrip("\n"))
             lines.append("")
         return "\n".join(lines)
