@@ -673,6 +673,22 @@ class GatewayProcess:
         except (OSError, ValueError):
             return None
 
+    def push_by_hand(self) -> threading.Thread:
+        """Ask the gateway for a push now (``push now``'s control request) without waiting for its end.
+
+        Tests that need a push after their telegrams arrived use this instead of a one-shot
+        cron slot, which a gateway slow to start on a loaded machine can miss.
+        """
+        def ask() -> None:
+            try:
+                control_request(self.config.state, "push", timeout=120)
+            except (OSError, ValueError):
+                pass  # the gateway went away meanwhile: the test judges by the HES and the state
+
+        worker = threading.Thread(target=ask, name=f"push-by-hand-{self.pid}", daemon=True)
+        worker.start()
+        return worker
+
     def wait_status(self, predicate: Callable[[dict[str, Any]], Any], what: str, timeout: float = 10.0) -> dict[str, Any]:
         def check() -> dict[str, Any] | None:
             if self.proc.poll() is not None:

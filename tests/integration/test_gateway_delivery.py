@@ -124,12 +124,13 @@ def test_retry_after_is_honoured_within_the_interval(config, pty_receiver, scrip
     server = scripted_hes(Respond(503, {"Retry-After": "2"}), Respond(204))
     telegrams = vector_telegrams(5)
     config.write({"receiver.port": str(pty_receiver.link), "receiving.server.url": server.url,
-                  "receiving.server.push.cron": cron_at(soon(1.5)), "receiving.server.retries": "1"})
+                  "receiving.server.push.cron": cron_at(soon(3600)), "receiving.server.retries": "1"})
     since = time.time()
     gw = gateway(config)
     gw.wait_connected()
     pty_receiver.write(b"".join(CMEX50.encode(t) for t in telegrams))
     gw.wait_ok(len(telegrams))
+    gw.push_by_hand()
     first, second = server.wait_requests(2, timeout=15, context=gw.tail)[:2]
     status = gw.wait_status(lambda s: s["last_push"] is not None and s["meters_pending"] == 0, "the push acknowledged")
     assert second.head_at - first.done_at >= 1.9, "the retry came before Retry-After allowed it"
@@ -147,13 +148,14 @@ def test_telegram_arriving_during_a_push_stays_for_the_next_one(outcome, config,
     a_old, b, c = vector_telegrams(3)
     a_new = variant(a_old, 1)
     config.write({"receiver.port": str(pty_receiver.link), "receiving.server.url": server.url,
-                  "receiving.server.push.cron": cron_at(soon(2)), "receiving.server.retries": "0",
+                  "receiving.server.push.cron": cron_at(soon(3600)), "receiving.server.retries": "0",
                   "receiving.server.read.timeout": "20"})
     since = time.time()
     gw = gateway(config)
     gw.wait_connected()
     pty_receiver.write(CMEX50.encode(a_old) + CMEX50.encode(b))
     gw.wait_ok(2)
+    gw.push_by_hand()
     first = server.wait_requests(1, timeout=10, context=gw.tail)[0]
     assert_report(first.lines(), pairs(CMEX50, [a_old, b]), since=since)
     assert gw.status()["push_in_flight"]
