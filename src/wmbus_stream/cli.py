@@ -443,8 +443,17 @@ def _command_name(args: argparse.Namespace) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
+    from . import _signals
+
+    _signals.hold()  # first thing: a SIGHUP while the gateway starts must not kill it
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit:  # --help, --version, a usage error
+        _signals.release()
+        raise
+    if getattr(args, "func", None) is not cmd_run:
+        _signals.release()
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE

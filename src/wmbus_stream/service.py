@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import __version__, implementation
+from . import __version__, _signals, implementation
 from .atomic import clean_stale, clean_stale_dir
 from .config import control as config_control
 from .config import model as config_model
@@ -239,9 +239,12 @@ class Gateway:
 
     def run(self, *, once: bool = False) -> int:
         """Run until SIGTERM/SIGINT (or, with ``once``, until the capture ends and one push)."""
-        signal.signal(signal.SIGTERM, lambda *_: self.stop_event.set())
-        signal.signal(signal.SIGINT, lambda *_: self.stop_event.set())
-        signal.signal(signal.SIGHUP, lambda *_: self._request_reload())
+        # A reload or stop kept since the command's first line (``_signals.hold``) is applied now.
+        _signals.install({signal.SIGTERM: self.stop_event.set, signal.SIGINT: self.stop_event.set,
+                          signal.SIGHUP: self._request_reload})
+        if self.stop_event.is_set():
+            log.info("stopped before the start: nothing was opened")
+            return 0
         self.start()
         systemd.notify("READY=1")
         watchdog = systemd.watchdog_interval()

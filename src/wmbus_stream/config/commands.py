@@ -18,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..errors import GatewayIOError, WmbusStreamError
+from ..errors import ConfigError, GatewayIOError, WmbusStreamError
 from . import control, model, properties
 from .backup import BackupError
 from .keys import absolute_path
@@ -80,8 +80,8 @@ def _report_change(manager: ConfigManager, before: str | None, number: int) -> N
 
 def _text_of(path: Path) -> str | None:
     try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
+        return properties.read_bytes(path).decode("utf-8")
+    except (OSError, ConfigError, UnicodeDecodeError):
         return None
 
 
@@ -133,7 +133,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     """Apply an exported configuration; this gateway's device-specific keys stay."""
     try:
-        data = sys.stdin.buffer.read(properties.MAX_FILE + 1) if args.file == "-" else Path(args.file).read_bytes()
+        data = sys.stdin.buffer.read(properties.MAX_FILE + 1) if args.file == "-" else properties.read_bytes(args.file)
     except OSError as exc:
         print(f"wmbus-stream config import: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
         return EXIT_FAILURE

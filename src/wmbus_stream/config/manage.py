@@ -191,8 +191,8 @@ class ConfigManager:
 
     def _file_text(self) -> str | None:
         try:
-            return self.config_path.read_bytes().decode("utf-8")
-        except (OSError, UnicodeDecodeError):
+            return properties.read_bytes(self.config_path).decode("utf-8")
+        except (OSError, ConfigError, UnicodeDecodeError):
             return None
 
     def history(self) -> list[HistoryEntry]:

@@ -278,6 +278,8 @@ def defaults() -> Config:
 def _read(path: str | os.PathLike[str]) -> tuple[Config | None, list[Problem]]:
     try:
         document = properties.read(path)
+    except ConfigError as exc:  # a FIFO, a device, a huge file: refused unread
+        return None, exc.problems
     except OSError as exc:
         reason = exc.strerror or exc.__class__.__name__
         return None, [Problem("<file>", os.fspath(path), f"a readable file ({reason})")]
