@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, _signals, implementation
-from .atomic import clean_stale, clean_stale_dir
+from .atomic import clean_stale, clean_stale_dir, open_private
 from .config import control as config_control
 from .config import model as config_model
 from .config.manage import ConfigManager
@@ -138,7 +138,7 @@ class Gateway:
     def start(self, *, receiver: bool = True, control: bool = True, web: bool = True) -> None:
         """Take the state directory, open the store, start the receiver and the control socket."""
         state = self.config.state_directory
-        state.mkdir(parents=True, exist_ok=True)
+        state.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock_fd = _take_lock(state / LOCK_FILE)
         clean_stale_dir(state)  # temp files of a write cut by a power loss
         if self.config_path is not None:
@@ -556,7 +556,7 @@ def _asdict(outcome: PushOutcome) -> dict[str, Any]:
 
 
 def _take_lock(path: Path) -> int:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = open_private(path, os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

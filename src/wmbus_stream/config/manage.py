@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .. import __version__
+from ..atomic import PRIVATE, open_private, write_atomic
 from ..errors import ConfigError, Problem
 from . import backup as archive
 from . import model, properties, transaction
@@ -149,8 +150,7 @@ class ConfigManager:
         with self._lock:
             if self._depth == 0:
                 self.state_directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-                fd = os.open(self.state_directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0),
-                             0o600)
+                fd = open_private(self.state_directory / LOCK_FILE, os.O_RDWR)
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX)
                 except BaseException:
@@ -403,7 +403,7 @@ class ConfigManager:
             if text is None:
                 raise archive.BackupError(f"configuration file {self.config_path} cannot be read")
             config = model.loads(text)
-            (folder / "stream.cfg").write_text(text, encoding="utf-8")
+            write_atomic(folder / "stream.cfg", text, PRIVATE)
             store_copy = folder / "store.sqlite"
             _copy_database(self.state_directory / STORE_FILE, store_copy)
             history_copy = folder / "history.sqlite"
@@ -549,6 +549,7 @@ def _copy_database(path: Path, destination: Path) -> None:
     # A plain connection: a read-only one cannot open a WAL database whose -shm is missing.
     source = sqlite3.connect(path, timeout=10.0)
     try:
+        os.close(open_private(destination))
         target = sqlite3.connect(destination)
         try:
             source.backup(target)
