@@ -139,21 +139,22 @@ def _setup_logging(level: str = "info") -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the gateway until SIGTERM (or once: capture to its end, one push)."""
+    from .config import model
     from .service import Gateway
 
-    config = _load_config(args.config)
+    config = model.require(_load_config(args.config))
     _setup_logging(config.log_level)
     return Gateway(config, args.config).run(once=args.once)
 
 
 def cmd_push(args: argparse.Namespace) -> int:
     """Push now: through the running gateway, or directly from the state when none runs."""
-    from .service import Gateway, control_request
+    from .service import Gateway, control_request, locate
 
-    config = _load_config(args.config)
-    _setup_logging(config.log_level)
-    answer = control_request(config.state_directory, "push")
+    answer = control_request(locate(args.config), "push")
     if answer is None:
+        config = _load_config(args.config)
+        _setup_logging(config.log_level)
         gateway = Gateway(config, args.config)
         gateway.start(receiver=False, control=False)
         try:
@@ -174,12 +175,12 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Print the running gateway's status as JSON."""
-    from .service import control_request
+    from .service import control_request, locate
 
-    config = _load_config(args.config)
-    answer = control_request(config.state_directory, "status", timeout=10)
+    state = locate(args.config)  # the running gateway's answer, even when the file is broken or edited
+    answer = control_request(state, "status", timeout=10)
     if answer is None:
-        print(f"wmbus-stream status: no gateway is running for {config.state_directory}", file=sys.stderr)
+        print(f"wmbus-stream status: no gateway is running for {state}", file=sys.stderr)
         return EXIT_FAILURE
     print(json.dumps(answer, indent=2))
     return EXIT_OK
@@ -188,11 +189,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_analyzer(args: argparse.Namespace) -> int:
     """Print the analyzer table (or CSV) of the running gateway, else of the saved state."""
     from .core.analyzer import Analyzer
-    from .service import ANALYZER_META, STORE_FILE, control_request
+    from .service import ANALYZER_META, STORE_FILE, control_request, locate
 
     config = _load_config(args.config)
     analyzer = Analyzer(0.0)
-    answer = control_request(config.state_directory, "analyzer", timeout=10)
+    answer = control_request(locate(args.config), "analyzer", timeout=10)
     if answer is not None and answer.get("dump"):
         analyzer.load(answer["dump"].encode())
     else:
@@ -324,7 +325,9 @@ def cmd_passwd(args: argparse.Namespace) -> int:
 
     from .web.auth import DEFAULT_USER, generate_password, password_problem, write_password
 
-    config = _load_config(args.config)
+    from .service import locate
+
+    state = locate(args.config)  # where the running gateway's web UI reads it
     user = args.user or DEFAULT_USER
     if args.random:
         password = generate_password()
@@ -343,11 +346,11 @@ def cmd_passwd(args: argparse.Namespace) -> int:
         print(f"wmbus-stream passwd: {problem}; nothing changed", file=sys.stderr)
         return EXIT_FAILURE
     try:
-        path = write_password(config.state_directory, user, password)
+        path = write_password(state, user, password)
     except OSError as exc:
-        print(f"wmbus-stream passwd: cannot write to {config.state_directory}: {exc.strerror}", file=sys.stderr)
+        print(f"wmbus-stream passwd: cannot write to {state}: {exc.strerror}", file=sys.stderr)
         return EXIT_FAILURE
-    owner = config.state_directory.stat()
+    owner = state.stat()
     if os.geteuid() == 0 and (owner.st_uid, owner.st_gid) != (0, 0):
         os.chown(path, owner.st_uid, owner.st_gid)  # the service user must be able to read it
     if args.random:

@@ -7,7 +7,9 @@ a real SQLite database that the restarted process opens again. Nothing acknowled
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import socket
 import stat
@@ -509,3 +511,77 @@ def test_every_file_the_gateway_makes_is_0600_whatever_the_umask(umask, config, 
             assert mode == ("dir 0o700" if mode.startswith("dir") else mode.split()[0] + " 0o600"), (name, mode, listing)
     assert stat.S_IMODE(backup.stat().st_mode) == 0o600
     assert stat.S_IMODE(config.state.stat().st_mode) == 0o700
+
+
+def test_a_reload_that_moves_state_directory_keeps_the_gateway_found_until_its_restart(config, pty_receiver, hes, gateway, tmp_path) -> None:
+    """Field readiness #5: after the file names a new folder, the CLI still finds the gateway where it runs."""
+    config.write({"receiver.port": str(pty_receiver.link), "receiving.server.url": hes.url,
+                  "receiving.server.push.cron": NEVER})
+    gw = gateway(config)
+    gw.wait_connected()
+    elsewhere = tmp_path / "elsewhere"
+    mark = gw.mark()
+    config.write({"state.directory": str(elsewhere)})
+    gw.send_signal(signal.SIGHUP)
+    gw.wait_log(rf"state\.directory changed to {elsewhere}: takes effect after a restart; running on {config.state}",
+                after=mark)
+    gw.wait_log("configuration reloaded", after=mark)
+    telegrams = vector_telegrams(4)
+    since = time.time()
+    pty_receiver.write(b"".join(CMEX50.encode(t) for t in telegrams))
+    gw.wait_ok(len(telegrams))
+
+    status = run_cli("status", "--config", str(config.path))
+    assert status.returncode == 0, status.stderr.decode()
+    assert json.loads(status.stdout)["telegrams"]["ok"] == len(telegrams)
+    pushed = run_cli("push", "now", "--config", str(config.path))
+    assert pushed.returncode == 0, pushed.stderr.decode() + gw.tail()
+    assert_report(hes.posts[0], pairs(CMEX50, telegrams), since=since)
+    changed = run_cli("config", "set", "filter.manufacturer=ELV", "--config", str(config.path))
+    assert changed.returncode == 0 and b"the running gateway reloaded the configuration" in changed.stdout, changed.stderr
+    assert (config.state / "history.sqlite").exists() and not elsewhere.exists()
+
+    gw.send_signal(signal.SIGTERM)
+    assert gw.wait_exit() == 0
+    assert not (config.state / "control.sock").exists(), "a clean stop leaves no control socket behind"
+    assert not elsewhere.exists()
+
+
+def test_status_answers_while_the_file_is_broken_after_a_refused_reload(config, pty_receiver, hes, gateway) -> None:
+    """Field readiness #5: ``status`` needs the running gateway, not a valid file."""
+    config.write({"receiver.port": str(pty_receiver.link), "receiving.server.url": hes.url})
+    gw = gateway(config)
+    gw.wait_connected()
+    mark = gw.mark()
+    config.write_raw(config.path.read_text() + "radio.mode=T2\n")
+    gw.send_signal(signal.SIGHUP)
+    gw.wait_log("keeping the running configuration", after=mark)
+    done = run_cli("status", "--config", str(config.path))
+    assert done.returncode == 0, done.stderr.decode()
+    assert json.loads(done.stdout)["gateway_serial"] == "00000161"
+
+
+def test_a_file_cut_before_receiving_server_url_is_refused_by_check_run_and_reload(config, pty_receiver, hes, gateway) -> None:
+    """Field readiness #5: a file cut at a line boundary still parses; the lost required key is the error."""
+    config.write({"receiver.port": str(pty_receiver.link), "receiving.server.url": hes.url})
+    whole = config.path.read_text()
+    cut = whole[: whole.index("receiving.server.url=")]
+    message = ("receiving.server.url: invalid value ''; allowed: a value: the gateway cannot run without this key"
+               " unless sync.enabled=true (was the file cut short?)")
+    gw = gateway(config)
+    gw.wait_connected()
+    mark = gw.mark()
+    config.write_raw(cut)
+    checked = run_cli("config", "check", str(config.path))
+    assert checked.returncode == 3 and message in checked.stdout.decode(), checked.stdout
+    gw.send_signal(signal.SIGHUP)
+    gw.wait_log(re.escape(f"reload refused: {message}"), after=mark)
+    gw.wait_log("keeping the running configuration", after=mark)
+    telegrams = vector_telegrams(3)
+    since = time.time()
+    pty_receiver.write(b"".join(CMEX50.encode(t) for t in telegrams))
+    assert_report(hes.wait_posts(1, context=gw.tail)[0], pairs(CMEX50, telegrams), since=since)  # still pushing
+    gw.send_signal(signal.SIGTERM)
+    assert gw.wait_exit() == 0
+    started = run_cli("run", "--config", str(config.path))
+    assert started.returncode == 3 and message in started.stderr.decode(), started.stderr

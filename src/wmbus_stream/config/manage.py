@@ -274,6 +274,9 @@ class ConfigManager:
             if problems:
                 raise ConfigError(problems)
             current_text = self._file_text()
+            before = _config_or_none(current_text)
+            if before is not None:  # a change never loses a required key (a new file is built key by key)
+                model.require(config, before=before)
             config_changed = current_text != text
             to_write = {name: data for name, data in files.items() if not self._same_file(name, data)}
             if not config_changed and not to_write:
@@ -537,6 +540,14 @@ class ConfigManager:
             return text, serial
         adapted = restored.with_changes(changes)
         return model.to_text(adapted, template=properties.parse(text)), serial
+
+
+def _config_or_none(text: str | None) -> Config | None:
+    """The configuration of a file's text, or None when there is none or it is invalid."""
+    try:
+        return model.loads(text) if text is not None else None
+    except ConfigError:
+        return None
 
 
 def _copy_database(path: Path, destination: Path) -> None:

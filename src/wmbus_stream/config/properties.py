@@ -234,9 +234,12 @@ def read_bytes(path: str | os.PathLike[str]) -> bytes:
 
 
 def read(path: str | os.PathLike[str]) -> Properties:
-    """Read a file (``read_bytes``); OSError when it cannot be opened, ConfigError when it is
-    not a regular file, problems for bad content."""
-    return parse(read_bytes(path))
+    """Read a file (``read_bytes``); OSError when it cannot be opened, problems for anything else."""
+    try:
+        data = read_bytes(path)
+    except ConfigError as exc:  # not a regular file, or too large: refused unread
+        return Properties((), MappingProxyType({}), tuple(exc.problems))
+    return parse(data)
 
 
 def check_entry(key: str, value: str) -> list[Problem]:
