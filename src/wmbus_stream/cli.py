@@ -325,9 +325,11 @@ def cmd_passwd(args: argparse.Namespace) -> int:
 
     from .web.auth import DEFAULT_USER, generate_password, password_problem, write_password
 
-    from .service import locate
+    from .service import control_request, locate
 
     state = locate(args.config)  # where the running gateway's web UI reads it
+    if control_request(state, "identity", timeout=10) is None:  # none runs: the file must be valid
+        state = _load_config(args.config).state_directory
     user = args.user or DEFAULT_USER
     if args.random:
         password = generate_password()
