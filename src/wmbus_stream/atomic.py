@@ -18,9 +18,11 @@ import re
 import secrets
 from pathlib import Path
 
-__all__ = ["TEMP_SUFFIX", "write_atomic", "clean_stale", "clean_stale_dir", "fsync_directory"]
+__all__ = ["TEMP_SUFFIX", "PRIVATE", "write_atomic", "open_private", "clean_stale", "clean_stale_dir",
+           "fsync_directory"]
 
 TEMP_SUFFIX = ".wmbus-tmp"
+PRIVATE = 0o600  # every file the gateway keeps: store, lock, history, journal, password, temp files
 
 
 def _temp_name(target: Path) -> Path:
@@ -42,6 +44,23 @@ def fsync_directory(directory: str | os.PathLike[str]) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def open_private(path: str | os.PathLike[str], flags: int = os.O_RDONLY) -> int:
+    """A descriptor of ``path``, created ``PRIVATE`` (0600) whatever the umask when missing.
+
+    The mode is set on the descriptor before anything is written, so no other user ever
+    sees the file open; a file of ours left wider by an older version is narrowed too.
+    SQLite gives a database's -wal, -shm and -journal files the mode of the database, so
+    opening one through here first makes those private as well.
+    """
+    fd = os.open(path, flags | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), PRIVATE)
+    try:
+        if os.fstat(fd).st_mode & 0o777 != PRIVATE:
+            os.fchmod(fd, PRIVATE)
+    except OSError:
+        pass  # not ours to change (another owner, a read-only mount): used as it is
+    return fd
 
 
 def write_atomic(

@@ -180,29 +180,35 @@ def _setup_logging(level: str = "info") -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the gateway until SIGTERM (or once: capture to its end, one push)."""
+    from .config import model
     from .service import Gateway
 
-    config = _load_config(args.config)
+    config = model.require(_load_config(args.config))
     _setup_logging(config.log_level)
     return Gateway(config, args.config).run(once=args.once)
 
 
 def cmd_push(args: argparse.Namespace) -> int:
     """Push now through the running gateway; say at once when none runs."""
-    from .service import CONTROL_SOCKET, PushOutcome, control_request
+    from .service import CONTROL_SOCKET, PushOutcome, control_request, locate
 
-    config = _load_config(args.config)
-    status = control_request(config.state_directory, "status", timeout=10)
+    state = locate(args.config)
+    status = control_request(state, "status", timeout=10)
     answer = None
     if status is not None:
-        print(f"push now: the running gateway pushes its {status.get('meters_pending', '?')} pending meters to"
-              f" {config.push_endpoint or '(no receiving.server.url)'}, up to {config.push_retries + 1} attempts;"
+        try:  # where to and how often, when the file still says (it may be broken since the start)
+            config = _load_config(args.config)
+            target = (f" to {config.push_endpoint or '(no receiving.server.url)'},"
+                      f" up to {config.push_retries + 1} attempts")
+        except ConfigError:
+            target = ""
+        print(f"push now: the running gateway pushes its {status.get('meters_pending', '?')} pending meters{target};"
               " waiting for its answer", file=sys.stderr)
-        answer = control_request(config.state_directory, "push")
+        answer = control_request(state, "push")
     if answer is None:
-        print(f"wmbus-stream push now: no gateway is running at {config.state_directory / CONTROL_SOCKET}; nothing"
-              f" was pushed. Start it (systemctl start wmbus-stream, or wmbus-stream run --config {args.config})"
-              f" and push again, or push a capture once with wmbus-stream run --once --config FILE", file=sys.stderr)
+        print(f"wmbus-stream push now: no gateway is running at {state / CONTROL_SOCKET}; nothing was pushed."
+              f" Start it (systemctl start wmbus-stream, or wmbus-stream run --config {args.config}) and push"
+              " again, or push a capture once with wmbus-stream run --once --config FILE", file=sys.stderr)
         return EXIT_FAILURE
     if "error" in answer and "ok" not in answer:
         print(f"wmbus-stream push now: {answer['error']}", file=sys.stderr)
@@ -214,24 +220,24 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Print the running gateway's status as JSON."""
-    from .service import control_request
+    from .service import control_request, locate
 
-    config = _load_config(args.config)
-    answer = control_request(config.state_directory, "status", timeout=10)
+    state = locate(args.config)  # the running gateway's answer, even when the file is broken or edited
+    answer = control_request(state, "status", timeout=10)
     if answer is None:
-        print(f"wmbus-stream status: no gateway is running for {config.state_directory}", file=sys.stderr)
+        print(f"wmbus-stream status: no gateway is running for {state}", file=sys.stderr)
         return EXIT_FAILURE
     print(json.dumps(answer, indent=2))
     return EXIT_OK
 
 
-def _analyzer_of(config):
+def _analyzer_of(config, config_path: str):
     """The analyzer of the running gateway, else the one saved in the state, and where it came from."""
     from .core.analyzer import Analyzer
-    from .service import ANALYZER_META, STORE_FILE, control_request
+    from .service import ANALYZER_META, STORE_FILE, control_request, locate
 
     analyzer = Analyzer(0.0)
-    answer = control_request(config.state_directory, "analyzer", timeout=10)
+    answer = control_request(locate(config_path), "analyzer", timeout=10)
     if answer is not None and answer.get("dump"):
         analyzer.load(answer["dump"].encode())
         return analyzer, "the running gateway"
@@ -253,7 +259,7 @@ def cmd_analyzer(args: argparse.Namespace) -> int:
     from .core.analyzer import Analyzer
 
     config = _load_config(args.config)
-    analyzer, source = _analyzer_of(config)
+    analyzer, source = _analyzer_of(config, args.config)
     only = config.show_only_filtered and not args.all
     rows = analyzer.rows(only_allowed=only, allow_ids=config.filter_device_id) if analyzer else []
     if args.csv:
@@ -387,7 +393,11 @@ def cmd_passwd(args: argparse.Namespace) -> int:
 
     from .web.auth import DEFAULT_USER, generate_password, password_problem, write_password
 
-    config = _load_config(args.config)
+    from .service import control_request, locate
+
+    state = locate(args.config)  # where the running gateway's web UI reads it
+    if control_request(state, "identity", timeout=10) is None:  # none runs: the file must be valid
+        state = _load_config(args.config).state_directory
     user = args.user or DEFAULT_USER
     if args.random:
         password = generate_password()
@@ -406,11 +416,11 @@ def cmd_passwd(args: argparse.Namespace) -> int:
         print(f"wmbus-stream passwd: {problem}; nothing changed", file=sys.stderr)
         return EXIT_FAILURE
     try:
-        path = write_password(config.state_directory, user, password)
+        path = write_password(state, user, password)
     except OSError as exc:
-        print(f"wmbus-stream passwd: cannot write to {config.state_directory}: {exc.strerror}", file=sys.stderr)
+        print(f"wmbus-stream passwd: cannot write to {state}: {exc.strerror}", file=sys.stderr)
         return EXIT_FAILURE
-    owner = config.state_directory.stat()
+    owner = state.stat()
     if os.geteuid() == 0 and (owner.st_uid, owner.st_gid) != (0, 0):
         os.chown(path, owner.st_uid, owner.st_gid)  # the service user must be able to read it
     if args.random:
@@ -510,8 +520,17 @@ def _command_name(args: argparse.Namespace) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
+    from . import _signals
+
+    _signals.hold()  # first thing: a SIGHUP while the gateway starts must not kill it
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit:  # --help, --version, a usage error
+        _signals.release()
+        raise
+    if getattr(args, "func", None) is not cmd_run:
+        _signals.release()
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE

@@ -26,8 +26,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import __version__, implementation
-from .atomic import clean_stale, clean_stale_dir
+from . import __version__, _signals, implementation
+from .atomic import clean_stale, clean_stale_dir, open_private
 from .config import control as config_control
 from .config import model as config_model
 from .config.manage import ConfigManager
@@ -47,7 +47,7 @@ from .wire.filters import matcher
 
 STOP_DRAIN_SECONDS = 5.0  # how long SIGTERM waits for a push in flight
 
-__all__ = ["Gateway", "PushOutcome", "control_request", "settings_of"]
+__all__ = ["Gateway", "PushOutcome", "control_request", "locate", "settings_of"]
 
 log = logging.getLogger("wmbus_stream.gateway")
 
@@ -103,6 +103,10 @@ class Gateway:
     def __init__(self, config: Config, config_path: str | os.PathLike[str] | None = None) -> None:
         self.config = config
         self.config_path = Path(config_path) if config_path else None
+        # What this process runs on for its whole life: a new state.directory waits for a restart.
+        self.state_directory = config.state_directory
+        self.identity = {"config": os.path.realpath(config_path) if config_path else None,
+                         "state_directory": str(self.state_directory), "pid": os.getpid()}
         self.stop_event = threading.Event()
         self.started_at = time.time()
         self.store: Store | None = None
@@ -141,8 +145,8 @@ class Gateway:
 
     def start(self, *, receiver: bool = True, control: bool = True, web: bool = True) -> None:
         """Take the state directory, open the store, start the receiver and the control socket."""
-        state = self.config.state_directory
-        state.mkdir(parents=True, exist_ok=True)
+        state = self.state_directory
+        state.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock_fd = _take_lock(state / LOCK_FILE)
         clean_stale_dir(state)  # temp files of a write cut by a power loss
         if self.config_path is not None:
@@ -150,7 +154,7 @@ class Gateway:
             self.manager = ConfigManager(self.config_path, state, on_applied=self.reload,
                                          before_backup=self._before_backup, replace_state=self._replace_state)
             if self.manager.recovered:
-                self.config = config_model.load(self.config_path)
+                self.config = self._pinned(config_model.load(self.config_path))
         self._open_state()
         last = self.store.get_meta(LAST_PUSH_META)
         if last:
@@ -226,7 +230,7 @@ class Gateway:
             self._control.shutdown()
             self._control.server_close()
             try:
-                (self.config.state_directory / CONTROL_SOCKET).unlink()
+                (self.state_directory / CONTROL_SOCKET).unlink()
             except OSError:
                 pass
         if self.store is not None:
@@ -243,9 +247,12 @@ class Gateway:
 
     def run(self, *, once: bool = False) -> int:
         """Run until SIGTERM/SIGINT (or, with ``once``, until the capture ends and one push)."""
-        signal.signal(signal.SIGTERM, lambda *_: self.stop_event.set())
-        signal.signal(signal.SIGINT, lambda *_: self.stop_event.set())
-        signal.signal(signal.SIGHUP, lambda *_: self._request_reload())
+        # A reload or stop kept since the command's first line (``_signals.hold``) is applied now.
+        _signals.install({signal.SIGTERM: self.stop_event.set, signal.SIGINT: self.stop_event.set,
+                          signal.SIGHUP: self._request_reload})
+        if self.stop_event.is_set():
+            log.info("stopped before the start: nothing was opened")
+            return 0
         self.start()
         systemd.notify("READY=1")
         watchdog = systemd.watchdog_interval()
@@ -315,7 +322,7 @@ class Gateway:
             self.store_errors += 1
             if not self._store_error_logged:
                 log.error("cannot write state to %s: %s; keeping pending telegrams in memory and retrying",
-                          self.config.state_directory, exc)
+                          self.state_directory, exc)
                 self._store_error_logged = True
             return
         if self._store_error_logged:
@@ -342,15 +349,17 @@ class Gateway:
             if self.config_path is None:
                 return False
             try:
-                new = config_model.load(self.config_path)
+                new = config_model.require(config_model.load(self.config_path), before=self.config)
             except ConfigError as exc:
                 for problem in exc.problems:
                     log.error("reload refused: %s", problem)
                 log.error("keeping the running configuration")
                 return False
+        if new.state_directory != self.state_directory:
+            log.warning("state.directory changed to %s: takes effect after a restart; running on %s until then",
+                        new.state_directory, self.state_directory)
+            new = self._pinned(new)
         old, self.config = self.config, new
-        if new.state_directory != old.state_directory:
-            log.warning("state.directory changed: takes effect after a restart")
         assert self.pipeline is not None
         self.pipeline.settings = settings_of(new)
         if str(new.push_cron) != str(old.push_cron) or new.timezone != old.timezone:
@@ -362,6 +371,12 @@ class Gateway:
                 self._start_receiver()
         log.info("configuration reloaded%s", " (receiver restarted)" if receiver_changed else "")
         return True
+
+    def _pinned(self, config: Config) -> Config:
+        """``config`` with the state directory this process runs on (everything else as given)."""
+        if config.state_directory == self.state_directory:
+            return config
+        return config.with_changes({"state.directory": str(self.state_directory)})
 
     # -- pushing --------------------------------------------------------------------------
 
@@ -541,7 +556,7 @@ class Gateway:
 
     def _open_state(self) -> None:
         """Open the store of the state directory with the analyzer and sync state it saved."""
-        self.store = Store.open(self.config.state_directory / STORE_FILE)
+        self.store = Store.open(self.state_directory / STORE_FILE)
         self.analyzer = Analyzer(time.time())
         saved = self.store.get_meta(ANALYZER_META)
         if saved:
@@ -557,7 +572,7 @@ def _asdict(outcome: PushOutcome) -> dict[str, Any]:
 
 
 def _take_lock(path: Path) -> int:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = open_private(path, os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -580,6 +595,8 @@ class _ControlHandler(socketserver.StreamRequestHandler):
             answer = gateway.status()
         elif command == "analyzer":
             answer = {"dump": gateway.analyzer.dump().decode() if gateway.analyzer else None}
+        elif command == "identity":
+            answer = gateway.identity
         elif command == "reload":
             answer = {"ok": gateway.reload()}
         elif command == "sync":
@@ -590,8 +607,8 @@ class _ControlHandler(socketserver.StreamRequestHandler):
         elif command.startswith("restore "):
             answer = config_control.serve_restore(gateway.manager, command, self.rfile)
         else:
-            answer = {"error": f"unknown command {command!r}; allowed: push, status, analyzer, reload, sync,"
-                               " backup, restore"}
+            answer = {"error": f"unknown command {command!r}; allowed: push, status, analyzer, identity, reload,"
+                               " sync, backup, restore"}
         self.wfile.write(json.dumps(answer).encode() + b"\n")
 
 
@@ -631,3 +648,40 @@ def control_request(state_directory: Path, command: str, timeout: float = 300.0)
     except (FileNotFoundError, ConnectionRefusedError):
         return None
     return json.loads(data)
+
+
+def _live_state_directories() -> list[Path]:
+    """Folders of the listening control sockets on this machine that hold a gateway lock (Linux)."""
+    found: list[Path] = []
+    try:
+        with open("/proc/net/unix", encoding="utf-8", errors="replace") as table:
+            next(table, None)
+            for line in table:
+                fields = line.rstrip("\n").split(maxsplit=7)  # Num RefCount Protocol Flags Type St Inode Path
+                # A listening socket (flag __SO_ACCEPTCON) named control.sock beside a gateway lock.
+                if len(fields) == 8 and fields[3] == "00010000" and fields[7].endswith("/" + CONTROL_SOCKET):
+                    folder = Path(fields[7]).parent
+                    if (folder / LOCK_FILE).exists():
+                        found.append(folder)
+    except OSError:
+        pass
+    return found
+
+
+def locate(config_path: str | os.PathLike[str]) -> Path:
+    """The state directory of the gateway running with ``config_path``, else the one the file names.
+
+    The file may have been edited since that gateway started (a new ``state.directory`` takes
+    effect only at a restart) or be broken: the gateway's own answer decides, not the file.
+    The folder the file names is asked first, then every other live control socket.
+    """
+    named = config_model.state_directory_of(config_path)
+    wanted = os.path.realpath(config_path)
+    for folder in dict.fromkeys([named, *_live_state_directories()]):
+        try:
+            answer = control_request(folder, "identity", timeout=2)  # a healthy gateway answers at once
+        except (OSError, ValueError):
+            continue
+        if answer is not None and answer.get("config") == wanted:
+            return folder
+    return named

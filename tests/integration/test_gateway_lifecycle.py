@@ -7,12 +7,17 @@ a real SQLite database that the restarted process opens again. Nothing acknowled
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 import urllib3
@@ -373,3 +378,213 @@ def test_replay_prints_the_expected_report(source, config, tmp_path) -> None:
     assert done.returncode == 0, done.stderr.decode()
     assert_report(done.stdout.splitlines(keepends=True), pairs(proto, [newer, *telegrams[1:]]), since=since)
     assert f"{len(telegrams)} meters in the report".encode() in done.stderr
+
+
+# -------------------------------------------------------------------------------------------
+# Signals from the first instant, configuration files that could block, file modes
+
+
+def _caught(pid: int, sig: int) -> bool:
+    """Whether process ``pid`` has a handler for ``sig`` (the SigCgt mask of /proc/PID/status)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(int(mask, 16) >> (sig - 1) & 1)
+
+
+def test_sighup_from_the_first_instant_never_kills_the_gateway_and_is_applied_once_ready(config, pty_receiver, hes, gateway) -> None:
+    """Field readiness #4: SIGHUPs from process start on (before the heavy imports) queue a reload."""
+    config.write({"receiver.port": str(pty_receiver.link), "receiving.server.url": hes.url})
+    gw = gateway(config, wait=False)
+    # Python itself needs a few milliseconds before any program code runs; from the moment the
+    # command's first line has run, nothing of the gateway may have started yet.
+    wait_for(lambda: _caught(gw.pid, signal.SIGHUP) or not gw.alive(), "a SIGHUP handler", 15, interval=0.001)
+    assert gw.alive(), gw.tail()
+    assert not config.state.exists(), "the SIGHUP handler came only after the gateway had begun to start"
+    sent = 0
+    while not gw.find(r"wmbus-stream .* started"):
+        assert gw.alive(), f"killed by SIGHUP number {sent + 1} (exit {gw.proc.returncode}){gw.tail()}"
+        gw.send_signal(signal.SIGHUP)
+        sent += 1
+        time.sleep(0.002)
+    assert sent > 0
+    gw.wait_log("configuration reloaded")
+    gw.wait_connected()
+    gw.send_signal(signal.SIGTERM)
+    assert gw.wait_exit() == 0
+
+
+def test_sigterm_before_the_gateway_is_ready_is_a_clean_stop(config, pty_receiver, hes, gateway) -> None:
+    config.write({"receiver.port": str(pty_receiver.link), "receiving.server.url": hes.url})
+    gw = gateway(config, wait=False)
+    wait_for(lambda: _caught(gw.pid, signal.SIGTERM) or not gw.alive(), "a SIGTERM handler", 15, interval=0.001)
+    assert not config.state.exists(), "the SIGTERM handler came only after the gateway had begun to start"
+    gw.send_signal(signal.SIGTERM)
+    assert gw.wait_exit() == 0, gw.tail()
+
+
+def test_a_fifo_as_configuration_is_refused_on_sighup_and_the_main_loop_goes_on(config, pty_receiver, hes, gateway, tmp_path) -> None:
+    """Field readiness #3: a reload from a FIFO used to block the main loop (no flush, push, watchdog)."""
+    config.write({"receiver.port": str(pty_receiver.link), "receiving.server.url": hes.url})
+    gw = gateway(config)
+    gw.wait_connected()
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    os.replace(fifo, config.path)
+    mark = gw.mark()
+    gw.send_signal(signal.SIGHUP)
+    gw.wait_log(r"reload refused: <file>: invalid value '.*stream\.cfg'; allowed: a regular file of at most"
+                r" 1048576 bytes \(this is a FIFO\)", after=mark)
+    telegrams = vector_telegrams(3)
+    since = time.time()
+    pty_receiver.write(b"".join(CMEX50.encode(t) for t in telegrams))
+    posts = hes.wait_posts(1, context=gw.tail)  # flushes and pushes go on with the running configuration
+    assert_report(posts[0], pairs(CMEX50, telegrams), since=since)
+
+
+def _kinds(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    fifo = tmp_path / "a.fifo"
+    os.mkfifo(fifo)
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(tmp_path / "a.sock"))
+    big = tmp_path / "big.cfg"
+    with big.open("wb") as handle:
+        handle.truncate(2 * 1024 * 1024)
+    return {"fifo": (fifo, "this is a FIFO"), "device": (Path("/dev/zero"), "this is a character device"),
+            "socket": (tmp_path / "a.sock", "this is a socket"), "folder": (tmp_path, "this is a folder"),
+            "huge": (big, f"this one has {2 * 1024 * 1024} bytes")}
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "socket", "folder", "huge"])
+def test_config_check_and_import_refuse_what_is_not_a_small_regular_file(kind, config, tmp_path) -> None:
+    path, what = _kinds(tmp_path)[kind]
+    config.write({})
+    for args in (("config", "check", str(path)), ("config", "import", str(path), "--config", str(config.path))):
+        done = run_cli(*args, timeout=20)
+        message = done.stderr.decode() + done.stdout.decode()
+        assert done.returncode == 3, message
+        assert f"<file>: invalid value '{path}'; allowed: a regular file of at most 1048576 bytes ({what})" in message
+
+
+def _modes(folder: Path) -> dict[str, str]:
+    """Every entry below ``folder`` with its kind and permission bits, e.g. ``store.sqlite-wal: 0o600``."""
+    out = {}
+    for root, dirs, names in os.walk(folder):
+        for name in dirs + names:
+            path = Path(root) / name
+            st = path.lstat()
+            kind = "dir" if stat.S_ISDIR(st.st_mode) else "socket" if stat.S_ISSOCK(st.st_mode) else "file"
+            out[str(path.relative_to(folder))] = f"{kind} {oct(stat.S_IMODE(st.st_mode))}"
+    return out
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o000])
+def test_every_file_the_gateway_makes_is_0600_whatever_the_umask(umask, config, pty_receiver, hes, gateway, tmp_path) -> None:
+    """Field readiness #6 / trust boundaries #12: store, -wal/-shm, lock, socket, history, password, backups."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        web = f"127.0.0.1:{probe.getsockname()[1]}"
+    config.write({"receiver.port": str(pty_receiver.link), "receiving.server.url": hes.url,
+                  "web.enabled": "true", "web.listen": web})
+    backup = tmp_path / "gateway.backup"
+    old = os.umask(umask)  # every process below inherits it
+    try:
+        assert run_cli("passwd", "--config", str(config.path), "--stdin", input=b"a long field passphrase\n").returncode == 0
+        gw = gateway(config)
+        gw.wait_connected()
+        pty_receiver.write(b"".join(CMEX50.encode(t) for t in vector_telegrams(3)))
+        hes.wait_posts(1, context=gw.tail)
+        first = _modes(config.state)  # before a restore puts files of its own in place
+        assert run_cli("config", "set", "filter.manufacturer=ELV", "--config", str(config.path)).returncode == 0
+        assert run_cli("config", "backup", str(backup), "--config", str(config.path)).returncode == 0
+        done = run_cli("config", "restore", str(backup), "--config", str(config.path))
+        assert done.returncode == 0, done.stderr.decode()
+        running = _modes(config.state)
+        gw.stop()
+        stopped = _modes(config.state)
+    finally:
+        os.umask(old)
+    assert {"store.sqlite", "store.sqlite-wal", "store.sqlite-shm", "gateway.lock", "control.sock",
+            "history.sqlite", "web-password", "config.lock"} <= set(running), running
+    assert {"store.sqlite", "store.sqlite-wal", "store.sqlite-shm", "control.sock"} <= set(first), first
+    for listing in (first, running, stopped):
+        for name, mode in listing.items():
+            assert mode == ("dir 0o700" if mode.startswith("dir") else mode.split()[0] + " 0o600"), (name, mode, listing)
+    assert stat.S_IMODE(backup.stat().st_mode) == 0o600
+    assert stat.S_IMODE(config.state.stat().st_mode) == 0o700
+
+
+def test_a_reload_that_moves_state_directory_keeps_the_gateway_found_until_its_restart(config, pty_receiver, hes, gateway, tmp_path) -> None:
+    """Field readiness #5: after the file names a new folder, the CLI still finds the gateway where it runs."""
+    config.write({"receiver.port": str(pty_receiver.link), "receiving.server.url": hes.url,
+                  "receiving.server.push.cron": NEVER})
+    gw = gateway(config)
+    gw.wait_connected()
+    elsewhere = tmp_path / "elsewhere"
+    mark = gw.mark()
+    config.write({"state.directory": str(elsewhere)})
+    gw.send_signal(signal.SIGHUP)
+    gw.wait_log("configuration reloaded", after=mark)
+    assert gw.find(rf"state\.directory changed to {elsewhere}: takes effect after a restart; running on {config.state}",
+                   after=mark)
+    telegrams = vector_telegrams(4)
+    since = time.time()
+    pty_receiver.write(b"".join(CMEX50.encode(t) for t in telegrams))
+    gw.wait_ok(len(telegrams))
+
+    status = run_cli("status", "--config", str(config.path))
+    assert status.returncode == 0, status.stderr.decode()
+    assert json.loads(status.stdout)["telegrams"]["ok"] == len(telegrams)
+    pushed = run_cli("push", "now", "--config", str(config.path))
+    assert pushed.returncode == 0, pushed.stderr.decode() + gw.tail()
+    assert_report(hes.posts[0], pairs(CMEX50, telegrams), since=since)
+    changed = run_cli("config", "set", "filter.manufacturer=ELV", "--config", str(config.path))
+    assert changed.returncode == 0 and b"the running gateway reloaded the configuration" in changed.stdout, changed.stderr
+    assert (config.state / "history.sqlite").exists() and not elsewhere.exists()
+
+    gw.send_signal(signal.SIGTERM)
+    assert gw.wait_exit() == 0
+    assert not (config.state / "control.sock").exists(), "a clean stop leaves no control socket behind"
+    assert not elsewhere.exists()
+
+
+def test_status_answers_while_the_file_is_broken_after_a_refused_reload(config, pty_receiver, hes, gateway) -> None:
+    """Field readiness #5: ``status`` needs the running gateway, not a valid file."""
+    config.write({"receiver.port": str(pty_receiver.link), "receiving.server.url": hes.url})
+    gw = gateway(config)
+    gw.wait_connected()
+    mark = gw.mark()
+    config.write_raw(config.path.read_text() + "radio.mode=T2\n")
+    gw.send_signal(signal.SIGHUP)
+    gw.wait_log("keeping the running configuration", after=mark)
+    done = run_cli("status", "--config", str(config.path))
+    assert done.returncode == 0, done.stderr.decode()
+    assert json.loads(done.stdout)["gateway_serial"] == "00000161"
+
+
+def test_a_file_cut_before_receiving_server_url_is_refused_by_check_run_and_reload(config, pty_receiver, hes, gateway) -> None:
+    """Field readiness #5: a file cut at a line boundary still parses; the lost required key is the error."""
+    config.write({"receiver.port": str(pty_receiver.link), "receiving.server.url": hes.url})
+    whole = config.path.read_text()
+    cut = whole[: whole.index("receiving.server.url=")]
+    message = ("receiving.server.url: invalid value ''; allowed: a value: the gateway cannot run without this key"
+               " unless sync.enabled=true (was the file cut short?)")
+    gw = gateway(config)
+    gw.wait_connected()
+    mark = gw.mark()
+    config.write_raw(cut)
+    checked = run_cli("config", "check", str(config.path))
+    assert checked.returncode == 3 and message in checked.stdout.decode(), checked.stdout
+    gw.send_signal(signal.SIGHUP)
+    gw.wait_log(re.escape(f"reload refused: {message}"), after=mark)
+    gw.wait_log("keeping the running configuration", after=mark)
+    telegrams = vector_telegrams(3)
+    since = time.time()
+    pty_receiver.write(b"".join(CMEX50.encode(t) for t in telegrams))
+    assert_report(hes.wait_posts(1, context=gw.tail)[0], pairs(CMEX50, telegrams), since=since)  # still pushing
+    gw.send_signal(signal.SIGTERM)
+    assert gw.wait_exit() == 0
+    started = run_cli("run", "--config", str(config.path))
+    assert started.returncode == 3 and message in started.stderr.decode(), started.stderr

@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from wmbus_stream.config import KEYS, MASK, Config, check_file, defaults, load, parse, save, to_text
+from wmbus_stream.config.model import require
 from wmbus_stream.config.keys import BY_NAME
 from wmbus_stream.core.schedule import Schedule
 from wmbus_stream.errors import ConfigError, ConfigFileError
@@ -426,3 +427,26 @@ def test_the_baud_rate_defaults_to_the_receivers_own_unless_set() -> None:
     explicit = parse({"receiver.protocol": "im871a", "usb.baud.rate": "115200"})
     assert explicit.baud_rate == 115200 and explicit.with_changes({"receiver.protocol": "amb8465"}).baud_rate == 115200
     assert "usb.baud.rate" not in im871a.exported()  # another gateway's protocol picks its own
+
+
+def test_a_file_cut_at_a_line_boundary_loses_a_required_key_and_is_refused(tmp_path: Path) -> None:
+    """Field readiness #5: the cut file parses (fewer keys); the lost receiving.server.url is the error."""
+    whole = "gateway.serial=00000161\nradio.mode=T1\nreceiving.server.url=https://hes.example.net/in\n"
+    path = tmp_path / "stream.cfg"
+    path.write_text(whole)
+    assert check_file(path) == []
+    path.write_text(whole[: whole.index("receiving")])
+    (problem,) = check_file(path)
+    assert str(problem) == ("receiving.server.url: invalid value ''; allowed: a value: the gateway cannot run"
+                            " without this key unless sync.enabled=true (was the file cut short?)")
+    with pytest.raises(ConfigError) as info:
+        require(load(path))
+    assert info.value.problems == [problem]
+    # A gateway that syncs gets it from its configuration server.
+    synced = parse({"sync.enabled": "true", "configuration.server.url": "https://cad.example.net/gw.cad"})
+    assert require(synced) is synced
+    # A change loses it only when the configuration before had it.
+    before = parse({"receiving.server.url": "https://hes.example.net/in"})
+    assert require(defaults(), before=defaults()) == defaults()
+    with pytest.raises(ConfigError):
+        require(defaults(), before=before)

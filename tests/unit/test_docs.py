@@ -13,7 +13,7 @@ def key_row(key: Key) -> str:
     """The row of docs/configuration.md's key table for ``key``."""
     default = f"`{key.default}`" if key.default else "(empty)"
     flags = ", ".join(name for name, on in (("secret", key.secret), ("device", key.device_specific),
-                                            ("restart", key.restart)) if on)
+                                            ("restart", key.restart), ("required", key.required)) if on)
     return f"| `{key.name}` | {default} | {key.allowed} | {key.description} | {flags} |"
 
 

@@ -126,14 +126,14 @@ def test_export_leaves_out_device_specific_keys_and_secrets(gw) -> None:
 def test_import_keeps_this_gateways_identity_and_is_all_or_nothing(gw) -> None:
     manager, path, applied = gw
     other = ("filter.device.type=07\nradio.mode=S1\ngateway.serial=99999999\nreceiving.server.password=********\n"
-             "state.directory=/elsewhere\n")
+             "state.directory=/elsewhere\nreceiving.server.url=https://hes.example/other\n")
     entry = manager.import_text(other.encode())
     assert entry.origin == "import" and "gateway.serial" in entry.note
     config = manager.current()
     assert config.filter_device_type == (7,) and config.radio_mode == "S1"
     assert config.gateway_serial == "00000161" and config.push_password == "s3cret"
     assert config.receiver_address == "62001772" and config.state_directory == manager.state_directory
-    assert config.push_url is None  # an import replaces everything else
+    assert config.push_url == "https://hes.example/other"  # an import replaces everything else
     snapshot = tree(path.parent, manager.state_directory)
     for bad in (b"radio.mode=S1\nusb.baud.rate=1\n", b"radio.mode=S1\nradio.mode=T1\n", b"x\xff=1\n",
                 b"radio.mode=S1\rfilter.manufacturer=ABC\n", b"nokey\n"):
@@ -217,3 +217,20 @@ def test_without_a_file_set_starts_from_the_defaults(tmp_path: Path) -> None:
     manager = ConfigManager(tmp_path / "new.cfg", tmp_path / "state")
     entry = manager.set({"gateway.serial": "00000777"})
     assert entry.number == 1 and manager.current().gateway_serial == "00000777"
+
+
+@pytest.mark.parametrize("how", ["unset", "import", "cut"])
+def test_a_change_that_loses_a_required_key_is_refused_and_changes_nothing(gw, how) -> None:
+    """Field readiness #5: --unset, an import without it, a file cut short: receiving.server.url stays."""
+    manager, path, applied = gw
+    before = path.read_bytes()
+    with pytest.raises(ConfigError) as info:
+        if how == "unset":
+            manager.set({"receiving.server.url": None})
+        elif how == "import":
+            manager.import_text(b"filter.manufacturer=ELV\n")
+        else:
+            manager.apply_bundle(before.decode()[: before.decode().index("receiving.server.url")], "local")
+    assert [p.key for p in info.value.problems] == ["receiving.server.url"]
+    assert "cannot run without this key" in str(info.value)
+    assert path.read_bytes() == before and applied == []

@@ -1,7 +1,7 @@
 """``wmbus-stream config show|set|export|import|history|revert|backup|restore`` and ``sync now``.
 
 Every command works on the configuration file given with ``--config`` and the state
-directory that file names. Commands that change the configuration write it themselves
+directory of the gateway running with that file (``service.locate``), else the one the file names. Commands that change the configuration write it themselves
 (through ``ConfigManager``: validated, atomic, recorded) and then tell a running gateway to
 reload; backup and restore go through the running gateway when there is one, because it
 owns the state database. Exit codes: 0 ok, 1 failure, 3 invalid input (one line per
@@ -18,10 +18,9 @@ import os
 import sys
 from pathlib import Path
 
-from ..errors import GatewayIOError, WmbusStreamError
+from ..errors import ConfigError, GatewayIOError, WmbusStreamError
 from . import control, model, properties
 from .backup import BackupError
-from .keys import absolute_path
 from .manage import ConfigManager
 
 __all__ = ["add_config_commands", "add_sync_command"]
@@ -30,23 +29,12 @@ EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 3
 DEFAULT_CONFIG = "/etc/wmbus-stream/stream.cfg"
 
 
-def _state_directory(path: Path) -> Path:
-    """The state directory a configuration file names, even when the file is otherwise invalid."""
-    try:
-        value = properties.read(path).values.get("state.directory")
-    except OSError:
-        value = None
-    if value:
-        try:
-            return absolute_path(value.strip())
-        except ValueError:
-            pass
-    return model.defaults().state_directory
-
-
 def _manager(args: argparse.Namespace) -> ConfigManager:
+    """The manager of the file, on the state directory of the gateway running with it (if any)."""
+    from ..service import locate
+
     path = Path(args.config)
-    return ConfigManager(path, _state_directory(path))
+    return ConfigManager(path, locate(path))
 
 
 def _tell_gateway(manager: ConfigManager, changed: bool) -> None:
@@ -80,8 +68,8 @@ def _report_change(manager: ConfigManager, before: str | None, number: int) -> N
 
 def _text_of(path: Path) -> str | None:
     try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
+        return properties.read_bytes(path).decode("utf-8")
+    except (OSError, ConfigError, UnicodeDecodeError):
         return None
 
 
@@ -133,7 +121,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     """Apply an exported configuration; this gateway's device-specific keys stay."""
     try:
-        data = sys.stdin.buffer.read(properties.MAX_FILE + 1) if args.file == "-" else Path(args.file).read_bytes()
+        data = sys.stdin.buffer.read(properties.MAX_FILE + 1) if args.file == "-" else properties.read_bytes(args.file)
     except OSError as exc:
         print(f"wmbus-stream config import: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
         return EXIT_FAILURE
@@ -242,18 +230,18 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 def cmd_sync_now(args: argparse.Namespace) -> int:
     """Run one configuration sync; print the result line; exit 0 for 900, 1 otherwise."""
-    from ..service import control_request
+    from ..service import control_request, locate
     from ..sync.procedure import SyncResult, run_sync
 
     logging.basicConfig(level="WARNING", format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    config = model.load(args.config)
-    answer = control_request(config.state_directory, "sync")
+    answer = control_request(locate(args.config), "sync")
     if answer is not None:
         if "code" not in answer:
             print(f"wmbus-stream sync now: {answer.get('error', 'no answer')}", file=sys.stderr)
             return EXIT_FAILURE
         code, text = int(answer["code"]), str(answer["text"])
     else:
+        config = model.load(args.config)
         manager = ConfigManager(args.config, config.state_directory)
         result: SyncResult = run_sync(manager, config)
         code, text, answer = result.code, result.text, result.as_dict()

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..atomic import open_private
 from . import properties
 from .keys import BY_NAME
 from .model import _shown
@@ -86,9 +87,7 @@ class History:
             yield None
             return
         if create:
-            # Created 0600: the texts hold the configuration's secrets.
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-            os.close(fd)
+            os.close(open_private(self.path, os.O_RDWR))  # 0600: the texts hold the configuration's secrets
         db = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
         try:
             db.execute("PRAGMA synchronous=FULL")
@@ -167,6 +166,7 @@ class History:
         """A consistent copy of the table into a new database file (SQLite backup API)."""
         with self._connect(create=True) as db:
             assert db is not None
+            os.close(open_private(destination))
             target = sqlite3.connect(destination)
             try:
                 db.backup(target)

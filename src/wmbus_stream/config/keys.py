@@ -8,7 +8,10 @@ text, so a problem always names the key, the value and what is allowed.
 Invariants: every default parses with its own validator; ``secret`` values are never
 shown or exported; ``device_specific`` keys (serial number, credentials, certificates)
 are left out of exports so a file can be copied to another gateway; ``restart`` marks
-keys that only take effect when the service (or its receiver) is restarted.
+keys that only take effect when the service (or its receiver) is restarted; ``required``
+keys are those the gateway cannot run without unless it syncs (``model.require``): a file
+that lacks one, for instance because it was cut short, is refused by ``config check``,
+``run`` and a reload.
 """
 
 from __future__ import annotations
@@ -75,6 +78,7 @@ class Key:
             return self.default
         other, table = self.default_by
         return table.get(raw.get(other, "").strip().lower(), self.default)
+    required: bool = False
 
 
 # -- validators: text in, typed value out, ValueError(detail) for anything else ----------
@@ -309,7 +313,7 @@ KEYS: tuple[Key, ...] = (
         "Run the gateway (true) or pause receiving and pushing (false)."),
     Key("receiving.server.url", "push_url", "", optional_url,
         "an http:// or https:// URL with a host, or empty",
-        "Where reports are pushed (HES); user:password@ in it is used for basic auth."),
+        "Where reports are pushed (HES); user:password@ in it is used for basic auth.", required=True),
     Key("receiving.server.push.cron", "push_cron", "*/15 * * * *", cron, _CRON_ALLOWED,
         "When reports are pushed."),
     Key("filter.manufacturer", "filter_manufacturer", "", manufacturers,

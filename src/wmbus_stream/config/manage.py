@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .. import __version__
+from ..atomic import PRIVATE, open_private, write_atomic
 from ..errors import ConfigError, Problem
 from . import backup as archive
 from . import model, properties, transaction
@@ -149,8 +150,7 @@ class ConfigManager:
         with self._lock:
             if self._depth == 0:
                 self.state_directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-                fd = os.open(self.state_directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0),
-                             0o600)
+                fd = open_private(self.state_directory / LOCK_FILE, os.O_RDWR)
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX)
                 except BaseException:
@@ -191,8 +191,8 @@ class ConfigManager:
 
     def _file_text(self) -> str | None:
         try:
-            return self.config_path.read_bytes().decode("utf-8")
-        except (OSError, UnicodeDecodeError):
+            return properties.read_bytes(self.config_path).decode("utf-8")
+        except (OSError, ConfigError, UnicodeDecodeError):
             return None
 
     def history(self) -> list[HistoryEntry]:
@@ -274,6 +274,9 @@ class ConfigManager:
             if problems:
                 raise ConfigError(problems)
             current_text = self._file_text()
+            before = _config_or_none(current_text)
+            if before is not None:  # a change never loses a required key (a new file is built key by key)
+                model.require(config, before=before)
             config_changed = current_text != text
             to_write = {name: data for name, data in files.items() if not self._same_file(name, data)}
             if not config_changed and not to_write:
@@ -403,7 +406,7 @@ class ConfigManager:
             if text is None:
                 raise archive.BackupError(f"configuration file {self.config_path} cannot be read")
             config = model.loads(text)
-            (folder / "stream.cfg").write_text(text, encoding="utf-8")
+            write_atomic(folder / "stream.cfg", text, PRIVATE)
             store_copy = folder / "store.sqlite"
             _copy_database(self.state_directory / STORE_FILE, store_copy)
             history_copy = folder / "history.sqlite"
@@ -539,6 +542,14 @@ class ConfigManager:
         return model.to_text(adapted, template=properties.parse(text)), serial
 
 
+def _config_or_none(text: str | None) -> Config | None:
+    """The configuration of a file's text, or None when there is none or it is invalid."""
+    try:
+        return model.loads(text) if text is not None else None
+    except ConfigError:
+        return None
+
+
 def _copy_database(path: Path, destination: Path) -> None:
     """A consistent copy of the state database (SQLite backup API), or an empty one."""
     if not path.exists():
@@ -549,6 +560,7 @@ def _copy_database(path: Path, destination: Path) -> None:
     # A plain connection: a read-only one cannot open a WAL database whose -shm is missing.
     source = sqlite3.connect(path, timeout=10.0)
     try:
+        os.close(open_private(destination))
         target = sqlite3.connect(destination)
         try:
             source.backup(target)

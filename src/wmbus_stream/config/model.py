@@ -35,6 +35,8 @@ __all__ = [
     "parse",
     "load",
     "check_file",
+    "require",
+    "state_directory_of",
     "loads",
     "defaults",
     "to_text",
@@ -307,9 +309,46 @@ def loads(data: bytes | str) -> Config:
     return config
 
 
+_REQUIRED = "a value: the gateway cannot run without this key unless sync.enabled=true (was the file cut short?)"
+
+
+def _missing(config: Config, before: Config | None = None) -> list[Problem]:
+    if config.sync_enabled:  # the configuration server delivers the rest (configuration.server.url is checked)
+        return []
+    return [Problem(key.name, "", _REQUIRED) for key in KEYS
+            if key.required and not config.raw[key.name] and (before is None or before.raw[key.name])]
+
+
+def require(config: Config, before: Config | None = None) -> Config:
+    """``config`` when it has every required key (every one ``before`` had); else ConfigError.
+
+    A file cut at a line boundary still parses, without its last keys: this is what turns
+    a lost ``receiving.server.url`` into an error instead of a gateway that pushes nowhere.
+    """
+    problems = _missing(config, before)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
 def check_file(path: str | os.PathLike[str]) -> list[Problem]:
-    """Every problem of a configuration file (empty when it would load); ConfigFileError when unreadable."""
-    return _read(path)[1]
+    """Every problem of a configuration file, required keys included (empty when it would run); ConfigFileError when unreadable."""
+    config, problems = _read(path)
+    return problems if config is None else [*problems, *_missing(config)]
+
+
+def state_directory_of(path: str | os.PathLike[str]) -> Path:
+    """The state directory a configuration file names, even when the file is otherwise invalid."""
+    try:
+        value = properties.read(path).values.get("state.directory")
+    except OSError:
+        value = None
+    if value:
+        try:
+            return BY_NAME["state.directory"].parse(value.strip(_BLANKS))  # type: ignore[return-value]
+        except ValueError:
+            pass
+    return defaults().state_directory
 
 
 def to_text(
@@ -338,7 +377,7 @@ def to_text(
                 continue
             flags = [word for word, on in (("secret", key.secret),
                                            ("device-specific", key.device_specific),
-                                           ("needs restart", key.restart)) if on]
+                                           ("needs restart", key.restart), ("required", key.required)) if on]
             note = f" [{', '.join(flags)}]" if flags else ""
             lines.append(f"# {key.description}{note}")
             lines.append(f"# allowed: {key.allowed}; default: {key.default_for(values) or '(empty)'}")

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ __all__ = [
     "Properties",
     "parse",
     "read",
+    "read_bytes",
     "render",
     "bad_character",
     "check_entry",
@@ -185,10 +187,58 @@ def parse(data: bytes | str) -> Properties:
     return Properties(tuple(lines), MappingProxyType(values), tuple(problems))
 
 
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+_REGULAR = f"a regular file of at most {MAX_FILE} bytes"
+
+
+def _refusal(path: str | os.PathLike[str], st: os.stat_result) -> Problem | None:
+    """Why a file with status ``st`` is not read: not a regular file, or too large."""
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in _KINDS if test(st.st_mode)), "not a regular file")
+        return Problem("<file>", os.fspath(path), f"{_REGULAR} (this is {kind})")
+    if st.st_size > MAX_FILE:
+        return Problem("<file>", os.fspath(path), f"{_REGULAR} (this one has {st.st_size} bytes)")
+    return None
+
+
+def read_bytes(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of a configuration-like file, never blocking on what is not a regular file.
+
+    A FIFO, a device or a socket could hold the caller forever on ``open`` or ``read`` (the
+    main loop, ``config check``): they are refused from their status before being opened,
+    and the open descriptor is checked again (``O_NONBLOCK``, ``fstat``) so a swap in between
+    is refused too. At most ``MAX_FILE`` bytes are ever read. ``ConfigError`` names the
+    path, what it is and what is allowed; ``OSError`` when it cannot be opened.
+    """
+    problem = _refusal(path, os.stat(path))
+    if problem is not None:
+        raise ConfigError(problem)
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags)
+    try:
+        problem = _refusal(path, os.fstat(fd))
+        if problem is not None:
+            raise ConfigError(problem)
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_FILE:
+            chunk = os.read(fd, MAX_FILE + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
+
+
 def read(path: str | os.PathLike[str]) -> Properties:
-    """Read a file; OSError when it cannot be opened, problems for bad content."""
-    with open(path, "rb") as handle:
-        data = handle.read(MAX_FILE + 1)
+    """Read a file (``read_bytes``); OSError when it cannot be opened, problems for anything else."""
+    try:
+        data = read_bytes(path)
+    except ConfigError as exc:  # not a regular file, or too large: refused unread
+        return Properties((), MappingProxyType({}), tuple(exc.problems))
     return parse(data)
 
 

@@ -36,6 +36,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..atomic import clean_stale, fsync_directory, write_atomic
+from ..errors import ConfigError
+from . import properties
 from .history import HISTORY_FILE, History
 
 __all__ = [
@@ -253,9 +255,8 @@ def complete(plan: Plan) -> None:
     if plan.config_text is not None:
         data = plan.config_text.encode("utf-8")
         try:
-            with open(plan.config_path, "rb") as handle:
-                current = handle.read(len(data) + 1)
-        except OSError:
+            current = properties.read_bytes(plan.config_path)
+        except (OSError, ConfigError):  # missing, or not a regular file: replaced below
             current = None
         if current != data:
             write_atomic(plan.config_path, data, 0o600)

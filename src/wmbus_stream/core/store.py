@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from ..atomic import open_private
 from ..errors import GatewayIOError
 
 __all__ = ["Row", "Snapshot", "Store", "StoreWriteError", "meter_key"]
@@ -163,7 +164,8 @@ class Store:
     def _attach(self) -> bool:
         """Connect, check, create the schema and merge disk rows into memory; False if unavailable."""
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.close(open_private(self.path))  # 0600 whatever the umask; -wal and -shm follow it
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5.0)
         except (OSError, sqlite3.Error) as exc:
             self._unavailable(exc)

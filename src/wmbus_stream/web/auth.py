@@ -179,7 +179,7 @@ def write_password(state_directory: Path, user: str, password: str) -> Path:
     problem = password_problem(user, password)
     if problem:
         raise ValueError(problem)
-    state_directory.mkdir(parents=True, exist_ok=True)
+    state_directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     return write_atomic(state_directory / PASSWORD_FILE, hash_password(user, password).line(), 0o600)
 
 
