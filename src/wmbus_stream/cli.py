@@ -225,6 +225,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     state = locate(args.config)  # the running gateway's answer, even when the file is broken or edited
     answer = control_request(state, "status", timeout=10)
     if answer is None:
+        if not os.path.exists(args.config):  # no gateway runs with it, and there is no such file either
+            _load_config(args.config)  # ConfigFileError: the message names the file and why
         print(f"wmbus-stream status: no gateway is running for {state}", file=sys.stderr)
         return EXIT_FAILURE
     print(json.dumps(answer, indent=2))

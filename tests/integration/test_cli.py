@@ -229,7 +229,8 @@ def test_config_check_says_which_baud_rate_is_in_effect(tmp_path: Path, protocol
 
 
 def test_the_gateway_opens_an_im871a_at_57600_unless_told_otherwise(config: ConfigFile, gateway, pty_receiver) -> None:
-    config.write({"receiver.protocol": "im871a", "receiver.port": str(pty_receiver.link)})
+    config.write({"receiver.protocol": "im871a", "receiver.port": str(pty_receiver.link),
+                  "receiving.server.url": f"http://127.0.0.1:{free_port()}/in"})
     process = gateway(config)
     process.wait_log(r"connected \(im871a, 57600 Bd\)")
     assert termios.tcgetattr(pty_receiver.slave)[5] == termios.B57600  # the speed really set on the line

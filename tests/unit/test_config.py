@@ -390,8 +390,8 @@ def test_unreadable_file_is_a_file_error_not_an_invalid_configuration(tmp_path: 
     assert info.value.path == str(missing) and "No such file" in info.value.reason
     (problem,) = info.value.problems  # still a ConfigError: every caller that lists problems keeps working
     assert problem.key == "<file>" and problem.value == str(missing)
-    with pytest.raises(ConfigFileError):
-        check_file(tmp_path)  # a directory
+    (problem,) = check_file(tmp_path)  # a folder is there to read, but it is no configuration file
+    assert problem.key == "<file>" and "(this is a folder)" in problem.allowed
 
 
 def test_save_keeps_comments_and_is_private(tmp_path: Path) -> None:
