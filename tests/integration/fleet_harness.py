@@ -9,11 +9,14 @@ redirect to plain http, present a certificate the gateway must refuse).
 
 from __future__ import annotations
 
+import bz2
 import contextlib
+import gzip
 import hashlib
 import http.server
 import io
 import json
+import lzma
 import os
 import socket
 import sqlite3
@@ -30,9 +33,13 @@ import pytest
 
 from gwkit import NGINX, ConfigFile, stop_server, wait_for
 
+from wmbus_stream.config.backup import HISTORY_MEMBER, MANIFEST, STORE_MEMBER, BackupLimits
+from wmbus_stream.core.store import SCHEMA as STORE_SCHEMA
+
 __all__ = [
     "DOC_EXAMPLE", "EXAMPLE_PATHS", "CadServer", "Notification", "NotifyServer", "DripServer", "Snapshot",
     "snapshot", "tree", "pending_rows", "tar_bytes", "members_of", "Member", "free_port", "start_cad_server",
+    "with_member", "altered_database", "gzip_bytes", "hostile_compressions", "hostile_databases",
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -436,3 +443,99 @@ def members_of(archive: bytes) -> list[Member]:
             assert handle is not None
             out.append(Member(info.name, handle.read()))
         return out
+
+
+def with_member(archive: bytes, name: str, data: bytes) -> bytes:
+    """A genuine backup with member ``name`` replaced by ``data`` and its manifest made to match."""
+    members = members_of(archive)
+    manifest = json.loads(members[0].data)
+    manifest["members"][name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    return tar_bytes([Member(MANIFEST, json.dumps(manifest).encode()),
+                      *(Member(m.name, data if m.name == name else m.data) for m in members[1:])])
+
+
+def altered_database(data: bytes, folder: Path, *statements: str, schema: tuple[str, ...] = ()) -> bytes:
+    """The database ``data`` after ``statements``; with ``schema``, a new one made by it instead."""
+    path = folder / f"altered-{hashlib.sha256(repr((statements, schema)).encode()).hexdigest()[:12]}.sqlite"
+    path.unlink(missing_ok=True)
+    if not schema:
+        path.write_bytes(data)
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        for statement in (*schema, *statements):
+            db.execute(statement)
+    finally:
+        db.close()
+    return path.read_bytes()
+
+
+def gzip_bytes(data: bytes, zeros: int = 0) -> bytes:
+    """``data`` and then ``zeros`` zero bytes, gzip-compressed in one stream (a decompression bomb)."""
+    out = io.BytesIO()
+    with gzip.GzipFile(fileobj=out, mode="wb", mtime=0) as stream:
+        stream.write(data)
+        block = bytes(1 << 20)
+        for _ in range(zeros >> 20):
+            stream.write(block)
+    return out.getvalue()
+
+
+def hostile_compressions(genuine: bytes) -> list[tuple[str, bytes, str]]:
+    """(what, upload, expected problem as a regex): the genuine backup in other compressions, and bombs."""
+    plain = gzip.decompress(genuine)
+    limits = BackupLimits()
+    with tarfile.open(fileobj=io.BytesIO(plain)) as tar:
+        second = tar.getmembers()[1].offset  # the manifest before it
+    huge = tarfile.TarInfo(STORE_MEMBER)
+    huge.size = 4 << 30
+    return [
+        ("bzip2", bz2.compress(plain), r"bzip2-compressed; a wmbus-stream backup is a gzip-compressed tar"),
+        ("xz", lzma.compress(plain), r"xz-compressed; a wmbus-stream backup is a gzip-compressed tar"),
+        ("uncompressed tar", plain, r"an uncompressed tar; a wmbus-stream backup is a gzip-compressed tar"),
+        ("bzip2 bomb", bz2.compress(bytes(64 << 20)), r"bzip2-compressed; a wmbus-stream backup is a gzip"),
+        ("gzip bomb after the archive", gzip_bytes(plain, limits.unpacked + (1 << 20)),
+         rf"more than {limits.unpacked} bytes when decompressed"),
+        ("member of 4 GiB", gzip_bytes(plain[:second] + huge.tobuf(tarfile.PAX_FORMAT), 16 << 20),
+         rf"member store\.sqlite: 4294967296 bytes, more than the limit of {limits.store}"),
+    ]
+
+
+def hostile_databases(genuine: bytes, folder: Path) -> list[tuple[str, bytes, str]]:
+    """(what, archive, expected problem as a regex): consistent backups whose databases are not the gateway's."""
+    members = {m.name: m.data for m in members_of(genuine)}
+    store, history = members[STORE_MEMBER], members[HISTORY_MEMBER]
+
+    def in_store(*statements: str, schema: tuple[str, ...] = ()) -> bytes:
+        return with_member(genuine, STORE_MEMBER, altered_database(store, folder, *statements, schema=schema))
+
+    def other_meters(definition: str) -> tuple[str, ...]:
+        return (definition, STORE_SCHEMA[1])
+
+    meters = STORE_SCHEMA[0]
+    return [
+        ("trigger that discards persistence", in_store(
+            "CREATE TRIGGER discard AFTER INSERT ON meters BEGIN DELETE FROM meters; END"),
+         r"member store\.sqlite: not a wmbus-stream state database: trigger 'discard' \(of 'meters'\) is not part"),
+        ("view", in_store("CREATE VIEW pending AS SELECT * FROM meters"), r"view 'pending' \(of 'pending'\) is not part"),
+        ("extra table", in_store("CREATE TABLE extra (x)"), r"table 'extra' \(of 'extra'\) is not part"),
+        ("extra index", in_store("CREATE INDEX by_id ON meters (meter_id)"), r"index 'by_id' \(of 'meters'\)"),
+        ("virtual table", in_store("CREATE VIRTUAL TABLE search USING rtree(id, x0, x1)"),
+         r"table 'search' \(of 'search'\) is not part"),
+        ("missing column", in_store(schema=other_meters(meters.replace("device_type INTEGER,", ""))),
+         r"table 'meters' is 'CREATE TABLE meters .*', the gateway writes"),
+        ("extra column", in_store(schema=other_meters(meters.replace("generation INTEGER NOT NULL",
+                                                                     "generation INTEGER NOT NULL, extra"))),
+         r"table 'meters' is 'CREATE TABLE meters .*, extra \) WITHOUT ROWID'"),
+        ("other column type", in_store(schema=other_meters(meters.replace("telegram BLOB", "telegram TEXT"))),
+         r"table 'meters' is 'CREATE TABLE meters .*telegram TEXT"),
+        ("other constraint", in_store(schema=other_meters(meters.replace("received_at REAL NOT NULL",
+                                                                         "received_at REAL"))),
+         r"table 'meters' is 'CREATE TABLE meters .*received_at REAL,"),
+        ("missing table", in_store("DROP TABLE meta"), r"table 'meta' missing"),
+        ("meta as a view", in_store("DROP TABLE meta", "CREATE VIEW meta AS SELECT 'a' AS name, 'b' AS value"),
+         r"'meta' is a view of 'meta', the gateway writes a table"),
+        ("WAL mode", in_store("PRAGMA journal_mode=WAL"), r"member store\.sqlite: journal mode WAL"),
+        ("trigger in the history", with_member(genuine, HISTORY_MEMBER, altered_database(
+            history, folder, "CREATE TRIGGER forget AFTER INSERT ON history BEGIN DELETE FROM history; END")),
+         r"member history\.sqlite: not a wmbus-stream history database: trigger 'forget'"),
+    ]

@@ -31,6 +31,8 @@ from fleet_harness import (
     CadServer,
     Member,
     NotifyServer,
+    hostile_compressions,
+    hostile_databases,
     members_of,
     pending_rows,
     snapshot,
@@ -523,13 +525,16 @@ def hostile_archives(genuine: bytes) -> list[tuple[str, bytes, str]]:
         ("invalid configuration", tar_bytes(consistent_evil),
          r"member stream\.cfg: receiving\.server\.url: invalid value 'ftp://evil\.example/'"),
         ("no manifest", tar_bytes(members[1:]), r"manifest\.json missing"),
-        ("not a tar", b"MZ\x90\x00 not an archive", r"not a tar archive"),
+        ("not a tar", b"MZ\x90\x00 not an archive",
+         r"not a tar archive \(it starts with the bytes 4d 5a 90 00\); a wmbus-stream backup is a gzip-compressed tar"),
     ]
 
 
 def test_hostile_backups_are_refused_and_change_nothing(tmp_path, config, pty_receiver, gateway, cad) -> None:
-    """A.7 #37: links, devices, '..', absolute names, oversize members, altered or invalid content:
-    every problem named, exit 3, and the running gateway's configuration and state as before."""
+    """A.7 #37: links, devices, '..', absolute names, oversize members, altered or invalid content,
+    other compressions, decompression bombs, databases that are not the gateway's (triggers,
+    views, other tables or columns): every problem named, exit 3, and the running gateway's
+    configuration and state as before."""
     outside = tmp_path / "outside"
     outside.mkdir()
     fleet_config(config, cad, **{"receiver.port": str(pty_receiver.link)})
@@ -544,7 +549,9 @@ def test_hostile_backups_are_refused_and_change_nothing(tmp_path, config, pty_re
 
     before = snapshot(config, outside)
     failures = []
-    for what, archive, expected in hostile_archives(genuine.read_bytes()):
+    cases = (hostile_archives(genuine.read_bytes()) + hostile_compressions(genuine.read_bytes())
+             + hostile_databases(genuine.read_bytes(), tmp_path))
+    for what, archive, expected in cases:
         path = tmp_path / "hostile.backup"
         path.write_bytes(archive)
         result = cli(config, "restore", str(path))

@@ -12,14 +12,20 @@ push and sync), the history database and the downloaded files (``files/<name>``)
 member is a regular file with mode 0600; the databases are consistent copies made with
 SQLite's backup API while the gateway runs.
 
-Reading (``unpack``) refuses, listing every problem at once, before anything is extracted:
-an archive larger than the limit; members that are links (symbolic or hard), devices,
-FIFOs or folders; absolute names, ``..`` or ``.`` parts, backslashes, names that are not
-one of the members above; duplicates; members larger than their limit or too many of
-them; a missing or unreadable manifest, another format, an unknown version, members
-missing from the manifest or listed but absent, and checksum mismatches. Only then are the
-members extracted, with ``tarfile``'s ``data`` filter as a second line of defence, into a
-staging folder, and their checksums are verified once more there.
+Reading (``unpack``) accepts only what ``write`` writes, and reads an upload once, as a
+stream, so that what it costs is bounded by the limits and not by the upload: gzip only
+(another compression, recognised by its magic bytes, is refused before anything is
+decompressed), at most ``BackupLimits.unpacked`` bytes decompressed (refused as soon as that
+is crossed: a decompression bomb), every member's declared size checked against its limit
+before its data is read. It refuses, listing every problem at once: an archive larger than
+the limit; members that are links (symbolic or hard), devices, FIFOs, folders or anything
+but a plain file; absolute names, ``..`` or ``.`` parts, backslashes, names that are not
+one of the members above; duplicates; members larger than their limit or too many of them;
+a missing or unreadable manifest (it must come first), another format, an unknown version,
+members missing from the manifest or listed but absent, and checksum mismatches. Members
+are written only into the caller's new private folder (never following or replacing a
+file), hashed as they are written and hashed once more there; on any problem the caller
+removes that folder.
 """
 
 from __future__ import annotations
@@ -27,12 +33,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import lzma
 import os
 import re
-import shutil
 import tarfile
-import tempfile
 import time
 import zlib
 from collections.abc import Iterable
@@ -60,8 +63,8 @@ __all__ = [
     "unpack",
 ]
 
-# What a damaged archive raises while it is read: tar, gzip (zlib), xz and bzip2 (OSError) errors.
-_DAMAGED = (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError)
+# What a damaged archive raises while it is read: tar, gzip (zlib) and file errors.
+_DAMAGED = (tarfile.TarError, OSError, EOFError, zlib.error)
 
 FORMAT = "wmbus-stream-backup"
 VERSION = 1
@@ -72,7 +75,13 @@ HISTORY_MEMBER = "history.sqlite"
 FILES_PREFIX = "files/"
 _REQUIRED = (CONFIG_MEMBER, STORE_MEMBER, HISTORY_MEMBER)
 _MANIFEST_MAX = 256 * 1024
+# A pax or GNU extended header (long names): write makes them only for names beyond ustar's.
+_EXTENDED_MAX = 4096
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_GZIP = b"\x1f\x8b"
+# Magic bytes of what an upload may be instead, to say what was found.
+_FOUND = ((b"BZh", "bzip2-compressed"), (b"\xfd7zXZ\x00", "xz-compressed"), (b"\x5d\x00\x00", "lzma-compressed"),
+          (b"\x28\xb5\x2f\xfd", "zstd-compressed"), (b"PK\x03\x04", "a zip archive"), (b"\x1f\x9d", "compress (.Z)-compressed"))
 
 
 class BackupError(WmbusStreamError, ValueError):
@@ -94,6 +103,13 @@ class BackupLimits:
     file: int = 1024 * 1024
     files: int = 64
     files_total: int = 16 * 1024 * 1024
+
+    @property
+    def unpacked(self) -> int:
+        """Most bytes an archive within these limits decompresses to: members, headers, padding."""
+        members = 4 + self.files
+        return (_MANIFEST_MAX + self.config + self.store + self.history + self.files_total
+                + members * (3 * tarfile.BLOCKSIZE + _EXTENDED_MAX) + 2 * tarfile.RECORDSIZE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,25 +210,28 @@ def _type_problem(member: tarfile.TarInfo) -> str | None:
         return "FIFO"
     if member.isdir():
         return "folder (a backup holds only files)"
-    if not member.isreg():
-        return "not a regular file"
+    if member.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
+        return "not a plain file (a backup holds only files)"
     return None
 
 
-def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, folder: Path) -> None:
-    """Write one checked regular member below the new ``folder``; never follows or replaces a file.
+def _extract(handle: BinaryIO, name: str, folder: Path) -> tuple[int, str]:
+    """Write one member below the new ``folder``, never following or replacing a file; its size and sha256.
 
     Done by hand rather than with ``extractall(filter="data")``: Debian bookworm's Python
     3.11.2, the gateways' Python, predates tarfile's extraction filters.
     """
-    source = tar.extractfile(member)
-    if source is None:
-        raise tarfile.ExtractError(f"{member.name} is not a regular file")
-    target = folder / member.name
+    target = folder / name
     target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o600)
+    digest = hashlib.sha256()
+    size = 0
     with os.fdopen(fd, "wb") as out:
-        shutil.copyfileobj(source, out, 1 << 16)
+        while chunk := handle.read(1 << 16):
+            digest.update(chunk)
+            size += len(chunk)
+            out.write(chunk)
+    return size, digest.hexdigest()
 
 
 def _size_limit(name: str, limits: BackupLimits) -> int:
@@ -220,21 +239,76 @@ def _size_limit(name: str, limits: BackupLimits) -> int:
             HISTORY_MEMBER: limits.history}.get(name, limits.file)
 
 
-def _spool(source: BinaryIO, folder: Path, limit: int) -> BinaryIO:
-    """Copy the upload to an unnamed temporary file (nothing left behind), at most ``limit`` bytes."""
-    spool = tempfile.TemporaryFile(dir=folder)  # noqa: SIM115  (closed by the caller)
-    total = 0
-    try:
-        while chunk := source.read(1 << 16):
-            total += len(chunk)
-            if total > limit:
-                raise BackupError(f"archive larger than the limit of {limit} bytes")
-            spool.write(chunk)
-        spool.seek(0)
-    except BaseException:
-        spool.close()
-        raise
-    return spool
+def _found(head: bytes) -> str:
+    """What an upload that is not gzip-compressed looks like, from its first bytes."""
+    for magic, what in _FOUND:
+        if head.startswith(magic):
+            return what
+    if head[257:262] == b"ustar":
+        return "an uncompressed tar"
+    return f"not a tar archive (it starts with the bytes {head[:4].hex(' ') or 'nothing'})"
+
+
+class _Inflated:
+    """The decompressed bytes of a gzip upload, read once; ``BackupError`` past the limits."""
+
+    def __init__(self, source: BinaryIO, limits: BackupLimits) -> None:
+        self.source, self.archive, self.limit = source, limits.archive, limits.unpacked
+        head = b""
+        while len(head) < tarfile.BLOCKSIZE and (chunk := source.read(tarfile.BLOCKSIZE - len(head))):
+            head += chunk
+        if not head.startswith(_GZIP):
+            raise BackupError(f"{_found(head)}; a wmbus-stream backup is a gzip-compressed tar (it starts with the"
+                              f" bytes {_GZIP.hex(' ')}), as 'config backup' writes it")
+        self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)  # gzip, nothing else
+        self._input = head
+        self.read_in = len(head)
+        self.written = 0
+
+    def read(self, size: int = -1) -> bytes:
+        size = size if size > 0 else 1 << 16
+        while not self._inflate.eof:
+            if not self._input:
+                self._input = self.source.read(1 << 16)
+                self.read_in += len(self._input)
+                if self.read_in > self.archive:
+                    raise BackupError(f"archive larger than the limit of {self.archive} bytes")
+                if not self._input:
+                    raise BackupError("archive is damaged (the compressed data ends early)")
+            try:
+                data = self._inflate.decompress(self._input, size)
+            except zlib.error as exc:
+                raise BackupError(f"archive is damaged ({exc})") from None
+            self._input = self._inflate.unconsumed_tail
+            self.written += len(data)
+            if self.written > self.limit:
+                raise BackupError(f"more than {self.limit} bytes when decompressed, more than any backup within"
+                                  " the limits (a decompression bomb?)")
+            if data:
+                return data
+        return b""
+
+    def finish(self) -> None:
+        """Read to the end of the compressed data (its checksum); nothing may follow it."""
+        while self.read(1 << 16):
+            pass
+        if self._inflate.unused_data or self.source.read(1):
+            raise BackupError("data after the end of the compressed archive")
+
+
+class _Header(tarfile.TarInfo):
+    """A tar header that refuses an extended (pax or GNU) header larger than any ``write`` makes."""
+
+    @classmethod
+    def frombuf(cls, buf: bytes, encoding: str, errors: str) -> tarfile.TarInfo:
+        info = super().frombuf(buf, encoding, errors)
+        if info.type in _EXTENDED and info.size > _EXTENDED_MAX:
+            raise BackupError(f"an extended tar header of {info.size} bytes, more than the limit of {_EXTENDED_MAX}")
+        return info
+
+
+_EXTENDED = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
+             tarfile.GNUTYPE_LONGLINK)
 
 
 def _parse_manifest(data: bytes, problems: list[str]) -> Manifest | None:
@@ -271,92 +345,78 @@ def _parse_manifest(data: bytes, problems: list[str]) -> Manifest | None:
 
 
 def unpack(source: BinaryIO, folder: Path, limits: BackupLimits = BackupLimits()) -> Unpacked:
-    """Check an archive completely, then extract it into ``folder`` (which must exist, empty).
+    """Read an archive once from ``source``, checking all of it, into the new ``folder``.
 
-    Raises ``BackupError`` listing every problem; nothing is extracted then.
+    Raises ``BackupError`` listing every problem, as soon as reading further would cost more
+    than the limits allow; the caller then removes ``folder``.
     """
-    spool = _spool(source, folder.parent, limits.archive)
+    inflated = _Inflated(source, limits)
     try:
+        tar = tarfile.open(fileobj=inflated, mode="r|", tarinfo=_Header)  # type: ignore[call-overload]
+    except _DAMAGED as exc:
+        raise BackupError(f"not a tar archive ({exc})") from None
+    problems: list[str] = []
+    written: dict[str, tuple[int, str]] = {}
+    manifest: Manifest | None = None
+    files = files_total = members = 0
+    with tar:
         try:
-            tar = tarfile.open(fileobj=spool, mode="r:*")
-        except _DAMAGED as exc:
-            raise BackupError(f"not a tar archive ({exc})") from None
-        with tar:
-            problems: list[str] = []
-            accepted: list[tarfile.TarInfo] = []
-            seen: set[str] = set()
-            files = files_total = 0
-            try:
-                for member in tar:
-                    name = member.name
-                    shown = name if name.isprintable() else repr(name)
-                    if len(seen) + len(problems) > limits.files + 8:
-                        problems.append(f"more than {limits.files + 4} members")
-                        break
-                    problem = _name_problem(name) or _type_problem(member)
-                    if problem is None and name in seen:
-                        problem = "appears twice"
-                    if problem is None and member.size > _size_limit(name, limits):
-                        problem = f"{member.size} bytes, more than the limit of {_size_limit(name, limits)}"
-                    if problem is None and name.startswith(FILES_PREFIX):
-                        files += 1
-                        files_total += member.size
-                        if files > limits.files:
-                            problem = f"more than {limits.files} files"
-                        elif files_total > limits.files_total:
-                            problem = f"files larger than {limits.files_total} bytes together"
-                    if problem is not None:
-                        problems.append(f"member {shown}: {problem}")
-                        continue
-                    seen.add(name)
-                    accepted.append(member)
-            except _DAMAGED as exc:
-                problems.append(f"archive is damaged ({exc})")
-            if problems:
-                raise BackupError(problems)
-            names = [m.name for m in accepted]
-            if not names or names[0] != MANIFEST:
-                raise BackupError(f"{MANIFEST} missing (it must be the first member)")
-            try:
-                manifest_file = tar.extractfile(accepted[0])
-                assert manifest_file is not None
-                manifest = _parse_manifest(manifest_file.read(_MANIFEST_MAX + 1), problems)
-            except _DAMAGED as exc:
-                raise BackupError(f"{MANIFEST} cannot be read ({exc})") from None
-            if manifest is None:
-                raise BackupError(problems)
-            content = set(names[1:])
-            for name in sorted(set(manifest.members) - content):
-                problems.append(f"member {name}: listed in the manifest but missing")
-            for name in sorted(content - set(manifest.members)):
-                problems.append(f"member {name}: not listed in the manifest")
-            for name in _REQUIRED:
-                if name not in content and name not in manifest.members:
-                    problems.append(f"member {name}: missing")
-            for member in accepted[1:]:
-                expected = manifest.members.get(member.name)
-                if expected is None:
+            for member in tar:
+                name = member.name
+                shown = name if name.isprintable() else repr(name)
+                members += 1
+                if members > limits.files + 8:
+                    problems.append(f"more than {limits.files + 4} members")
+                    break
+                if member.size > _size_limit(name, limits):
+                    # Its data is not read: stop here rather than decompress it to reach the next.
+                    problems.append(f"member {shown}: {member.size} bytes, more than the limit of"
+                                    f" {_size_limit(name, limits)}")
+                    break
+                problem = _name_problem(name) or _type_problem(member)
+                if problem is None and (name in written or (name == MANIFEST and manifest is not None)):
+                    problem = "appears twice"
+                if members == 1 and name != MANIFEST:
+                    problems.append(f"{MANIFEST} missing (it must be the first member)")
+                if problem is None and name.startswith(FILES_PREFIX):
+                    files += 1
+                    files_total += member.size
+                    if files > limits.files:
+                        problem = f"more than {limits.files} files"
+                    elif files_total > limits.files_total:
+                        problem = f"files larger than {limits.files_total} bytes together"
+                if problem is not None:
+                    problems.append(f"member {shown}: {problem}")
                     continue
-                digest = hashlib.sha256()
+                handle = tar.extractfile(member)
+                assert handle is not None  # a regular file
+                if name == MANIFEST:
+                    manifest = _parse_manifest(handle.read(_MANIFEST_MAX + 1), problems)
+                    continue
                 try:
-                    handle = tar.extractfile(member)
-                    assert handle is not None
-                    while chunk := handle.read(1 << 16):
-                        digest.update(chunk)
-                except _DAMAGED as exc:
-                    problems.append(f"member {member.name}: cannot be read ({exc})")
-                    continue
-                if member.size != expected[0] or digest.hexdigest() != expected[1]:
-                    problems.append(f"member {member.name}: checksum mismatch (the archive is damaged or was altered)")
-            if problems:
-                raise BackupError(problems)
-            try:
-                for member in accepted[1:]:
-                    _extract(tar, member, folder)
-            except _DAMAGED as exc:
-                raise BackupError(f"extraction refused: {exc}") from None
-    finally:
-        spool.close()
+                    written[name] = _extract(handle, name, folder)
+                except OSError as exc:
+                    problems.append(f"member {shown}: cannot be written ({exc.strerror or exc})")
+            else:
+                inflated.finish()
+        except _DAMAGED as exc:
+            problems.append(f"archive is damaged ({exc})")
+    if problems:
+        raise BackupError(problems)
+    if manifest is None:
+        raise BackupError(f"{MANIFEST} missing (it must be the first member)")
+    for name in sorted(set(manifest.members) - set(written)):
+        problems.append(f"member {name}: listed in the manifest but missing")
+    for name in sorted(set(written) - set(manifest.members)):
+        problems.append(f"member {name}: not listed in the manifest")
+    for name in _REQUIRED:
+        if name not in written and name not in manifest.members:
+            problems.append(f"member {name}: missing")
+    for name, found in sorted(written.items()):
+        if name in manifest.members and found != manifest.members[name]:
+            problems.append(f"member {name}: checksum mismatch (the archive is damaged or was altered)")
+    if problems:
+        raise BackupError(problems)
     paths = {name: folder / name for name in manifest.members}
     for name, path in paths.items():
         if path.is_symlink() or not path.is_file() or _sha256_file(path) != manifest.members[name]:

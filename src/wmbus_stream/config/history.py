@@ -28,14 +28,15 @@ from . import properties
 from .keys import BY_NAME
 from .model import _shown
 
-__all__ = ["HistoryEntry", "History", "ORIGINS", "DEFAULT_LIMIT", "HISTORY_FILE"]
+__all__ = ["HistoryEntry", "History", "ORIGINS", "DEFAULT_LIMIT", "HISTORY_FILE", "SCHEMA"]
 
 HISTORY_FILE = "history.sqlite"
 
 ORIGINS = ("local", "import", "sync", "revert", "restore", "web")
 DEFAULT_LIMIT = 200
 
-_SCHEMA = """CREATE TABLE IF NOT EXISTS history (
+# The table as the gateway creates it; a restored history must have exactly this.
+SCHEMA = """CREATE TABLE IF NOT EXISTS history (
     number INTEGER PRIMARY KEY AUTOINCREMENT,
     time REAL NOT NULL,
     origin TEXT NOT NULL,
@@ -93,7 +94,7 @@ class History:
             db.execute("PRAGMA synchronous=FULL")
             if create:
                 db.execute("PRAGMA journal_mode=DELETE")
-                db.execute(_SCHEMA)
+                db.execute(SCHEMA)
             yield db
         finally:
             db.close()

@@ -42,7 +42,9 @@ from ..atomic import PRIVATE, open_private, write_atomic
 from ..errors import ConfigError, Problem
 from . import backup as archive
 from . import model, properties, transaction
+from ..core.store import SCHEMA as STORE_SCHEMA_SQL
 from .history import HISTORY_FILE, History, HistoryEntry
+from .history import SCHEMA as HISTORY_SCHEMA_SQL
 from .keys import BY_NAME, KEYS, MASK
 from .model import Config
 
@@ -444,75 +446,83 @@ class ConfigManager:
         ``state.directory`` always stays this gateway's. Raises ``BackupError`` (or
         ``ConfigError`` for the configuration) with every problem; nothing is changed then.
         """
-        with self._locked():
-            change_id = transaction.new_id()
-            folder = transaction.stage_folder(self.state_directory, change_id)
-            try:
+        change_id = transaction.new_id()
+        folder = transaction.stage_folder(self.state_directory, change_id)
+        plan: transaction.Plan | None = None
+        try:
+            with transaction.held(folder):
+                # Read and checked completely before the lock: a slow or costly upload blocks no change.
                 unpacked = archive.unpack(source, folder, limits)
-                text, serial = self._restored_text(unpacked, keep_serial)
                 problems: list[str] = []
+                pending = entries = 0
                 try:
-                    pending = _check_database(unpacked.paths[archive.STORE_MEMBER], _STORE_TABLES,
+                    pending = _check_database(unpacked.paths[archive.STORE_MEMBER], STORE_SCHEMA,
                                               "wmbus-stream state database")
                 except ValueError as exc:
                     problems.append(f"member {archive.STORE_MEMBER}: {exc}")
-                    pending = 0
                 try:
-                    entries = _check_database(unpacked.paths[archive.HISTORY_MEMBER], _HISTORY_TABLES, "history database")
+                    entries = _check_database(unpacked.paths[archive.HISTORY_MEMBER], HISTORY_SCHEMA,
+                                              "wmbus-stream history database")
                 except ValueError as exc:
                     problems.append(f"member {archive.HISTORY_MEMBER}: {exc}")
-                    entries = 0
                 if problems:
                     raise archive.BackupError(problems)
-                config = model.loads(text)
-                restored_files = unpacked.files
-                keep = {name for name in restored_files}
-                removals = tuple(str(path) for name, path in self._files() if name not in keep)
-                moves = [
-                    transaction.Move(str(unpacked.paths[archive.STORE_MEMBER]), str(self.state_directory / STORE_FILE),
-                                     database=True),
-                    transaction.Move(str(unpacked.paths[archive.HISTORY_MEMBER]),
-                                     str(self.state_directory / HISTORY_FILE), database=True),
-                ]
-                moves += [transaction.Move(str(path), str(self.files_directory / name),
-                                           confined_to=str(self.files_directory))
-                          for name, path in sorted(restored_files.items())]
-                for name in restored_files:
-                    reason = transaction.check_target(self.files_directory, self.files_directory / name)
-                    if reason is not None:
-                        raise archive.BackupError(f"member files/{name}: {reason}")
-                manifest = unpacked.manifest
-                plan = transaction.Plan(
-                    id=change_id,
-                    state_directory=str(self.state_directory),
-                    config_path=str(self.config_path),
-                    config_text=text,
-                    moves=tuple(moves),
-                    removals=removals,
-                    history={"origin": "restore", "time": time.time(),
-                             "note": f"backup of gateway {manifest.gateway_serial} made {manifest.created}"},
-                    staging=(str(folder),),
-                )
-            except BaseException:
+                with self._locked():
+                    text, serial = self._restored_text(unpacked, keep_serial)
+                    config = model.loads(text)
+                    plan = self._restore_plan(unpacked, change_id, text)
+
+                    def swap() -> None:
+                        transaction.commit(plan)
+                        transaction.complete(plan)
+
+                    try:
+                        self.replace_state(swap)
+                    except BaseException:
+                        transaction.discard(plan)
+                        raise
+                    entry = self.history_store.latest()
+        except BaseException:
+            if plan is None:  # else discard decided what of it to keep
                 shutil.rmtree(folder, ignore_errors=True)
-                raise
-
-            def swap() -> None:
-                transaction.commit(plan)
-                transaction.complete(plan)
-
-            try:
-                self.replace_state(swap)
-            except BaseException:
-                transaction.discard(plan)
-                raise
-            entry = self.history_store.latest()
+            raise
+        manifest = unpacked.manifest
+        restored_files = unpacked.files
         result = RestoreResult(entry, manifest.created, manifest.gateway_serial, serial, pending, entries + 1,
                                tuple(sorted(restored_files)))
         log.info("%s", result.summary())
         if self.on_applied is not None:
             self.on_applied(config)
         return result
+
+    def _restore_plan(self, unpacked: archive.Unpacked, change_id: str, text: str) -> transaction.Plan:
+        """The transaction that puts a checked backup in place (called with the lock held)."""
+        restored_files = unpacked.files
+        removals = tuple(str(path) for name, path in self._files() if name not in restored_files)
+        moves = [
+            transaction.Move(str(unpacked.paths[archive.STORE_MEMBER]), str(self.state_directory / STORE_FILE),
+                             database=True),
+            transaction.Move(str(unpacked.paths[archive.HISTORY_MEMBER]),
+                             str(self.state_directory / HISTORY_FILE), database=True),
+        ]
+        moves += [transaction.Move(str(path), str(self.files_directory / name), confined_to=str(self.files_directory))
+                  for name, path in sorted(restored_files.items())]
+        for name in restored_files:
+            reason = transaction.check_target(self.files_directory, self.files_directory / name)
+            if reason is not None:
+                raise archive.BackupError(f"member files/{name}: {reason}")
+        manifest = unpacked.manifest
+        return transaction.Plan(
+            id=change_id,
+            state_directory=str(self.state_directory),
+            config_path=str(self.config_path),
+            config_text=text,
+            moves=tuple(moves),
+            removals=removals,
+            history={"origin": "restore", "time": time.time(),
+                     "note": f"backup of gateway {manifest.gateway_serial} made {manifest.created}"},
+            staging=(str(unpacked.folder),),
+        )
 
     def _restored_text(self, unpacked: archive.Unpacked, keep_serial: bool) -> tuple[str, str]:
         """The backup's configuration text adapted to this gateway, and the serial it gets."""
@@ -552,45 +562,94 @@ def _config_or_none(text: str | None) -> Config | None:
 
 def _copy_database(path: Path, destination: Path) -> None:
     """A consistent copy of the state database (SQLite backup API), or an empty one."""
-    if not path.exists():
-        from ..core.store import Store
-
-        Store.open(destination).close(flush=False)
-        return
-    # A plain connection: a read-only one cannot open a WAL database whose -shm is missing.
-    source = sqlite3.connect(path, timeout=10.0)
+    os.close(open_private(destination))
+    target = sqlite3.connect(destination)
     try:
-        os.close(open_private(destination))
-        target = sqlite3.connect(destination)
+        if not path.exists():
+            for statement in STORE_SCHEMA_SQL:
+                target.execute(statement)
+            return
+        # A plain connection: a read-only one cannot open a WAL database whose -shm is missing.
+        source = sqlite3.connect(path, timeout=10.0)
         try:
             source.backup(target)
-            # A self-contained file: no WAL expected beside it when restored.
-            target.execute("PRAGMA journal_mode=DELETE")
         finally:
-            target.close()
+            source.close()
+        # A self-contained file: no WAL expected beside it when restored.
+        target.execute("PRAGMA journal_mode=DELETE")
     finally:
-        source.close()
+        target.close()
 
 
-# Tables and columns a restored database must have; the first table's rows are counted.
-_STORE_TABLES = {"meters": {"key", "meter_id", "received_at", "telegram", "generation"}, "meta": {"name", "value"}}
-_HISTORY_TABLES = {"history": {"number", "time", "origin", "note", "text", "apply_id"}}
+# What sqlite_master holds: name -> (type, table, SQL with its white space collapsed).
+Schema = dict[str, tuple[str, str, "str | None"]]
 
 
-def _check_database(path: Path, tables: dict[str, set[str]], kind: str) -> int:
-    """Rows of the first of ``tables`` in a restored database; ValueError saying why it is not usable."""
-    uri = f"{path.resolve().as_uri()}?mode=ro"
+def _schema(db: sqlite3.Connection) -> Schema:
+    return {name: (kind, table, None if sql is None else " ".join(sql.split()))
+            for kind, name, table, sql in db.execute("SELECT type, name, tbl_name, sql FROM sqlite_master")}
+
+
+def _schema_of(statements: tuple[str, ...]) -> Schema:
+    """The schema of a new database made by ``statements``: exactly what the gateway writes."""
+    db = sqlite3.connect(":memory:")
     try:
-        db = sqlite3.connect(uri, uri=True)
+        for statement in statements:
+            db.execute(statement)
+        return _schema(db)
+    finally:
+        db.close()
+
+
+STORE_SCHEMA = _schema_of(STORE_SCHEMA_SQL)
+HISTORY_SCHEMA = _schema_of((HISTORY_SCHEMA_SQL,))
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _schema_problems(found: Schema, expected: Schema) -> list[str]:
+    """How ``found`` differs from ``expected``: every object missing, extra or different."""
+    problems = [f"{found[name][0]} {name!r} (of {found[name][1]!r}) is not part of it"
+                for name in sorted(set(found) - set(expected))]
+    problems += [f"{expected[name][0]} {name!r} missing" for name in sorted(set(expected) - set(found))]
+    for name in sorted(set(found) & set(expected)):
+        kind, table, sql = found[name]
+        if (kind, table) != expected[name][:2]:
+            problems.append(f"{name!r} is a {kind} of {table!r}, the gateway writes a {expected[name][0]}")
+        elif sql != expected[name][2]:
+            problems.append(f"{kind} {name!r} is {sql!r}, the gateway writes {expected[name][2]!r}")
+    return problems
+
+
+def _check_database(path: Path, expected: Schema, kind: str) -> int:
+    """Rows of the first table of a restored database; ValueError saying why it is not usable.
+
+    Accepted: exactly the schema the gateway writes (tables, columns, indexes; no trigger, view
+    or other table), in rollback-journal mode and UTF-8 as its backup writes it, intact.
+    """
+    with open(path, "rb") as handle:
+        header = handle.read(100)
+    if len(header) < 100 or not header.startswith(_SQLITE_MAGIC):
+        raise ValueError("not an SQLite database")
+    if header[18:20] != b"\x01\x01":
+        raise ValueError(f"journal mode {'WAL' if 2 in header[18:20] else 'unknown'}; a backup holds its databases"
+                         " in rollback-journal mode")
+    if header[56:60] != b"\x00\x00\x00\x01":
+        raise ValueError("not UTF-8 (the gateway's databases are)")
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
     except sqlite3.Error as exc:
         raise ValueError(f"cannot be opened ({exc})") from None
     try:
-        if db.execute("PRAGMA integrity_check").fetchall() != [("ok",)]:
-            raise ValueError("integrity check failed")
-        for table, columns in tables.items():
-            if not columns <= {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
-                raise ValueError(f"not a {kind} (table {table} missing or incomplete)")
-        return int(db.execute(f"SELECT count(*) FROM {next(iter(tables))}").fetchone()[0])
+        db.execute("PRAGMA trusted_schema=OFF")
+        problems = _schema_problems(_schema(db), expected)
+        if problems:
+            allowed = ", ".join(f"{what} {name}" for name, (what, _, _) in sorted(expected.items()))
+            raise ValueError(f"not a {kind}: {'; '.join(problems)} (allowed: exactly {allowed})")
+        result = db.execute("PRAGMA integrity_check").fetchall()
+        if result != [("ok",)]:
+            raise ValueError(f"integrity check failed: {'; '.join(str(row[0]) for row in result[:3])}")
+        table = next(name for name, (what, _, _) in expected.items() if what == "table")
+        return int(db.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0])
     except sqlite3.Error as exc:
         raise ValueError(f"not a readable database ({exc})") from None
     finally:

@@ -3,7 +3,9 @@
 Strategy (a redo journal)
 1. Everything new is first written in full to a staging folder on the same file system
    (hidden, named ``.stage-<id>``) and fsynced. A crash here leaves only that folder,
-   which the next ``recover`` removes: nothing was applied.
+   which the next ``recover`` removes: nothing was applied. A folder still being filled
+   outside the configuration lock (a restore reading its upload) is ``held`` by a ``flock``
+   on it, and ``recover`` leaves it to its process.
 2. A journal (``config.journal`` in the state directory) naming every move, every removal,
    the new configuration text and its history note is written atomically. Writing it is the
    commit point.
@@ -25,13 +27,15 @@ the move rather than following it).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import secrets
 import shutil
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -47,6 +51,7 @@ __all__ = [
     "Plan",
     "new_id",
     "stage_folder",
+    "held",
     "write_staged",
     "commit",
     "complete",
@@ -118,6 +123,31 @@ def stage_folder(parent: Path, change_id: str) -> Path:
     folder = parent / f"{STAGE_PREFIX}{change_id}"
     folder.mkdir(mode=0o700)
     return folder
+
+
+@contextmanager
+def held(folder: Path) -> Iterator[None]:
+    """Keep ``recover`` (of any process) from removing a staging folder while it is in use."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _in_use(path: str) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def write_staged(path: Path, data: bytes, mode: int = 0o600) -> None:
@@ -284,7 +314,7 @@ def _remove_stages(folder: Path) -> None:
     except OSError:
         return
     for entry in entries:
-        if entry.name.startswith(STAGE_PREFIX) and entry.is_dir(follow_symlinks=False):
+        if entry.name.startswith(STAGE_PREFIX) and entry.is_dir(follow_symlinks=False) and not _in_use(entry.path):
             shutil.rmtree(entry.path, ignore_errors=True)
             log.info("removed %s left by an interrupted change (nothing of it was applied)", entry.path)
 

@@ -52,7 +52,7 @@ from types import TracebackType
 from ..atomic import open_private
 from ..errors import GatewayIOError
 
-__all__ = ["Row", "Snapshot", "Store", "StoreWriteError", "meter_key"]
+__all__ = ["Row", "SCHEMA", "Snapshot", "Store", "StoreWriteError", "meter_key"]
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,8 @@ log = logging.getLogger(__name__)
 # the cheapest immutable record CPython has (a NamedTuple costs a Python-level __new__ per put).
 Row = tuple[bytes, str, float, bytes, int]
 
-_SCHEMA = (
+# The tables as the gateway creates them; a restored database must have exactly these.
+SCHEMA = (
     """CREATE TABLE IF NOT EXISTS meters (
         key BLOB PRIMARY KEY NOT NULL,
         manufacturer INTEGER,
@@ -180,7 +181,7 @@ class Store:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={self._synchronous}")
             db.execute(f"PRAGMA journal_size_limit={_WAL_LIMIT}")
-            for statement in _SCHEMA:
+            for statement in SCHEMA:
                 db.execute(statement)
             loaded = db.execute(
                 "SELECT key, meter_id, received_at, telegram, generation FROM meters"
