@@ -19,6 +19,7 @@ import platform
 import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
@@ -564,6 +565,35 @@ def test_hostile_backups_are_refused_and_change_nothing(tmp_path, config, pty_re
     assert not failures, "\n".join(failures)
     assert tree(outside) == {} and gw.alive()
     assert gw.status()["meters_pending"] == len(telegrams)
+
+
+def test_a_restore_upload_is_read_without_holding_the_configuration_lock(
+        tmp_path, config, pty_receiver, gateway, cad) -> None:
+    """Issue #8: the lock was held while the archive arrived (and was decompressed): a slow
+    upload on the control socket blocked every change. Now `config set` goes through meanwhile,
+    and its own recovery leaves the restore's staging folder alone."""
+    fleet_config(config, cad, **{"receiver.port": str(pty_receiver.link)})
+    gw = gateway(config)
+    gw.wait_connected()
+    genuine = tmp_path / "genuine.backup"
+    assert cli(config, "backup", str(genuine)).returncode == 0
+    data = genuine.read_bytes()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock, sock.makefile("rb") as answers:
+        sock.settimeout(60)
+        sock.connect(str(config.state / "control.sock"))
+        sock.sendall(f"restore {len(data)} keep\n".encode() + data[:len(data) // 2])
+        wait_for(lambda: any(p.name.startswith(".stage-") for p in config.state.iterdir()),
+                 "the gateway reading the upload into its staging folder")
+        result = cli(config, "set", "filter.manufacturer=ELV")  # blocked until the 60 s timeout before
+        assert result.returncode == 0, result.stderr
+        assert model.load(config.path).filter_manufacturer == ("ELV",)
+        sock.sendall(data[len(data) // 2:])
+        answer = json.loads(answers.readline())
+    assert answer.get("ok"), answer
+    # The restore came last: the backup's configuration and history, then its own entry.
+    assert ConfigManager(config.path, config.state).history()[0].origin == "restore"
+    assert model.load(config.path).filter_manufacturer != ("ELV",)
+    assert not [p.name for p in config.state.iterdir() if p.name.startswith(".stage-")]
 
 
 # -------------------------------------------------------------------------------------------
