@@ -19,7 +19,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = REPO / "image"
 ENTRY_POINTS = ["build", "build-wheels", "test-wheels", "boot-test"]
-ALL_SCRIPTS = [*ENTRY_POINTS, "lib/common.sh", "lib/customize-rootfs"]
+ALL_SCRIPTS = [*ENTRY_POINTS, "lib/common.sh", "lib/customize-rootfs", "lib/boot-check"]
 EXAMPLES = IMAGE / "examples"
 
 pytestmark = pytest.mark.skipif(
@@ -162,6 +162,7 @@ def test_boot_test_plan_reads_the_configuration_inside_the_image(tmp_path: Path)
     assert "qemu-system-aarch64 -M virt" in result.stdout
     assert "started: serial 12345678" in result.stdout
     assert "systemd.journald.forward_to_console=1" in result.stdout
+    assert "image/lib/boot-check" in result.stdout and "boot-check: done, 0 problems" in result.stdout
 
 
 def test_cibuildwheel_configuration_for_hosted_ci() -> None:
