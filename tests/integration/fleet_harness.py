@@ -516,7 +516,8 @@ def hostile_databases(genuine: bytes, folder: Path) -> list[tuple[str, bytes, st
         ("trigger that discards persistence", in_store(
             "CREATE TRIGGER discard AFTER INSERT ON meters BEGIN DELETE FROM meters; END"),
          r"member store\.sqlite: not a wmbus-stream state database: trigger 'discard' \(of 'meters'\) is not part"),
-        ("view", in_store("CREATE VIEW pending AS SELECT * FROM meters"), r"view 'pending' \(of 'pending'\) is not part"),
+        ("view", in_store("CREATE VIEW pending AS SELECT * FROM meters"),
+         r"view 'pending' \(of 'pending'\) is not part"),
         ("extra table", in_store("CREATE TABLE extra (x)"), r"table 'extra' \(of 'extra'\) is not part"),
         ("extra index", in_store("CREATE INDEX by_id ON meters (meter_id)"), r"index 'by_id' \(of 'meters'\)"),
         ("virtual table", in_store("CREATE VIRTUAL TABLE search USING rtree(id, x0, x1)"),

@@ -81,7 +81,8 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 _GZIP = b"\x1f\x8b"
 # Magic bytes of what an upload may be instead, to say what was found.
 _FOUND = ((b"BZh", "bzip2-compressed"), (b"\xfd7zXZ\x00", "xz-compressed"), (b"\x5d\x00\x00", "lzma-compressed"),
-          (b"\x28\xb5\x2f\xfd", "zstd-compressed"), (b"PK\x03\x04", "a zip archive"), (b"\x1f\x9d", "compress (.Z)-compressed"))
+          (b"\x28\xb5\x2f\xfd", "zstd-compressed"), (b"PK\x03\x04", "a zip archive"),
+          (b"\x1f\x9d", "compress (.Z)-compressed"))
 
 
 class BackupError(WmbusStreamError, ValueError):
