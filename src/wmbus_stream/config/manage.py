@@ -39,10 +39,10 @@ from typing import BinaryIO
 
 from .. import __version__
 from ..atomic import PRIVATE, open_private, write_atomic
+from ..core.store import SCHEMA as STORE_SCHEMA_SQL
 from ..errors import ConfigError, Problem
 from . import backup as archive
 from . import model, properties, transaction
-from ..core.store import SCHEMA as STORE_SCHEMA_SQL
 from .history import HISTORY_FILE, History, HistoryEntry
 from .history import SCHEMA as HISTORY_SCHEMA_SQL
 from .keys import BY_NAME, KEYS, MASK
@@ -456,6 +456,10 @@ class ConfigManager:
                 problems: list[str] = []
                 pending = entries = 0
                 try:
+                    text, restored = _backup_config(unpacked)
+                except archive.BackupError as exc:
+                    problems += exc.problems
+                try:
                     pending = _check_database(unpacked.paths[archive.STORE_MEMBER], STORE_SCHEMA,
                                               "wmbus-stream state database")
                 except ValueError as exc:
@@ -468,7 +472,7 @@ class ConfigManager:
                 if problems:
                     raise archive.BackupError(problems)
                 with self._locked():
-                    text, serial = self._restored_text(unpacked, keep_serial)
+                    text, serial = self._adapted(text, restored, keep_serial)
                     config = model.loads(text)
                     plan = self._restore_plan(unpacked, change_id, text)
 
@@ -524,16 +528,8 @@ class ConfigManager:
             staging=(str(unpacked.folder),),
         )
 
-    def _restored_text(self, unpacked: archive.Unpacked, keep_serial: bool) -> tuple[str, str]:
+    def _adapted(self, text: str, restored: Config, keep_serial: bool) -> tuple[str, str]:
         """The backup's configuration text adapted to this gateway, and the serial it gets."""
-        try:
-            text = unpacked.paths[archive.CONFIG_MEMBER].read_bytes().decode("utf-8")
-        except UnicodeDecodeError:
-            raise archive.BackupError(f"member {archive.CONFIG_MEMBER}: not UTF-8 text") from None
-        try:
-            restored = model.loads(text)
-        except ConfigError as exc:
-            raise archive.BackupError([f"member {archive.CONFIG_MEMBER}: {p}" for p in exc.problems]) from None
         changes: dict[str, str | None] = {}
         try:
             here = self.current()
@@ -558,6 +554,18 @@ def _config_or_none(text: str | None) -> Config | None:
         return model.loads(text) if text is not None else None
     except ConfigError:
         return None
+
+
+def _backup_config(unpacked: archive.Unpacked) -> tuple[str, Config]:
+    """The configuration in a backup, its text and its validated content."""
+    try:
+        text = unpacked.paths[archive.CONFIG_MEMBER].read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise archive.BackupError(f"member {archive.CONFIG_MEMBER}: not UTF-8 text") from None
+    try:
+        return text, model.loads(text)
+    except ConfigError as exc:
+        raise archive.BackupError([f"member {archive.CONFIG_MEMBER}: {p}" for p in exc.problems]) from None
 
 
 def _copy_database(path: Path, destination: Path) -> None:
