@@ -144,7 +144,7 @@ def test_import_keeps_this_gateways_identity_and_is_all_or_nothing(gw) -> None:
 
 def test_files_are_applied_with_the_configuration_and_only_when_they_differ(gw) -> None:
     manager, path, applied = gw
-    text = manager.render(manager.current().with_changes({"receiving.server.ca.file": "/x/ca.pem"}))
+    text = manager.render(manager.current().with_changes({"radio.mode": "T1"}))
     result = manager.apply_bundle(text, "sync", "Sync-Id 1", files={"ca.pem": b"PEM", "sub/dir/list": b"1"})
     assert result.config_changed and result.files_written == ("ca.pem", "sub/dir/list")
     assert (manager.files_directory / "sub" / "dir" / "list").read_bytes() == b"1"
