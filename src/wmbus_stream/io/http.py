@@ -32,8 +32,12 @@ Invariants
 - TLS verification is always on: system CAs plus an optional private CA file, hostname
   checked. There is no switch to turn it off.
 - Credentials come from the arguments or the URL's user info; they are sent only as an
-  ``Authorization`` header and never appear in a log line, a result or an error message
-  (URLs are shown without user info and with the query elided).
+  ``Authorization`` header, only to the origin they came with (a redirect elsewhere drops
+  them), and never appear in a log line, a result or an error message (URLs are shown
+  without user info and with the query elided).
+- ``fetch`` and ``notify`` ask the caller's ``check`` before every request (each redirect
+  too), build TLS settings (and read the CA file) only for https requests, and give every
+  error a ``public`` wording fit for a remote party.
 - Expected failures are results (``PushResult``) or ``HttpError`` with a message naming the
   cause, logged as one line without a traceback.
 """

@@ -1,25 +1,34 @@
 """One configuration sync (spec section 8): fetch, check, download, apply all or nothing, report.
 
-Strategy
+Strategy (the trust model is ``trust``'s and docs/fleet.md's)
 1. GET ``configuration.server.url`` with the section 8 ``User-Agent`` (``user_agent``), TLS
    verified (system CAs plus ``configuration.server.ca.file``), connect/read/total time
-   limits and a size limit. Basic auth comes from the URL's user info, if any.
+   limits and a size limit. Basic auth comes from the URL's user info, if any. Plain http
+   is refused before any request unless the owner set ``configuration.server.allow.http``.
 2. Parse the file strictly (``cad.parse``): 920 or 921 with a reason.
-3. Build the new configuration from this gateway's file plus every ``Sync-Config`` change
-   and validate it with the same code as ``config check``.
+3. Refuse a ``Sync-Config`` line of an owner-only key the owner did not allow, build the new
+   configuration from this gateway's file plus every change, validate it with the same code
+   as ``config check``, and refuse a change that would send the HES credentials to another
+   origin.
 4. Download every ``Sync-File`` (same TLS, limits per file and in total; never from http
-   when the ``.cad`` came over https), into memory only, and check that each local name
+   when the ``.cad`` came over https; only from the configuration server's own origin or
+   one the owner allowed, each redirect checked the same way; the configuration server's
+   credentials only to its own origin), into memory only, and check that each local name
    can be written inside the files folder without following a link.
 5. Apply the configuration text and the files as one transaction
-   (``ConfigManager.apply_bundle``): everything or nothing, also across a power cut. A sync
-   identical to the last one writes nothing.
-6. POST the result to ``Sync-Notify-URL`` when the file has one: ``900``, ``920`` or
-   ``921 <error>`` on the first line, ``Sync-Id: <id>`` on the second when the file has
-   one. Only HTTP 200 with body ``OK`` acknowledges; failures that a retry may fix are
-   retried with exponential backoff and jitter, like a push, within ``notify_seconds``.
+   (``ConfigManager.apply_bundle``, which also checks every CA or key file a changed key
+   points at): everything or nothing, also across a power cut. A sync identical to the
+   last one writes nothing.
+6. POST the result to ``Sync-Notify-URL`` when the file has one and its origin is allowed:
+   ``900``, ``920`` or ``921 <error>`` on the first line, ``Sync-Id: <id>`` on the second
+   when the file has one. Only HTTP 200 with body ``OK`` acknowledges; failures that a
+   retry may fix are retried with exponential backoff and jitter, like a push, within
+   ``notify_seconds``.
 
 Invariants: nothing is written before every check has passed; the result text is one
-printable line; no secret appears in it (values of secret keys are masked).
+printable line in the gateway's own words (``HttpError.public``: no excerpt of another
+server's answer, one wording for every way of not reaching a host; ``detail`` keeps the
+full story for the log); no secret appears in it (values of secret keys are masked).
 """
 
 from __future__ import annotations
