@@ -91,11 +91,14 @@ def test_the_callers_policy_is_asked_before_every_request(servers) -> None:
     assert other.seen == []
 
 
-def test_an_unusable_ca_file_does_not_stop_plain_http(servers, tmp_path) -> None:
+def test_an_unusable_ca_file_does_not_stop_plain_http(servers, hes, tmp_path) -> None:
+    """A CA file that broke after it was set stops only https requests, not a sync or a push over http."""
     home, _ = servers
     junk = tmp_path / "junk.pem"
     junk.write_text("not a certificate\n")
     assert client.fetch(home.url + "/file", ca_file=str(junk)) == b"home\n"
+    result = client.push(hes.url, lambda: [b"not a report line\r\n"], ca_file=str(junk), deadline=None, attempts=1)
+    assert result.status == 400, result.error  # the HES itself answered: the CA file was not in the way
     with pytest.raises(HttpError, match=r"CA file .*junk\.pem cannot be used"):
         client.fetch("https://127.0.0.1:9/file", ca_file=str(junk))
 

@@ -212,7 +212,7 @@ def _ssl_context(ca_file: str | None) -> ssl.SSLContext:
 def _pool(target: _Target, ca_file: str | None) -> urllib3.PoolManager:
     """A pool manager with our TLS settings; the SSL context is built only for https."""
     kwargs: dict[str, Any] = {"retries": False, "num_pools": 4, "maxsize": 1}
-    if target.scheme == "https" or ca_file:
+    if target.scheme == "https":
         kwargs["ssl_context"] = _ssl_context(ca_file)
         kwargs["cert_reqs"] = "CERT_REQUIRED"
     return urllib3.PoolManager(**kwargs)
