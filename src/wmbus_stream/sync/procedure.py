@@ -228,7 +228,8 @@ def run_sync(
         data = fetch(url, max_bytes=limits.cad_bytes, timeouts=limits.timeouts, ca_file=ca_file,
                      user_agent=agent, username=username, password=password, check=reach.refused)
     except HttpError as exc:
-        return finish(RESULT_ERROR, f"cannot fetch the .cad file: {exc.public}", detail=str(exc))
+        return finish(RESULT_ERROR, f"cannot fetch the .cad file: {exc.public}",
+                      detail=f"cannot fetch the .cad file: {exc}")
     try:
         parsed = cad.parse(data)
     except CadError as exc:
