@@ -286,7 +286,8 @@ def hostile_cases(cad: CadServer) -> list[tuple[str, bytes, str]]:
                        "web.metrics.public=true", "web.tls.cert=/tmp/evil.pem",
                        "configuration.server.ca.file=/tmp/evil-ca.pem", "receiving.server.ca.file=/tmp/evil-ca.pem",
                        "configuration.server.url=https://evil.example/x", "configuration.server.cron=* * * * *",
-                       "sync.enabled=false", "receiver.port=/etc/passwd", "receiver.port=socket://127.0.0.1:9")],
+                       "sync.enabled=false", "receiver.port=/etc/passwd", "receiver.port=socket://127.0.0.1:9",
+                       "receiver.protocol=simulator")],
         *[(f"local-only {key}", with_config(f"{key}={value}|{TARGET}"),
            rf"921 line \d+: Sync-Config-1: {re.escape(key)} cannot be set by a configuration server")
           for key, value in (("configuration.server.allow.keys", "receiver.port"),

@@ -23,7 +23,7 @@ def test_every_key_says_what_a_sync_may_do_and_the_dangerous_ones_are_the_owners
     assert {"receiving.server.url", "receiving.server.username", "receiving.server.password",
             "receiving.server.ca.file", "configuration.server.url", "configuration.server.cron",
             "configuration.server.ca.file", "sync.enabled", "receiver.port", "web.enabled", "web.listen",
-            "web.tls.cert", "web.tls.key", "web.metrics.public"} <= owner
+            "web.tls.cert", "web.tls.key", "web.metrics.public", "receiver.protocol", "receiver.address"} <= owner
     assert {key.name for key in KEYS if key.sync == SYNC_NEVER} == {
         "gateway.serial", "state.directory", "configuration.server.allow.keys", "configuration.server.allow.http",
         "configuration.server.allow.origins"}

@@ -436,16 +436,14 @@ KEYS: tuple[Key, ...] = (
     # -- receiver --------------------------------------------------------------------------
     Key("receiver.protocol", "receiver_protocol", "cmex50",
         one_of(RECEIVER_PROTOCOLS, str.lower), " ".join(RECEIVER_PROTOCOLS),
-        "How bytes from the receiver are framed.", restart=True,
-        sync=SYNC_FREE),
+        "How bytes from the receiver are framed.", restart=True),
     Key("receiver.port", "receiver_port", "/dev/ttyUSB0", receiver_port,
         "a device path, a pyserial URL (" + ", ".join(f"{s}://" for s in PYSERIAL_URL_SCHEMES)
         + "), a capture file or -",
         "Where the receiver's bytes come from.", restart=True),
     Key("receiver.address", "receiver_address", "", optional_eight_digits,
         "8 digits, or empty to use the one the receiver reports",
-        "Receiver address written into report records.", device_specific=True,
-        sync=SYNC_FREE),
+        "Receiver address written into report records.", device_specific=True),
     Key("receiver.reconnect.seconds", "reconnect_seconds", "2", seconds(0.1, 60),
         "a number of seconds from 0.1 to 60",
         "Longest wait between attempts to reopen a lost receiver.",
