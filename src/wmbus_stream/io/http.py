@@ -209,15 +209,6 @@ def _ssl_context(ca_file: str | None) -> ssl.SSLContext:
     return context
 
 
-def _pool(target: _Target, ca_file: str | None) -> urllib3.PoolManager:
-    """A pool manager with our TLS settings; the SSL context is built only for https."""
-    kwargs: dict[str, Any] = {"retries": False, "num_pools": 4, "maxsize": 1}
-    if target.scheme == "https":
-        kwargs["ssl_context"] = _ssl_context(ca_file)
-        kwargs["cert_reqs"] = "CERT_REQUIRED"
-    return urllib3.PoolManager(**kwargs)
-
-
 class _BodyMeter:
     """One attempt's body: what the report produced and what of it the socket took.
 
@@ -340,7 +331,7 @@ class _PushHTTPSPool(HTTPSConnectionPool):
 
 def _push_pool(target: _Target, ca_file: str | None, meter: _BodyMeter) -> HTTPConnectionPool:
     """A one-connection pool to the push target whose connections report to ``meter``."""
-    context = _ssl_context(ca_file) if target.scheme == "https" or ca_file else None
+    context = _ssl_context(ca_file) if target.scheme == "https" else None  # a CA file matters only for https
     parsed = parse_url(target.url)
     port = parsed.port or (443 if target.scheme == "https" else 80)
     if target.scheme == "https":
