@@ -70,7 +70,11 @@ class Notification:
 
 
 class NotifyServer:
-    """A plain HTTP server on 127.0.0.1 that records POSTs and answers 200 ``OK`` (or ``answers``)."""
+    """A plain HTTP server on 127.0.0.1 that records every request and answers 200 ``OK`` (or ``answers``).
+
+    Also stands for a host a sync must not reach (the gateway's web UI, a LAN device): it
+    records GETs too, so a test sees any request that reached it.
+    """
 
     def __init__(self) -> None:
         self.received: list[Notification] = []
@@ -79,6 +83,9 @@ class NotifyServer:
         owner = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802  (http.server's naming)
+                self.do_POST()
+
             def do_POST(self) -> None:  # noqa: N802  (http.server's naming)
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(min(length, 1 << 16))
@@ -203,6 +210,13 @@ class CadServer:
         return self.folder / "logs" / "wmbus-cad.access.log"
 
     @property
+    def plain_log(self) -> Path:
+        return self.folder / "logs" / "plain.access.log"
+
+    def origin(self, port: int, scheme: str = "https") -> str:
+        return f"{scheme}://127.0.0.1:{port}"
+
+    @property
     def results_log(self) -> Path:
         return self.folder / "logs" / "wmbus-sync-results.log"
 
@@ -264,10 +278,12 @@ http {{
         location = /to-http {{ return 302 http://127.0.0.1:{plain}/files/small.txt; }}
         location = /loop {{ return 302 /loop; }}
         location = /file-scheme {{ return 302 file:///etc/passwd; }}
+        location = /bounce {{ return 302 $arg_to; }}
+        location = /secret {{ return 403 "the private page of a LAN device\n"; }}
     }}
     server {{ listen 127.0.0.1:{untrusted} ssl; {tls.format(bad_cert, bad_key)} root {www}; }}
     server {{ listen 127.0.0.1:{wrong_name} ssl; {tls.format(other_cert, other_key)} root {www}; }}
-    server {{ listen 127.0.0.1:{plain}; root {www}; }}
+    server {{ listen 127.0.0.1:{plain}; root {www}; access_log {folder}/logs/plain.access.log; }}
 }}
 """
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 from fleet_harness import (
     CadServer,
+    free_port,
     Member,
     NotifyServer,
     hostile_compressions,
@@ -44,6 +45,7 @@ from fleet_harness import (
 
 from gwkit import (
     PROTOCOLS,
+    Hes,
     SERIAL,
     ConfigFile,
     assert_report,
@@ -87,9 +89,12 @@ def notify() -> Iterator[NotifyServer]:
         server.close()
 
 
-def fleet_config(config: ConfigFile, cad: CadServer, **values: str) -> Path:
-    """A gateway configuration that syncs from ``cad`` (schedule far away: syncs are run by hand)."""
+def fleet_config(config: ConfigFile, cad: CadServer, *also: str, **values: str) -> Path:
+    """A gateway configuration that syncs from ``cad`` (schedule far away: syncs are run by hand);
+    ``also``: URLs of other origins the owner allows (the result receiver, test-only servers)."""
+    allowed = {"configuration.server.allow.origins": ",".join(re.match(r"https?://[^/]+", url).group(0) for url in also)}
     return config.write({
+        **(allowed if also else {}),
         "sync.enabled": "true",
         "configuration.server.url": cad.url(),
         "configuration.server.ca.file": str(cad.ca_file),
@@ -149,7 +154,7 @@ def test_good_sync_reaches_the_running_gateway_keeps_pending_and_reports_900(
         f"Sync-File-0-URL: {cad.url('/files/certs/hes-ca.pem')},certs/hes-ca.pem",
         sync_id="happy-1", notify_url=notify.url))
     hes.down()  # telegrams stay pending until after the sync
-    fleet_config(config, cad, **{"receiver.port": str(pty_receiver.link), "receiving.server.url": hes.url})
+    fleet_config(config, cad, notify.url, **{"receiver.port": str(pty_receiver.link), "receiving.server.url": hes.url})
     since = time.time()
     gw = gateway(config)
     gw.wait_connected()
@@ -273,6 +278,33 @@ def hostile_cases(cad: CadServer) -> list[tuple[str, bytes, str]]:
         ("cross-key", with_config(f"configuration.server.url=|{TARGET}"), r"921 .*configuration\.server\.url"),
         ("numbering gap", cad_text(GOOD_CONFIG, f"Sync-Config-2: radio.mode=T1|{TARGET}", sync_id="hostile",
                                    notify_url=NOTIFY_PLACEHOLDER).encode(), r"921 .*Sync-Config-1 is missing"),
+        # the trust model: keys that decide where data and credentials go, who may log in, what
+        # is listened on and what is trusted are the owner's (none is allowed on this gateway)
+        *[(f"owner-only {line.split('=')[0]}", with_config(f"{line}|{TARGET}"),
+           rf"921 line \d+: Sync-Config-1: {re.escape(line.split('=')[0])} is an owner-only key: a sync may set it only"
+           r" when this gateway's owner lists it in configuration\.server\.allow\.keys")
+          for line in ("receiving.server.url=http://127.0.0.1:9/x", "receiving.server.username=evil",
+                       "receiving.server.password=evil", "web.listen=0.0.0.0:8080", "web.enabled=true",
+                       "web.metrics.public=true", "web.tls.cert=/tmp/evil.pem",
+                       "configuration.server.ca.file=/tmp/evil-ca.pem", "receiving.server.ca.file=/tmp/evil-ca.pem",
+                       "configuration.server.url=https://evil.example/x", "configuration.server.cron=* * * * *",
+                       "sync.enabled=false", "receiver.port=/etc/passwd", "receiver.port=socket://127.0.0.1:9",
+                       "receiver.protocol=simulator")],
+        *[(f"local-only {key}", with_config(f"{key}={value}|{TARGET}"),
+           rf"921 line \d+: Sync-Config-1: {re.escape(key)} cannot be set by a configuration server")
+          for key, value in (("configuration.server.allow.keys", "receiver.port"),
+                             ("configuration.server.allow.http", "true"),
+                             ("configuration.server.allow.origins", "*"))],
+        # downloads go only to the configuration server's origin and those the owner listed
+        ("another origin", with_file("https://127.0.0.1:9/files/small.txt"),
+         r"921 Sync-File-1-URL: download failed: GET https://127\.0\.0\.1:9/files/small\.txt: refused:"
+         r" https://127\.0\.0\.1:9 is not an allowed origin"),
+        ("user info in a download", with_file(cad.url("/files/small.txt").replace("://", "://admin:admin@")),
+         r"921 line \d+: Sync-File-1-URL: URL 'https://admin:\*+@127\.0\.0\.1:\d+/files/small\.txt' refused:"
+         r" user:password@ is not allowed"),
+        ("redirect to another origin", with_file(cad.extra_url("/bounce?to=https://127.0.0.1:9/x")),
+         r"921 Sync-File-1-URL: download failed: GET https://127\.0\.0\.1:9/x: refused: https://127\.0\.0\.1:9 is"
+         r" not an allowed origin"),
     ]
 
 
@@ -290,7 +322,10 @@ def test_hostile_syncs_are_refused_with_921_and_change_nothing(
     (files / "link.txt").symlink_to(outside / "victim.txt")
     cad.put("files/small.txt", "small\n")
     cad.put("files/huge.bin", b"\0" * (1024 * 1024 + 1))
-    fleet_config(config, cad, **{"receiver.port": str(pty_receiver.link)})  # no HES: everything stays pending
+    # No HES: everything stays pending. The owner allows the result receiver and the test-only
+    # servers, whose certificates are still checked.
+    fleet_config(config, cad, notify.url, cad.extra_url("/"), cad.origin(cad.untrusted_port),
+                 cad.origin(cad.wrong_name_port), **{"receiver.port": str(pty_receiver.link)})
     gw = gateway(config)
     gw.wait_connected()
     telegrams = vector_telegrams(20)
@@ -337,6 +372,173 @@ def test_cad_server_with_a_certificate_the_gateway_does_not_trust_is_refused(tmp
                             rb" failed: .*(unable to get local issuer certificate|not valid for '127\.0\.0\.1').*\n",
                             result.stdout), result.stdout
         assert not before.diff(snapshot(config))
+
+
+# -------------------------------------------------------------------------------------------
+# The trust model: a configuration server is not trusted with the keys to the kingdom
+
+
+def last_line(result: subprocess.CompletedProcess[bytes]) -> str:
+    """The result line ``sync now`` printed (one line, nothing else on standard output)."""
+    assert result.stdout.count(b"\n") == 1, result.stdout
+    return result.stdout.decode().rstrip("\n")
+
+
+def test_a_hostile_server_gets_neither_the_hes_credentials_nor_the_meter_data(
+        config, pty_receiver, gateway, cad, notify) -> None:
+    """The issue's first attack on a running gateway: a .cad holding only a new push URL is
+    refused (921) while the key is the owner's; once the owner allows the key, it is still
+    refused because the local credentials belong to the real HES's origin. Configuration and
+    pending rows stay byte for byte; the real HES then gets everything, the attacker nothing."""
+    real, attacker = Hes(username="gw", password="hes-secret"), Hes()
+    try:
+        real.down()
+        fleet_config(config, cad, notify.url, **{"receiver.port": str(pty_receiver.link), "receiving.server.url": real.url,
+                                                 "receiving.server.username": "gw",
+                                                 "receiving.server.password": "hes-secret"})
+        gw = gateway(config)
+        gw.wait_connected()
+        telegrams = vector_telegrams(12)
+        pty_receiver.write(b"".join(CMEX50.encode(t) for t in telegrams))
+        wait_for(lambda: len(pending_rows(config.state)) == len(telegrams), "telegrams pending on disk")
+        cad.put_cad(SERIAL, cad_text(f"Sync-Config-0: receiving.server.url={attacker.url}|{TARGET}", sync_id="attack",
+                                     notify_url=notify.url))
+        refusals = [
+            rf"921 line 4: Sync-Config-0: receiving\.server\.url is an owner-only key: a sync may set it only when"
+            r" this gateway's owner lists it in configuration\.server\.allow\.keys",
+            rf"921 line 4: Sync-Config-0: receiving\.server\.url moves the push to http://127\.0\.0\.1:{attacker.port},"
+            r" but receiving\.server\.username and receiving\.server\.password belong to"
+            rf" http://127\.0\.0\.1:{real.port}: credentials are never sent to another origin .*",
+        ]
+        for number, expected in enumerate(refusals, 1):
+            if number == 2:  # the owner lets the fleet server move the push
+                assert cli(config, "set", "configuration.server.allow.keys=receiving.server.url").returncode == 0
+            before = snapshot(config)
+            result = sync_now(config)
+            line = last_line(result)
+            assert result.returncode == 1 and re.fullmatch(expected, line), line
+            assert notify.wait(number)[-1].body == f"{line}\nSync-Id: attack\n".encode()
+            assert not before.diff(snapshot(config))
+        assert config_value(config.path, "receiving.server.url") == real.url
+        real.up()
+        real.wait_posts(1, timeout=15, context=gw.tail)
+        gw.wait_status(lambda s: s["meters_pending"] == 0, "everything acknowledged by the real HES")
+        assert attacker.posts == [] and gw.alive()
+    finally:
+        real.close()
+        attacker.close()
+
+
+def test_sync_over_plain_http_is_refused_unless_the_owner_allows_it(tmp_path, cad) -> None:
+    """Anyone on the path could play a plain http server: no request is even made until the
+    owner sets configuration.server.allow.http=true."""
+    cad.put("gateway.cad", cad_text(GOOD_CONFIG))
+    config = ConfigFile(tmp_path / "gw")
+    config.path.parent.mkdir()
+    fleet_config(config, cad, **{"configuration.server.url": f"http://127.0.0.1:{cad.plain_port}/gateway.cad"})
+    assert cli(config, "history").returncode == 0
+    before = snapshot(config)
+    result = sync_now(config)
+    assert result.returncode == 1 and last_line(result) == (
+        "921 configuration.server.url is plain http://, where anyone on the path can play the configuration server:"
+        " use https:// (or the owner sets configuration.server.allow.http=true)")
+    assert not before.diff(snapshot(config))
+    assert not cad.plain_log.exists() or "gateway.cad" not in cad.plain_log.read_text()
+    assert cli(config, "set", "configuration.server.allow.http=true").returncode == 0
+    assert sync_now(config).stdout == b"900\n"
+    assert config_value(config.path, "filter.manufacturer") == "ELV"
+
+
+def test_a_ca_file_a_sync_points_at_must_be_a_usable_ca_bundle(tmp_path, cad) -> None:
+    """Even with the owner's leave to set both CA keys, a sync pointing one at a file that is no
+    CA bundle is refused before anything is applied; a real bundle is taken, and later syncs work."""
+    cad.put("files/junk.pem", "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    cad.put("files/ca.pem", cad.ca_file.read_bytes())
+    config = ConfigFile(tmp_path / "gw")
+    config.path.parent.mkdir()
+    fleet_config(config, cad, **{"configuration.server.allow.keys":
+                                 "configuration.server.ca.file,receiving.server.ca.file"})
+    assert cli(config, "history").returncode == 0
+    target = config.state / "files" / "certs" / "ca.pem"
+    for key in ("configuration.server.ca.file", "receiving.server.ca.file"):
+        cad.put_cad(SERIAL, cad_text(f"Sync-Config-0: {key}={target}|{TARGET}",
+                                     f"Sync-File-0-URL: {cad.url('/files/junk.pem')},certs/ca.pem"))
+        before = snapshot(config)
+        result = sync_now(config)
+        assert result.returncode == 1 and re.fullmatch(
+            rf"921 not applied: {re.escape(key)}: invalid value '{re.escape(str(target))}'; allowed: an absolute path"
+            r" to a usable PEM file of CA certificates \(no usable CA certificate in it .*\)", last_line(result))
+        assert not before.diff(snapshot(config))
+    cad.put_cad(SERIAL, cad_text(f"Sync-Config-0: configuration.server.ca.file={target}|{TARGET}",
+                                 f"Sync-Config-1: receiving.server.ca.file={target}|{TARGET}",
+                                 f"Sync-File-0-URL: {cad.url('/files/ca.pem')},certs/ca.pem"))
+    assert sync_now(config).stdout == b"900\n"
+    assert config_value(config.path, "configuration.server.ca.file") == str(target)
+    assert sync_now(config).stdout == b"900\n"  # the new CA file verifies the server
+
+
+def test_sync_requests_never_reach_hosts_the_owner_did_not_allow(tmp_path, config, pty_receiver, gateway, cad,
+                                                                   notify) -> None:
+    """SSRF: downloads, redirects and the notification to the gateway's own web UI port are
+    refused and never reach it; user:password@ guesses are refused; the notification says what
+    failed in the gateway's words, without another server's answer and without telling a
+    refused connection from a silent one."""
+    web_port = free_port()
+    victim = NotifyServer()  # what listens on a port the owner did not allow
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # accepts connections (the kernel's backlog) and never answers
+    closed = free_port()
+    try:
+        fleet_config(config, cad, notify.url, cad.extra_url("/"), f"https://127.0.0.1:{silent.getsockname()[1]}",
+                     f"https://127.0.0.1:{closed}",
+                     **{"receiver.port": str(pty_receiver.link), "web.enabled": "true",
+                        "web.listen": f"127.0.0.1:{web_port}"})
+        gw = gateway(config)
+        gw.wait_connected()
+        victim_url = victim.url.rsplit("/", 1)[0]
+        victim_origin = re.escape(victim_url.replace("http://", "https://"))
+        cases = [
+            (f"Sync-File-0-URL: https://127.0.0.1:{web_port}/api/status,x.txt",
+             rf"921 Sync-File-0-URL: download failed: GET https://127\.0\.0\.1:{web_port}/api/status: refused:"
+             rf" https://127\.0\.0\.1:{web_port} is not an allowed origin .*"),
+            (f"Sync-File-0-URL: {victim_url.replace('http://', 'https://')}/x,x.txt",
+             rf"921 Sync-File-0-URL: download failed: GET {victim_origin}/x: refused: {victim_origin} is not an"
+             r" allowed origin .*"),
+            (f"Sync-File-0-URL: https://admin:admin@127.0.0.1:{web_port}/api/config,x.txt",
+             r"921 line \d+: Sync-File-0-URL: URL 'https://admin:\*+@127\.0\.0\.1:\d+/api/config' refused:"
+             r" user:password@ is not allowed .*"),
+            (f"Sync-File-0-URL: {cad.extra_url('/bounce?to=' + victim_url.replace('http://', 'https://') + '/x')},x.txt",
+             rf"921 Sync-File-0-URL: download failed: GET {victim_origin}/x: refused: {victim_origin} is not an"
+             r" allowed origin .*"),
+            (f"Sync-File-0-URL: {cad.extra_url('/secret')},x.txt",
+             r"921 Sync-File-0-URL: download failed: GET https://127\.0\.0\.1:\d+/secret: HTTP 403"),
+        ]
+        before = snapshot(config)
+        for number, (line, expected) in enumerate(cases, 1):
+            cad.put_cad(SERIAL, cad_text(line, sync_id="ssrf", notify_url=notify.url))
+            result = sync_now(config)
+            text = last_line(result)
+            assert result.returncode == 1 and re.fullmatch(expected, text), text
+            assert notify.wait(number)[-1].body == f"{text}\nSync-Id: ssrf\n".encode()
+        assert b"private page" not in b"".join(n.body for n in notify.all())
+        # A refused connection and a silent server read alike.
+        answers = []
+        for port in (closed, silent.getsockname()[1]):
+            cad.put_cad(SERIAL, cad_text(f"Sync-File-0-URL: https://127.0.0.1:{port}/f,x.txt", sync_id="ssrf",
+                                         notify_url=notify.url))
+            answers.append(last_line(sync_now(config)).replace(str(port), "PORT"))
+        assert answers[0] == answers[1] == ("921 Sync-File-0-URL: download failed: GET https://127.0.0.1:PORT/f: no"
+                                            " answer (cannot connect, or the connection failed or timed out)")
+        assert not before.diff(snapshot(config))
+        # The notification goes nowhere the owner did not allow either.
+        cad.put_cad(SERIAL, cad_text(GOOD_CONFIG, sync_id="ssrf", notify_url=victim.url))
+        result = sync_now(config)
+        assert result.stdout == b"900\n" and b"is not an allowed origin" in result.stderr
+        assert victim.all() == [] and gw.alive()
+    finally:
+        victim.close()
+        silent.close()
 
 
 # -------------------------------------------------------------------------------------------
@@ -701,7 +903,7 @@ def test_documented_nginx_example_serves_each_gateway_its_make_cad_file(tmp_path
     assert (results[SERIAL].returncode, results[SERIAL].stdout) == (0, b"900\n")
     assert (results["00000162"].returncode, results["00000162"].stdout) == (0, b"900\n")
     assert results["00000999"].returncode == 1
-    assert re.fullmatch(rb"921 cannot fetch the \.cad file: GET https://\S+/gateway\.cad: HTTP 404 Not Found.*\n",
+    assert re.fullmatch(rb"921 cannot fetch the \.cad file: GET https://\S+/gateway\.cad: HTTP 404\n",
                         results["00000999"].stdout)
 
     first, second = (model.load(gateways[s].path) for s in (SERIAL, "00000162"))

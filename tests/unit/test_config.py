@@ -50,6 +50,13 @@ VALID: dict[str, list[tuple[str, object]]] = {
     "configuration.server.cron": [("30 0 * * *", "30 0 * * *"), ("@daily", "@daily")],
     "configuration.server.ca.file": [("", None), ("/etc/ssl/cfg-ca.pem", Path("/etc/ssl/cfg-ca.pem"))],
     "configuration.server.timeout": [("120", 120.0), ("1", 1.0), ("2.5", 2.5), ("600", 600.0)],
+    "configuration.server.allow.keys": [("", ()), ("receiving.server.url, web.listen,receiving.server.url",
+                                                    ("receiving.server.url", "web.listen"))],
+    "configuration.server.allow.http": [("false", False), ("TRUE", True)],
+    "configuration.server.allow.origins": [
+        ("", ()), ("*", ("*",)),
+        ("HTTPS://Files.Example.NET, http://127.0.0.1:8080/,https://[::1]:8443,https://files.example.net:443",
+         ("https://files.example.net:443", "http://127.0.0.1:8080", "https://[::1]:8443"))],
     "show.only.filtered": [("true", True), ("false", False)],
     "receiver.protocol": [
         (p, p) for p in ("cmex50", "im871a", "amb8465", "rtlwmbus", "hex", "simulator")
@@ -123,6 +130,11 @@ INVALID: dict[str, list[str]] = {
     "configuration.server.cron": ["0 0 * * 8", "*/0 * * * *"],
     "configuration.server.ca.file": ["cfg-ca.pem"],
     "configuration.server.timeout": ["0", "0.5", "601", "-1", "soon"],
+    "configuration.server.allow.keys": ["gateway.serial", "state.directory", "configuration.server.allow.keys",
+                                        "no.such.key", "receiving.server.url,", "a b"],
+    "configuration.server.allow.http": ["yes", "1"],
+    "configuration.server.allow.origins": ["files.example.net", "ftp://files.example.net", "https://user@x.example",
+                                           "https://x.example/path", "https://x.example/?q", "https://x.example,,"],
     "show.only.filtered": ["maybe"],
     "receiver.protocol": ["cul", "", "im871"],
     "receiver.port": ["", "http://host:1/", "file:///tmp/x"],

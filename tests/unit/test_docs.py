@@ -32,3 +32,16 @@ def test_receivers_md_states_the_default_baud_rate_of_each_receiver() -> None:
     for protocol, rate in PROTOCOL_BAUD_RATES.items():
         shown = f"{int(rate):,} Bd".replace(",", " ")
         assert shown in rows[f"`{protocol}`"], f"docs/receivers.md's {protocol} row does not say {shown}"
+
+
+def test_fleet_md_lists_every_key_under_what_a_sync_may_do_with_it() -> None:
+    """docs/fleet.md's table of keys a sync sets by default, only when allowed, or never."""
+    import re
+
+    from wmbus_stream.config.keys import SYNC_FREE, SYNC_NEVER, SYNC_OWNER
+
+    text = (DOCS / "fleet.md").read_text(encoding="utf-8")
+    for label, kind in (("by default", SYNC_FREE), ("only keys the owner allows", SYNC_OWNER), ("never", SYNC_NEVER)):
+        [row] = [line for line in text.splitlines() if line.startswith(f"| {label} |")]
+        documented = re.findall(r"`([a-z0-9._-]+)`", row.split("|")[2])
+        assert documented == [key.name for key in KEYS if key.sync == kind], f"docs/fleet.md row {label!r}"

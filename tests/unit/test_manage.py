@@ -4,7 +4,9 @@ files applied with the configuration as one transaction; recovery after an inter
 from __future__ import annotations
 
 import hashlib
+import io
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -144,7 +146,7 @@ def test_import_keeps_this_gateways_identity_and_is_all_or_nothing(gw) -> None:
 
 def test_files_are_applied_with_the_configuration_and_only_when_they_differ(gw) -> None:
     manager, path, applied = gw
-    text = manager.render(manager.current().with_changes({"receiving.server.ca.file": "/x/ca.pem"}))
+    text = manager.render(manager.current().with_changes({"radio.mode": "T1"}))
     result = manager.apply_bundle(text, "sync", "Sync-Id 1", files={"ca.pem": b"PEM", "sub/dir/list": b"1"})
     assert result.config_changed and result.files_written == ("ca.pem", "sub/dir/list")
     assert (manager.files_directory / "sub" / "dir" / "list").read_bytes() == b"1"
@@ -234,3 +236,94 @@ def test_a_change_that_loses_a_required_key_is_refused_and_changes_nothing(gw, h
     assert [p.key for p in info.value.problems] == ["receiving.server.url"]
     assert "cannot run without this key" in str(info.value)
     assert path.read_bytes() == before and applied == []
+
+
+# -- files a key points at are checked before any change is applied ------------------------
+
+
+@pytest.fixture
+def pems(tmp_path: Path) -> dict[str, Path]:
+    """A CA bundle, a web certificate with its key, another key, and files that are none of these."""
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    folder = tmp_path / "pem"
+    folder.mkdir()
+    leaf, other = ca.issue_cert("gateway.example"), ca.issue_cert("other.example")
+    paths = {name: folder / f"{name}.pem" for name in ("ca", "cert", "key", "other-key", "text", "fake")}
+    ca.cert_pem.write_to_path(str(paths["ca"]))
+    leaf.cert_chain_pems[0].write_to_path(str(paths["cert"]))
+    leaf.private_key_pem.write_to_path(str(paths["key"]))
+    other.private_key_pem.write_to_path(str(paths["other-key"]))
+    paths["text"].write_text("root:x:0:0:root:/root:/bin/bash\n")
+    paths["fake"].write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    paths["fifo"] = folder / "fifo"
+    os.mkfifo(paths["fifo"])  # reading it would block the gateway
+    return paths
+
+
+@pytest.mark.parametrize("key", ["configuration.server.ca.file", "receiving.server.ca.file"])
+@pytest.mark.parametrize("bad, reason", [
+    ("text", r"no usable CA certificate in it"), ("fake", r"no usable CA certificate in it"),
+    ("fifo", r"not a regular file"), ("missing", r"cannot be read \(No such file or directory\)"),
+    ("folder", r"not a regular file"),
+])
+def test_a_ca_key_is_set_only_to_a_usable_ca_bundle(gw, pems, key: str, bad: str, reason: str) -> None:
+    manager, path, applied = gw
+    target = {"missing": pems["ca"].with_name("missing.pem"), "folder": pems["ca"].parent}.get(bad) or pems[bad]
+    before = path.read_bytes()
+    for change in (lambda: manager.set({key: str(target)}), lambda: manager.import_text(f"{key}={target}\n")):
+        with pytest.raises(ConfigError) as info:
+            change()
+        [problem] = info.value.problems
+        assert problem.key == key and problem.value == str(target)
+        assert re.search(r"an absolute path to a usable PEM file of CA certificates \(" + reason, problem.allowed)
+        assert path.read_bytes() == before and applied == []
+    manager.set({key: str(pems["ca"])})
+    assert manager.current().get(key) == str(pems["ca"])
+
+
+def test_the_web_certificate_and_key_must_load_together(gw, pems) -> None:
+    manager, path, applied = gw
+    before = path.read_bytes()
+    for cert, key, where, reason in (("cert", "other-key", "web.tls.cert", "do not load together"),
+                                     ("ca", "text", "web.tls.cert", "do not load together"),
+                                     ("cert", "fifo", "web.tls.key", "not a regular file")):
+        with pytest.raises(ConfigError) as info:
+            manager.set({"web.tls.cert": str(pems[cert]), "web.tls.key": str(pems[key])})
+        assert info.value.problems[0].key == where and reason in info.value.problems[0].allowed
+        assert path.read_bytes() == before and applied == []
+    manager.set({"web.tls.cert": str(pems["cert"]), "web.tls.key": str(pems["key"])})
+    assert len(applied) == 1
+
+
+def test_a_bundle_is_judged_by_the_files_it_writes(gw, pems) -> None:
+    """A sync's download is checked as the file it will be; replacing a file a key points at is
+    checked too, while a file that broke later does not block unrelated changes."""
+    manager, path, _ = gw
+    target = manager.files_directory / "certs" / "ca.pem"
+    text = manager.render(manager.current().with_changes({"receiving.server.ca.file": str(target)}))
+    with pytest.raises(ConfigError, match="no usable CA certificate"):
+        manager.apply_bundle(text, "sync", files={"certs/ca.pem": pems["text"].read_bytes()})
+    assert not target.exists()
+    manager.apply_bundle(text, "sync", files={"certs/ca.pem": pems["ca"].read_bytes()})
+    with pytest.raises(ConfigError, match="no usable CA certificate"):
+        manager.apply_bundle(text, "sync", files={"certs/ca.pem": b"junk"})
+    assert target.read_bytes() == pems["ca"].read_bytes()
+    target.write_bytes(b"broken later")
+    manager.set({"radio.mode": "T1"})  # the CA key did not change: not judged again
+
+
+def test_a_restore_whose_ca_file_is_unusable_here_changes_nothing(gw, pems, tmp_path: Path) -> None:
+    manager, path, _ = gw
+    manager.set({"receiving.server.ca.file": str(pems["ca"])})
+    archive = io.BytesIO()
+    manager.backup(archive)
+    other_path = tmp_path / "other" / "stream.cfg"
+    other_path.parent.mkdir()
+    other_path.write_text(f"gateway.serial=00000999\nstate.directory={tmp_path / 'other-state'}\n")
+    other = ConfigManager(other_path, tmp_path / "other-state")
+    before = other_path.read_bytes()
+    pems["ca"].write_text("replaced by something else\n")
+    with pytest.raises(ConfigError, match=r"receiving\.server\.ca\.file: .*no usable CA certificate"):
+        other.restore(io.BytesIO(archive.getvalue()))
+    assert other_path.read_bytes() == before and other.history() == []

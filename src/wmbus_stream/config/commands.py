@@ -247,6 +247,9 @@ def cmd_sync_now(args: argparse.Namespace) -> int:
         code, text, answer = result.code, result.text, result.as_dict()
         _remember(config.state_directory, answer)
     print(text)
+    if answer.get("detail"):
+        print(f"wmbus-stream sync now: in detail (the server was told only the line above): {answer['detail']}",
+              file=sys.stderr)
     if answer.get("notified") is False:
         print(f"wmbus-stream sync now: result not acknowledged by the server: {answer.get('notify_error')}",
               file=sys.stderr)

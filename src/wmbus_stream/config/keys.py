@@ -12,6 +12,13 @@ keys that only take effect when the service (or its receiver) is restarted; ``re
 keys are those the gateway cannot run without unless it syncs (``model.require``): a file
 that lacks one, for instance because it was cut short, is refused by ``config check``,
 ``run`` and a reload.
+
+Trust (``sync``): what a configuration server may set. ``SYNC_FREE`` keys (filters,
+schedules, harmless tuning) a sync sets by default; ``SYNC_OWNER`` keys decide where data
+and credentials go, who may log in, what is listened on and what is trusted, so a sync sets
+one only when the device owner lists it in ``configuration.server.allow.keys``;
+``SYNC_NEVER`` keys (the identity, the state location, the owner's allow lists themselves)
+no sync can set. A key added without saying is owner-only.
 """
 
 from __future__ import annotations
@@ -38,9 +45,15 @@ __all__ = [
     "PROTOCOL_BAUD_RATES",
     "LOG_LEVELS",
     "PYSERIAL_URL_SCHEMES",
+    "SYNC_FREE",
+    "SYNC_OWNER",
+    "SYNC_NEVER",
+    "origin",
+    "ANY_ORIGIN",
 ]
 
 MASK = "********"
+SYNC_FREE, SYNC_OWNER, SYNC_NEVER = "free", "owner", "never"
 
 RADIO_MODES = (
     "S1", "T1", "T1_C1A", "T1_C1B", "T1_C1A_C1B", "C1A", "C1B", "C1A_C1B",
@@ -79,6 +92,7 @@ class Key:
         other, table = self.default_by
         return table.get(raw.get(other, "").strip().lower(), self.default)
     required: bool = False
+    sync: str = SYNC_OWNER
 
 
 # -- validators: text in, typed value out, ValueError(detail) for anything else ----------
@@ -210,6 +224,56 @@ def http_url(text: str) -> SplitResult:
     return parts
 
 
+def origin(url: str | SplitResult) -> str:
+    """``scheme://host:port`` of an http(s) URL, lower case, the scheme's port filled in.
+
+    What credentials belong to and what downloads are allowed from: two URLs of one origin
+    reach the same server.
+    """
+    parts = url if isinstance(url, SplitResult) else http_url(url)
+    scheme, host = parts.scheme.lower(), parts.hostname or ""
+    port = parts.port or (443 if scheme == "https" else 80)
+    return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+ANY_ORIGIN = "*"
+
+
+def origins(text: str) -> tuple[str, ...]:
+    """Comma list of origins (``scheme://host[:port]``, no path or user info) or ``*``, normalised."""
+    if text == "":
+        return ()
+    found = []
+    for item in (part.strip() for part in text.split(",")):
+        if item == ANY_ORIGIN:
+            found.append(item)
+            continue
+        if item == "":
+            raise ValueError("empty list item")
+        try:
+            parts = http_url(item)
+        except ValueError as exc:
+            raise ValueError(f"{item!r}: {exc}") from None
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("no user:password@ in an origin")
+        if parts.path not in ("", "/") or parts.query:
+            raise ValueError(f"{item!r}: an origin has no path or query")
+        found.append(origin(parts))
+    return _unique(found)
+
+
+def sync_keys(text: str) -> tuple[str, ...]:
+    """Comma list of configuration keys a sync may set although they are owner-only."""
+    names = _items(text, r"[A-Za-z0-9][A-Za-z0-9._-]*")
+    for name in names:
+        key = BY_NAME.get(name)
+        if key is None:
+            raise ValueError(f"{name!r} is not a configuration key")
+        if key.sync == SYNC_NEVER:
+            raise ValueError(f"{name} can never be set by a sync")
+    return _unique(names)
+
+
 def optional_url(text: str) -> str | None:
     """An http(s) URL, or empty for none."""
     if text == "":
@@ -310,29 +374,35 @@ _CRON_ALLOWED = (
 KEYS: tuple[Key, ...] = (
     # -- the original product's keys -----------------------------------------------------
     Key("service.enabled", "service_enabled", "true", boolean, "true or false",
-        "Run the gateway (true) or pause receiving and pushing (false)."),
+        "Run the gateway (true) or pause receiving and pushing (false).",
+        sync=SYNC_FREE),
     Key("receiving.server.url", "push_url", "", optional_url,
         "an http:// or https:// URL with a host, or empty",
         "Where reports are pushed (HES); user:password@ in it is used for basic auth.", required=True),
     Key("receiving.server.push.cron", "push_cron", "*/15 * * * *", cron, _CRON_ALLOWED,
-        "When reports are pushed."),
+        "When reports are pushed.",
+        sync=SYNC_FREE),
     Key("filter.manufacturer", "filter_manufacturer", "", manufacturers,
         "comma-separated 3-letter manufacturer codes (A-Z), or empty for all",
-        "Accept only telegrams from these manufacturers."),
+        "Accept only telegrams from these manufacturers.",
+        sync=SYNC_FREE),
     Key("filter.device.type", "filter_device_type", "", device_types,
         "comma-separated device types as 2 hex digits (e.g. 07,1B), or empty for all",
-        "Accept only these device types (EN 13757-3 medium codes)."),
+        "Accept only these device types (EN 13757-3 medium codes).",
+        sync=SYNC_FREE),
     Key("filter.device.id", "filter_device_id", "", meter_ids,
         "comma-separated 8-digit meter IDs, or empty for all",
-        "Allow-list of meter identities."),
+        "Allow-list of meter identities.",
+        sync=SYNC_FREE),
     Key("radio.mode", "radio_mode", "T1_C1A_C1B", one_of(RADIO_MODES, str.upper),
         " ".join(RADIO_MODES),
-        "Radio modes to receive and accept.", restart=True),
+        "Radio modes to receive and accept.", restart=True,
+        sync=SYNC_FREE),
     Key("usb.baud.rate", "baud_rate", "115200", baud_rate,
         " ".join(map(str, BAUD_RATES)),
         "Serial speed of the receiver; when not set, the speed its receiver.protocol runs at out of the box: "
         + ", ".join(f"{rate} for {name}" for name, rate in PROTOCOL_BAUD_RATES.items()) + ", else 115200.",
-        restart=True, default_by=("receiver.protocol", PROTOCOL_BAUD_RATES)),
+        restart=True, default_by=("receiver.protocol", PROTOCOL_BAUD_RATES), sync=SYNC_FREE),
     Key("sync.enabled", "sync_enabled", "false", boolean, "true or false",
         "Pull the configuration from configuration.server.url."),
     Key("configuration.server.url", "sync_url", "", optional_url,
@@ -347,9 +417,22 @@ KEYS: tuple[Key, ...] = (
     Key("configuration.server.timeout", "sync_timeout", "120", seconds(1, 600),
         "a number of seconds from 1 to 600",
         "Longest time one request of a sync may take (the .cad file, each Sync-File download,"
-        " each result notification attempt)."),
+        " each result notification attempt).",
+        sync=SYNC_FREE),
+    Key("configuration.server.allow.keys", "sync_allow_keys", "", sync_keys,
+        "comma-separated configuration keys, or empty",
+        "Owner-only keys a sync may set on this gateway (docs/fleet.md); a sync never sets this.",
+        sync=SYNC_NEVER),
+    Key("configuration.server.allow.http", "sync_allow_http", "false", boolean, "true or false",
+        "Sync over plain http:// although anyone on the path could play the configuration server;"
+        " a sync never sets this.", sync=SYNC_NEVER),
+    Key("configuration.server.allow.origins", "sync_allow_origins", "", origins,
+        "comma-separated origins such as https://files.example.net:8443, * for any public address, or empty",
+        "Where a sync may download from, be redirected to and send its result besides the configuration"
+        " server's own origin; a sync never sets this.", sync=SYNC_NEVER),
     Key("show.only.filtered", "show_only_filtered", "true", boolean, "true or false",
-        "The analyzer shows only allow-listed meters (all when the allow-list is empty)."),
+        "The analyzer shows only allow-listed meters (all when the allow-list is empty).",
+        sync=SYNC_FREE),
     # -- receiver --------------------------------------------------------------------------
     Key("receiver.protocol", "receiver_protocol", "cmex50",
         one_of(RECEIVER_PROTOCOLS, str.lower), " ".join(RECEIVER_PROTOCOLS),
@@ -363,24 +446,30 @@ KEYS: tuple[Key, ...] = (
         "Receiver address written into report records.", device_specific=True),
     Key("receiver.reconnect.seconds", "reconnect_seconds", "2", seconds(0.1, 60),
         "a number of seconds from 0.1 to 60",
-        "Longest wait between attempts to reopen a lost receiver."),
+        "Longest wait between attempts to reopen a lost receiver.",
+        sync=SYNC_FREE),
     Key("receiver.silence.minutes", "silence_minutes", "60", seconds(0, 10080),
         "a number of minutes from 0 (no alarm) to 10080",
         "A receiver that delivers no telegram this long raises the silent-receiver alarm once"
-        " and is reopened (a reset); 0 turns the alarm off."),
+        " and is reopened (a reset); 0 turns the alarm off.",
+        sync=SYNC_FREE),
     Key("simulator.meters", "simulator_meters", "300", integer(1, 100000),
         "a whole number from 1 to 100000",
-        "Number of meters the simulator receiver invents.", restart=True),
+        "Number of meters the simulator receiver invents.", restart=True,
+        sync=SYNC_FREE),
     # -- gateway identity and report -------------------------------------------------------
     Key("gateway.serial", "gateway_serial", "00000000", eight_digits, "exactly 8 digits",
         "This gateway's serial number, first field of every report line.",
-        device_specific=True),
+        device_specific=True,
+        sync=SYNC_NEVER),
     Key("gateway.wired.address", "wired_address", "0", wired_address,
         "0..255 in decimal or as 0xNN",
-        "Wired M-Bus primary address (A-field) of the report telegrams."),
+        "Wired M-Bus primary address (A-field) of the report telegrams.",
+        sync=SYNC_FREE),
     Key("report.timezone", "timezone", "UTC", time_zone,
         "an IANA time zone name such as UTC or Europe/Stockholm",
-        "Zone of report dates and of both cron schedules."),
+        "Zone of report dates and of both cron schedules.",
+        sync=SYNC_FREE),
     # -- push delivery ---------------------------------------------------------------------
     Key("receiving.server.username", "push_username", "", username,
         "text without ':', or empty",
@@ -393,26 +482,34 @@ KEYS: tuple[Key, ...] = (
         "an absolute path to a PEM file, or empty for the system CAs",
         "CA certificates that sign the HES server certificate."),
     Key("receiving.server.connect.timeout", "push_connect_timeout", "10", seconds(0.1, 300),
-        "a number of seconds from 0.1 to 300", "Connect timeout of a push."),
+        "a number of seconds from 0.1 to 300", "Connect timeout of a push.",
+        sync=SYNC_FREE),
     Key("receiving.server.read.timeout", "push_read_timeout", "30", seconds(0.1, 600),
-        "a number of seconds from 0.1 to 600", "Read timeout of a push."),
+        "a number of seconds from 0.1 to 600", "Read timeout of a push.",
+        sync=SYNC_FREE),
     Key("receiving.server.retries", "push_retries", "5", integer(0, 20),
-        "a whole number from 0 to 20", "Quick retries of a failed push before the next slot."),
+        "a whole number from 0 to 20", "Quick retries of a failed push before the next slot.",
+        sync=SYNC_FREE),
     Key("push.jitter.seconds", "push_jitter", "0", seconds(0, 300),
         "a number of seconds from 0 to 300",
-        "Random delay before each scheduled push, so many gateways do not push at once."),
+        "Random delay before each scheduled push, so many gateways do not push at once.",
+        sync=SYNC_FREE),
     # -- state and housekeeping ------------------------------------------------------------
     Key("state.directory", "state_directory", "/var/lib/wmbus-stream", absolute_path,
         "an absolute directory path",
-        "Where pending reports, analyzer data and history are kept.", restart=True),
+        "Where pending reports, analyzer data and history are kept.", restart=True,
+        sync=SYNC_NEVER),
     Key("store.flush.seconds", "flush_seconds", "5", seconds(0.1, 3600),
         "a number of seconds from 0.1 to 3600",
-        "Longest time received telegrams wait in memory before being written to disk."),
+        "Longest time received telegrams wait in memory before being written to disk.",
+        sync=SYNC_FREE),
     Key("analyzer.reset.hours", "analyzer_reset_hours", "24", integer(0, 8760),
         "a whole number of hours from 0 (never) to 8760",
-        "The analyzer resets itself this often."),
+        "The analyzer resets itself this often.",
+        sync=SYNC_FREE),
     Key("log.level", "log_level", "info", one_of(LOG_LEVELS, str.lower),
-        " ".join(LOG_LEVELS), "Lowest level of log lines written."),
+        " ".join(LOG_LEVELS), "Lowest level of log lines written.",
+        sync=SYNC_FREE),
     # -- web UI (reserved) -----------------------------------------------------------------
     Key("web.enabled", "web_enabled", "false", boolean, "true or false",
         "Serve the web UI and JSON API.", restart=True),

@@ -42,7 +42,7 @@ from ..atomic import PRIVATE, open_private, write_atomic
 from ..core.store import SCHEMA as STORE_SCHEMA_SQL
 from ..errors import ConfigError, Problem
 from . import backup as archive
-from . import model, properties, transaction
+from . import model, pemfiles, properties, transaction
 from .history import HISTORY_FILE, History, HistoryEntry
 from .history import SCHEMA as HISTORY_SCHEMA_SQL
 from .keys import BY_NAME, KEYS, MASK
@@ -191,6 +191,13 @@ class ConfigManager:
             return model.defaults()
         return self.current()
 
+    def _current_or_none(self) -> Config | None:
+        """The configuration in the file, or None when there is none or it is invalid."""
+        try:
+            return self.current() if self.config_path.exists() else None
+        except ConfigError:
+            return None
+
     def _file_text(self) -> str | None:
         try:
             return properties.read_bytes(self.config_path).decode("utf-8")
@@ -265,7 +272,8 @@ class ConfigManager:
         """Apply a configuration text and files (name inside the files folder -> content) at once.
 
         Everything is checked before anything is written: the text exactly as ``config
-        check`` would check the file, each file name and the folders on its way (no links).
+        check`` would check the file, each file name and the folders on its way (no links),
+        and every CA, certificate or key file a changed key points at (``pemfiles``).
         """
         if origin not in ORIGINS:
             raise ValueError(f"origin must be one of {', '.join(ORIGINS)}, not {origin!r}")
@@ -273,6 +281,9 @@ class ConfigManager:
         files = dict(files or {})
         with self._locked():
             problems = self._file_problems(files)
+            if not problems:
+                staged = {self.files_directory / name: data for name, data in files.items()}
+                problems = pemfiles.problems(config, self._current_or_none(), staged)
             if problems:
                 raise ConfigError(problems)
             current_text = self._file_text()
@@ -474,6 +485,14 @@ class ConfigManager:
                 with self._locked():
                     text, serial = self._adapted(text, restored, keep_serial)
                     config = model.loads(text)
+                    # CA and key files the restored configuration names, as they will be after the swap.
+                    staged: dict[Path, bytes | None] = {path: None for name, path in self._files()
+                                                        if name not in unpacked.files}
+                    staged.update({self.files_directory / name: path.read_bytes()
+                                   for name, path in unpacked.files.items()})
+                    pem_problems = pemfiles.problems(config, self._current_or_none(), staged)
+                    if pem_problems:
+                        raise ConfigError(pem_problems)
                     plan = self._restore_plan(unpacked, change_id, text)
 
                     def swap() -> None:

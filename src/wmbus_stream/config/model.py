@@ -100,6 +100,9 @@ class Config:
     sync_cron: Schedule
     sync_ca_file: Path | None
     sync_timeout: float
+    sync_allow_keys: tuple[str, ...]
+    sync_allow_http: bool
+    sync_allow_origins: tuple[str, ...]
     show_only_filtered: bool
     receiver_protocol: str
     receiver_port: str

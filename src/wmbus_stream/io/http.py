@@ -32,8 +32,12 @@ Invariants
 - TLS verification is always on: system CAs plus an optional private CA file, hostname
   checked. There is no switch to turn it off.
 - Credentials come from the arguments or the URL's user info; they are sent only as an
-  ``Authorization`` header and never appear in a log line, a result or an error message
-  (URLs are shown without user info and with the query elided).
+  ``Authorization`` header, only to the origin they came with (a redirect elsewhere drops
+  them), and never appear in a log line, a result or an error message (URLs are shown
+  without user info and with the query elided).
+- ``fetch`` and ``notify`` ask the caller's ``check`` before every request (each redirect
+  too), build TLS settings (and read the CA file) only for https requests, and give every
+  error a ``public`` wording fit for a remote party.
 - Expected failures are results (``PushResult``) or ``HttpError`` with a message naming the
   cause, logged as one line without a traceback.
 """
@@ -131,12 +135,19 @@ class Timeouts:
 
 
 class HttpError(GatewayIOError):
-    """A fetch or notify failed; the message names the cause, ``status`` the HTTP status if any."""
+    """A fetch or notify failed; the message names the cause, ``status`` the HTTP status if any.
 
-    def __init__(self, message: str, *, status: int | None = None, retryable: bool = True):
+    ``public`` is what may be told to a remote party (a sync's result): the same as the
+    message unless that holds another server's words (an excerpt of its answer) or tells
+    one way of not reaching a host from another.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, retryable: bool = True,
+                 public: str | None = None):
         super().__init__(message)
         self.status = status
         self.retryable = retryable
+        self.public = public if public is not None else message
 
     def __str__(self) -> str:
         return str(self.args[0])
@@ -196,15 +207,6 @@ def _ssl_context(ca_file: str | None) -> ssl.SSLContext:
             reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc)
             raise ValueError(f"CA file {ca_file} cannot be used: {reason}") from None
     return context
-
-
-def _pool(target: _Target, ca_file: str | None) -> urllib3.PoolManager:
-    """A pool manager with our TLS settings; the SSL context is built only for https."""
-    kwargs: dict[str, Any] = {"retries": False, "num_pools": 4, "maxsize": 1}
-    if target.scheme == "https" or ca_file:
-        kwargs["ssl_context"] = _ssl_context(ca_file)
-        kwargs["cert_reqs"] = "CERT_REQUIRED"
-    return urllib3.PoolManager(**kwargs)
 
 
 class _BodyMeter:
@@ -329,7 +331,7 @@ class _PushHTTPSPool(HTTPSConnectionPool):
 
 def _push_pool(target: _Target, ca_file: str | None, meter: _BodyMeter) -> HTTPConnectionPool:
     """A one-connection pool to the push target whose connections report to ``meter``."""
-    context = _ssl_context(ca_file) if target.scheme == "https" or ca_file else None
+    context = _ssl_context(ca_file) if target.scheme == "https" else None  # a CA file matters only for https
     parsed = parse_url(target.url)
     port = parsed.port or (443 if target.scheme == "https" else 80)
     if target.scheme == "https":
@@ -675,6 +677,40 @@ def _left(deadline: float, clock: Callable[[], float], what: str) -> float:
     return left
 
 
+def _hop_pool(target: _Target, ca_file: str | None) -> urllib3.HTTPConnectionPool:
+    """A connection pool for one request of fetch or notify; TLS settings (and the CA file) only for https."""
+    host, _, port = target.netloc.rpartition(":")
+    host = host.strip("[]")
+    if target.scheme == "https":
+        return urllib3.HTTPSConnectionPool(host, int(port), maxsize=1, retries=False,
+                                           ssl_context=_ssl_context(ca_file), cert_reqs="CERT_REQUIRED")
+    return urllib3.HTTPConnectionPool(host, int(port), maxsize=1, retries=False)
+
+
+def _origin(target: _Target) -> str:
+    return f"{target.scheme}://{target.netloc}"
+
+
+def _unreachable(what: str, exc: BaseException, netloc: str, connect_t: float, read_t: float) -> HttpError:
+    """A transport failure: the full description for the log, one wording for a remote party.
+
+    Refused, timed out, reset or unresolvable all read the same in ``public``, so a server
+    cannot use the gateway's answers to map what answers where.
+    """
+    message, retryable = _describe(exc, netloc, connect_t, read_t)
+    if message.startswith("TLS verify failed"):
+        return HttpError(f"{what}: {message}", retryable=retryable)
+    return HttpError(f"{what}: {message}", retryable=retryable,
+                     public=f"{what}: no answer (cannot connect, or the connection failed or timed out)")
+
+
+def _checked(check: Callable[[str], str | None] | None, what: str, target: _Target) -> None:
+    """Raise HttpError when the caller's policy refuses this request."""
+    reason = check(target.url) if check is not None else None
+    if reason is not None:
+        raise HttpError(f"{what}: refused: {reason}", retryable=False)
+
+
 def fetch(
     url: str,
     *,
@@ -685,70 +721,85 @@ def fetch(
     username: str | None = None,
     password: str | None = None,
     max_redirects: int = 5,
+    check: Callable[[str], str | None] | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> bytes:
     """GET a small file within a size and a total time limit; raises HttpError naming the cause.
 
-    Redirects are followed up to ``max_redirects``, never from https to http; credentials
-    are dropped when a redirect leaves the original host.
+    ``check(url)`` is asked before every request, the first one and each redirect, and says
+    why that URL may not be requested (or None): where the caller may go is its policy.
+    Redirects are followed up to ``max_redirects``, never from https to http nor to a URL
+    with user info; credentials go only to the origin (scheme, host, port) they came with.
     """
     deadline = clock() + timeouts.total
     try:
         target = _target(url, username, password)
-        pool = _pool(target, ca_file)
     except ValueError as exc:
         raise HttpError(str(exc), retryable=False) from None
-    origin = target.netloc
-    try:
-        for _hop in range(max_redirects + 1):
-            left = _left(deadline, clock, f"GET {target.display}")
-            connect_t, read_t = min(timeouts.connect, left), min(timeouts.read, left)
+    origin = _origin(target)
+    for _hop in range(max_redirects + 1):
+        what = f"GET {target.display}"
+        _checked(check, what, target)
+        left = _left(deadline, clock, what)
+        connect_t, read_t = min(timeouts.connect, left), min(timeouts.read, left)
+        try:
+            pool = _hop_pool(target, ca_file)
+        except ValueError as exc:
+            raise HttpError(f"{what}: {exc}", retryable=False) from None
+        try:
             try:
                 response = pool.urlopen(
-                    "GET", target.url, headers=_headers(target, user_agent), retries=False,
+                    "GET", parse_url(target.url).request_uri, headers=_headers(target, user_agent), retries=False,
                     redirect=False, preload_content=False, decode_content=False,
                     timeout=urllib3.Timeout(connect=connect_t, read=read_t),
                 )
             except Exception as exc:  # noqa: BLE001
-                message, retryable = _describe(exc, target.netloc, connect_t, read_t)
-                raise HttpError(f"GET {target.display}: {message}", retryable=retryable) from None
+                raise _unreachable(what, exc, target.netloc, connect_t, read_t) from None
             try:
                 if response.status in REDIRECT_STATUS:
-                    location = response.headers.get("Location")
-                    if not location:
-                        raise HttpError(f"GET {target.display}: HTTP {response.status} without Location", status=response.status)
-                    new_url = urljoin(target.url, location)
-                    try:
-                        new = _target(new_url, None, None)
-                    except ValueError as exc:
-                        message = f"GET {target.display}: redirect refused: {exc}"
-                        raise HttpError(message, status=response.status, retryable=False) from None
-                    if target.scheme == "https" and new.scheme != "https":
-                        message = f"GET {target.display}: redirect from https to http refused ({new.display})"
-                        raise HttpError(message, status=response.status, retryable=False)
-                    # Credentials go only to the host they were configured for.
-                    auth = target.authorization if new.netloc == origin else None
-                    target = _Target(new.url, new.scheme, new.netloc, new.display, auth)
+                    target = _redirect(target, response, origin, what)
                     continue
                 if response.status != 200:
                     raise HttpError(
-                        f"GET {target.display}: {_status_text(response.status, response.reason, _read_excerpt(response))}",
+                        f"{what}: {_status_text(response.status, response.reason, _read_excerpt(response))}",
                         status=response.status, retryable=response.status in RETRYABLE_STATUS or response.status >= 500,
+                        public=f"{what}: HTTP {response.status}",
                     )
                 encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
                 if encoding not in ("", "identity"):
-                    message = f"GET {target.display}: unsupported Content-Encoding {encoding!r}"
-                    raise HttpError(message, status=200, retryable=False)
+                    raise HttpError(f"{what}: unsupported Content-Encoding {encoding!r}", status=200, retryable=False,
+                                    public=f"{what}: compressed answer (only identity encoding is accepted)")
                 length = response.headers.get("Content-Length")
                 if length and length.isdigit() and int(length) > max_bytes:
-                    message = f"GET {target.display}: file of {length} bytes exceeds the limit of {max_bytes}"
+                    message = f"{what}: file of {length} bytes exceeds the limit of {max_bytes}"
                     raise HttpError(message, status=200, retryable=False)
                 return _read_limited(response, target, max_bytes, deadline, read_t, clock)
             finally:
                 response.close()
-        raise HttpError(f"GET {target.display}: more than {max_redirects} redirects", retryable=False)
-    finally:
-        pool.clear()
+        finally:
+            pool.close()
+    raise HttpError(f"GET {target.display}: more than {max_redirects} redirects", retryable=False)
+
+
+def _redirect(target: _Target, response: urllib3.BaseHTTPResponse, origin: str, what: str) -> _Target:
+    """The next request of a redirect, or HttpError when it may not be followed."""
+    status = response.status
+    location = response.headers.get("Location")
+    if not location:
+        raise HttpError(f"{what}: HTTP {status} without Location", status=status)
+    try:
+        new = _target(urljoin(target.url, location), None, None)
+    except ValueError as exc:
+        raise HttpError(f"{what}: redirect refused: {exc}", status=status, retryable=False) from None
+    if target.scheme == "https" and new.scheme != "https":
+        raise HttpError(f"{what}: redirect from https to http refused ({new.display})", status=status,
+                        retryable=False)
+    if new.authorization is not None:
+        raise HttpError(f"{what}: redirect refused: user:password@ in the Location ({new.display})",
+                        status=status, retryable=False)
+    # Credentials go only to the origin they were configured for.
+    auth = target.authorization if _origin(new) == origin else None
+    return _Target(new.url, new.scheme, new.netloc, new.display, auth)
 
 
 def _read_limited(
@@ -758,12 +809,14 @@ def _read_limited(
     deadline: float,
     read_timeout: float,
     clock: Callable[[], float],
+    method: str = "GET",
 ) -> bytes:
     """Read a body as it arrives, stopping at max_bytes or the total deadline."""
+    what = f"{method} {target.display}"
     data = bytearray()
     sock = getattr(getattr(response, "connection", None), "sock", None)
     while True:
-        left = _left(deadline, clock, f"GET {target.display}")
+        left = _left(deadline, clock, what)
         if sock is not None:
             # A server dripping one byte at a time must not outlive the total limit.
             sock.settimeout(min(read_timeout, left))
@@ -771,14 +824,13 @@ def _read_limited(
             piece = response.read1(min(65536, max_bytes + 1 - len(data)), decode_content=False)
         except Exception as exc:  # noqa: BLE001
             if clock() >= deadline:
-                raise HttpError(f"GET {target.display}: total time limit exceeded") from None
-            message, retryable = _describe(exc, target.netloc, read_timeout, read_timeout)
-            raise HttpError(f"GET {target.display}: {message}", retryable=retryable) from None
+                raise HttpError(f"{what}: total time limit exceeded") from None
+            raise _unreachable(what, exc, target.netloc, read_timeout, read_timeout) from None
         if not piece:
             return bytes(data)
         data += piece
         if len(data) > max_bytes:
-            raise HttpError(f"GET {target.display}: file exceeds the limit of {max_bytes} bytes", status=200, retryable=False)
+            raise HttpError(f"{what}: file exceeds the limit of {max_bytes} bytes", status=200, retryable=False)
 
 
 def notify(
@@ -790,35 +842,41 @@ def notify(
     user_agent: str = DEFAULT_USER_AGENT,
     username: str | None = None,
     password: str | None = None,
+    check: Callable[[str], str | None] | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> None:
     """POST a short plain-text result; acknowledged only by HTTP 200 with body ``OK``.
 
-    A trailing line break after ``OK`` is tolerated. Raises HttpError otherwise.
+    A trailing line break after ``OK`` is tolerated. ``check`` is asked first, as for
+    ``fetch``; no redirect is followed. Raises HttpError otherwise.
     """
     try:
         target = _target(url, username, password)
-        pool = _pool(target, ca_file)
     except ValueError as exc:
         raise HttpError(str(exc), retryable=False) from None
+    what = f"POST {target.display}"
+    _checked(check, what, target)
     body = text.encode("utf-8")
     headers = _headers(target, user_agent, {"Content-Type": "text/plain; charset=utf-8"})
     deadline = clock() + timeouts.total
-    left = _left(deadline, clock, f"POST {target.display}")
+    left = _left(deadline, clock, what)
     connect_t, read_t = min(timeouts.connect, left), min(timeouts.read, left)
+    try:
+        pool = _hop_pool(target, ca_file)
+    except ValueError as exc:
+        raise HttpError(f"{what}: {exc}", retryable=False) from None
     try:
         try:
             response = pool.urlopen(
-                "POST", target.url, body=body, headers=headers, retries=False, redirect=False,
-                preload_content=False, decode_content=False,
+                "POST", parse_url(target.url).request_uri, body=body, headers=headers, retries=False,
+                redirect=False, preload_content=False, decode_content=False,
                 timeout=urllib3.Timeout(connect=connect_t, read=read_t),
             )
         except Exception as exc:  # noqa: BLE001
-            message, retryable = _describe(exc, target.netloc, connect_t, read_t)
-            raise HttpError(f"POST {target.display}: {message}", retryable=retryable) from None
+            raise _unreachable(what, exc, target.netloc, connect_t, read_t) from None
         try:
             if response.status == 200:
-                answer = _read_limited(response, target, 1024, deadline, read_t, clock)
+                answer = _read_limited(response, target, 1024, deadline, read_t, clock, "POST")
             else:
                 answer = _read_excerpt(response)
         except HttpError:
@@ -828,9 +886,11 @@ def notify(
         if response.status != 200 or answer.rstrip(b"\r\n") != b"OK":
             if response.status == 200:
                 message = f"HTTP 200 but the body is {_excerpt(answer)!r}, not 'OK'"
+                public = "HTTP 200 but the body is not 'OK'"
             else:
                 message = _status_text(response.status, response.reason, answer)
-            raise HttpError(f"POST {target.display}: {message}", status=response.status, retryable=True)
+                public = f"HTTP {response.status}"
+            raise HttpError(f"{what}: {message}", status=response.status, retryable=True, public=f"{what}: {public}")
         sync_log.info("result posted to %s: acknowledged", target.display)
     finally:
-        pool.clear()
+        pool.close()

@@ -20,10 +20,14 @@ Grammar
   ``Sync-Notify-URL`` (at most once; http or https) are recovered even when another line
   is wrong, so that a 920 or 921 can still be reported to the server.
 - ``Sync-Config-<n>: <key>=<value>|<target>``: the key must be a configuration key that a
-  server may set (not ``gateway.serial`` nor ``state.directory``), the value must pass that
-  key's validator, the target must be ``/currentpluginconfig/stream.cfg``; one line per key.
+  server can ever set (not one of ``keys.SYNC_NEVER``: the serial, the state directory,
+  the owner's allow lists), the value must pass that key's validator, the target must be
+  ``/currentpluginconfig/stream.cfg``; one line per key. Whether this gateway's owner lets
+  a sync set an owner-only key is the procedure's question (it needs the local file).
 - ``Sync-File-<n>-URL: <http(s) URL>,<local name>``: the local name is a relative path
-  inside the gateway's files folder (``check_local_name``); one line per local name.
+  inside the gateway's files folder (``check_local_name``); one line per local name. No
+  ``user:password@`` in this URL nor in ``Sync-Notify-URL``: credentials belong to the
+  gateway's configuration, never to a URL a server hands out.
 - ``<n>`` is written without leading zeros; the numbers of each kind start at 0 and are
   continuous, without duplicates.
 
@@ -37,7 +41,7 @@ import re
 from dataclasses import dataclass
 
 from ..config import properties
-from ..config.keys import BY_NAME, http_url
+from ..config.keys import BY_NAME, KEYS, SYNC_NEVER, http_url
 from ..config.model import _shown
 from ..errors import WmbusStreamError
 
@@ -70,9 +74,9 @@ MAX_NAME_PART = 100
 MAX_NAME_DEPTH = 4
 
 CONFIG_TARGET = "/currentpluginconfig/stream.cfg"
-# Keys a server may not set: the identity the server itself keys on, and where this
-# gateway keeps its state (a remote path change would strand the pending telegrams).
-FORBIDDEN_KEYS = frozenset({"gateway.serial", "state.directory"})
+# Keys no server may set (keys.SYNC_NEVER): the identity the server keys on, where this
+# gateway keeps its state, and the owner's own allow lists (a sync must not widen them).
+FORBIDDEN_KEYS = frozenset(key.name for key in KEYS if key.sync == SYNC_NEVER)
 
 _SYNC_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 _CONFIG = re.compile(r"sync-config-([0-9]+)", re.IGNORECASE)
@@ -256,6 +260,13 @@ def _check_numbering(kind: str, numbers: dict[int, list[int]]) -> str | None:
     return None
 
 
+def _bare_url(url: str) -> None:
+    """An http(s) URL without user info; ValueError saying why not."""
+    parts = http_url(url)
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("user:password@ is not allowed (credentials are never taken from a server's URL)")
+
+
 def _config_line(n: int, line: _Line) -> ConfigLine:
     where = f"line {line.number}: Sync-Config-{n}"
     setting, bar, target = line.value.rpartition("|")
@@ -272,7 +283,7 @@ def _config_line(n: int, line: _Line) -> ConfigLine:
     if spec is None:
         raise ValueError(f"{where}: unknown configuration key {_printable(key)!r}")
     if key in FORBIDDEN_KEYS:
-        raise ValueError(f"{where}: {key} cannot be set by a configuration server")
+        raise ValueError(f"{where}: {key} cannot be set by a configuration server (only on the gateway)")
     try:
         spec.parse(value)
     except ValueError as exc:
@@ -289,7 +300,7 @@ def _file_line(n: int, line: _Line) -> FileLine:
         raise ValueError(f"{where}: expected '<http(s) URL>,<local file name>'")
     url, local = url.strip(_BLANKS), local.strip(_BLANKS)
     try:
-        http_url(url)
+        _bare_url(url)
     except ValueError as exc:
         raise ValueError(f"{where}: URL {_printable(_shown(None, url))!r} refused: {exc}") from None
     reason = check_local_name(local)
@@ -322,7 +333,7 @@ def parse(data: bytes) -> CadFile:
     notify_problem = None
     if len(notify_lines) == 1:
         try:
-            http_url(notify_lines[0].value)
+            _bare_url(notify_lines[0].value)
             notify_url = notify_lines[0].value
         except ValueError as exc:
             notify_problem = f"line {notify_lines[0].number}: Sync-Notify-URL refused: {exc}"

@@ -1,25 +1,34 @@
 """One configuration sync (spec section 8): fetch, check, download, apply all or nothing, report.
 
-Strategy
+Strategy (the trust model is ``trust``'s and docs/fleet.md's)
 1. GET ``configuration.server.url`` with the section 8 ``User-Agent`` (``user_agent``), TLS
    verified (system CAs plus ``configuration.server.ca.file``), connect/read/total time
-   limits and a size limit. Basic auth comes from the URL's user info, if any.
+   limits and a size limit. Basic auth comes from the URL's user info, if any. Plain http
+   is refused before any request unless the owner set ``configuration.server.allow.http``.
 2. Parse the file strictly (``cad.parse``): 920 or 921 with a reason.
-3. Build the new configuration from this gateway's file plus every ``Sync-Config`` change
-   and validate it with the same code as ``config check``.
+3. Refuse a ``Sync-Config`` line of an owner-only key the owner did not allow, build the new
+   configuration from this gateway's file plus every change, validate it with the same code
+   as ``config check``, and refuse a change that would send the HES credentials to another
+   origin.
 4. Download every ``Sync-File`` (same TLS, limits per file and in total; never from http
-   when the ``.cad`` came over https), into memory only, and check that each local name
+   when the ``.cad`` came over https; only from the configuration server's own origin or
+   one the owner allowed, each redirect checked the same way; the configuration server's
+   credentials only to its own origin), into memory only, and check that each local name
    can be written inside the files folder without following a link.
 5. Apply the configuration text and the files as one transaction
-   (``ConfigManager.apply_bundle``): everything or nothing, also across a power cut. A sync
-   identical to the last one writes nothing.
-6. POST the result to ``Sync-Notify-URL`` when the file has one: ``900``, ``920`` or
-   ``921 <error>`` on the first line, ``Sync-Id: <id>`` on the second when the file has
-   one. Only HTTP 200 with body ``OK`` acknowledges; failures that a retry may fix are
-   retried with exponential backoff and jitter, like a push, within ``notify_seconds``.
+   (``ConfigManager.apply_bundle``, which also checks every CA or key file a changed key
+   points at): everything or nothing, also across a power cut. A sync identical to the
+   last one writes nothing.
+6. POST the result to ``Sync-Notify-URL`` when the file has one and its origin is allowed:
+   ``900``, ``920`` or ``921 <error>`` on the first line, ``Sync-Id: <id>`` on the second
+   when the file has one. Only HTTP 200 with body ``OK`` acknowledges; failures that a
+   retry may fix are retried with exponential backoff and jitter, like a push, within
+   ``notify_seconds``.
 
 Invariants: nothing is written before every check has passed; the result text is one
-printable line; no secret appears in it (values of secret keys are masked).
+printable line in the gateway's own words (``HttpError.public``: no excerpt of another
+server's answer, one wording for every way of not reaching a host; ``detail`` keeps the
+full story for the log); no secret appears in it (values of secret keys are masked).
 """
 
 from __future__ import annotations
@@ -36,12 +45,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .. import __version__
+from ..config.keys import origin
 from ..config.manage import ConfigManager
 from ..config.model import Config, split_credentials
 from ..errors import ConfigError
 from ..io import http
 from ..io.http import HttpError, Timeouts
-from . import cad
+from . import cad, trust
 from .cad import RESULT_ERROR, RESULT_OK, CadError
 
 __all__ = ["SyncResult", "SyncLimits", "run_sync", "user_agent", "MODEL", "RESULT_TEXT_MAX"]
@@ -84,6 +94,7 @@ class SyncResult:
     notify_url: str | None = None
     notified: bool | None = None
     notify_error: str | None = None
+    detail: str | None = None  # the result with every local detail, for the log (``text`` is what is told)
 
     @property
     def ok(self) -> bool:
@@ -105,7 +116,7 @@ class SyncResult:
 
     def summary(self) -> str:
         """One log or status line."""
-        parts = [self.text]
+        parts = [self.detail or self.text]
         if self.sync_id:
             parts.append(f"(Sync-Id {self.sync_id})")
         if self.ok:
@@ -182,14 +193,26 @@ def run_sync(
     if files_dir is not None and Path(files_dir) != manager.files_directory:
         raise ValueError(f"files_dir must be {manager.files_directory}")
     ca_file = str(config.sync_ca_file) if config.sync_ca_file else None
+    url, username, password = split_credentials(config.sync_url) if config.sync_url else ("", None, None)
+    reach = trust.Reach.of(config)
 
-    def finish(code: int, reason: str, parsed: cad.CadFile | None = None, *, sync_id: str | None = None,
-               notify_url: str | None = None, **kw: Any) -> SyncResult:
+    def credentials(target: str) -> dict[str, str | None]:
+        """The configuration server's credentials, for its own origin only."""
+        try:
+            same = origin(target) == reach.home
+        except ValueError:
+            same = False
+        return {"username": username if same else None, "password": password if same else None}
+
+    def finish(code: int, reason: str, *, sync_id: str | None = None, notify_url: str | None = None,
+               detail: str | None = None, **kw: Any) -> SyncResult:
         text = str(code) if code == RESULT_OK else _one_line(f"{code} {reason}")
-        result = SyncResult(code, text, sync_id, started_wall, 0.0, notify_url=notify_url, **kw)
+        full = _one_line(f"{code} {detail}") if detail and detail != reason else None
+        result = SyncResult(code, text, sync_id, started_wall, 0.0, notify_url=notify_url, detail=full, **kw)
         if notify_url:
-            notified, error = _notify(notify_url, result.body(), config, ca_file, agent, limits, notify,
-                                      stop_event, sleep, clock, rand)
+            notified, error = _notify(notify_url, result.body(), config, limits, notify, stop_event, sleep, clock,
+                                      rand, ca_file=ca_file, user_agent=agent, check=reach.refused,
+                                      **credentials(notify_url))
             result = _replace(result, notified=notified, notify_error=error)
         result = _replace(result, duration=round(clock() - started, 3))
         (log.info if result.ok else log.warning)("sync: %s", result.summary())
@@ -197,20 +220,27 @@ def run_sync(
 
     if not config.sync_url:
         return finish(RESULT_ERROR, "configuration.server.url is not set")
-    url, username, password = split_credentials(config.sync_url)
+    if urlsplit(url).scheme.lower() != "https" and not config.sync_allow_http:
+        return finish(RESULT_ERROR, "configuration.server.url is plain http://, where anyone on the path can play the"
+                                    " configuration server: use https:// (or the owner sets"
+                                    " configuration.server.allow.http=true)")
     try:
         data = fetch(url, max_bytes=limits.cad_bytes, timeouts=limits.timeouts, ca_file=ca_file,
-                     user_agent=agent, username=username, password=password)
+                     user_agent=agent, username=username, password=password, check=reach.refused)
     except HttpError as exc:
-        return finish(RESULT_ERROR, f"cannot fetch the .cad file: {exc}")
+        return finish(RESULT_ERROR, f"cannot fetch the .cad file: {exc.public}",
+                      detail=f"cannot fetch the .cad file: {exc}")
     try:
         parsed = cad.parse(data)
     except CadError as exc:
         return finish(exc.code, exc.reason, sync_id=exc.sync_id, notify_url=exc.notify_url)
 
-    def refuse(reason: str) -> SyncResult:
-        return finish(RESULT_ERROR, reason, sync_id=parsed.sync_id, notify_url=parsed.notify_url)
+    def refuse(reason: str, detail: str | None = None) -> SyncResult:
+        return finish(RESULT_ERROR, reason, sync_id=parsed.sync_id, notify_url=parsed.notify_url, detail=detail)
 
+    reason = trust.refused_key(parsed, config)
+    if reason is not None:
+        return refuse(reason)
     try:
         base = manager.current()
     except ConfigError as exc:
@@ -224,6 +254,9 @@ def run_sync(
         where = f"Sync-Config-{line.n}: " if line else ""
         more = f" (and {len(exc.problems) - 1} more problems)" if len(exc.problems) > 1 else ""
         return refuse(f"{where}{first}{more}")
+    reason = trust.moved_credentials(parsed, base, new)
+    if reason is not None:
+        return refuse(reason)
 
     https_only = urlsplit(url).scheme.lower() == "https"
     downloads: dict[str, bytes] = {}
@@ -240,10 +273,10 @@ def run_sync(
         left = limits.total_bytes - total
         try:
             content = fetch(item.url, max_bytes=min(limits.file_bytes, left), timeouts=limits.timeouts,
-                            ca_file=ca_file, user_agent=agent)
+                            ca_file=ca_file, user_agent=agent, check=reach.refused, **credentials(item.url))
         except HttpError as exc:
             extra = " (all files together)" if left < limits.file_bytes else ""
-            return refuse(f"{label}: download failed: {exc}{extra}")
+            return refuse(f"{label}: download failed: {exc.public}{extra}", f"{label}: download failed: {exc}{extra}")
         total += len(content)
         downloads[item.local] = content
 
@@ -266,11 +299,11 @@ def _replace(result: SyncResult, **changes: Any) -> SyncResult:
     return SyncResult(**data)
 
 
-def _notify(url: str, body: str, config: Config, ca_file: str | None, agent: str, limits: SyncLimits,
-            notify: Callable[..., None], stop_event: threading.Event | None,
-            sleep: Callable[[float], object] | None, clock: Callable[[], float],
-            rand: Callable[[], float]) -> tuple[bool, str | None]:
-    """POST the result; retried like a push (backoff with jitter) while a retry may help."""
+def _notify(url: str, body: str, config: Config, limits: SyncLimits, notify: Callable[..., None],
+            stop_event: threading.Event | None, sleep: Callable[[float], object] | None,
+            clock: Callable[[], float], rand: Callable[[], float], **request: Any) -> tuple[bool, str | None]:
+    """POST the result (``request``: the keywords of ``http.notify``); retried like a push
+    (backoff with jitter) while a retry may help."""
     attempts = max(1, config.push_retries)
     deadline = clock() + limits.notify_seconds
     error: str | None = None
@@ -281,7 +314,7 @@ def _notify(url: str, body: str, config: Config, ca_file: str | None, agent: str
         timeouts = Timeouts(min(limits.timeouts.connect, left), min(limits.timeouts.read, left),
                             min(limits.timeouts.total, left))
         try:
-            notify(url, body, timeouts=timeouts, ca_file=ca_file, user_agent=agent)
+            notify(url, body, timeouts=timeouts, **request)
             return True, None
         except HttpError as exc:
             error = str(exc)

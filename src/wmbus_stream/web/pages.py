@@ -50,7 +50,8 @@ SETTINGS_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Gateway", ("gateway.serial", "gateway.wired.address", "report.timezone", "state.directory",
                  "store.flush.seconds", "log.level")),
     ("Configuration server", ("sync.enabled", "configuration.server.url", "configuration.server.cron",
-                              "configuration.server.ca.file")),
+                              "configuration.server.ca.file", "configuration.server.allow.keys",
+                              "configuration.server.allow.origins", "configuration.server.allow.http")),
     ("Web UI", ("web.enabled", "web.listen", "web.tls.cert", "web.tls.key", "web.metrics.public")),
 )
 CHOICES: dict[str, tuple[str, ...]] = {

@@ -1,0 +1,129 @@
+"""The sync's HTTP client at its trust boundary: credentials stay with their origin, URLs from a
+server never bring credentials, a CA file matters only for https, and errors meant for a
+remote party are in the gateway's own words. Real servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from wmbus_stream.io import http as client
+from wmbus_stream.io.http import HttpError, Timeouts
+
+pytestmark = pytest.mark.integration
+
+
+class Recorder:
+    """Plain HTTP on 127.0.0.1: ``routes`` path -> (status, headers, body); records (path, Authorization)."""
+
+    def __init__(self, routes: dict[str, tuple[int, dict[str, str], bytes]]) -> None:
+        self.seen: list[tuple[str, str | None]] = []
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                owner.seen.append((self.path, self.headers.get("Authorization")))
+                status, headers, body = routes.get(self.path, (404, {}, b"the other server's words"))
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_POST = do_GET  # noqa: N815
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def servers() -> Iterator[tuple[Recorder, Recorder]]:
+    other = Recorder({"/file": (200, {}, b"other\n")})
+    home = Recorder({"/file": (200, {}, b"home\n"), "/away": (302, {"Location": other.url + "/file"}, b""),
+                     "/creds": (302, {"Location": other.url.replace("://", "://x:y@") + "/file"}, b""),
+                     "/secret": (403, {}, b"private page of a LAN device")})
+    yield home, other
+    home.close()
+    other.close()
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def test_credentials_go_only_to_their_origin_and_a_redirect_never_brings_new_ones(servers) -> None:
+    home, other = servers
+    assert client.fetch(home.url + "/away", username="fleet", password="pw") == b"other\n"
+    assert home.seen == [("/away", basic("fleet", "pw"))] and other.seen == [("/file", None)]
+    with pytest.raises(HttpError, match=r"redirect refused: user:password@ in the Location"):
+        client.fetch(home.url + "/creds")
+    assert len(other.seen) == 1
+
+
+def test_the_callers_policy_is_asked_before_every_request(servers) -> None:
+    home, other = servers
+    asked: list[str] = []
+
+    def check(url: str) -> str | None:
+        asked.append(url)
+        return "not an allowed origin" if url.startswith(other.url) else None
+
+    with pytest.raises(HttpError, match=rf"GET {other.url}/file: refused: not an allowed origin"):
+        client.fetch(home.url + "/away", check=check)
+    assert asked == [home.url + "/away", other.url + "/file"] and other.seen == []
+    with pytest.raises(HttpError, match="refused: not an allowed origin"):
+        client.notify(other.url + "/file", "900\n", check=check)
+    assert other.seen == []
+
+
+def test_an_unusable_ca_file_does_not_stop_plain_http(servers, hes, tmp_path) -> None:
+    """A CA file that broke after it was set stops only https requests, not a sync or a push over http."""
+    home, _ = servers
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    assert client.fetch(home.url + "/file", ca_file=str(junk)) == b"home\n"
+    result = client.push(hes.url, lambda: [b"not a report line\r\n"], ca_file=str(junk), deadline=None, attempts=1)
+    assert result.status == 400, result.error  # the HES itself answered: the CA file was not in the way
+    with pytest.raises(HttpError, match=r"CA file .*junk\.pem cannot be used"):
+        client.fetch("https://127.0.0.1:9/file", ca_file=str(junk))
+
+
+def test_what_a_remote_party_is_told_never_quotes_another_server_or_tells_refused_from_silent(servers) -> None:
+    home, _ = servers
+    with pytest.raises(HttpError) as info:
+        client.fetch(home.url + "/secret")
+    assert "private page" in str(info.value) and info.value.public == f"GET {home.url}/secret: HTTP 403"
+    with pytest.raises(HttpError) as info:
+        client.notify(home.url + "/missing", "900\n")
+    assert "other server's words" in str(info.value) and info.value.public == f"POST {home.url}/missing: HTTP 404"
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(4)  # connections are accepted by the kernel, nothing ever answers
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    told = []
+    try:
+        for port in (closed, silent.getsockname()[1]):
+            with pytest.raises(HttpError) as info:
+                client.fetch(f"http://127.0.0.1:{port}/f", timeouts=Timeouts(connect=1, read=1, total=2))
+            told.append(info.value.public.replace(str(port), "PORT"))
+    finally:
+        silent.close()
+    assert told[0] == told[1] == ("GET http://127.0.0.1:PORT/f: no answer (cannot connect, or the connection"
+                                  " failed or timed out)")
