@@ -462,3 +462,27 @@ def test_a_file_cut_at_a_line_boundary_loses_a_required_key_and_is_refused(tmp_p
     assert require(defaults(), before=defaults()) == defaults()
     with pytest.raises(ConfigError):
         require(defaults(), before=before)
+
+
+SECRET = "TopSecret1"
+
+
+@pytest.mark.parametrize("text", [
+    f"receiving.server.password={SECRET}\x01\n",  # a control character
+    f"receiving.server.password={SECRET}\nreceiving.server.password={SECRET}2\n",  # defined twice
+    f"receiving.server.password {SECRET}\n",  # a line without '='
+    f"receiving.server.pasword={SECRET}\n",  # a misspelled secret key
+    f"configuration.server.password={SECRET}\x7f\n",
+    f"web.secret.token={SECRET}\n",  # an unknown key that looks like a secret
+    "receiving.server.password=" + SECRET + "\xff".encode("latin-1").decode("latin-1") + "\n",
+], ids=["control", "twice", "no-equals", "misspelled", "other-secret", "unknown-secret-like", "latin-1"])
+def test_a_secret_in_a_broken_line_is_never_shown(tmp_path: Path, text: str) -> None:
+    """Trust boundaries: problems of the file's syntax mask secrets as value problems do (they were echoed)."""
+    path = tmp_path / "stream.cfg"
+    path.write_bytes(("receiving.server.url=https://hes.example.net/in\n" + text).encode("latin-1"))
+    problems = check_file(path)
+    assert problems, "the line is refused"
+    with pytest.raises(ConfigError) as info:
+        load(path)
+    shown = "\n".join(map(str, problems)) + str(info.value)
+    assert SECRET not in shown and MASK in shown

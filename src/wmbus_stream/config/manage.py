@@ -389,7 +389,7 @@ class ConfigManager:
         """Apply an exported configuration (all or nothing); this gateway's device-specific keys stay."""
         document = properties.parse(data)
         if document.problems:
-            raise ConfigError(list(document.problems))
+            raise ConfigError([model.private(problem) for problem in document.problems])
         with self._locked():
             base = self._base()
             values: dict[str, str] = {}

@@ -201,11 +201,35 @@ _ATTRS = {f.name for f in fields(Config)} - {"raw", "explicit"}
 assert _ATTRS == {key.attr for key in KEYS}, "keys.KEYS and Config disagree"
 
 
-def _closest(name: str) -> str:
+def _closest_key(name: str) -> Key | None:
     match = difflib.get_close_matches(name.lower(), list(BY_NAME), n=1, cutoff=0.6)
-    if match:
-        return f"a known key; did you mean {match[0]!r}?"
+    return BY_NAME[match[0]] if match else None
+
+
+def _closest(name: str) -> str:
+    match = _closest_key(name)
+    if match is not None:
+        return f"a known key; did you mean {match.name!r}?"
     return "a known key (none is close to this one)"
+
+
+_SECRET_WORDS = ("pass", "secret", "token", "credential")
+
+
+def private(problem: Problem) -> Problem:
+    """``problem`` fit to print: the value of a secret, of a key that looks like one, or of a line naming one, masked.
+
+    Problems of the file's syntax (a control character, a line without ``=``, a doubled
+    key) are found before anyone knows which keys are secret: this is where they learn it.
+    """
+    text = f"{problem.key} {problem.value}".lower()
+    key = BY_NAME.get(problem.key)
+    if key is None:
+        key = _closest_key(problem.key)
+    secret = (key is not None and key.secret) or any(word in text for word in _SECRET_WORDS)
+    if secret and problem.value and problem.value != MASK:
+        return Problem(problem.key, MASK, problem.allowed)
+    return problem
 
 
 def _validate(mapping: Mapping[str, str]) -> tuple[Config | None, list[Problem]]:
@@ -218,7 +242,7 @@ def _validate(mapping: Mapping[str, str]) -> tuple[Config | None, list[Problem]]
             continue
         value = value.strip(_BLANKS)
         if key is None:
-            problems.append(Problem(str(name), _shown(None, value), _closest(str(name))))
+            problems.append(private(Problem(str(name), _shown(None, value), _closest(str(name)))))
             continue
         ch = properties.bad_character(value)
         if ch is not None:
@@ -291,7 +315,7 @@ def _read(path: str | os.PathLike[str]) -> tuple[Config | None, list[Problem]]:
     except OSError as exc:
         raise ConfigFileError(os.fspath(path), exc.strerror or exc.__class__.__name__) from None
     config, problems = _validate(document.values)
-    return (config if not document.problems else None), [*document.problems, *problems]
+    return (config if not document.problems else None), [*map(private, document.problems), *problems]
 
 
 def load(path: str | os.PathLike[str]) -> Config:
@@ -306,7 +330,7 @@ def loads(data: bytes | str) -> Config:
     """Validate a file's content exactly as ``load`` does a file; ConfigError lists every problem."""
     document = properties.parse(data)
     config, problems = _validate(document.values)
-    problems = [*document.problems, *problems]
+    problems = [*map(private, document.problems), *problems]
     if config is None or problems:
         raise ConfigError(problems)
     return config
