@@ -531,7 +531,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit:  # --help, --version, a usage error
         _signals.release()
         raise
-    if getattr(args, "func", None) is not cmd_run:
+    if getattr(args, "func", None) not in (cmd_run, cmd_demo):  # both take the kept signals over
         _signals.release()
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -23,6 +24,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from . import _signals
 from .config import model
 from .core.pipeline import tally
 from .hes import ReceiveServer, SqliteStore
@@ -117,23 +119,21 @@ class _StopSignals:
     def __init__(self) -> None:
         self.received: list[int] = []
 
-    def _note(self, signum: int, frame: object) -> None:
-        self.received.append(signum)
-
     def name(self, index: int) -> str:
         return signal.Signals(self.received[index]).name
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
-        previous = {}
-        for signum in self.SIGNALS:
-            with contextlib.suppress(ValueError):  # not in the main thread: the caller handles signals
-                previous[signum] = signal.signal(signum, self._note)
+        """The demo's handlers for the time of the block; a signal kept since the command's first line counts too."""
+        previous = {signum: signal.getsignal(signum) for signum in self.SIGNALS}
+        with contextlib.suppress(ValueError):  # not in the main thread: the caller handles signals
+            _signals.install({signum: functools.partial(self.received.append, signum) for signum in self.SIGNALS})
         try:
             yield
         finally:
             for signum, handler in previous.items():
-                signal.signal(signum, handler)
+                with contextlib.suppress(ValueError, TypeError):
+                    signal.signal(signum, handler)
 
 
 def _run(gateway: Gateway, hes: ReceiveServer, stop: _StopSignals, seconds: float) -> None:
