@@ -600,6 +600,17 @@ def test_hex_bad_lines_are_broken_frames_with_reasons() -> None:
     assert stats_of(f) == (0, 5, 0)
 
 
+def test_hex_rssi_out_of_any_receiver_range_is_a_broken_frame() -> None:
+    """Outside tester: ';-9999999999999999999' was taken as an RSSI and averaged into the analyzer."""
+    f = framer("hex")
+    good = "1844AE4C4455223368077A55000000041389E20100023B0000"
+    out = run(f, [f"{good};-9999999999999999999\n{good};51\n{good};-201\n{good};-200\n{good};50\n".encode()])
+    assert [r.error is not None for r in out] == [True, True, True, False, False]
+    assert "out of range (allowed: -200 to 50)" in out[0].error
+    assert [r.rssi_dbm for r in out[3:]] == [-200, 50]
+    assert stats_of(f) == (2, 3, 0)
+
+
 def test_hex_capture_passes_the_check_stage(vectors: list[dict]) -> None:
     capture = _hex(vectors)  # CRC-less, format A and format B lines in turn
     telegrams = [check(r).telegram for r in run(capture.framer(), [capture.data])]

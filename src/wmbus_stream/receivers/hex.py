@@ -1,7 +1,7 @@
 """The ``hex`` receiver: one telegram a line, for replays and tests.
 
 Line: hex digits (spaces between them allowed, an optional ``0x`` prefix), optionally
-followed by ``;<rssi dBm>`` (an integer, may be negative), e.g. ``2E4493...EC8A;-74``.
+followed by ``;<rssi dBm>`` (an integer from -200 to 50), e.g. ``2E4493...EC8A;-74``.
 The telegram may be an on-air frame with link CRCs (format A or B) or CRC-less; the check
 stage decides with ``wire.frame.strip_any`` (``FORMAT_AUTO``).
 
@@ -20,6 +20,7 @@ from .base import FORMAT_AUTO, Received
 __all__ = ["HexFramer", "encode"]
 
 _HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+RSSI_RANGE = range(-200, 51)  # dBm a receiver can report, with room: beyond it the number is no RSSI
 
 
 def encode(frame: bytes, *, rssi_dbm: int | None = None) -> bytes:
@@ -54,6 +55,9 @@ class HexFramer(LineFramer):
                 rssi = int(rssi_text.strip())
             except ValueError:
                 return [self._broken(f"hex: RSSI {rssi_text.strip()!r} is not an integer dBm")]
+            if rssi not in RSSI_RANGE:
+                return [self._broken(f"hex: RSSI {rssi} dBm is out of range (allowed: {RSSI_RANGE.start}"
+                                     f" to {RSSI_RANGE.stop - 1})")]
         digits = "".join(digits.split())
         if digits[:2].lower() == "0x":
             digits = digits[2:]
