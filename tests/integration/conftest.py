@@ -90,6 +90,16 @@ def finishes(call: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
     return outcome.get("value")
 
 
+def caught(pid: int, sig: int) -> bool:
+    """Whether process ``pid`` has a handler for ``sig`` (the SigCgt mask of /proc/PID/status)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(int(mask, 16) >> (sig - 1) & 1)
+
+
 def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 10.0, *,
              interval: float = 0.05, context: Callable[[], str] | None = None) -> Any:
     """Poll ``predicate`` until it returns something truthy (returned) or fail after ``timeout``."""

@@ -232,21 +232,11 @@ def test_the_progress_line_adds_up_after_a_filter_change(start_demo) -> None:
     assert not folder.exists()
 
 
-def _caught(pid: int, sig: int) -> bool:
-    """Whether process ``pid`` has a handler for ``sig`` (the SigCgt mask of /proc/PID/status)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    mask = next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:"))
-    return bool(int(mask, 16) >> (sig - 1) & 1)
-
-
 def test_a_sigterm_before_the_demo_is_ready_is_a_clean_stop(start_demo) -> None:
     """Outside tester: a SIGTERM in the first half second ended the demo with 143 and no word."""
     demo = start_demo()
     # The first moment program code holds SIGTERM (the command's first line), long before the demo is set up.
-    gwkit.wait_for(lambda: _caught(demo.process.pid, signal.SIGTERM) or demo.process.poll() is not None,
+    gwkit.wait_for(lambda: gwkit.caught(demo.process.pid, signal.SIGTERM) or demo.process.poll() is not None,
                    "a SIGTERM handler in the demo", 30, interval=0.001)
     demo.signal(signal.SIGTERM)
     status = demo.exit_status("on an early SIGTERM")

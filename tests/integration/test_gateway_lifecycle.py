@@ -27,6 +27,7 @@ from gwkit import (
     Hang,
     Respond,
     assert_report,
+    caught,
     cron_at,
     pairs,
     run_cli,
@@ -384,23 +385,13 @@ def test_replay_prints_the_expected_report(source, config, tmp_path) -> None:
 # Signals from the first instant, configuration files that could block, file modes
 
 
-def _caught(pid: int, sig: int) -> bool:
-    """Whether process ``pid`` has a handler for ``sig`` (the SigCgt mask of /proc/PID/status)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    mask = next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:"))
-    return bool(int(mask, 16) >> (sig - 1) & 1)
-
-
 def test_sighup_from_the_first_instant_never_kills_the_gateway_and_is_applied_once_ready(config, pty_receiver, hes, gateway) -> None:
     """Field readiness #4: SIGHUPs from process start on (before the heavy imports) queue a reload."""
     config.write({"receiver.port": str(pty_receiver.link), "receiving.server.url": hes.url})
     gw = gateway(config, wait=False)
     # Python itself needs a few milliseconds before any program code runs; from the moment the
     # command's first line has run, nothing of the gateway may have started yet.
-    wait_for(lambda: _caught(gw.pid, signal.SIGHUP) or not gw.alive(), "a SIGHUP handler", 15, interval=0.001)
+    wait_for(lambda: caught(gw.pid, signal.SIGHUP) or not gw.alive(), "a SIGHUP handler", 15, interval=0.001)
     assert gw.alive(), gw.tail()
     assert not config.state.exists(), "the SIGHUP handler came only after the gateway had begun to start"
     sent = 0
@@ -419,7 +410,7 @@ def test_sighup_from_the_first_instant_never_kills_the_gateway_and_is_applied_on
 def test_sigterm_before_the_gateway_is_ready_is_a_clean_stop(config, pty_receiver, hes, gateway) -> None:
     config.write({"receiver.port": str(pty_receiver.link), "receiving.server.url": hes.url})
     gw = gateway(config, wait=False)
-    wait_for(lambda: _caught(gw.pid, signal.SIGTERM) or not gw.alive(), "a SIGTERM handler", 15, interval=0.001)
+    wait_for(lambda: caught(gw.pid, signal.SIGTERM) or not gw.alive(), "a SIGTERM handler", 15, interval=0.001)
     assert not config.state.exists(), "the SIGTERM handler came only after the gateway had begun to start"
     gw.send_signal(signal.SIGTERM)
     assert gw.wait_exit() == 0, gw.tail()

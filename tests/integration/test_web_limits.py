@@ -22,6 +22,7 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
+from web_harness import fresh_limiter  # noqa: F401  (autouse)
 from web_harness import ADMIN, PASSWORD, WebGateway, free_port, start_gateway, wait_until
 
 import gwkit
@@ -114,13 +115,6 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebGateway]:
         yield running
     finally:
         running.close()
-
-
-@pytest.fixture(autouse=True)
-def fresh_limiter(request: pytest.FixtureRequest) -> Iterator[None]:
-    yield
-    if "gw" in request.fixturenames:
-        request.getfixturevalue("gw").web.limiter.clear()
 
 
 def head(port: int) -> bytes:

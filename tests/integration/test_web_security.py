@@ -32,6 +32,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
+from web_harness import fresh_limiter  # noqa: F401  (autouse)
 from web_harness import ADMIN, HES_SECRET, HES_USER, PASSWORD, Browser, WebGateway, browser, start_gateway, wait_until  # noqa: F401
 
 import gwkit
@@ -125,14 +126,6 @@ def gw(tmp_path_factory: pytest.TempPathFactory, logs: Captured, receiver: gwkit
         yield running
     finally:
         running.close()
-
-
-@pytest.fixture(autouse=True)
-def fresh_limiter(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Every test starts and ends without failed logins counted against 127.0.0.1."""
-    yield
-    if "gw" in request.fixturenames:
-        request.getfixturevalue("gw").web.limiter.clear()
 
 
 def basic(user: str, password: str) -> dict[str, str]:
