@@ -149,7 +149,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     path = args.file or args.config or DEFAULT_CONFIG
     try:
-        config = model.load(path)
+        config = model.require(model.load(path))  # what run would refuse, check refuses
     except ConfigFileError:
         raise
     except ConfigError as exc:

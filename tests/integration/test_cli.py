@@ -156,7 +156,8 @@ def test_the_doc_table_covers_every_exit_code() -> None:
 @pytest.mark.parametrize(("command", "code", "out", "err"), doc_table(), ids=[row[0] for row in doc_table()])
 def test_exit_codes_and_streams_are_as_docs_cli_md_says(tmp_path: Path, command: str, code: int, out: str,
                                                         err: str) -> None:
-    (tmp_path / "valid.cfg").write_text(f"receiver.protocol=hex\nstate.directory={tmp_path / 'state'}\n")
+    (tmp_path / "valid.cfg").write_text(f"receiver.protocol=hex\nstate.directory={tmp_path / 'state'}\n"
+                                        f"receiving.server.url=http://127.0.0.1:{free_port()}/in\n")
     (tmp_path / "invalid.cfg").write_text(f"radio.mode=T2\nstate.directory={tmp_path / 'state'}\n")
     words = shlex.split(command)
     assert words[0] == "wmbus-stream"
@@ -219,11 +220,11 @@ def test_bench_table_and_json() -> None:
 @pytest.mark.parametrize(("protocol", "rate"), [("im871a", 57600), ("amb8465", 9600), ("cmex50", 115200)])
 def test_config_check_says_which_baud_rate_is_in_effect(tmp_path: Path, protocol: str, rate: int) -> None:
     path = tmp_path / "stream.cfg"
-    path.write_text(f"receiver.protocol={protocol}\n")
+    path.write_text(f"receiver.protocol={protocol}\nreceiving.server.url=https://hes.example.net/in\n")
     run = wmbus("config", "check", str(path))
     assert run.code == 0 and run.err == "", run
     assert f"usb.baud.rate {rate} Bd: the default for receiver.protocol={protocol}" in run.out, run
-    path.write_text(f"receiver.protocol={protocol}\nusb.baud.rate=19200\n")
+    path.write_text(f"receiver.protocol={protocol}\nusb.baud.rate=19200\nreceiving.server.url=https://hes.example.net/in\n")
     run = wmbus("config", "check", "--config", str(path))
     assert run.code == 0 and "usb.baud.rate 19200 Bd: set in the file" in run.out, run
 
@@ -248,7 +249,8 @@ def test_the_gateway_opens_an_im871a_at_57600_unless_told_otherwise(config: Conf
 @covers("config show", "config set", "config export", "config import", "config history", "config revert")
 def test_config_management_outputs(tmp_path: Path) -> None:
     path = tmp_path / "stream.cfg"
-    path.write_text(f"state.directory={tmp_path / 'state'}\nreceiving.server.password=hunter22\n")
+    path.write_text(f"state.directory={tmp_path / 'state'}\nreceiving.server.password=hunter22\n"
+                    "receiving.server.url=https://hes.example.net/in\n")
     cfg = ("--config", str(path))
 
     run = wmbus("config", "show", *cfg)

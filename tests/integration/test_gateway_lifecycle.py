@@ -567,7 +567,7 @@ def test_a_file_cut_before_receiving_server_url_is_refused_by_check_run_and_relo
     mark = gw.mark()
     config.write_raw(cut)
     checked = run_cli("config", "check", str(config.path))
-    assert checked.returncode == 3 and message in checked.stdout.decode(), checked.stdout
+    assert checked.returncode == 3 and message in checked.stderr.decode(), checked.stderr
     gw.send_signal(signal.SIGHUP)
     gw.wait_log(re.escape(f"reload refused: {message}"), after=mark)
     gw.wait_log("keeping the running configuration", after=mark)
