@@ -235,7 +235,7 @@ def test_concurrent_wrong_guesses_keep_the_gateway_memory_bounded(
         config: gwkit.ConfigFile, gateway: object) -> None:
     port = free_port()
     config.write({"receiver.protocol": "simulator", "simulator.meters": "5", "web.enabled": "true",
-                  "web.listen": f"127.0.0.1:{port}"})
+                  "web.listen": f"127.0.0.1:{port}", "receiving.server.url": f"http://127.0.0.1:{free_port()}/in"})
     write_password(config.state, ADMIN, PASSWORD)
     cred = Credential.parse((config.state / auth.PASSWORD_FILE).read_text())
     process = gateway(config)  # type: ignore[operator]

@@ -19,6 +19,7 @@ import json
 import logging
 import re
 import socket
+import sqlite3
 import ssl
 import stat
 import tarfile
@@ -419,6 +420,9 @@ def hostile_backup(gw: WebGateway, tmp: Path) -> bytes:
         saved.flush()
     finally:
         saved.close()
+    edited = sqlite3.connect(folder / archive.STORE_MEMBER)  # as the gateway's backups hold it: no WAL
+    edited.execute("PRAGMA journal_mode=DELETE")
+    edited.close()
     out = io.BytesIO()
     archive.write(out, [(name, folder / name) for name in names], gateway_serial=gw.gateway.config.gateway_serial)
     return out.getvalue()
