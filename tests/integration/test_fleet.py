@@ -121,9 +121,8 @@ def cli(config: ConfigFile, *args: str) -> subprocess.CompletedProcess[bytes]:
 
 
 def manufacturer(telegram: bytes) -> str:
-    """The manufacturer letters as the filter compares them: the whole 16-bit M field."""
-    code = int.from_bytes(telegram[2:4], "little")
-    return manufacturer_letters(code) if code < 0x8000 else f"{manufacturer_letters(code)}+bit15"
+    """The manufacturer letters as the filter compares them: the M-field's low 15 bits (bit 15 is no letter)."""
+    return manufacturer_letters(int.from_bytes(telegram[2:4], "little") & 0x7FFF)
 
 
 def expected_user_agent(serial: str) -> str:
