@@ -622,8 +622,7 @@ def test_kill_9_while_a_sync_is_applied_leaves_the_old_or_the_new_configuration(
 
     # Random instants around the end of a run, where the apply is (the start is mostly Python's).
     outcomes = {"old": 0, "new": 0}
-    deadline = time.monotonic() + 8
-    while time.monotonic() < deadline:
+    for _ in range(6):  # a number of rounds, not a time: a loaded machine runs fewer in a given time
         fresh()
         delay = random.uniform(0.5, 1.05) * full_run
         process = subprocess.Popen([sys.executable, "-m", "wmbus_stream", "sync", "now", "--config", str(config.path)],
@@ -632,7 +631,7 @@ def test_kill_9_while_a_sync_is_applied_leaves_the_old_or_the_new_configuration(
         process.send_signal(signal.SIGKILL)
         process.wait()
         outcomes[check(f"kill after {delay:.3f} s")] += 1
-    assert sum(outcomes.values()) >= 5, outcomes
+    assert sum(outcomes.values()) == 6, outcomes
 
 
 # -------------------------------------------------------------------------------------------
