@@ -20,6 +20,9 @@ Strategy
   exponential backoff and full jitter (``BACKOFF_BASE`` doubling up to ``BACKOFF_CAP``), or
   after exactly ``Retry-After`` when the server sends one. Other statuses, TLS verification
   failures and a bad configuration are not retried in this interval: a retry cannot fix them.
+- Only the final status counts: interim answers (1xx other than 101, RFC 9110 §15.2) and
+  their headers are skipped within ``INTERIM_MAX`` bytes together (``_FinalResponse``, the
+  response class of every connection here); 101 is a final status, hence a failure.
 - A wait never ends past ``deadline`` (the next cron tick, on the ``clock`` scale): the push
   stops instead and the caller's store keeps the report for that tick. Connect and read
   timeouts of an attempt are shortened to the time left before the deadline.
@@ -38,6 +41,8 @@ Invariants
 - ``fetch`` and ``notify`` ask the caller's ``check`` before every request (each redirect
   too), build TLS settings (and read the CA file) only for https requests, and give every
   error a ``public`` wording fit for a remote party.
+- Text from the peer (status reason, body excerpt, Location, library messages quoting peer
+  bytes) enters a message only through ``text.printable``: escaped, one line, bounded.
 - Expected failures are results (``PushResult``) or ``HttpError`` with a message naming the
   cause, logged as one line without a traceback.
 """
