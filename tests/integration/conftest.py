@@ -331,6 +331,7 @@ class Respond:
 
     status: int
     headers: Mapping[str, str] = field(default_factory=dict)
+    raw: bytes | None = None  # the answer's exact bytes instead of a status line and headers
 
 
 @dataclass(frozen=True)
@@ -462,7 +463,8 @@ class ScriptedHes:
                 return
             reply = f"HTTP/1.1 {status} Scripted\r\nConnection: close\r\nContent-Length: 0\r\n"
             reply += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
-            conn.sendall(reply.encode("latin-1"))
+            raw = action.raw if isinstance(action, Respond) else None
+            conn.sendall(reply.encode("latin-1") if raw is None else raw)
             request.answered = status
         except OSError:
             pass

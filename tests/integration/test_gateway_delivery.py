@@ -276,3 +276,27 @@ def test_burst_from_800_meters_keeps_exactly_the_latest_of_each(config, pty_rece
     assert counts["39999999"] == 100
     assert {counts[f"{30000000 + m}"] for m in range(800)} == {rounds}
     assert gw.alive()
+
+
+def test_hostile_status_lines_reach_the_gateway_log_escaped_and_bounded(config, pty_receiver, scripted_hes, gateway) -> None:
+    """A HES's status line is peer text: NUL, ESC, CR and 5000 bytes of reason must not reach the
+    log raw (they forged lines and drove the terminal through the BadStatusLine message)."""
+    hostile = b"\x00\x01\x1b[2J\x1b]0;owned\x07\rforged: push acknowledged " + b"R" * 5000
+    server = scripted_hes(Respond(0, raw=b"HTTP/1.1 2" + hostile + b"\r\n\r\n"),
+                          Respond(0, raw=b"HTTP/1.1 500 " + hostile + b"\r\nContent-Length: 0\r\n\r\n"),
+                          listening=False)
+    config.write({"receiver.port": str(pty_receiver.link), "receiving.server.url": server.url,
+                  "receiving.server.retries": "0"})
+    gw = gateway(config)
+    gw.wait_connected()
+    telegrams = vector_telegrams(3)
+    pty_receiver.write(b"".join(CMEX50.encode(t) for t in telegrams))
+    gw.wait_ok(len(telegrams))
+    server.listen()
+    for _ in range(2):
+        gw.push_by_hand().join(120)
+    gw.wait_log(r"HTTP 500 \\x00\\x01\\x1b\[2J")
+    gw.wait_log(r"not HTTP: BadStatusLine: HTTP/1.1 2\\x00\\x01\\x1b\[2J")
+    for line in gw.log():
+        assert line.isascii() and line.isprintable() and len(line) < 1200, repr(line[:300])
+    assert not gw.find(r"^forged")

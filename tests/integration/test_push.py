@@ -72,6 +72,8 @@ class Respond:
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
     hold: float = 0.0  # keep the connection open this long after answering (ignoring Connection: close)
+    interim: bytes = b""  # interim (1xx) answers sent before the final one
+    reset: bool = False  # reset the connection after answering instead of closing it
 
 
 @dataclass(frozen=True)
@@ -162,7 +164,10 @@ class RawServer:
             reason = http.server.BaseHTTPRequestHandler.responses.get(action.status, ("",))[0]
             head = f"HTTP/1.1 {action.status} {reason}\r\nContent-Length: {len(action.body)}\r\nConnection: close\r\n"
             head += "".join(f"{k}: {v}\r\n" for k, v in action.headers.items())
-            conn.sendall(head.encode() + b"\r\n" + action.body)
+            conn.sendall(action.interim + head.encode() + b"\r\n" + action.body)
+            if action.reset:
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                return
             self._stop.wait(action.hold)
 
     @staticmethod
@@ -428,9 +433,9 @@ def test_2xx_before_the_whole_body_was_read_acknowledges_nothing(where: str, raw
     (seen,) = server.seen
     assert len(seen.body) == after  # the HES did stop there
     assert not result.ok and result.status == 200 and result.retryable
-    assert result.error.startswith("HES answered HTTP 200 ") and result.error.endswith(": not acknowledged, kept")
+    assert result.error.startswith("HES answered HTTP 200 ") and ": not acknowledged, kept" in result.error
     assert "acknowledged:" not in caplog.text
-    assert re.search(r"attempt 1/1 failed: HES answered HTTP 200 .*not acknowledged, kept; giving up", caplog.text)
+    assert re.search(r"attempt 1/1 failed: HES answered HTTP 200 .*: not acknowledged, kept.*; giving up", caplog.text)
     if result.bytes_sent < len(factory.body):  # the cut came while the gateway was still sending
         assert f"after {result.bytes_sent} of {len(factory.body)} bytes" in result.error
 
@@ -460,6 +465,88 @@ def test_push_asks_the_hes_to_close_and_a_server_keeping_it_open_still_acknowled
     result = client.push(server.url, factory, attempts=1, read_timeout=0.3, deadline=None)
     assert result.ok and result.status == 204 and result.bytes_sent == len(factory.body)
     assert server.seen[0].headers["connection"] == "close" and server.seen[0].complete
+
+
+PROCESSING = b"HTTP/1.1 102 Processing\r\n\r\n"
+EARLY_HINTS = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\nLink: </a.js>; rel=preload\r\n\r\n"
+INTERIM = {
+    "102": PROCESSING,
+    "103 with headers": EARLY_HINTS,
+    "100 then 102 then 103": b"HTTP/1.1 100 Continue\r\n\r\n" + PROCESSING + EARLY_HINTS,
+    "fifty 102": PROCESSING * 50,
+    "199 unknown": b"HTTP/1.1 199 Whatever\r\nX-A: 1\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("interim", list(INTERIM))
+def test_interim_1xx_answers_are_skipped_and_the_final_2xx_acknowledges(interim: str, raw_server, caplog) -> None:
+    """RFC 9110 §15.2: a client skips interim answers; a HES saying 102 Processing before its
+    200 was taken for a failed push ("HTTP 102 Processing; not retried") and resent forever."""
+    factory = Factory(report(50))
+    server = raw_server(Respond(200, interim=INTERIM[interim]))
+    caplog.set_level(logging.INFO, logger="wmbus_stream.push")
+    result = client.push(server.url, factory, attempts=1, read_timeout=5, deadline=None)
+    assert result.ok and result.status == 200 and result.bytes_sent == len(factory.body), result.error
+    assert server.seen[0].complete and "acknowledged: HTTP 200" in caplog.text
+
+
+def test_interim_answer_before_a_failure_status_keeps_the_failure(raw_server) -> None:
+    server = raw_server(Respond(503, {"Retry-After": "7"}, interim=PROCESSING), Respond(204, interim=EARLY_HINTS))
+    waits: list[float] = []
+    result = client.push(server.url, Factory(report(5)), attempts=2, deadline=None, sleep=waits.append)
+    assert result.ok and result.status == 204 and result.attempts == 2 and waits == [7.0]
+
+
+def test_101_is_not_interim_and_fails_the_push(raw_server) -> None:
+    server = raw_server(Respond(101, {"Upgrade": "h2c"}))
+    result = client.push(server.url, Factory(report(5)), attempts=1, deadline=None)
+    assert not result.ok and result.status == 101 and result.error.startswith("HTTP 101 ")
+
+
+def test_interim_answers_without_end_are_bounded_and_fail_the_push(raw_server) -> None:
+    flood = PROCESSING * (client.INTERIM_MAX // len(PROCESSING) + 10)
+    server = raw_server(Respond(200, interim=flood))
+    result = client.push(server.url, Factory(report(5)), attempts=1, read_timeout=5, deadline=None)
+    assert not result.ok and result.retryable
+    assert f"more than {client.INTERIM_MAX} bytes of interim (1xx) answers" in result.error
+
+
+def test_interim_answers_are_skipped_by_fetch_and_notify(raw_server) -> None:
+    server = raw_server(Respond(200, body=b"Sync-Mode: server\n", interim=PROCESSING + EARLY_HINTS),
+                        Respond(200, body=b"OK", interim=PROCESSING))
+    assert client.fetch(server.url) == b"Sync-Mode: server\n"
+    client.notify(server.url, "900 Sync-Id: 7")
+    assert server.seen[1].body == b"900 Sync-Id: 7"
+
+
+def test_reset_after_a_2xx_to_a_whole_body_says_what_is_known(raw_server) -> None:
+    """The HES read everything, answered 200 and reset: it may have stored the report, so the
+    message must not claim it did not read the body; the report is kept (a duplicate at worst)."""
+    factory = Factory(report(50))
+    server = raw_server(Respond(200, reset=True))
+    result = client.push(server.url, factory, attempts=1, read_timeout=5, deadline=None)
+    assert server.seen[0].complete and server.seen[0].body == factory.body
+    assert not result.ok and result.status == 200 and result.retryable
+    assert result.error == ("HES answered HTTP 200 but reset the connection after answering:"
+                            " not acknowledged, kept (a duplicate at worst)")
+
+
+def test_peer_text_in_errors_is_escaped_and_bounded(raw_server) -> None:
+    """Status lines and bodies come from the HES: control bytes never reach a message raw."""
+    hostile = "\x00\x01\x1b[2J\rforged line " + "R" * 5000
+    for raw in (f"HTTP/1.1 500 {hostile}\r\n\r\n", f"HTTP/1.1 5{hostile}\r\n\r\n"):
+        server = raw_server(Respond(200, interim=raw.encode("latin-1")))
+        result = client.push(server.url, Factory(report(5)), attempts=1, deadline=None)
+        assert not result.ok and "\\x00\\x01\\x1b[2J\\rforged line RRR" in result.error, result.error
+        assert result.error.isascii() and result.error.isprintable() and len(result.error) < 1000
+        with pytest.raises(HttpError) as caught:
+            client.fetch(server.url)
+        message = str(caught.value)
+        assert "\\x00\\x01\\x1b" in message and message.isascii() and message.isprintable() and len(message) < 1000
+    server = raw_server(Respond(418, body=b"\x1b]0;title\x07" + b"B" * 5000))
+    result = client.push(server.url, Factory(report(5)), attempts=1, deadline=None)
+    assert result.error.startswith("HTTP 418 I'm a Teapot: \\x1b]0;title\\x07BBB")
+    assert result.error.isascii() and result.error.isprintable() and len(result.error) < 1000
 
 
 def test_body_generator_ending_in_an_error_after_a_2xx_cannot_acknowledge(raw_server) -> None:

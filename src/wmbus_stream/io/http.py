@@ -20,6 +20,9 @@ Strategy
   exponential backoff and full jitter (``BACKOFF_BASE`` doubling up to ``BACKOFF_CAP``), or
   after exactly ``Retry-After`` when the server sends one. Other statuses, TLS verification
   failures and a bad configuration are not retried in this interval: a retry cannot fix them.
+- Only the final status counts: interim answers (1xx other than 101, RFC 9110 §15.2) and
+  their headers are skipped within ``INTERIM_MAX`` bytes together (``_FinalResponse``, the
+  response class of every connection here); 101 is a final status, hence a failure.
 - A wait never ends past ``deadline`` (the next cron tick, on the ``clock`` scale): the push
   stops instead and the caller's store keeps the report for that tick. Connect and read
   timeouts of an attempt are shortened to the time left before the deadline.
@@ -38,6 +41,8 @@ Invariants
 - ``fetch`` and ``notify`` ask the caller's ``check`` before every request (each redirect
   too), build TLS settings (and read the CA file) only for https requests, and give every
   error a ``public`` wording fit for a remote party.
+- Text from the peer (status reason, body excerpt, Location, library messages quoting peer
+  bytes) enters a message only through ``text.printable``: escaped, one line, bounded.
 - Expected failures are results (``PushResult``) or ``HttpError`` with a message naming the
   cause, logged as one line without a traceback.
 """
@@ -76,6 +81,7 @@ from urllib3.util import parse_url
 
 from .. import __version__
 from ..errors import GatewayIOError
+from ..text import printable
 
 __all__ = [
     "PushResult",
@@ -106,6 +112,8 @@ MIN_TIMEOUT = 0.5
 ERROR_EXCERPT = 300
 # After a 2xx at most this much more is read while waiting for the HES to close the connection.
 DRAIN_MAX = 64 * 1024
+# Interim answers (1xx but 101) before the final one may take at most this many bytes together.
+INTERIM_MAX = 64 * 1024
 RETRYABLE_STATUS = frozenset({408, 429})
 REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
 
@@ -193,7 +201,8 @@ def _target(url: str, username: str | None, password: str | None) -> _Target:
     netloc = f"{parsed.host}:{port}"
     path = parsed.path or "/"
     clean = parsed._replace(scheme=scheme, auth=None, fragment=None, path=path)
-    display = f"{scheme}://{netloc}{path}" + ("?..." if parsed.query else "")
+    # Shown in every message; after a redirect it comes from the server's Location.
+    display = printable(f"{scheme}://{netloc}{path}", 300) + ("?..." if parsed.query else "")
     return _Target(clean.url, scheme, netloc, display, authorization)
 
 
@@ -207,6 +216,41 @@ def _ssl_context(ca_file: str | None) -> ssl.SSLContext:
             reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc)
             raise ValueError(f"CA file {ca_file} cannot be used: {reason}") from None
     return context
+
+
+class _FinalResponse(http.client.HTTPResponse):
+    """An answer whose status is the final one: interim 1xx answers (not 101) are skipped, RFC 9110 §15.2."""
+
+    def _read_status(self) -> tuple[str, int, str]:
+        budget = INTERIM_MAX
+        while True:
+            version, status, reason = super()._read_status()
+            if not 100 <= status < 200 or status == 101:
+                return version, status, reason
+            budget -= len(version) + len(reason) + 5
+            while budget >= 0:  # its header lines, up to the empty line
+                line = self.fp.readline(budget + 1)
+                budget -= len(line)
+                if line in (b"\r\n", b"\n", b""):
+                    break
+            if budget < 0:
+                raise http.client.HTTPException(f"more than {INTERIM_MAX} bytes of interim (1xx) answers")
+
+
+class _HTTPConnection(HTTPConnection):
+    response_class = _FinalResponse
+
+
+class _HTTPSConnection(HTTPSConnection):
+    response_class = _FinalResponse
+
+
+class _HTTPPool(HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
 
 
 class _BodyMeter:
@@ -281,14 +325,15 @@ class _BodyMeter:
         except TimeoutError:
             pass
         except OSError as exc:
-            return f"and then {'reset' if isinstance(exc, ConnectionResetError) else 'broke'} the connection" \
-                   " (it had not read the whole body)"
+            # It may have read and stored everything: all that is known is that it did not close cleanly.
+            how = "reset" if isinstance(exc, ConnectionResetError) else f"broke ({exc.strerror or type(exc).__name__})"
+            return f"but {how} the connection after answering: not acknowledged, kept (a duplicate at worst)"
         try:
             unacked = struct.unpack("i", fcntl.ioctl(wire.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
         except OSError:
             unacked = 0  # no send-queue figure on this socket: the clean close has to do
         if unacked:
-            return f"and closed the connection with {unacked} bytes of the body not received"
+            return f"and closed the connection with {unacked} bytes of the body not received: not acknowledged, kept"
         return None
 
     def close(self) -> None:
@@ -313,11 +358,11 @@ class _MeteredConnection:
         self._meter.sent(self.sock, len(data))  # type: ignore[attr-defined]
 
 
-class _MeteredHTTPConnection(_MeteredConnection, HTTPConnection):
+class _MeteredHTTPConnection(_MeteredConnection, _HTTPConnection):
     pass
 
 
-class _MeteredHTTPSConnection(_MeteredConnection, HTTPSConnection):
+class _MeteredHTTPSConnection(_MeteredConnection, _HTTPSConnection):
     pass
 
 
@@ -363,7 +408,7 @@ def _describe(exc: BaseException, netloc: str, connect_timeout: float, read_time
         return next((e for e in chain if isinstance(e, kind)), None)
 
     if (e := first(ssl.SSLCertVerificationError)) is not None:
-        reason = getattr(e, "verify_message", None) or getattr(e, "reason", None) or str(e)
+        reason = printable(getattr(e, "verify_message", None) or getattr(e, "reason", None) or str(e))
         return f"TLS verify failed: {reason} (server {netloc}; set the CA file if it uses a private CA)", False
     if first(ConnectionRefusedError) is not None:
         return f"connection refused by {netloc} (is the server running and listening there?)", True
@@ -376,19 +421,21 @@ def _describe(exc: BaseException, netloc: str, connect_timeout: float, read_time
     if first((TimeoutError, socket.timeout)) is not None:
         return f"timeout: {netloc} stopped reading the upload for {connect_timeout:g} s", True
     if (e := first(ssl.SSLError)) is not None:
-        return f"TLS handshake with {netloc} failed: {getattr(e, 'reason', None) or e}", True
+        return f"TLS handshake with {netloc} failed: {printable(str(getattr(e, 'reason', None) or e))}", True
     if first(http.client.RemoteDisconnected) is not None:
         return f"connection closed by {netloc} before it answered", True
     if first((ConnectionResetError, BrokenPipeError, ConnectionAbortedError)) is not None:
         return f"connection reset by {netloc} during the request", True
     if first(http.client.IncompleteRead) is not None:
         return f"connection closed by {netloc} in the middle of its answer", True
+    if (e := first(http.client.HTTPException)) is not None:
+        return f"{netloc} answered what is not HTTP: {type(e).__name__}: {printable(str(e))}", True
     if isinstance(e := first(OSError), OSError) and e.strerror:
         return f"cannot connect to {netloc}: {e.strerror}", True
     if first(NewConnectionError) is not None:
         return f"cannot connect to {netloc}", True
     inner = chain[-1]
-    return f"connection to {netloc} failed: {type(inner).__name__}: {inner}", True
+    return f"connection to {netloc} failed: {type(inner).__name__}: {printable(str(inner))}", True
 
 
 def _retry_after(value: str | None, now_wall: float) -> float | None:
@@ -408,10 +455,8 @@ def _retry_after(value: str | None, now_wall: float) -> float | None:
 
 
 def _excerpt(data: bytes) -> str:
-    """A short, printable, one-line excerpt of an error body."""
-    text = data[:ERROR_EXCERPT].decode("utf-8", "replace")
-    text = " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
-    return text + ("..." if len(data) > ERROR_EXCERPT else "")
+    """A short, printable, one-line excerpt of an error body (line breaks and runs of blanks as one space)."""
+    return printable(b" ".join(data[:ERROR_EXCERPT + 1].split()), ERROR_EXCERPT)
 
 
 def _read_excerpt(response: urllib3.BaseHTTPResponse) -> bytes:
@@ -423,7 +468,7 @@ def _read_excerpt(response: urllib3.BaseHTTPResponse) -> bytes:
 
 
 def _status_text(status: int, reason: str | None, body: bytes) -> str:
-    text = f"HTTP {status}" + (f" {reason}" if reason else "")
+    text = f"HTTP {status}" + (f" {printable(reason)}" if reason else "")
     excerpt = _excerpt(body)
     return f"{text}: {excerpt}" if excerpt else text
 
@@ -532,13 +577,12 @@ def _post_once(
                 _read_excerpt(response)  # the start of its answer; peer_problem reads on to the close
                 problem = meter.peer_problem(read_timeout)
                 if problem is not None:
-                    message = f"HES answered HTTP {status} {problem}: not acknowledged, kept"
-                    return _Attempt(False, status, message, True, None, meter.written)
+                    return _Attempt(False, status, f"HES answered HTTP {status} {problem}", True, None, meter.written)
                 return _Attempt(True, status, None, False, None, meter.written)
             excerpt = _read_excerpt(response)
             message = _status_text(status, response.reason, excerpt)
             if status in REDIRECT_STATUS:
-                message += f" (redirect to {response.headers.get('Location', '?')!r} not followed for a push; fix the URL)"
+                message += f" (redirect to '{printable(response.headers.get('Location', '?'))}' not followed for a push; fix the URL)"
             retryable = status in RETRYABLE_STATUS or 500 <= status < 600
             retry_after = _retry_after(response.headers.get("Retry-After"), time.time()) if retryable else None
             return _Attempt(False, status, message, retryable, retry_after, meter.written)
@@ -682,9 +726,9 @@ def _hop_pool(target: _Target, ca_file: str | None) -> urllib3.HTTPConnectionPoo
     host, _, port = target.netloc.rpartition(":")
     host = host.strip("[]")
     if target.scheme == "https":
-        return urllib3.HTTPSConnectionPool(host, int(port), maxsize=1, retries=False,
-                                           ssl_context=_ssl_context(ca_file), cert_reqs="CERT_REQUIRED")
-    return urllib3.HTTPConnectionPool(host, int(port), maxsize=1, retries=False)
+        return _HTTPSPool(host, int(port), maxsize=1, retries=False,
+                          ssl_context=_ssl_context(ca_file), cert_reqs="CERT_REQUIRED")
+    return _HTTPPool(host, int(port), maxsize=1, retries=False)
 
 
 def _origin(target: _Target) -> str:
@@ -790,7 +834,7 @@ def _redirect(target: _Target, response: urllib3.BaseHTTPResponse, origin: str, 
     try:
         new = _target(urljoin(target.url, location), None, None)
     except ValueError as exc:
-        raise HttpError(f"{what}: redirect refused: {exc}", status=status, retryable=False) from None
+        raise HttpError(f"{what}: redirect refused: {printable(str(exc))}", status=status, retryable=False) from None
     if target.scheme == "https" and new.scheme != "https":
         raise HttpError(f"{what}: redirect from https to http refused ({new.display})", status=status,
                         retryable=False)
@@ -885,7 +929,7 @@ def notify(
             response.close()
         if response.status != 200 or answer.rstrip(b"\r\n") != b"OK":
             if response.status == 200:
-                message = f"HTTP 200 but the body is {_excerpt(answer)!r}, not 'OK'"
+                message = f"HTTP 200 but the body is '{_excerpt(answer)}', not 'OK'"
                 public = "HTTP 200 but the body is not 'OK'"
             else:
                 message = _status_text(response.status, response.reason, answer)

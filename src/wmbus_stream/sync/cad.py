@@ -44,6 +44,7 @@ from ..config import properties
 from ..config.keys import BY_NAME, KEYS, SYNC_NEVER, http_url
 from ..config.model import _shown
 from ..errors import WmbusStreamError
+from ..text import printable
 
 __all__ = [
     "CadError",
@@ -141,12 +142,6 @@ class CadFile:
         return next((c for c in self.configs if c.key == key), None)
 
 
-def _printable(text: str, limit: int = 60) -> str:
-    """A server-controlled string as it may appear in a one-line reason."""
-    text = "".join(ch if ch.isprintable() else "?" for ch in text)
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
 def check_local_name(name: str) -> str | None:
     """Why ``name`` cannot be a file inside the files folder, or None when it can.
 
@@ -179,9 +174,9 @@ def check_local_name(name: str) -> str | None:
         return f"more than {MAX_NAME_DEPTH} folder levels in the local file name"
     for part in parts:
         if part.startswith("."):
-            return f"hidden name {_printable(part)!r} (starting with '.') in the local file name"
+            return f"hidden name '{printable(part)}' (starting with '.') in the local file name"
         if len(part) > MAX_NAME_PART or not _PART.fullmatch(part):
-            return (f"{_printable(part)!r} in the local file name: only letters, digits, '.', '_'"
+            return (f"'{printable(part)}' in the local file name: only letters, digits, '.', '_'"
                     f" and '-' are allowed, at most {MAX_NAME_PART} per part")
     return None
 
@@ -235,7 +230,7 @@ def _lines(data: bytes) -> tuple[list[_Line], str | None, str | None]:
         name = name.strip(_BLANKS)
         if not sep or not _NAME.fullmatch(name):
             if misshapen is None:
-                misshapen = f"{where}: expected 'Name: value', got {_printable(stripped)!r}"
+                misshapen = f"{where}: expected 'Name: value', got '{printable(stripped)}'"
             continue
         lines.append(_Line(number, name, value.strip(_BLANKS)))
     return lines, unreadable, misshapen
@@ -274,21 +269,21 @@ def _config_line(n: int, line: _Line) -> ConfigLine:
         raise ValueError(f"{where}: expected 'key=value|{CONFIG_TARGET}'")
     target = target.strip(_BLANKS)
     if target != CONFIG_TARGET:
-        raise ValueError(f"{where}: target {_printable(target)!r} is not allowed (only {CONFIG_TARGET})")
+        raise ValueError(f"{where}: target '{printable(target)}' is not allowed (only {CONFIG_TARGET})")
     key, eq, value = setting.partition("=")
     key, value = key.strip(_BLANKS), value.strip(_BLANKS)
     if not eq or not _KEY.fullmatch(key):
         raise ValueError(f"{where}: expected 'key=value|{CONFIG_TARGET}'")
     spec = BY_NAME.get(key)
     if spec is None:
-        raise ValueError(f"{where}: unknown configuration key {_printable(key)!r}")
+        raise ValueError(f"{where}: unknown configuration key '{printable(key)}'")
     if key in FORBIDDEN_KEYS:
         raise ValueError(f"{where}: {key} cannot be set by a configuration server (only on the gateway)")
     try:
         spec.parse(value)
     except ValueError as exc:
         detail = f" ({exc})" if str(exc) else ""
-        shown = _printable(_shown(spec, value))
+        shown = printable(_shown(spec, value))
         raise ValueError(f"{where}: {key}: invalid value {shown!r}; allowed: {spec.allowed}{detail}") from None
     return ConfigLine(n, line.number, key, value)
 
@@ -302,7 +297,7 @@ def _file_line(n: int, line: _Line) -> FileLine:
     try:
         _bare_url(url)
     except ValueError as exc:
-        raise ValueError(f"{where}: URL {_printable(_shown(None, url))!r} refused: {exc}") from None
+        raise ValueError(f"{where}: URL '{printable(_shown(None, url))}' refused: {exc}") from None
     reason = check_local_name(local)
     if reason is not None:
         raise ValueError(f"{where}: {reason}")
@@ -350,7 +345,7 @@ def parse(data: bytes) -> CadFile:
     if len(modes) > 1:
         raise refuse(RESULT_ERROR, f"Sync-Mode appears more than once (lines {', '.join(str(m.number) for m in modes)})")
     if modes[0].value != "server":
-        raise refuse(RESULT_MODE, f"Sync-Mode is {_printable(modes[0].value)!r}, not 'server'")
+        raise refuse(RESULT_MODE, f"Sync-Mode is '{printable(modes[0].value)}', not 'server'")
     if unreadable is not None or misshapen is not None:
         raise refuse(RESULT_ERROR, str(unreadable or misshapen))
     for name in ("sync-id", "sync-notify-url"):
@@ -359,7 +354,7 @@ def parse(data: bytes) -> CadFile:
             label = found[0].name
             raise refuse(RESULT_ERROR, f"{label} appears more than once (lines {', '.join(str(f.number) for f in found)})")
     if id_lines and sync_id is None:
-        raise refuse(RESULT_ERROR, f"line {id_lines[0].number}: Sync-Id {_printable(id_lines[0].value)!r} is not"
+        raise refuse(RESULT_ERROR, f"line {id_lines[0].number}: Sync-Id '{printable(id_lines[0].value)}' is not"
                                    " allowed (1-64 letters, digits, '.', '_', ':' or '-')")
     if notify_problem is not None:
         raise refuse(RESULT_ERROR, notify_problem)
@@ -382,7 +377,7 @@ def parse(data: bytes) -> CadFile:
                 file_numbers.setdefault(n, []).append(line.number)
                 file_lines.append((n, line))
             else:
-                raise ValueError(f"line {line.number}: unknown line {_printable(line.name)!r}")
+                raise ValueError(f"line {line.number}: unknown line '{printable(line.name)}'")
     except ValueError as exc:
         raise refuse(RESULT_ERROR, str(exc)) from None
     if len(config_lines) > MAX_CONFIGS:

@@ -51,6 +51,7 @@ from ..config.model import Config, split_credentials
 from ..errors import ConfigError
 from ..io import http
 from ..io.http import HttpError, Timeouts
+from ..text import printable
 from . import cad, trust
 from .cad import RESULT_ERROR, RESULT_OK, CadError
 
@@ -157,8 +158,8 @@ _default_user_agent = user_agent
 
 
 def _one_line(text: str) -> str:
-    text = " ".join("".join(ch if ch.isprintable() else " " for ch in text).split())
-    return text if len(text) <= RESULT_TEXT_MAX else text[: RESULT_TEXT_MAX - 3] + "..."
+    """The result text: one line of printable ASCII (see ``text.printable``), at most RESULT_TEXT_MAX."""
+    return printable(" ".join(text.split()), RESULT_TEXT_MAX - 3)
 
 
 def _display(url: str) -> str:
