@@ -791,6 +791,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return False
         finally:
             self.reader.stop()
+        self.continued = False  # for this request: no 100 Continue sent yet
         problem = _head_problem(self.headers)
         if problem is not None:
             self.server.app._refuse_head(self, problem)
@@ -1247,14 +1248,10 @@ class ReceiveServer:
     def _handle_post(self, handler: _Handler) -> None:
         client = handler.client_address[0]
         request_path = handler.path.split("?", 1)[0]
-        handler.continued = False
-
-        def summary(status: int, error: str | None, lines: Sequence[ReportLine] = (), new: int = 0) -> None:
-            self._tell(handler, status, error, lines, new)
 
         def refuse(status: int, error: str, text: str, headers: dict[str, str] | None = None) -> None:
             log.info("POST %s from %s: %d %s; nothing stored", request_path, client, status, error)
-            summary(status, error)
+            self._tell(handler, status, error)
             self._refuse_early(handler, status, text, headers)
 
         # Everything up to the 100 Continue is decided from the request head alone (its
@@ -1304,20 +1301,20 @@ class ReceiveServer:
             lines = parser.finish()
         except ReportError as exc:
             log.info("POST %s from %s: 400 %s; nothing stored", request_path, client, exc)
-            summary(400, str(exc))
+            self._tell(handler, 400, str(exc))
             self._reply(handler, 400, f"{exc}\n")  # the body has ended: the connection stays usable
             return
         try:
             new_readings, new_heard = self.store.add(lines)
         except Exception as exc:  # noqa: BLE001  (the gateway keeps the report and retries)
             log.error("POST from %s: storing %d lines failed: %s", client, len(lines), exc)
-            summary(500, f"storage failed: {exc}")
+            self._tell(handler, 500, f"storage failed: {exc}")
             self._reply(handler, 500, f"storage failed: {exc}\n")
             return
         long_form = sum(line.long_form for line in lines)
         self._count(posts=1, lines=len(lines), readings=new_readings, heard=new_heard, long_form=long_form)
         # Reported before the answer, so a log reader sees POSTs in the order clients saw them.
-        summary(self.ok_status, None, lines, new_readings)
+        self._tell(handler, self.ok_status, None, lines, new_readings)
         if self.ok_status == 204:
             self._reply(handler, 204)
         else:
