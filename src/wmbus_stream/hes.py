@@ -2,17 +2,26 @@
 
 Strategy
 - A stdlib ``ThreadingHTTPServer`` (one thread per connection, HTTP/1.1 keep-alive) with a
-  connection cap (``max_connections``): a connection over it gets no thread; one shared
-  thread answers it ``503`` with ``Retry-After`` (over TLS it is closed, since an answer
-  would need a handshake). The stdlib does not decode ``Transfer-Encoding: chunked`` request
-  bodies, so the handler decodes them itself; ``Content-Length`` bodies are accepted too (a
-  buffering proxy such as nginx turns the gateway's chunked POST into one). A request with
-  both is refused (request smuggling).
+  connection cap in all (``max_connections``) and per source address (``per_address``, an
+  IPv6 /64 counting as one): a connection over either gets no thread; one shared thread
+  answers it ``503`` with ``Retry-After`` (over TLS it is closed, since an answer would need
+  a handshake). A client must not hold its thread without sending a request: the TLS
+  handshake and each request head, idle keep-alive time before it included, have one
+  deadline in all (``head_seconds``, not a timeout per byte); a late head is answered
+  ``408``, an idle connection is closed.
+- The head decides how the body is framed, so it must say it once: a second
+  Content-Length, Transfer-Encoding, Host or Authorization, a Content-Length that is not
+  ASCII digits, both Content-Length and Transfer-Encoding, a folded or malformed header
+  line are ``400`` and the connection is closed (request smuggling). The stdlib does not
+  decode ``Transfer-Encoding: chunked`` request bodies, so the handler decodes them itself;
+  ``Content-Length`` bodies are accepted too (a buffering proxy such as nginx turns the
+  gateway's chunked POST into one).
 - TLS, when configured, is negotiated in the connection's own thread, so a client that
   connects and never completes a handshake cannot stall the accept loop.
 - Path and credentials are checked from the request head, before any body byte is read:
   ``Expect: 100-continue`` is answered only after them, and a refusal closes the connection.
-  Authentication is the command line's default (``--no-auth`` turns it off).
+  Authentication is the command line's default (``--no-auth`` turns it off); an empty user
+  name or a blank password is refused when the server is made, never served.
 - A body is read in pieces and validated line by line as it arrives (spec section 5): five
   fields, 8-digit gateway serial, 8 hex-digit meter ID, ``YYYY-MM-DD hh:mm:ss``, ``00``,
   even-length uppercase hex holding a wired RSP_UD telegram (C=08, CI=72, optional receiver
@@ -32,6 +41,8 @@ Invariants
   fsynced write (JSON lines, truncated back on failure), and the 2xx answer is sent only
   after that returned. A 2xx therefore means durable, so the gateway may forget the lines.
 - Credentials are compared in constant time and never logged.
+- Every answer goes through ``_reply`` (the busy ``503`` through ``_Server``), which counts
+  each refusal by status, so the command line's summary counts every refused request.
 """
 
 from __future__ import annotations
@@ -42,6 +53,7 @@ import binascii
 import contextlib
 import hashlib
 import hmac
+import io
 import json
 import logging
 import os
@@ -60,10 +72,12 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from email.message import Message
 from typing import Any, BinaryIO, Protocol
 
 from . import __version__
 from .errors import FrameError
+from .io.connections import DeadlineReader, Late, source_of
 from .wire import LONG_FORM, check_telegram, parse_header
 from .wire.header import manufacturer_letters
 
@@ -86,6 +100,8 @@ __all__ = [
     "main",
     "DEFAULT_MAX_BODY",
     "DEFAULT_MAX_CONNECTIONS",
+    "HEAD_SECONDS",
+    "check_credentials",
     "ReportParser",
 ]
 
@@ -93,6 +109,8 @@ log = logging.getLogger("wmbus_stream.hes")
 
 DEFAULT_MAX_BODY = 256 * 1024 * 1024
 DEFAULT_MAX_CONNECTIONS = 64
+# The TLS handshake, and each request head with the idle keep-alive time before it.
+HEAD_SECONDS = 10.0
 # The longest report line accepted: a valid one has at most about 620 characters.
 MAX_REPORT_LINE = 1024
 # A body is read and validated in pieces of at most this size.
@@ -109,6 +127,9 @@ _SERIAL = re.compile(r"[0-9]{8}")
 _METER_ID = re.compile(r"[0-9A-Fa-f]{8}")
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}")
 _HEX = re.compile(r"[0-9A-F]*")
+_LENGTH = re.compile(r"[0-9]{1,15}")
+# Headers that must come at most once: they decide the body's framing, the target or who is asking.
+_SINGLE_HEADERS = ("Content-Length", "Transfer-Encoding", "Host", "Authorization")
 
 # Optional receiver records of the wired telegram, in the only order allowed (spec section 2).
 _RECORDS: tuple[tuple[bytes, int, str], ...] = (
@@ -615,7 +636,9 @@ def open_store(db: str | None = None, jsonl: str | None = None) -> SqliteStore |
 @dataclass(frozen=True, slots=True)
 class ReceiveStats:
     """Counters since start: accepted POSTs, lines (long form among them), new readings and
-    heard_by rows, refused POSTs, unauthorized POSTs, connections turned away over the cap."""
+    heard_by rows; refused requests (every answer of 400 or more, connections turned away
+    included) in all and ``refused`` by status; of them unauthorized POSTs and connections
+    turned away over a cap (``busy``)."""
 
     posts: int = 0
     lines: int = 0
@@ -625,6 +648,7 @@ class ReceiveStats:
     unauthorized: int = 0
     long_form: int = 0
     busy: int = 0
+    refused: tuple[tuple[int, int], ...] = ()  # (status, count), by status
 
 
 @dataclass(frozen=True, slots=True)
@@ -638,6 +662,9 @@ class PostSummary:
     new_readings: int
     gateways: tuple[str, ...]
     error: str | None = None
+
+
+_COUNTERS = tuple(name for name in ReceiveStats.__slots__ if name != "refused")
 
 
 class _BadBody(Exception):
@@ -703,6 +730,25 @@ def _chunked_pieces(rfile: _Reader, limit: int) -> Iterator[bytes]:
     raise _BadBody("too many trailer lines")
 
 
+def _head_problem(headers: Message) -> str | None:
+    """What makes a request head ambiguous about its body, target or sender (request smuggling); None if nothing."""
+    if headers.defects or headers.get_payload():
+        return "a header line is not 'Name: value' (no space may come before the colon)"
+    for name in _SINGLE_HEADERS:
+        count = len(headers.get_all(name) or ())
+        if count > 1:
+            return f"{name} is given {count} times; send it once"
+    if any("\r" in value or "\n" in value for value in headers.values()):
+        return "a header is folded onto a following line; send each header on one line"
+    length = headers.get("Content-Length")
+    if length is not None:
+        if headers.get("Transfer-Encoding") is not None:
+            return "both Content-Length and Transfer-Encoding; send one of them"
+        if not _LENGTH.fullmatch(length.strip(" \t")):
+            return f"Content-Length {ascii(length[:20])} is not a number of bytes in ASCII digits"
+    return None
+
+
 class _Handler(BaseHTTPRequestHandler):
     """Request handler; the work is in ReceiveServer so it can be configured per instance."""
 
@@ -710,7 +756,55 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = f"wmbus-stream-hes/{__version__}"
     sys_version = ""
     server: _Server
+    reader: DeadlineReader
     continued = False  # 100 Continue sent for the current request
+    # Until a request line is parsed (an answer to a late or broken first head needs them).
+    requestline, request_version, command = "", "HTTP/1.1", ""
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()  # the plain socket file, replaced by one that keeps deadlines
+        self.reader = DeadlineReader(self.connection, self.server.app.timeout)
+        self.rfile = io.BufferedReader(self.reader)
+
+    def handle_one_request(self) -> None:
+        # The head, with the idle time before it, must be complete within head_seconds: a
+        # client sending a byte now and then does not keep its thread (parse_request stops
+        # the clock before the body).
+        seconds = self.server.app.head_seconds
+        self.reader.start(seconds)
+        try:
+            super().handle_one_request()
+        except Late:
+            self.close_connection = True
+            if self.reader.got:  # a late head gets 408; an idle connection is just closed
+                log.info("%s did not send a request head within %g s; connection closed", self.client_address[0], seconds)
+                with contextlib.suppress(OSError):
+                    self.server.app._reply(self, 408, f"the request head did not arrive within {seconds:g} s\n",
+                                           close=True)
+        finally:
+            self.reader.stop()
+
+    def parse_request(self) -> bool:
+        try:
+            if not super().parse_request():
+                return False
+        finally:
+            self.reader.stop()
+        self.continued = False  # for this request: no 100 Continue sent yet
+        problem = _head_problem(self.headers)
+        if problem is not None:
+            self.server.app._refuse_head(self, problem)
+            return False
+        return True
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """A malformed request line or head: a short plain-text answer (not http.server's HTML), then close."""
+        reason = (message or self.responses.get(code, ("error",))[0]).encode("ascii", "backslashreplace").decode()
+        log.info("%s: %d %s", self.client_address[0], code, reason[:200])
+        # parse_request leaves HTTP/0.9 (no status line, no headers) until it has read a version.
+        self.request_version = self.protocol_version
+        self.server.app._reply(self, code, f"bad request: {reason[:200]}\n", close=True)
 
     def do_POST(self) -> None:  # noqa: N802  (http.server's naming)
         self.server.app._handle_post(self)
@@ -738,28 +832,34 @@ class _Busy:
 
     MAX_OPEN = 256
 
-    def __init__(self, answer: bytes | None) -> None:
-        self._answer = answer  # None: close without an answer (TLS would need a handshake)
-        self._new: queue.SimpleQueue[socket.socket] = queue.SimpleQueue()
+    def __init__(self, answers: bool) -> None:
+        self._answers = answers  # False: close without an answer (TLS would need a handshake)
+        self._new: queue.SimpleQueue[tuple[socket.socket, bytes] | None] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="hes-busy", daemon=True)
         self._thread.start()
 
-    def refuse(self, sock: socket.socket) -> None:
-        self._new.put(sock)
+    def refuse(self, sock: socket.socket, reason: str) -> None:
+        """Answer ``sock`` 503 saying ``reason`` and close it."""
+        text = f"busy: {reason}; retry later\n"
+        answer = (
+            "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            f"Content-Length: {len(text)}\r\nConnection: close\r\n\r\n{text}"
+        ).encode("ascii")
+        self._new.put((sock, answer))
 
     def close(self) -> None:
         self._stop.set()
-        self._new.put(None)  # type: ignore[arg-type]  (wakes the thread)
+        self._new.put(None)  # wakes the thread
         self._thread.join(5)
 
-    def _admit(self, sock: socket.socket, waiting: dict[socket.socket, tuple[float, int]]) -> None:
-        if self._answer is None or len(waiting) >= self.MAX_OPEN:
+    def _admit(self, sock: socket.socket, answer: bytes, waiting: dict[socket.socket, tuple[float, int]]) -> None:
+        if not self._answers or len(waiting) >= self.MAX_OPEN:
             _close(sock)
             return
         try:
             sock.setblocking(False)
-            sock.send(self._answer)
+            sock.send(answer)
             sock.shutdown(socket.SHUT_WR)
         except OSError:
             _close(sock)
@@ -770,10 +870,10 @@ class _Busy:
         waiting: dict[socket.socket, tuple[float, int]] = {}
         while not self._stop.is_set():
             try:
-                sock = self._new.get(timeout=0.05 if waiting else None)
-                while sock is not None:
-                    self._admit(sock, waiting)
-                    sock = self._new.get_nowait()
+                item = self._new.get(timeout=0.05 if waiting else None)
+                while item is not None:
+                    self._admit(*item, waiting)
+                    item = self._new.get_nowait()
             except queue.Empty:
                 pass
             if not waiting:
@@ -805,7 +905,7 @@ def _close(sock: socket.socket) -> None:
 
 
 class _Server(ThreadingHTTPServer):
-    """ThreadingHTTPServer with TLS per connection, a connection cap and a registry of connections."""
+    """ThreadingHTTPServer with TLS per connection, connection caps (in all, per address) and a registry of connections."""
 
     daemon_threads = True
 
@@ -815,39 +915,52 @@ class _Server(ThreadingHTTPServer):
         self.connections: set[socket.socket] = set()
         self.connections_lock = threading.Lock()
         self.active = 0  # accepted connections with a thread, TLS handshake included
-        text = f"busy: {app.max_connections} connections are open, the most this HES serves; retry later\n"
-        answer = (
-            "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Type: text/plain; charset=utf-8\r\n"
-            f"Content-Length: {len(text)}\r\nConnection: close\r\n\r\n{text}"
-        ).encode("ascii")
-        self.busy = _Busy(None if app._ssl is not None else answer)
+        self.held: dict[str, int] = {}  # of them per source (connections.source_of)
+        self.busy = _Busy(answers=app._ssl is None)
         # The socket timeout of every connection (idle keep-alive, slow bodies) is per server.
         handler = type("_TimedHandler", (_Handler,), {"timeout": app.timeout})
         super().__init__(address, handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        with self.connections_lock:
-            admitted = self.active < self.app.max_connections
-            if admitted:
-                self.active += 1
-        if not admitted:
-            self.app._count(busy=1)
-            log.info("connection from %s turned away: %d connections open", client_address[0], self.app.max_connections)
-            self.busy.refuse(request)
+        source = source_of(client_address[0])
+        refused = self._admit(source)
+        if refused is not None:
+            self.app._count(busy=1, refused=503)
+            log.info("connection from %s turned away: %s", client_address[0], refused)
+            self.busy.refuse(request, refused)
             return
         try:
             super().process_request(request, client_address)
         except BaseException:
-            with self.connections_lock:
-                self.active -= 1
+            self._release(source)
             raise
+
+    def _admit(self, source: str) -> str | None:
+        """Take a connection slot for ``source``; why not, when it may not have one."""
+        app = self.app
+        with self.connections_lock:
+            held = self.held.get(source, 0)
+            if self.active >= app.max_connections:
+                return f"{self.active} connections are open, the most this HES serves"
+            if held >= app.per_address:
+                return f"{held} connections from this address are open, the most one address may have"
+            self.held[source] = held + 1
+            self.active += 1
+            return None
+
+    def _release(self, source: str) -> None:
+        with self.connections_lock:
+            self.active -= 1
+            if self.held[source] <= 1:
+                del self.held[source]
+            else:
+                self.held[source] -= 1
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            with self.connections_lock:
-                self.active -= 1
+            self._release(source_of(client_address[0]))
 
     def server_close(self) -> None:
         super().server_close()
@@ -865,7 +978,10 @@ class _Server(ThreadingHTTPServer):
         conn = request
         if context is not None:
             try:
+                # The handshake's timeout is one deadline for all of it (ssl's do_handshake).
+                request.settimeout(self.app.head_seconds)
                 conn = context.wrap_socket(request, server_side=True)
+                conn.settimeout(self.app.timeout)
             except (ssl.SSLError, OSError) as exc:
                 log.info("TLS handshake with %s failed: %s", client_address[0], getattr(exc, "reason", None) or exc)
                 return
@@ -888,6 +1004,11 @@ class _Server(ThreadingHTTPServer):
             log.exception("unexpected error serving %s", client_address[0])
 
 
+def default_per_address(max_connections: int) -> int:
+    """Connections one address may hold unless told: half the cap, so one address cannot hold all."""
+    return max(1, max_connections // 2)
+
+
 def _split_listen(listen: str) -> tuple[str, int]:
     """``host:port``, ``[v6]:port`` or ``port`` -> (host, port)."""
     text = listen.strip()
@@ -900,6 +1021,20 @@ def _split_listen(listen: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or int(port) > 65535:
         raise ValueError(f"--listen {listen!r} is not HOST:PORT")
     return host or "0.0.0.0", int(port)
+
+
+def check_credentials(username: str | None, password: str | None) -> None:
+    """Refuse credentials that would let anyone in or that no client can send: ValueError says which."""
+    if (username is None) != (password is None):
+        raise ValueError("basic auth needs both a user name and a password")
+    if username is None or password is None:
+        return
+    if not username.strip():
+        raise ValueError("the basic-auth user name is empty; give the name the gateways push as")
+    if ":" in username:
+        raise ValueError(f"the basic-auth user name {username!r} holds ':', which basic auth cannot carry")
+    if not password.strip():
+        raise ValueError("the basic-auth password is empty or only blanks; give the password the gateways push with")
 
 
 class ReceiveServer:
@@ -918,18 +1053,22 @@ class ReceiveServer:
         path: str | None = None,
         max_body: int = DEFAULT_MAX_BODY,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        per_address: int | None = None,
         ok_status: int = 204,
         timeout: float = 60.0,
+        head_seconds: float = HEAD_SECONDS,
         on_post: Callable[[PostSummary], None] | None = None,
     ):
-        if (username is None) != (password is None):
-            raise ValueError("basic auth needs both a username and a password")
+        check_credentials(username, password)
         if tls_key is not None and tls_cert is None:
             raise ValueError("a TLS key needs its certificate")
         if ok_status not in (200, 204):
             raise ValueError("ok_status must be 200 or 204")
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
+        per_address = default_per_address(max_connections) if per_address is None else per_address
+        if not 1 <= per_address <= max_connections:
+            raise ValueError(f"per_address must be 1 to max_connections ({max_connections})")
         self.host = host
         self._requested_port = port
         self._owns_store = store is None
@@ -946,6 +1085,8 @@ class ReceiveServer:
         self.path = path
         self.max_body = max_body
         self.max_connections = max_connections
+        self.per_address = per_address
+        self.head_seconds = head_seconds
         self.ok_status = ok_status
         self.timeout = timeout
         self.on_post = on_post
@@ -1016,23 +1157,32 @@ class ReceiveServer:
         with self._stats_lock:
             return self._stats
 
-    def _count(self, **increments: int) -> None:
+    def _count(self, refused: int | None = None, **increments: int) -> None:
+        """Add to the counters; ``refused`` is the status of a refusal (counted in ``rejected`` too)."""
         with self._stats_lock:
-            values = {name: getattr(self._stats, name) + increments.get(name, 0) for name in ReceiveStats.__slots__}
-            self._stats = ReceiveStats(**values)
+            stats = self._stats
+            values = {name: getattr(stats, name) + increments.get(name, 0) for name in _COUNTERS}
+            by_status = dict(stats.refused)
+            if refused is not None:
+                values["rejected"] += 1
+                by_status[refused] = by_status.get(refused, 0) + 1
+            self._stats = ReceiveStats(**values, refused=tuple(sorted(by_status.items())))
 
     # -- requests -----------------------------------------------------------------------------
 
     def _reply(
         self, handler: _Handler, status: int, text: str = "", headers: dict[str, str] | None = None, *, close: bool = False
     ) -> None:
-        """Send a plain-text answer with a Content-Length so keep-alive works."""
+        """Send a plain-text answer with a Content-Length so keep-alive works; count it if it refuses."""
+        if status >= 400:
+            self._count(refused=status)
         body = text.encode("utf-8")
         handler.send_response(status)
         for name, value in (headers or {}).items():
             handler.send_header(name, value)
         if status != 204:
             handler.send_header("Content-Type", "text/plain; charset=utf-8")
+            handler.send_header("X-Content-Type-Options", "nosniff")
             handler.send_header("Content-Length", str(len(body)))
         if close:
             handler.send_header("Connection", "close")
@@ -1076,46 +1226,48 @@ class ReceiveServer:
         secret_ok = hmac.compare_digest(secret, want_secret)
         return bool(sep) and user_ok and secret_ok
 
+    def _tell(self, handler: _Handler, status: int, error: str | None, lines: Sequence[ReportLine] = (),
+              new: int = 0) -> None:
+        """Report what became of a POST to ``on_post`` (the command line's log)."""
+        if self.on_post is None or handler.command != "POST":
+            return
+        gateways = tuple(dict.fromkeys(line.gateway for line in lines))
+        path = handler.path.split("?", 1)[0]
+        try:
+            self.on_post(PostSummary(handler.client_address[0], path, status, len(lines), new, gateways, error))
+        except Exception:  # a broken observer must not turn a stored POST into an error
+            log.exception("on_post callback failed")
+
+    def _refuse_head(self, handler: _Handler, problem: str) -> None:
+        """Refuse a request whose head is ambiguous (``_head_problem``): 400, nothing read, connection closed."""
+        log.info("%s %s from %s: 400 %s; nothing stored", handler.command, handler.path[:200], handler.client_address[0],
+                 problem)
+        self._tell(handler, 400, problem)
+        self._refuse_early(handler, 400, f"bad request head: {problem}\n")
+
     def _handle_post(self, handler: _Handler) -> None:
         client = handler.client_address[0]
         request_path = handler.path.split("?", 1)[0]
-        handler.continued = False
-
-        def summary(status: int, error: str | None, lines: Sequence[ReportLine] = (), new: int = 0) -> None:
-            if self.on_post is not None:
-                gateways = tuple(dict.fromkeys(line.gateway for line in lines))
-                try:
-                    self.on_post(PostSummary(client, request_path, status, len(lines), new, gateways, error))
-                except Exception:  # a broken observer must not turn a stored POST into an error
-                    log.exception("on_post callback failed")
 
         def refuse(status: int, error: str, text: str, headers: dict[str, str] | None = None) -> None:
-            self._count(rejected=1)
             log.info("POST %s from %s: %d %s; nothing stored", request_path, client, status, error)
-            summary(status, error)
+            self._tell(handler, status, error)
             self._refuse_early(handler, status, text, headers)
 
-        # Everything up to the 100 Continue is decided from the request head alone.
+        # Everything up to the 100 Continue is decided from the request head alone (its
+        # framing was checked by _Handler.parse_request).
         if self.path is not None and request_path != self.path:
-            self._refuse_early(handler, 404, f"reports are received at {self.path}\n")
+            refuse(404, f"not {self.path}", f"reports are received at {self.path}\n")
             return
         if not self._authorized(handler):
             self._count(unauthorized=1)
-            log.info("POST %s from %s: 401, missing or wrong credentials", request_path, client)
-            summary(401, "missing or wrong credentials")
-            self._refuse_early(handler, 401, "authentication required\n",
-                               {"WWW-Authenticate": 'Basic realm="wmbus-stream HES", charset="UTF-8"'})
+            refuse(401, "missing or wrong credentials", "authentication required\n",
+                   {"WWW-Authenticate": 'Basic realm="wmbus-stream HES", charset="UTF-8"'})
             return
         transfer = handler.headers.get("Transfer-Encoding")
         length = handler.headers.get("Content-Length")
-        if transfer is not None and length is not None:
-            refuse(400, "both Transfer-Encoding and Content-Length", "bad request body: both Transfer-Encoding and Content-Length\n")
-            return
         if transfer is not None and transfer.strip().lower() != "chunked":
             refuse(501, f"Transfer-Encoding {transfer!r}", f"Transfer-Encoding {transfer!r} is not supported\n")
-            return
-        if length is not None and not length.strip().isdigit():
-            refuse(400, f"bad Content-Length {length!r}", f"bad request body: bad Content-Length {length!r}\n")
             return
         if length is not None and int(length) > self.max_body:
             refuse(413, "body too large", f"body larger than {self.max_body} bytes\n")
@@ -1148,22 +1300,21 @@ class ReceiveServer:
         try:
             lines = parser.finish()
         except ReportError as exc:
-            self._count(rejected=1)
             log.info("POST %s from %s: 400 %s; nothing stored", request_path, client, exc)
-            summary(400, str(exc))
+            self._tell(handler, 400, str(exc))
             self._reply(handler, 400, f"{exc}\n")  # the body has ended: the connection stays usable
             return
         try:
             new_readings, new_heard = self.store.add(lines)
         except Exception as exc:  # noqa: BLE001  (the gateway keeps the report and retries)
             log.error("POST from %s: storing %d lines failed: %s", client, len(lines), exc)
-            summary(500, f"storage failed: {exc}")
+            self._tell(handler, 500, f"storage failed: {exc}")
             self._reply(handler, 500, f"storage failed: {exc}\n")
             return
         long_form = sum(line.long_form for line in lines)
         self._count(posts=1, lines=len(lines), readings=new_readings, heard=new_heard, long_form=long_form)
         # Reported before the answer, so a log reader sees POSTs in the order clients saw them.
-        summary(self.ok_status, None, lines, new_readings)
+        self._tell(handler, self.ok_status, None, lines, new_readings)
         if self.ok_status == 204:
             self._reply(handler, 204)
         else:
@@ -1208,6 +1359,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="largest accepted body in MiB (default 256)")
     parser.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS, metavar="N",
                         help=f"connections served at once; more are answered 503 (default {DEFAULT_MAX_CONNECTIONS})")
+    parser.add_argument("--max-per-address", type=int, default=None, metavar="N",
+                        help="connections one client address (an IPv6 /64) may hold at once; more are answered 503"
+                             " (default half of --max-connections; behind a proxy, every client is the proxy)")
     parser.add_argument("--ok-status", type=int, choices=(200, 204), default=204,
                         help="status of an accepted POST (default 204)")
 
@@ -1218,10 +1372,18 @@ def main(args: argparse.Namespace) -> int:
         host, port = _split_listen(args.listen)
         password = args.password
         if args.password_file:
-            with open(args.password_file, encoding="utf-8") as handle:
-                password = handle.readline().rstrip("\r\n")
+            with open(args.password_file, "rb") as handle:
+                first = handle.readline()
+            try:
+                password = first.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError:
+                raise ValueError(f"--password-file {args.password_file}: the first line is not UTF-8 text") from None
+            if not password.strip():
+                raise ValueError(f"--password-file {args.password_file} holds no password on its first line"
+                                 " (it is empty or blank); write the password the gateways push with")
         if (args.username is None) != (password is None):
             raise ValueError("--username and --password (or --password-file) go together")
+        check_credentials(args.username, password)
         if args.no_auth and args.username is not None:
             raise ValueError("--no-auth and --username exclude each other")
         if args.username is None and not args.no_auth:
@@ -1234,6 +1396,8 @@ def main(args: argparse.Namespace) -> int:
             raise ValueError("--max-body-mib must be at least 1")
         if args.max_connections < 1:
             raise ValueError("--max-connections must be at least 1")
+        if args.max_per_address is not None and not 1 <= args.max_per_address <= args.max_connections:
+            raise ValueError(f"--max-per-address must be 1 to --max-connections ({args.max_connections})")
         if args.path is not None and not args.path.startswith("/"):
             raise ValueError("--path must start with '/'")
     except ValueError as exc:
@@ -1261,7 +1425,7 @@ def main(args: argparse.Namespace) -> int:
         server = ReceiveServer(
             host, port, store=store, username=args.username, password=password, tls_cert=args.tls_cert,
             tls_key=args.tls_key, path=args.path, max_body=args.max_body_mib * 1024 * 1024,
-            max_connections=args.max_connections, ok_status=args.ok_status, on_post=show,
+            max_connections=args.max_connections, per_address=args.max_per_address, ok_status=args.ok_status, on_post=show,
         )
     except (ValueError, OSError, ssl.SSLError) as exc:  # the certificate or key files
         store.close()
@@ -1294,7 +1458,8 @@ def main(args: argparse.Namespace) -> int:
         server.stop()
         store.close()
     stats = server.stats
-    print(f"stopped: {stats.posts} POSTs, {stats.lines} lines, {stats.readings} new readings, {stats.rejected} refused,"
-          f" {stats.busy} connections turned away as busy", flush=True)
+    by_status = "".join(f"{', ' if i else ' ('}{status}: {count}" for i, (status, count) in enumerate(stats.refused))
+    print(f"stopped: {stats.posts} POSTs, {stats.lines} lines, {stats.readings} new readings, {stats.rejected} refused"
+          f"{by_status + ')' if by_status else ''}, {stats.busy} connections turned away as busy", flush=True)
     return 0
 

@@ -11,6 +11,7 @@ import base64
 import http.client
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -419,7 +420,7 @@ def read_answer(sock: socket.socket) -> bytes:
 
 
 def test_connections_over_the_cap_get_503_without_a_thread_each() -> None:
-    with ReceiveServer(max_connections=2) as server:
+    with ReceiveServer(max_connections=2, per_address=2) as server:
         idle = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(2)]
         assert wait_until(lambda: server._server.active == 2)
         threads = threading.active_count()
@@ -525,3 +526,178 @@ def test_the_long_form_example_of_the_integration_guide_parses() -> None:
     assert parsed.long_form and parsed.telegram in vector_telegrams_longer_than(wire.CONTAINER_MAX)
     assert parsed.wired == wire.build_report(parsed.telegram, "62001772", -74, 0)
     assert (parsed.receiver, parsed.rssi_code, len(parsed.telegram)) == ("62001772", 0x1C, 202)
+
+
+
+# -- credentials that let anyone in, heads that are ambiguous, clients that hold slots ----------
+
+
+AUTH = "Authorization: Basic " + base64.b64encode(b"gw:s3cret").decode() + "\n"
+
+
+@pytest.mark.parametrize("content", ["", "\n", "  \t\r\n", "\nsecret\n"], ids=["empty", "newline", "blank", "second-line"])
+def test_cli_receive_refuses_a_password_file_without_a_password(tmp_path: Path, content: str) -> None:
+    secret = tmp_path / "password"
+    secret.write_text(content)
+    error = refused("--username", "gw", "--password-file", str(secret))
+    assert f"--password-file {secret} holds no password on its first line" in error
+
+
+@pytest.mark.parametrize(("args", "reason"), [
+    (("--username", "gw", "--password", ""), "password is empty or only blanks"),
+    (("--username", "gw", "--password", "   "), "password is empty or only blanks"),
+    (("--username", "", "--password", "s3cret"), "user name is empty"),
+    (("--username", " ", "--password", "s3cret"), "user name is empty"),
+    (("--username", "g:w", "--password", "s3cret"), "holds ':'"),
+], ids=["empty-password", "blank-password", "empty-user", "blank-user", "colon-user"])
+def test_cli_receive_refuses_empty_credentials(args: tuple[str, ...], reason: str) -> None:
+    assert reason in refused(*args)
+
+
+@pytest.mark.parametrize(("username", "password"), [("gw", ""), ("gw", " \n"), ("", "s3cret"), ("a:b", "s3cret")])
+def test_receive_server_refuses_empty_credentials(username: str, password: str) -> None:
+    # Without the check, an empty password let ``curl -u 'gw:'`` store readings.
+    with pytest.raises(ValueError, match="user name|password"):
+        ReceiveServer(username=username, password=password)
+
+
+AMBIGUOUS_HEADS = [
+    ("Content-Length: {n}\nContent-Length: 3\n", "Content-Length is given 2 times"),
+    ("Content-Length: 3\nContent-Length: {n}\n", "Content-Length is given 2 times"),
+    ("Content-Length: {n}\nContent-Length: {n}\n", "Content-Length is given 2 times"),
+    ("Content-Length: {n}\nTransfer-Encoding: chunked\n", "both Content-Length and Transfer-Encoding"),
+    ("Transfer-Encoding: chunked\nTransfer-Encoding: chunked\n", "Transfer-Encoding is given 2 times"),
+    ("Content-Length: {n}\nHost: y\n", "Host is given 2 times"),
+    ("Content-Length: {n}\n" + AUTH, "Authorization is given 2 times"),
+    ("Content-Length: +{n}\n", "is not a number of bytes in ASCII digits"),
+    ("Content-Length: 0x{n}\n", "is not a number of bytes in ASCII digits"),
+    ("Content-Length: \u00b2\n", "is not a number of bytes in ASCII digits"),  # a digit to str.isdigit
+    ("Content-Length : {n}\n", "no space may come before the colon"),
+    ("X-Note\nContent-Length: {n}\n", "is not 'Name: value'"),
+    ("Content-Length: {n}\n 0\n", "folded"),
+]
+
+
+@pytest.mark.parametrize(("headers", "reason"), AMBIGUOUS_HEADS, ids=[f"{i}-{r[:20]}" for i, (_, r) in enumerate(AMBIGUOUS_HEADS)])
+def test_an_ambiguous_request_head_is_400_and_closed_and_stores_nothing(headers: str, reason: str) -> None:
+    body = (line() + "\n").encode()
+    head = "POST / HTTP/1.1\nHost: x\n" + AUTH + headers.format(n=len(body))
+    with ReceiveServer(username="gw", password="s3cret") as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+            sock.sendall(head.replace("\n", "\r\n").encode("latin-1") + b"\r\n" + body)
+            answer = read_answer(sock)  # returns: the server closed the connection
+        status, _, rest = answer.partition(b"\r\n")
+        assert status.startswith(b"HTTP/1.1 400 "), answer
+        assert b"Content-Type: text/plain; charset=utf-8\r\n" in rest and b"Connection: close\r\n" in rest
+        assert reason.encode() in answer.split(b"\r\n\r\n", 1)[1], answer
+        assert answer.count(b"HTTP/1.1 ") == 1  # the body was not read as a second request
+        assert server.store.readings() == [] and server.stats.posts == 0
+        assert server.stats.refused == ((400, 1),)
+
+
+def test_a_malformed_request_line_is_a_plain_400_not_html(hes: ReceiveServer) -> None:
+    with raw_request(hes.port, "POST / HTTP/1.1 extra\nHost: x\n") as sock:
+        answer = read_answer(sock)
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"text/plain" in answer and b"<html" not in answer.lower(), answer
+    assert hes.stats.refused == ((400, 1),)
+
+
+def test_a_head_that_never_ends_is_408_and_closed_before_it_frees_its_slot() -> None:
+    with ReceiveServer(max_connections=4, per_address=4, head_seconds=1) as server:
+        stalled = [raw_request(server.port, "POST / HTTP/1.1") for _ in range(4)]  # the request line, then nothing
+        for sock in stalled:
+            sock.settimeout(30)
+            answer = read_answer(sock)  # the server answers and closes well before our 30 s timeout
+            assert answer.startswith(b"HTTP/1.1 408 ") and b"within 1 s" in answer, answer
+            sock.close()
+        assert wait_until(lambda: server._server.active == 0)
+        assert post(server, (line() + "\n").encode())[0] == 204
+        assert server.stats.refused == ((408, 4),)
+
+
+def test_a_head_trickled_byte_by_byte_is_cut_off_at_its_deadline() -> None:
+    head = b"POST / HTTP/1.1\r\nHost: x\r\n" + b"X-Slow: " + b"a" * 10_000
+    with ReceiveServer(head_seconds=1) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+            answer = b""
+            for byte in head:  # a byte every 50 ms: each read is quick, the head never completes
+                try:
+                    sock.sendall(bytes((byte,)))
+                except OSError:
+                    break
+                readable, _, _ = select.select([sock], [], [], 0.05)
+                if readable:
+                    answer = read_answer(sock)
+                    break
+        assert answer.startswith(b"HTTP/1.1 408 "), answer
+
+
+def test_an_idle_keep_alive_connection_is_closed_after_the_head_deadline(hes: ReceiveServer) -> None:
+    # The default deadline (10 s): the server closes before our 30 s read timeout (60 s before).
+    body = (line() + "\n").encode()
+    with raw_request(hes.port, f"POST / HTTP/1.1\nHost: x\nContent-Length: {len(body)}\n", body) as sock:
+        sock.settimeout(30)
+        assert sock.recv(100).startswith(b"HTTP/1.1 204 ")
+        assert read_answer(sock) == b""  # closed without an answer: it was idle, not late
+    assert hes.stats.rejected == 0 and len(hes.store.readings()) == 1
+
+
+def test_one_address_cannot_hold_every_connection() -> None:
+    with ReceiveServer(max_connections=4, per_address=2) as server:
+        held = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(2)]
+        assert wait_until(lambda: server._server.active == 2)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as third:
+            answer = read_answer(third)
+        assert answer.startswith(b"HTTP/1.1 503 ") and b"from this address" in answer, answer
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10, source_address=("127.0.0.2", 0))
+        conn.request("POST", "/", body=(line() + "\n").encode())
+        assert conn.getresponse().status == 204  # another address still gets in
+        conn.close()
+        for sock in held:
+            sock.close()
+        assert server.stats.busy == 1 and server.stats.refused == ((503, 1),)
+
+
+def test_cli_receive_cuts_stalled_heads_and_counts_every_refusal(tmp_path: Path) -> None:
+    secret = tmp_path / "password"
+    secret.write_text("s3cret\n")
+    process = run_receive("--username", "gw", "--password-file", str(secret), "--max-connections", "6", "--path", "/in")
+    try:
+        banner = process.stdout.readline()
+        assert "(basic auth)" in banner, banner + process.stderr.read()
+        port = int(banner.split()[3].rsplit(":", 1)[1].split("/")[0])
+        # Three connections from one address send a request line and then nothing: with the
+        # default cap of half the connections, that address is full; others are served.
+        stalled = [raw_request(port, "POST /in HTTP/1.1") for _ in range(3)]
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as fourth:
+            assert read_answer(fourth).startswith(b"HTTP/1.1 503 ")
+        body = (line() + "\n").encode()
+
+        def post_from(host: str, path: str = "/in", auth: str = "gw:s3cret", data: bytes = body) -> int:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30, source_address=(host, 0))
+            headers = {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode(), "Connection": "close"}
+            try:
+                conn.request("POST", path, body=data, headers=headers)
+                return conn.getresponse().status
+            finally:
+                conn.close()
+
+        assert post_from("127.0.0.2") == 204
+        assert post_from("127.0.0.3", auth="gw:wrong") == 401
+        assert post_from("127.0.0.4", data=b"bad\n") == 400
+        assert post_from("127.0.0.5", path="/elsewhere") == 404
+        for sock in stalled:  # each is answered 408 and closed at the default 10 s deadline
+            sock.settimeout(30)
+            assert read_answer(sock).startswith(b"HTTP/1.1 408 ")
+            sock.close()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(20) == 0
+        out = process.stdout.read()
+        assert ("stopped: 1 POSTs, 1 lines, 1 new readings, 7 refused (400: 1, 401: 1, 404: 1, 408: 3, 503: 1),"
+                " 1 connections turned away as busy") in out, out
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stdout.close()
+        process.stderr.close()

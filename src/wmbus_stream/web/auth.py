@@ -41,7 +41,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import ipaddress
 import itertools
 import logging
 import os
@@ -53,6 +52,8 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ..io.connections import source_of
 
 __all__ = [
     "PASSWORD_FILE",
@@ -281,19 +282,6 @@ class Sessions:
 
     def __len__(self) -> int:
         return len(self._by_token)
-
-
-def source_of(address: str) -> str:
-    """Who an address counts as for limits: an IPv4 address, or an IPv6 address's /64."""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return address
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
-    if ip.version == 6:
-        return str(ipaddress.IPv6Network((ip, 64), strict=False).network_address) + "/64"
-    return str(ip)
 
 
 class LoginLimiter:

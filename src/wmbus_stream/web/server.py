@@ -51,6 +51,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from ..io.connections import DeadlineReader as _DeadlineReader
+from ..io.connections import Late as _Late
 from .auth import (PASSWORD_FILE, BasicCache, Credential, LoginLimiter, PasswordChecks, PasswordStore, Session,
                    Sessions, source_of)
 from .request import BadRequest, Request, Response, error_response, json_response
@@ -555,44 +557,6 @@ def _load_static() -> dict[str, tuple[bytes, str]]:
 
 
 # -- the HTTP plumbing ------------------------------------------------------------------------
-
-
-class _Late(Exception):
-    """A client did not send what it owed before its deadline."""
-
-
-class _DeadlineReader(io.RawIOBase):
-    """A connection's bytes with one deadline for a whole phase (request head, body), not per read."""
-
-    def __init__(self, sock: socket.socket, timeout: float) -> None:
-        self.sock, self.timeout = sock, timeout
-        self.until: float | None = None
-        self.got = 0  # bytes read since ``start``
-
-    def start(self, seconds: float) -> None:
-        self.until, self.got = time.monotonic() + seconds, 0
-
-    def stop(self) -> None:
-        self.until = None
-        self.sock.settimeout(self.timeout)
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        if self.until is not None:
-            left = self.until - time.monotonic()
-            if left <= 0:
-                raise _Late
-            self.sock.settimeout(min(left, self.timeout))
-        try:
-            count = self.sock.recv_into(buffer)
-        except TimeoutError:
-            if self.until is not None and time.monotonic() >= self.until:
-                raise _Late from None
-            raise
-        self.got += count
-        return count
 
 
 class _Handler(BaseHTTPRequestHandler):
