@@ -110,9 +110,12 @@ def test_an_extended_header_larger_than_any_backup_has_is_refused_before_it_is_r
     header = tarfile.TarInfo("././@PaxHeader")
     header.type, header.size = tarfile.XHDTYPE, 64 << 20
     upload = gzip.compress(header.tobuf(tarfile.USTAR_FORMAT) + b"30 path=" + bytes(64 << 20), 1)
-    with pytest.raises(backup.BackupError, match=r"^an extended tar header of 67108864 bytes, more than the limit"
-                                                 r" of 4096$"):
+    # Debian's Python 3.11.2 (the gateways') tarfile refuses this first header itself as invalid;
+    # later 3.11 releases parse it and the size limit refuses it. Either way before its body is read.
+    with pytest.raises(backup.BackupError, match=r"^(an extended tar header of 67108864 bytes, more than the limit"
+                                                 r" of 4096|not a tar archive \(invalid header\))$"):
         backup.unpack(io.BytesIO(upload), tmp_path / "out")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir()), "nothing was written"
 
 
 @pytest.mark.parametrize("kind", [tarfile.CONTTYPE, tarfile.GNUTYPE_SPARSE])
