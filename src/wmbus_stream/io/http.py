@@ -755,6 +755,19 @@ def _checked(check: Callable[[str], str | None] | None, what: str, target: _Targ
         raise HttpError(f"{what}: refused: {reason}", retryable=False)
 
 
+def _request_to(target: _Target, what: str, check: Callable[[str], str | None] | None, ca_file: str | None,
+                timeouts: Timeouts, deadline: float, clock: Callable[[], float],
+                ) -> tuple[urllib3.HTTPConnectionPool, float, float]:
+    """The pool and the connect/read timeouts of one fetch or notify request, after the caller's policy allowed it."""
+    _checked(check, what, target)
+    left = _left(deadline, clock, what)
+    try:
+        pool = _hop_pool(target, ca_file)
+    except ValueError as exc:
+        raise HttpError(f"{what}: {exc}", retryable=False) from None
+    return pool, min(timeouts.connect, left), min(timeouts.read, left)
+
+
 def fetch(
     url: str,
     *,
@@ -783,13 +796,7 @@ def fetch(
     origin = _origin(target)
     for _hop in range(max_redirects + 1):
         what = f"GET {target.display}"
-        _checked(check, what, target)
-        left = _left(deadline, clock, what)
-        connect_t, read_t = min(timeouts.connect, left), min(timeouts.read, left)
-        try:
-            pool = _hop_pool(target, ca_file)
-        except ValueError as exc:
-            raise HttpError(f"{what}: {exc}", retryable=False) from None
+        pool, connect_t, read_t = _request_to(target, what, check, ca_file, timeouts, deadline, clock)
         try:
             try:
                 response = pool.urlopen(
@@ -899,16 +906,10 @@ def notify(
     except ValueError as exc:
         raise HttpError(str(exc), retryable=False) from None
     what = f"POST {target.display}"
-    _checked(check, what, target)
     body = text.encode("utf-8")
     headers = _headers(target, user_agent, {"Content-Type": "text/plain; charset=utf-8"})
     deadline = clock() + timeouts.total
-    left = _left(deadline, clock, what)
-    connect_t, read_t = min(timeouts.connect, left), min(timeouts.read, left)
-    try:
-        pool = _hop_pool(target, ca_file)
-    except ValueError as exc:
-        raise HttpError(f"{what}: {exc}", retryable=False) from None
+    pool, connect_t, read_t = _request_to(target, what, check, ca_file, timeouts, deadline, clock)
     try:
         try:
             response = pool.urlopen(
