@@ -41,7 +41,7 @@ from wmbus_stream.config import backup as archive
 from wmbus_stream.core.analyzer import Analyzer
 from wmbus_stream.core.store import Store
 from wmbus_stream.web.auth import PASSWORD_FILE, password_problem
-from wmbus_stream.web.pages import IMPORT_LIMIT, RESTORE_LIMIT
+from wmbus_stream.web.operations import IMPORT_LIMIT, RESTORE_LIMIT
 
 pytestmark = pytest.mark.integration
 

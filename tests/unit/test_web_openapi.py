@@ -9,6 +9,7 @@ from pathlib import Path
 from wmbus_stream.config import model
 from wmbus_stream.service import Gateway
 from wmbus_stream.web.server import WebServer
+from wmbus_stream.web.site import build
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS_OPENAPI = REPO / "docs" / "openapi.json"
@@ -26,7 +27,7 @@ def operations() -> set[tuple[str, str]]:
 def app_routes(tmp_path: Path) -> WebServer:
     """The web app of a gateway that is not started (routes only, no socket)."""
     gateway = Gateway(model.parse({"state.directory": str(tmp_path / "state")}))
-    return WebServer(gateway, "127.0.0.1", 0, password_path=tmp_path / "web-password")
+    return build(gateway, "127.0.0.1", 0, password_path=tmp_path / "web-password")
 
 
 def test_docs_openapi_is_the_packaged_one() -> None:

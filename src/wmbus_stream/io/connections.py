@@ -1,4 +1,4 @@
-"""What the web UI (``web.server``) and the reference HES (``hes``) share about client connections.
+"""What the web UI (``web.listener``) and the reference HES (``hes``) share about client connections.
 
 One deadline for a whole phase of reading a connection (a request head, a body), not a
 timeout per read, so a client that sends a byte now and then does not keep its thread; and

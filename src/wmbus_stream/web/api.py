@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import re
 import time
+from collections.abc import Callable
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any
 
@@ -20,15 +21,21 @@ from ..config.keys import BY_NAME, KEYS, MASK
 from ..core.analyzer import Analyzer
 from ..errors import ConfigError, WmbusStreamError
 from . import views
-from .pages import IMPORT_LIMIT, RESTORE_LIMIT, analyzer_csv
+from .operations import (
+    IMPORT_LIMIT,
+    RESTORE_LIMIT,
+    analyzer_csv,
+    backup_bytes,
+    push_outcome,
+)
 from .request import BadRequest, Request, Response, error_response, json_response
+from .routing import Handler, Routes, Site
 
 if TYPE_CHECKING:
     from ..config.manage import ConfigManager
-    from ..service import Gateway, PushOutcome
-    from .server import WebServer
+    from ..service import Gateway
 
-__all__ = ["register", "push_outcome", "backup_bytes", "problems_json"]
+__all__ = ["problems_json", "register"]
 
 PREFIX = "/api/v1"
 
@@ -49,18 +56,6 @@ def _no_manager() -> Response:
                           "configuration management is not available (the gateway runs without a configuration file)")
 
 
-def push_outcome(app: WebServer) -> PushOutcome | None:
-    """Push now in the gateway's one push slot, as the control socket does; None if one is in flight."""
-    return app.gateway.push_by_hand()
-
-
-def backup_bytes(app: WebServer, manager: Any) -> tuple[bytes, str]:
-    buffer = io.BytesIO()
-    manager.backup(buffer)
-    name = f"wmbus-stream-backup-{app.gateway.config.gateway_serial}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
-    return buffer.getvalue(), name + ".tar.gz"
-
-
 def _entry_json(entry: Any, *, text: bool = False) -> dict[str, Any]:
     when = entry.time
     value: dict[str, Any] = {
@@ -74,7 +69,7 @@ def _entry_json(entry: Any, *, text: bool = False) -> dict[str, Any]:
     return value
 
 
-def _config_json(app: WebServer) -> dict[str, Any]:
+def _config_json(app: Site) -> dict[str, Any]:
     manager = app.manager()
     config = manager.current() if manager is not None else app.gateway.config
     masked = config.masked()
@@ -102,7 +97,7 @@ def _string_map(value: Any, what: str) -> dict[str, str | None]:
 # -- handlers ---------------------------------------------------------------------------------
 
 
-def _status(app: WebServer, req: Request, match: re.Match[str]) -> Response:
+def _status(app: Site, req: Request, match: re.Match[str]) -> Response:
     status = app.gateway.status()
     analyzer = app.gateway.analyzer
     if analyzer is not None:
@@ -113,17 +108,17 @@ def _status(app: WebServer, req: Request, match: re.Match[str]) -> Response:
     return json_response(status)
 
 
-def _config_get(app: WebServer, req: Request, match: re.Match[str]) -> Response:
+def _config_get(app: Site, req: Request, match: re.Match[str]) -> Response:
     return json_response(_config_json(app))
 
 
-def _applied(app: WebServer, entry: Any) -> Response:
+def _applied(app: Site, entry: Any) -> Response:
     value = _config_json(app)
     value["entry"] = _entry_json(entry) if entry is not None and hasattr(entry, "number") else None
     return json_response(value)
 
 
-def _config_patch(app: WebServer, req: Request, match: re.Match[str], manager: ConfigManager) -> Response:
+def _config_patch(app: Site, req: Request, match: re.Match[str], manager: ConfigManager) -> Response:
     body = req.json()
     if not isinstance(body, dict):
         raise BadRequest("send an object: {\"changes\": {key: value-or-null}, \"note\": text}")
@@ -143,7 +138,7 @@ def _config_patch(app: WebServer, req: Request, match: re.Match[str], manager: C
     return _applied(app, entry)
 
 
-def _config_put(app: WebServer, req: Request, match: re.Match[str], manager: ConfigManager) -> Response:
+def _config_put(app: Site, req: Request, match: re.Match[str], manager: ConfigManager) -> Response:
     body = req.json()
     if not isinstance(body, dict):
         raise BadRequest("send an object: {\"values\": {key: value}, \"note\": text}")
@@ -166,7 +161,7 @@ def _config_put(app: WebServer, req: Request, match: re.Match[str], manager: Con
     return _applied(app, entry)
 
 
-def _config_check(app: WebServer, req: Request, match: re.Match[str]) -> Response:
+def _config_check(app: Site, req: Request, match: re.Match[str]) -> Response:
     body = req.json()
     changes = _string_map(body.get("changes", {}) if isinstance(body, dict) else None, "changes")
     manager = app.manager()
@@ -178,11 +173,11 @@ def _config_check(app: WebServer, req: Request, match: re.Match[str]) -> Respons
     return json_response({"valid": True})
 
 
-def _history(app: WebServer, req: Request, match: re.Match[str], manager: ConfigManager) -> Response:
+def _history(app: Site, req: Request, match: re.Match[str], manager: ConfigManager) -> Response:
     return json_response({"entries": [_entry_json(e) for e in manager.history()]})
 
 
-def _history_entry(app: WebServer, req: Request, match: re.Match[str], manager: ConfigManager) -> Response:
+def _history_entry(app: Site, req: Request, match: re.Match[str], manager: ConfigManager) -> Response:
     number = int(match["n"])
     for entry in manager.history():
         if entry.number == number:
@@ -190,7 +185,7 @@ def _history_entry(app: WebServer, req: Request, match: re.Match[str], manager: 
     return error_response(404, "not_found", f"no configuration #{number} in the history")
 
 
-def _revert(app: WebServer, req: Request, match: re.Match[str], manager: ConfigManager) -> Response:
+def _revert(app: Site, req: Request, match: re.Match[str], manager: ConfigManager) -> Response:
     number = int(match["n"])
     if not any(e.number == number for e in manager.history()):
         return error_response(404, "not_found", f"no configuration #{number} in the history")
@@ -201,11 +196,11 @@ def _revert(app: WebServer, req: Request, match: re.Match[str], manager: ConfigM
     return _applied(app, entry)
 
 
-def _export(app: WebServer, req: Request, match: re.Match[str], manager: ConfigManager) -> Response:
+def _export(app: Site, req: Request, match: re.Match[str], manager: ConfigManager) -> Response:
     return Response(200, manager.export_text().encode("utf-8"), "text/plain; charset=utf-8")
 
 
-def _import(app: WebServer, req: Request, match: re.Match[str], manager: ConfigManager) -> Response:
+def _import(app: Site, req: Request, match: re.Match[str], manager: ConfigManager) -> Response:
     if req.content_type not in ("text/plain", "application/octet-stream"):
         return error_response(415, "unsupported_media_type", "send the configuration file as text/plain")
     try:
@@ -219,12 +214,12 @@ def _import(app: WebServer, req: Request, match: re.Match[str], manager: ConfigM
     return _applied(app, entry)
 
 
-def _backup(app: WebServer, req: Request, match: re.Match[str], manager: ConfigManager) -> Response:
+def _backup(app: Site, req: Request, match: re.Match[str], manager: ConfigManager) -> Response:
     data, name = backup_bytes(app, manager)
     return Response(200, data, "application/octet-stream", [("Content-Disposition", f'attachment; filename="{name}"')])
 
 
-def _restore(app: WebServer, req: Request, match: re.Match[str], manager: ConfigManager) -> Response:
+def _restore(app: Site, req: Request, match: re.Match[str], manager: ConfigManager) -> Response:
     if req.content_type not in ("application/octet-stream", "application/gzip", "application/x-tar",
                                 "application/x-gtar"):
         return error_response(415, "unsupported_media_type", "send the backup as application/octet-stream")
@@ -240,7 +235,7 @@ def _restore(app: WebServer, req: Request, match: re.Match[str], manager: Config
     return _applied(app, result)
 
 
-def _analyzer(app: WebServer, req: Request, match: re.Match[str]) -> Response:
+def _analyzer(app: Site, req: Request, match: re.Match[str]) -> Response:
     cfg = app.gateway.config
     q = views.AnalyzerQuery.from_query(req.query, default_only=cfg.show_only_filtered, max_per_page=1_000_000,
                                        unlimited=True)
@@ -262,11 +257,11 @@ def _analyzer(app: WebServer, req: Request, match: re.Match[str]) -> Response:
     })
 
 
-def _analyzer_csv(app: WebServer, req: Request, match: re.Match[str]) -> Response:
+def _analyzer_csv(app: Site, req: Request, match: re.Match[str]) -> Response:
     return analyzer_csv(app, req)
 
 
-def _analyzer_reset(app: WebServer, req: Request, match: re.Match[str]) -> Response:
+def _analyzer_reset(app: Site, req: Request, match: re.Match[str]) -> Response:
     gateway: Gateway = app.gateway
     now = time.time()
     if gateway.analyzer is not None:
@@ -274,7 +269,7 @@ def _analyzer_reset(app: WebServer, req: Request, match: re.Match[str]) -> Respo
     return json_response({"reset": True, "running_since": views.iso(now)})
 
 
-def _push(app: WebServer, req: Request, match: re.Match[str]) -> Response:
+def _push(app: Site, req: Request, match: re.Match[str]) -> Response:
     outcome = push_outcome(app)
     if outcome is None:
         return error_response(409, "push_in_flight", "a push is already in flight; try again in a moment")
@@ -283,7 +278,7 @@ def _push(app: WebServer, req: Request, match: re.Match[str]) -> Response:
     return json_response(value)
 
 
-def _sync(app: WebServer, req: Request, match: re.Match[str]) -> Response:
+def _sync(app: Site, req: Request, match: re.Match[str]) -> Response:
     sync_now = getattr(app.gateway, "sync_now", None)
     if sync_now is None:
         return error_response(501, "not_available", "configuration sync is not available in this version")
@@ -315,15 +310,16 @@ def openapi_bytes() -> bytes:
     return files("wmbus_stream.web").joinpath("static/openapi.json").read_bytes()
 
 
-def _openapi(app: WebServer, req: Request, match: re.Match[str]) -> Response:
+def _openapi(app: Site, req: Request, match: re.Match[str]) -> Response:
     return Response(200, openapi_bytes(), "application/json")
 
 
-def register(app: WebServer) -> None:
-    def bind(handler: Any) -> Any:
+def register(routes: Routes, app: Site) -> None:
+    """Add the API's routes to ``routes``, each handler bound to ``app``."""
+    def bind(handler: Callable[..., Response]) -> Handler:
         return lambda req, match: handler(app, req, match)
 
-    def managed(handler: Any) -> Any:
+    def managed(handler: Callable[..., Response]) -> Handler:
         """Bind a handler that needs configuration management (409 when the gateway has no file)."""
         def route(req: Request, match: re.Match[str]) -> Response:
             manager = app.manager()
@@ -331,22 +327,22 @@ def register(app: WebServer) -> None:
         return route
 
     n = r"(?P<n>[0-9]{1,9})"
-    app.route("GET", PREFIX + r"/status", bind(_status))
-    app.route("GET", PREFIX + r"/config", bind(_config_get))
-    app.route("PUT", PREFIX + r"/config", managed(_config_put))
-    app.route("PATCH", PREFIX + r"/config", managed(_config_patch))
-    app.route("POST", PREFIX + r"/config/check", bind(_config_check))
-    app.route("GET", PREFIX + r"/config/history", managed(_history))
-    app.route("GET", PREFIX + r"/config/history/" + n, managed(_history_entry))
-    app.route("POST", PREFIX + r"/config/history/" + n + r"/revert", managed(_revert))
-    app.route("GET", PREFIX + r"/config/export", managed(_export))
-    app.route("POST", PREFIX + r"/config/import", managed(_import), body_limit=IMPORT_LIMIT)
-    app.route("GET", PREFIX + r"/backup", managed(_backup))
-    app.route("POST", PREFIX + r"/restore", managed(_restore), body_limit=RESTORE_LIMIT)
-    app.route("GET", PREFIX + r"/analyzer", bind(_analyzer))
-    app.route("GET", PREFIX + r"/analyzer\.csv", bind(_analyzer_csv))
-    app.route("POST", PREFIX + r"/analyzer/reset", bind(_analyzer_reset))
-    app.route("POST", PREFIX + r"/push", bind(_push))
-    app.route("POST", PREFIX + r"/sync", bind(_sync))
-    app.route("GET", PREFIX + r"/openapi\.json", bind(_openapi))
+    routes.add("GET", PREFIX + r"/status", bind(_status))
+    routes.add("GET", PREFIX + r"/config", bind(_config_get))
+    routes.add("PUT", PREFIX + r"/config", managed(_config_put))
+    routes.add("PATCH", PREFIX + r"/config", managed(_config_patch))
+    routes.add("POST", PREFIX + r"/config/check", bind(_config_check))
+    routes.add("GET", PREFIX + r"/config/history", managed(_history))
+    routes.add("GET", PREFIX + r"/config/history/" + n, managed(_history_entry))
+    routes.add("POST", PREFIX + r"/config/history/" + n + r"/revert", managed(_revert))
+    routes.add("GET", PREFIX + r"/config/export", managed(_export))
+    routes.add("POST", PREFIX + r"/config/import", managed(_import), body_limit=IMPORT_LIMIT)
+    routes.add("GET", PREFIX + r"/backup", managed(_backup))
+    routes.add("POST", PREFIX + r"/restore", managed(_restore), body_limit=RESTORE_LIMIT)
+    routes.add("GET", PREFIX + r"/analyzer", bind(_analyzer))
+    routes.add("GET", PREFIX + r"/analyzer\.csv", bind(_analyzer_csv))
+    routes.add("POST", PREFIX + r"/analyzer/reset", bind(_analyzer_reset))
+    routes.add("POST", PREFIX + r"/push", bind(_push))
+    routes.add("POST", PREFIX + r"/sync", bind(_sync))
+    routes.add("GET", PREFIX + r"/openapi\.json", bind(_openapi))
 

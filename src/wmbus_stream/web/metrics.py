@@ -15,19 +15,22 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CollectorRegistry,
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+)
 
 from .. import __version__, implementation
 from ..wire import RESULT_NAMES
 from .request import Request, Response
+from .routing import Routes, Site
 
-if TYPE_CHECKING:
-    from .server import WebServer
-
-__all__ = ["Metrics", "GatewayCollector", "TELEGRAM_RESULTS"]
+__all__ = ["TELEGRAM_RESULTS", "GatewayCollector", "Metrics", "register"]
 
 # Every result a telegram can have: the wire results plus the framing kinds the checks raise.
 TELEGRAM_RESULTS = tuple(dict.fromkeys((*RESULT_NAMES, "checksum", "frame")))
@@ -37,7 +40,7 @@ _NS = "wmbus_stream"
 class GatewayCollector:
     """Yields the metric families of one gateway (and its web server) on each scrape."""
 
-    def __init__(self, web: WebServer) -> None:
+    def __init__(self, web: Site) -> None:
         self.web = web
 
     def describe(self) -> list[Metric]:
@@ -165,9 +168,9 @@ class GatewayCollector:
 class Metrics:
     """The registry and the ``/metrics`` handler."""
 
-    def __init__(self, web: WebServer) -> None:
+    def __init__(self, web: Site) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(GatewayCollector(web))  # type: ignore[arg-type]
+        self.registry.register(GatewayCollector(web))
 
     def text(self) -> bytes:
         return generate_latest(self.registry)
@@ -177,3 +180,8 @@ class Metrics:
         body = self.text()
         return Response(200, body, CONTENT_TYPE_LATEST,
                         [("X-Scrape-Seconds", f"{time.perf_counter() - started:.4f}")])
+
+
+def register(routes: Routes, web: Site) -> None:
+    """Add ``/metrics``: public only while ``web.metrics.public=true``, else it needs a login like the API."""
+    routes.add("GET", r"/metrics", Metrics(web).handle, public=lambda: web.gateway.config.web_metrics_public)
