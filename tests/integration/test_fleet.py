@@ -545,17 +545,17 @@ def test_sync_requests_never_reach_hosts_the_owner_did_not_allow(tmp_path, confi
 
 
 # Runs the real command line with a kill -9 of itself at one named step of the transaction
-# (``transaction.step_hook`` exists for this): a power cut at an exact instant.
+# (``journal.step_hook`` exists for this): a power cut at an exact instant.
 KILL_AT_STEP = """
 import os, signal, sys
-from wmbus_stream.config import transaction
+from wmbus_stream import journal
 from wmbus_stream.cli import main
 
 def cut(name: str) -> None:
     if name == sys.argv[1]:
         os.kill(os.getpid(), signal.SIGKILL)
 
-transaction.step_hook = cut
+journal.step_hook = cut
 sys.exit(main(sys.argv[2:]))
 """
 STEPS = ("staged", "committed", "removed", "moved 0", "moved 2", "configuration written", "history recorded", "done")

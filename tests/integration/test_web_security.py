@@ -37,7 +37,7 @@ from web_harness import fresh_limiter  # noqa: F401  (autouse)
 from web_harness import ADMIN, HES_SECRET, HES_USER, PASSWORD, Browser, WebGateway, browser, start_gateway, wait_until  # noqa: F401
 
 import gwkit
-from wmbus_stream.config import backup as archive
+from wmbus_stream.state import archive
 from wmbus_stream.core.analyzer import Analyzer
 from wmbus_stream.core.store import Store
 from wmbus_stream.web.auth import PASSWORD_FILE, password_problem

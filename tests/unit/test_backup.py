@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from wmbus_stream.config import backup
+from wmbus_stream.state import archive as backup
 
 
 def archive(folder: Path) -> bytes:

@@ -6,8 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from wmbus_stream.config.filenames import check_local_name
 from wmbus_stream.sync import cad
-from wmbus_stream.sync.cad import CONFIG_TARGET, CadError, check_local_name, parse
+from wmbus_stream.sync.cad import CONFIG_TARGET, CadError, parse
 
 T = CONFIG_TARGET
 

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from wmbus_stream.config import MASK, model, transaction
+from wmbus_stream import journal
+from wmbus_stream.config import MASK, model
 from wmbus_stream.config.manage import ConfigManager, HistoryEntry
 from wmbus_stream.errors import ConfigError
+from wmbus_stream.state.backup import backup, restore
 
 
 def tree(*roots: Path) -> dict[str, tuple]:
@@ -192,11 +194,11 @@ def test_an_interrupted_change_is_all_old_or_completed_at_the_next_start(gw, ste
         if name == step:
             raise Crash(name)
 
-    monkeypatch.setattr(transaction, "step_hook", hook)
+    monkeypatch.setattr(journal, "step_hook", hook)
     text = manager.render(manager.current().with_changes({"radio.mode": "S1"}))
     with pytest.raises(Crash):
         manager.apply_bundle(text, "sync", files={"a": b"A", "b": b"B"})
-    monkeypatch.setattr(transaction, "step_hook", None)
+    monkeypatch.setattr(journal, "step_hook", None)
     assert path.read_text() in (old_text, text)  # never anything else
     again = ConfigManager(path, manager.state_directory)
     committed = step != "staged"
@@ -205,7 +207,7 @@ def test_an_interrupted_change_is_all_old_or_completed_at_the_next_start(gw, ste
     files = sorted(p.name for p in manager.files_directory.iterdir()) if manager.files_directory.exists() else []
     assert files == (["a", "b"] if committed else [])
     assert [h.origin for h in again.history()][:1] == (["sync"] if committed else ["local"])
-    assert not (manager.state_directory / transaction.JOURNAL_NAME).exists()
+    assert not (manager.state_directory / journal.JOURNAL_NAME).exists()
     assert [p.name for p in path.parent.iterdir()] == ["stream.cfg"]
 
 
@@ -317,7 +319,7 @@ def test_a_restore_whose_ca_file_is_unusable_here_changes_nothing(gw, pems, tmp_
     manager, path, _ = gw
     manager.set({"receiving.server.ca.file": str(pems["ca"])})
     archive = io.BytesIO()
-    manager.backup(archive)
+    backup(manager, archive)
     other_path = tmp_path / "other" / "stream.cfg"
     other_path.parent.mkdir()
     other_path.write_text(f"gateway.serial=00000999\nstate.directory={tmp_path / 'other-state'}\n")
@@ -325,5 +327,5 @@ def test_a_restore_whose_ca_file_is_unusable_here_changes_nothing(gw, pems, tmp_
     before = other_path.read_bytes()
     pems["ca"].write_text("replaced by something else\n")
     with pytest.raises(ConfigError, match=r"receiving\.server\.ca\.file: .*no usable CA certificate"):
-        other.restore(io.BytesIO(archive.getvalue()))
+        restore(other, io.BytesIO(archive.getvalue()))
     assert other_path.read_bytes() == before and other.history() == []

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from ..errors import ConfigError, GatewayIOError, WmbusStreamError
 from . import control, model, properties
-from .backup import BackupError
+from ..state.archive import BackupError
+from ..state.backup import backup, restore
 from .manage import ConfigManager
 
 __all__ = ["add_config_commands", "add_sync_command"]
@@ -173,7 +174,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
     buffer = io.BytesIO()
     answer = control.request_backup(manager.state_directory, buffer)
     if answer is None:
-        manager.backup(buffer)
+        backup(manager, buffer)
     elif "error" in answer:
         print(f"wmbus-stream config backup: {answer['error']}", file=sys.stderr)
         return EXIT_FAILURE
@@ -205,7 +206,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
             return EXIT_FAILURE
         try:
             with open(source, "rb") as handle:
-                result = manager.restore(handle, keep_serial=keep)
+                result = restore(manager, handle, keep_serial=keep)
         except BackupError as exc:
             for problem in exc.problems:
                 print(problem, file=sys.stderr)

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..errors import ConfigError, WmbusStreamError
-from .backup import BackupError, BackupLimits
+from ..state.archive import BackupError, BackupLimits
+from ..state.backup import backup, restore
 from .manage import ConfigManager
 
 __all__ = ["serve_backup", "serve_restore", "request_backup", "request_restore", "CONTROL_SOCKET"]
@@ -39,7 +40,7 @@ def serve_backup(manager: ConfigManager | None, wfile: BinaryIO) -> None:
         return
     with tempfile.TemporaryFile(dir=manager.state_directory) as spool:
         try:
-            manager.backup(spool)
+            backup(manager, spool)
         except (WmbusStreamError, OSError) as exc:
             wfile.write(_line({"error": str(exc)}))
             return
@@ -77,7 +78,7 @@ def serve_restore(manager: ConfigManager | None, command: str, rfile: BinaryIO) 
     if size > BackupLimits().archive:
         return {"error": f"archive larger than the limit of {BackupLimits().archive} bytes"}
     try:
-        result = manager.restore(_Limited(rfile, size), keep_serial=parts[2] == "keep")  # type: ignore[arg-type]
+        result = restore(manager, _Limited(rfile, size), keep_serial=parts[2] == "keep")  # type: ignore[arg-type]
     except BackupError as exc:
         return {"error": "backup refused", "problems": exc.problems}
     except ConfigError as exc:

@@ -1,19 +1,19 @@
-"""Configuration management of one gateway: apply, set, history, revert, export, import,
-backup and restore. The command line, the web UI and the configuration sync all go through
-``ConfigManager``, so every change is validated, written and recorded the same way.
+"""Configuration management of one gateway: apply, set, history, revert, export and import.
+The command line, the web UI, the configuration sync and a restore (``state.backup``) all go
+through ``ConfigManager``, so every change is validated, written and recorded the same way.
 
 Strategy
 - A change is validated first with the same code as ``config check`` (``model.loads`` of
   the exact text to be written); an invalid one raises ``ConfigError`` with every problem
   and writes nothing.
-- A valid change is applied as one transaction (``transaction``): staged, committed by a
-  journal, completed (file 0600 written atomically, history entry recorded). A crash at
+- A valid change is applied as one transaction (``journal``): staged, committed by a
+  journal, completed (file 0600 written atomically, history entry recorded: ``finish``). A crash at
   any instant leaves everything old or, after ``recover`` at the next start, everything
   new. ``on_applied(config)`` is called afterwards (the running gateway's reload).
 - Applying what is already there writes nothing and records nothing (the file's mtime
   stays), and returns the newest history entry.
 - One change at a time: a thread lock plus ``flock`` on ``config.lock`` in the state
-  directory, so the CLI, the web UI and a sync never interleave.
+  directory (``locked``), so the CLI, the web UI, a sync and a restore never interleave.
 
 State directory layout owned here: ``history.sqlite`` (the history), ``config.journal``
 (only while a change is being applied), ``config.lock``, ``files/`` (downloaded files)
@@ -25,54 +25,40 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import shutil
-import sqlite3
 import stat
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
-from .. import __version__
-from ..atomic import PRIVATE, open_private, write_atomic
-from ..core.store import SCHEMA as STORE_SCHEMA_SQL
+from .. import __version__, journal
+from ..atomic import open_private, write_atomic
 from ..errors import ConfigError, Problem
-from . import backup as archive
-from . import model, pemfiles, properties, transaction
-from .history import HISTORY_FILE, History, HistoryEntry
-from .history import SCHEMA as HISTORY_SCHEMA_SQL
+from . import model, pemfiles, properties
+from .filenames import check_local_name
+from .history import HISTORY_FILE, ORIGINS, History, HistoryEntry
 from .keys import BY_NAME, KEYS, MASK
 from .model import Config
 
 __all__ = [
+    "FILES_FOLDER",
+    "HISTORY_FILE",
+    "ORIGINS",
+    "Applied",
     "ConfigManager",
     "HistoryEntry",
-    "Applied",
-    "RestoreResult",
-    "BackupError",
-    "BackupLimits",
-    "ORIGINS",
-    "HISTORY_FILE",
-    "FILES_FOLDER",
-    "STORE_FILE",
+    "finish",
 ]
 
 log = logging.getLogger("wmbus_stream.config")
 
-ORIGINS = ("local", "import", "sync", "revert", "restore", "web")
 FILES_FOLDER = "files"
-STORE_FILE = "store.sqlite"  # the service's state database (service.STORE_FILE)
 LOCK_FILE = "config.lock"
 
 # Where this gateway keeps its state is as local as its serial: never exported, kept on import.
 LOCAL_KEYS = frozenset({"state.directory"})
-
-BackupError = archive.BackupError
-BackupLimits = archive.BackupLimits
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,25 +72,6 @@ class Applied:
     @property
     def changed(self) -> bool:
         return self.config_changed or bool(self.files_written)
-
-
-@dataclass(frozen=True, slots=True)
-class RestoreResult:
-    """What a restore put in place."""
-
-    entry: HistoryEntry | None
-    created: str
-    source_serial: str
-    serial: str
-    pending: int
-    history_entries: int
-    files: tuple[str, ...]
-
-    def summary(self) -> str:
-        kept = "kept" if self.serial != self.source_serial else "taken from the backup"
-        return (f"restored the backup of gateway {self.source_serial} made {self.created}: {self.pending} meters"
-                f" pending, {self.history_entries} history entries, {len(self.files)} files; serial {self.serial}"
-                f" ({kept})")
 
 
 def _no_hook(swap: Callable[[], None]) -> None:
@@ -124,8 +91,9 @@ class ConfigManager:
         replace_state: Callable[[Callable[[], None]], None] | None = None,
         history_limit: int = 200,
     ) -> None:
-        """``before_backup`` lets a running gateway flush its state first; ``replace_state(swap)``
-        must close the state database, call ``swap()`` and reopen it (default: just ``swap()``)."""
+        """The hooks of a running gateway that ``state.backup`` calls under this manager's lock:
+        ``before_backup`` flushes its state first; ``replace_state(swap)`` must close the state
+        database, call ``swap()`` and reopen it (default: just ``swap()``)."""
         self.config_path = Path(config_path)
         self.state_directory = Path(state_directory)
         self.files_directory = self.state_directory / FILES_FOLDER
@@ -139,8 +107,8 @@ class ConfigManager:
         self.recovered = False
         self._ready = False
         try:
-            with self._locked():
-                self.recovered = transaction.recover(self.state_directory, self.config_path, self.files_directory)
+            with self.locked():
+                self.recovered = journal.recover(self.state_directory, self.config_path, self.files_directory, finish)
         except PermissionError as exc:
             log.debug("no recovery check for %s: %s", self.state_directory, exc)
         self._ready = True
@@ -148,7 +116,8 @@ class ConfigManager:
     # -- locking ------------------------------------------------------------------------------
 
     @contextmanager
-    def _locked(self) -> Iterator[None]:
+    def locked(self) -> Iterator[None]:
+        """Hold the one-change-at-a-time lock (re-entrant within this manager)."""
         with self._lock:
             if self._depth == 0:
                 self.state_directory.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -160,11 +129,11 @@ class ConfigManager:
                     raise
                 self._lock_fd = fd
             self._depth += 1
-            if self._depth == 1 and self._ready and transaction.pending(self.state_directory):
+            if self._depth == 1 and self._ready and journal.pending(self.state_directory):
                 try:
                     # A change that failed half-way in this process (disk full...) is finished first.
-                    transaction.recover(self.state_directory, self.config_path, self.files_directory,
-                                        databases=False)
+                    journal.recover(self.state_directory, self.config_path, self.files_directory,
+                                    finish, databases=False)
                 except BaseException:
                     self._release()
                     raise
@@ -191,14 +160,15 @@ class ConfigManager:
             return model.defaults()
         return self.current()
 
-    def _current_or_none(self) -> Config | None:
+    def current_or_none(self) -> Config | None:
         """The configuration in the file, or None when there is none or it is invalid."""
         try:
             return self.current() if self.config_path.exists() else None
         except ConfigError:
             return None
 
-    def _file_text(self) -> str | None:
+    def file_text(self) -> str | None:
+        """The file's text exactly as it is, or None when it cannot be read."""
         try:
             return properties.read_bytes(self.config_path).decode("utf-8")
         except (OSError, ConfigError, UnicodeDecodeError):
@@ -241,7 +211,7 @@ class ConfigManager:
 
         The history note is ``note`` when given, else the names of the keys set.
         """
-        with self._locked():
+        with self.locked():
             base = self._base()
             unknown = [Problem(name, "", "a known key") for name, v in changes.items() if v is None and name not in BY_NAME]
             if unknown:
@@ -252,7 +222,7 @@ class ConfigManager:
 
     def revert(self, number: int, origin: str = "revert") -> HistoryEntry:
         """Apply history entry ``number`` again, exactly as it was written."""
-        with self._locked():
+        with self.locked():
             old = self.history_store.get(number)
             if old is None:
                 numbers = [e.number for e in self.history_store.entries()]
@@ -279,14 +249,14 @@ class ConfigManager:
             raise ValueError(f"origin must be one of {', '.join(ORIGINS)}, not {origin!r}")
         config = model.loads(text)
         files = dict(files or {})
-        with self._locked():
+        with self.locked():
             problems = self._file_problems(files)
             if not problems:
                 staged = {self.files_directory / name: data for name, data in files.items()}
-                problems = pemfiles.problems(config, self._current_or_none(), staged)
+                problems = pemfiles.problems(config, self.current_or_none(), staged)
             if problems:
                 raise ConfigError(problems)
-            current_text = self._file_text()
+            current_text = self.file_text()
             before = _config_or_none(current_text)
             if before is not None:  # a change never loses a required key (a new file is built key by key)
                 model.require(config, before=before)
@@ -296,18 +266,18 @@ class ConfigManager:
                 return Applied(self._ensure_history(), False, ())
             if config_changed:
                 self._ensure_history()
-            change_id = transaction.new_id()
-            moves: list[transaction.Move] = []
+            change_id = journal.new_id()
+            moves: list[journal.Move] = []
             staging: list[str] = []
             if to_write:
-                folder = transaction.stage_folder(self.files_directory, change_id)
+                folder = journal.stage_folder(self.files_directory, change_id)
                 staging.append(str(folder))
                 for number, (name, data) in enumerate(sorted(to_write.items())):
                     staged = folder / str(number)
-                    transaction.write_staged(staged, data)
-                    moves.append(transaction.Move(str(staged), str(self.files_directory / name),
+                    journal.write_staged(staged, data)
+                    moves.append(journal.Move(str(staged), str(self.files_directory / name),
                                                   confined_to=str(self.files_directory)))
-            plan = transaction.Plan(
+            plan = journal.Plan(
                 id=change_id,
                 state_directory=str(self.state_directory),
                 config_path=str(self.config_path),
@@ -317,11 +287,11 @@ class ConfigManager:
                 staging=tuple(staging),
             )
             try:
-                transaction.commit(plan)
+                journal.commit(plan)
             except BaseException:
-                transaction.discard(plan)
+                journal.discard(plan)
                 raise
-            transaction.complete(plan)
+            journal.complete(plan, finish)
             entry = self.history_store.latest()
         written = tuple(sorted(to_write))
         log.info("configuration %s applied (%s%s)%s", f"#{entry.number}" if entry and config_changed else "unchanged,",
@@ -335,7 +305,7 @@ class ConfigManager:
         latest = self.history_store.latest()
         if latest is not None:
             return latest
-        text = self._file_text()
+        text = self.file_text()
         if text is None:
             return None
         try:
@@ -358,9 +328,7 @@ class ConfigManager:
 
     def check_file_name(self, name: str) -> str | None:
         """Why ``name`` cannot be written inside the files folder (no links on the way), or None."""
-        from ..sync.cad import check_local_name
-
-        return check_local_name(name) or transaction.check_target(self.files_directory, self.files_directory / name)
+        return check_local_name(name) or journal.check_target(self.files_directory, self.files_directory / name)
 
     def _same_file(self, name: str, data: bytes) -> bool:
         path = self.files_directory / name
@@ -378,10 +346,10 @@ class ConfigManager:
         """The configuration for other gateways: no device-specific keys, no secrets."""
         values = {name: value for name, value in self.current().exported().items() if name not in LOCAL_KEYS}
         header = (
-            f"wmbus-stream {__version__} configuration export, "
-            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC",
-            "device-specific keys (serial number, credentials, receiver address, state directory) and secrets"
-            " are left out",
+            (f"wmbus-stream {__version__} configuration export, "
+             f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC"),
+            ("device-specific keys (serial number, credentials, receiver address, state directory) and secrets"
+             " are left out"),
         )
         return properties.render(values, header=header)
 
@@ -390,7 +358,7 @@ class ConfigManager:
         document = properties.parse(data)
         if document.problems:
             raise ConfigError([model.private(problem) for problem in document.problems])
-        with self._locked():
+        with self.locked():
             base = self._base()
             values: dict[str, str] = {}
             ignored: list[str] = []
@@ -407,165 +375,6 @@ class ConfigManager:
             note = f"ignored device-specific keys: {', '.join(ignored)}" if ignored else ""
             return self.apply(new, origin, note)
 
-    # -- backup and restore -------------------------------------------------------------------
-
-    def backup(self, dest: BinaryIO) -> None:
-        """Write a backup archive (configuration, state database, history, files) to ``dest``."""
-        if self.before_backup is not None:
-            self.before_backup()
-        with self._locked(), tempfile.TemporaryDirectory(prefix=".backup-", dir=self.state_directory) as tmp:
-            folder = Path(tmp)
-            text = self._file_text()
-            if text is None:
-                raise archive.BackupError(f"configuration file {self.config_path} cannot be read")
-            config = model.loads(text)
-            write_atomic(folder / "stream.cfg", text, PRIVATE)
-            store_copy = folder / "store.sqlite"
-            _copy_database(self.state_directory / STORE_FILE, store_copy)
-            history_copy = folder / "history.sqlite"
-            self.history_store.copy_to(history_copy)
-            members: list[tuple[str, Path]] = [
-                (archive.CONFIG_MEMBER, folder / "stream.cfg"),
-                (archive.STORE_MEMBER, store_copy),
-                (archive.HISTORY_MEMBER, history_copy),
-            ]
-            members += [(archive.FILES_PREFIX + name, path) for name, path in self._files()]
-            manifest = archive.write(dest, members, gateway_serial=config.gateway_serial)
-        log.info("backup written: configuration, state, %d history entries, %d files",
-                 len(self.history()), len(manifest.members) - 3)
-
-    def _files(self) -> list[tuple[str, Path]]:
-        """Regular files in the files folder (links and hidden staging folders left out)."""
-        found: list[tuple[str, Path]] = []
-        root = self.files_directory
-        if not root.is_dir() or root.is_symlink():
-            return found
-        for folder, dirs, names in os.walk(root, followlinks=False):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            for name in sorted(names):
-                path = Path(folder) / name
-                if name.startswith(".") or path.is_symlink() or not path.is_file():
-                    continue
-                found.append((path.relative_to(root).as_posix(), path))
-        return found
-
-    def restore(self, source: BinaryIO, keep_serial: bool = True,
-                limits: BackupLimits = BackupLimits()) -> RestoreResult:
-        """Replace configuration, state, history and files with a backup's, after checking all of it.
-
-        With ``keep_serial`` this gateway keeps its ``gateway.serial`` (a replacement device);
-        ``state.directory`` always stays this gateway's. Raises ``BackupError`` (or
-        ``ConfigError`` for the configuration) with every problem; nothing is changed then.
-        """
-        change_id = transaction.new_id()
-        folder = transaction.stage_folder(self.state_directory, change_id)
-        plan: transaction.Plan | None = None
-        try:
-            with transaction.held(folder):
-                # Read and checked completely before the lock: a slow or costly upload blocks no change.
-                unpacked = archive.unpack(source, folder, limits)
-                problems: list[str] = []
-                pending = entries = 0
-                try:
-                    text, restored = _backup_config(unpacked)
-                except archive.BackupError as exc:
-                    problems += exc.problems
-                try:
-                    pending = _check_database(unpacked.paths[archive.STORE_MEMBER], STORE_SCHEMA,
-                                              "wmbus-stream state database")
-                except ValueError as exc:
-                    problems.append(f"member {archive.STORE_MEMBER}: {exc}")
-                try:
-                    entries = _check_database(unpacked.paths[archive.HISTORY_MEMBER], HISTORY_SCHEMA,
-                                              "wmbus-stream history database")
-                except ValueError as exc:
-                    problems.append(f"member {archive.HISTORY_MEMBER}: {exc}")
-                if problems:
-                    raise archive.BackupError(problems)
-                with self._locked():
-                    text, serial = self._adapted(text, restored, keep_serial)
-                    config = model.loads(text)
-                    # CA and key files the restored configuration names, as they will be after the swap.
-                    staged: dict[Path, bytes | None] = {path: None for name, path in self._files()
-                                                        if name not in unpacked.files}
-                    staged.update({self.files_directory / name: path.read_bytes()
-                                   for name, path in unpacked.files.items()})
-                    pem_problems = pemfiles.problems(config, self._current_or_none(), staged)
-                    if pem_problems:
-                        raise ConfigError(pem_problems)
-                    plan = self._restore_plan(unpacked, change_id, text)
-
-                    def swap() -> None:
-                        transaction.commit(plan)
-                        transaction.complete(plan)
-
-                    try:
-                        self.replace_state(swap)
-                    except BaseException:
-                        transaction.discard(plan)
-                        raise
-                    entry = self.history_store.latest()
-        except BaseException:
-            if plan is None:  # else discard decided what of it to keep
-                shutil.rmtree(folder, ignore_errors=True)
-            raise
-        manifest = unpacked.manifest
-        restored_files = unpacked.files
-        result = RestoreResult(entry, manifest.created, manifest.gateway_serial, serial, pending, entries + 1,
-                               tuple(sorted(restored_files)))
-        log.info("%s", result.summary())
-        if self.on_applied is not None:
-            self.on_applied(config)
-        return result
-
-    def _restore_plan(self, unpacked: archive.Unpacked, change_id: str, text: str) -> transaction.Plan:
-        """The transaction that puts a checked backup in place (called with the lock held)."""
-        restored_files = unpacked.files
-        removals = tuple(str(path) for name, path in self._files() if name not in restored_files)
-        moves = [
-            transaction.Move(str(unpacked.paths[archive.STORE_MEMBER]), str(self.state_directory / STORE_FILE),
-                             database=True),
-            transaction.Move(str(unpacked.paths[archive.HISTORY_MEMBER]),
-                             str(self.state_directory / HISTORY_FILE), database=True),
-        ]
-        moves += [transaction.Move(str(path), str(self.files_directory / name), confined_to=str(self.files_directory))
-                  for name, path in sorted(restored_files.items())]
-        for name in restored_files:
-            reason = transaction.check_target(self.files_directory, self.files_directory / name)
-            if reason is not None:
-                raise archive.BackupError(f"member files/{name}: {reason}")
-        manifest = unpacked.manifest
-        return transaction.Plan(
-            id=change_id,
-            state_directory=str(self.state_directory),
-            config_path=str(self.config_path),
-            config_text=text,
-            moves=tuple(moves),
-            removals=removals,
-            history={"origin": "restore", "time": time.time(),
-                     "note": f"backup of gateway {manifest.gateway_serial} made {manifest.created}"},
-            staging=(str(unpacked.folder),),
-        )
-
-    def _adapted(self, text: str, restored: Config, keep_serial: bool) -> tuple[str, str]:
-        """The backup's configuration text adapted to this gateway, and the serial it gets."""
-        changes: dict[str, str | None] = {}
-        try:
-            here = self.current()
-        except ConfigError:
-            here = None
-        serial = restored.gateway_serial
-        if here is not None:
-            if keep_serial and here.gateway_serial != restored.gateway_serial:
-                changes["gateway.serial"] = here.raw["gateway.serial"]
-                serial = here.gateway_serial
-            if here.raw["state.directory"] != restored.raw["state.directory"]:
-                changes["state.directory"] = here.raw["state.directory"]
-        if not changes:
-            return text, serial
-        adapted = restored.with_changes(changes)
-        return model.to_text(adapted, template=properties.parse(text)), serial
-
 
 def _config_or_none(text: str | None) -> Config | None:
     """The configuration of a file's text, or None when there is none or it is invalid."""
@@ -575,109 +384,24 @@ def _config_or_none(text: str | None) -> Config | None:
         return None
 
 
-def _backup_config(unpacked: archive.Unpacked) -> tuple[str, Config]:
-    """The configuration in a backup, its text and its validated content."""
-    try:
-        text = unpacked.paths[archive.CONFIG_MEMBER].read_bytes().decode("utf-8")
-    except UnicodeDecodeError:
-        raise archive.BackupError(f"member {archive.CONFIG_MEMBER}: not UTF-8 text") from None
-    try:
-        return text, model.loads(text)
-    except ConfigError as exc:
-        raise archive.BackupError([f"member {archive.CONFIG_MEMBER}: {p}" for p in exc.problems]) from None
+def finish(plan: journal.Plan) -> None:
+    """The configuration's part of completing a change: its file, then its history entry.
 
-
-def _copy_database(path: Path, destination: Path) -> None:
-    """A consistent copy of the state database (SQLite backup API), or an empty one."""
-    os.close(open_private(destination))
-    target = sqlite3.connect(destination)
-    try:
-        if not path.exists():
-            for statement in STORE_SCHEMA_SQL:
-                target.execute(statement)
-            return
-        # A plain connection: a read-only one cannot open a WAL database whose -shm is missing.
-        source = sqlite3.connect(path, timeout=10.0)
-        try:
-            source.backup(target)
-        finally:
-            source.close()
-        # A self-contained file: no WAL expected beside it when restored.
-        target.execute("PRAGMA journal_mode=DELETE")
-    finally:
-        target.close()
-
-
-# What sqlite_master holds: name -> (type, table, SQL with its white space collapsed).
-Schema = dict[str, tuple[str, str, "str | None"]]
-
-
-def _schema(db: sqlite3.Connection) -> Schema:
-    return {name: (kind, table, None if sql is None else " ".join(sql.split()))
-            for kind, name, table, sql in db.execute("SELECT type, name, tbl_name, sql FROM sqlite_master")}
-
-
-def _schema_of(statements: tuple[str, ...]) -> Schema:
-    """The schema of a new database made by ``statements``: exactly what the gateway writes."""
-    db = sqlite3.connect(":memory:")
-    try:
-        for statement in statements:
-            db.execute(statement)
-        return _schema(db)
-    finally:
-        db.close()
-
-
-STORE_SCHEMA = _schema_of(STORE_SCHEMA_SQL)
-HISTORY_SCHEMA = _schema_of((HISTORY_SCHEMA_SQL,))
-_SQLITE_MAGIC = b"SQLite format 3\x00"
-
-
-def _schema_problems(found: Schema, expected: Schema) -> list[str]:
-    """How ``found`` differs from ``expected``: every object missing, extra or different."""
-    problems = [f"{found[name][0]} {name!r} (of {found[name][1]!r}) is not part of it"
-                for name in sorted(set(found) - set(expected))]
-    problems += [f"{expected[name][0]} {name!r} missing" for name in sorted(set(expected) - set(found))]
-    for name in sorted(set(found) & set(expected)):
-        kind, table, sql = found[name]
-        if (kind, table) != expected[name][:2]:
-            problems.append(f"{name!r} is a {kind} of {table!r}, the gateway writes a {expected[name][0]}")
-        elif sql != expected[name][2]:
-            problems.append(f"{kind} {name!r} is {sql!r}, the gateway writes {expected[name][2]!r}")
-    return problems
-
-
-def _check_database(path: Path, expected: Schema, kind: str) -> int:
-    """Rows of the first table of a restored database; ValueError saying why it is not usable.
-
-    Accepted: exactly the schema the gateway writes (tables, columns, indexes; no trigger, view
-    or other table), in rollback-journal mode and UTF-8 as its backup writes it, intact.
+    Idempotent like every step of the journal: the file is written only when it differs, the
+    entry recorded once per journal id.
     """
-    with open(path, "rb") as handle:
-        header = handle.read(100)
-    if len(header) < 100 or not header.startswith(_SQLITE_MAGIC):
-        raise ValueError("not an SQLite database")
-    if header[18:20] != b"\x01\x01":
-        raise ValueError(f"journal mode {'WAL' if 2 in header[18:20] else 'unknown'}; a backup holds its databases"
-                         " in rollback-journal mode")
-    if header[56:60] != b"\x00\x00\x00\x01":
-        raise ValueError("not UTF-8 (the gateway's databases are)")
-    try:
-        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-    except sqlite3.Error as exc:
-        raise ValueError(f"cannot be opened ({exc})") from None
-    try:
-        db.execute("PRAGMA trusted_schema=OFF")
-        problems = _schema_problems(_schema(db), expected)
-        if problems:
-            allowed = ", ".join(f"{what} {name}" for name, (what, _, _) in sorted(expected.items()))
-            raise ValueError(f"not a {kind}: {'; '.join(problems)} (allowed: exactly {allowed})")
-        result = db.execute("PRAGMA integrity_check").fetchall()
-        if result != [("ok",)]:
-            raise ValueError(f"integrity check failed: {'; '.join(str(row[0]) for row in result[:3])}")
-        table = next(name for name, (what, _, _) in expected.items() if what == "table")
-        return int(db.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0])
-    except sqlite3.Error as exc:
-        raise ValueError(f"not a readable database ({exc})") from None
-    finally:
-        db.close()
+    if plan.config_text is not None:
+        data = plan.config_text.encode("utf-8")
+        try:
+            current = properties.read_bytes(plan.config_path)
+        except (OSError, ConfigError):  # missing, or not a regular file: replaced below
+            current = None
+        if current != data:
+            write_atomic(plan.config_path, data, 0o600)
+        journal.step("configuration written")
+    if plan.history is not None and plan.config_text is not None:
+        History(Path(plan.state_directory) / HISTORY_FILE).record(
+            plan.config_text, str(plan.history["origin"]), str(plan.history.get("note", "")),
+            apply_id=plan.id, when=float(plan.history["time"]),  # type: ignore[arg-type]
+        )
+        journal.step("history recorded")

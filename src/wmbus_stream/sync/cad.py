@@ -41,27 +41,27 @@ import re
 from dataclasses import dataclass
 
 from ..config import properties
+from ..config.filenames import check_local_name
 from ..config.keys import BY_NAME, KEYS, SYNC_NEVER, http_url
 from ..config.model import _shown
 from ..errors import WmbusStreamError
 from ..text import printable
 
 __all__ = [
+    "CONFIG_TARGET",
+    "FORBIDDEN_KEYS",
+    "MAX_BYTES",
+    "MAX_CONFIGS",
+    "MAX_FILES",
+    "MAX_LINE",
+    "RESULT_ERROR",
+    "RESULT_MODE",
+    "RESULT_OK",
     "CadError",
     "CadFile",
     "ConfigLine",
     "FileLine",
     "parse",
-    "check_local_name",
-    "CONFIG_TARGET",
-    "FORBIDDEN_KEYS",
-    "MAX_BYTES",
-    "MAX_LINE",
-    "MAX_CONFIGS",
-    "MAX_FILES",
-    "RESULT_OK",
-    "RESULT_MODE",
-    "RESULT_ERROR",
 ]
 
 RESULT_OK, RESULT_MODE, RESULT_ERROR = 900, 920, 921
@@ -70,9 +70,6 @@ MAX_BYTES = 64 * 1024
 MAX_LINE = 4096
 MAX_CONFIGS = 256
 MAX_FILES = 16
-MAX_NAME = 200
-MAX_NAME_PART = 100
-MAX_NAME_DEPTH = 4
 
 CONFIG_TARGET = "/currentpluginconfig/stream.cfg"
 # Keys no server may set (keys.SYNC_NEVER): the identity the server keys on, where this
@@ -84,7 +81,6 @@ _CONFIG = re.compile(r"sync-config-([0-9]+)", re.IGNORECASE)
 _FILE = re.compile(r"sync-file-([0-9]+)-url", re.IGNORECASE)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
 _KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 _BLANKS = " \t"
 
 
@@ -140,45 +136,6 @@ class CadFile:
     def line_of(self, key: str) -> ConfigLine | None:
         """The ``Sync-Config`` line that sets ``key``, if any."""
         return next((c for c in self.configs if c.key == key), None)
-
-
-def check_local_name(name: str) -> str | None:
-    """Why ``name`` cannot be a file inside the files folder, or None when it can.
-
-    Allowed: a relative path of at most 4 parts separated by ``/``, each made of letters,
-    digits, ``.``, ``_`` and ``-``, not starting with ``.`` (no ``.``, ``..``, hidden
-    names). Refused with a reason: absolute paths, backslashes, percent escapes, control
-    characters, empty parts, anything longer than 200 characters.
-    """
-    if name == "":
-        return "empty local file name"
-    bad = properties.bad_character(name)
-    if bad is not None or "\t" in name:
-        return f"control character U+{ord(bad or chr(9)):04X} in the local file name"
-    if name.startswith("/"):
-        return "absolute local file name (it must be relative to the files folder)"
-    if "\\" in name:
-        return "backslash in the local file name"
-    if "%" in name:
-        return "percent-encoded characters in the local file name"
-    if len(name) > MAX_NAME:
-        return f"local file name longer than {MAX_NAME} characters"
-    parts = name.split("/")
-    if any(part == ".." for part in parts):
-        return "'..' in the local file name"
-    if any(part == "." for part in parts):
-        return "'.' part in the local file name"
-    if any(part == "" for part in parts):
-        return "empty part ('//' or a trailing '/') in the local file name"
-    if len(parts) > MAX_NAME_DEPTH:
-        return f"more than {MAX_NAME_DEPTH} folder levels in the local file name"
-    for part in parts:
-        if part.startswith("."):
-            return f"hidden name '{printable(part)}' (starting with '.') in the local file name"
-        if len(part) > MAX_NAME_PART or not _PART.fullmatch(part):
-            return (f"'{printable(part)}' in the local file name: only letters, digits, '.', '_'"
-                    f" and '-' are allowed, at most {MAX_NAME_PART} per part")
-    return None
 
 
 @dataclass(slots=True)

@@ -20,6 +20,7 @@ from ..config import model
 from ..config.keys import BY_NAME, KEYS, MASK
 from ..core.analyzer import Analyzer
 from ..errors import ConfigError, WmbusStreamError
+from ..state.backup import restore
 from . import views
 from .operations import (
     IMPORT_LIMIT,
@@ -227,7 +228,7 @@ def _restore(app: Site, req: Request, match: re.Match[str], manager: ConfigManag
         return error_response(400, "bad_request", "the backup is empty; nothing was changed")
     keep = req.query.get("keep_serial", "true").lower() not in ("0", "false", "no")
     try:
-        result = manager.restore(io.BytesIO(req.body), keep_serial=keep)
+        result = restore(manager, io.BytesIO(req.body), keep_serial=keep)
     except ConfigError as exc:
         return _invalid(exc)
     except (WmbusStreamError, ValueError, OSError) as exc:

@@ -7,6 +7,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..core.analyzer import Analyzer, MeterRow
+from ..state.backup import backup
 from .request import Request, Response
 from .routing import Site
 from .views import AnalyzerQuery
@@ -27,7 +28,7 @@ def push_outcome(app: Site) -> PushOutcome | None:
 
 def backup_bytes(app: Site, manager: Any) -> tuple[bytes, str]:
     buffer = io.BytesIO()
-    manager.backup(buffer)
+    backup(manager, buffer)
     name = f"wmbus-stream-backup-{app.gateway.config.gateway_serial}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
     return buffer.getvalue(), name + ".tar.gz"
 

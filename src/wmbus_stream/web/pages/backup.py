@@ -7,6 +7,7 @@ import re
 from typing import TYPE_CHECKING
 
 from ...errors import ConfigError, WmbusStreamError
+from ...state.backup import restore as restore_backup
 from ..operations import RESTORE_LIMIT, backup_bytes
 from ..request import Request, Response, redirect
 from ..routing import Site
@@ -30,7 +31,7 @@ def restore(app: Site, req: Request, match: re.Match[str], manager: ConfigManage
         return redirect("/settings")
     keep = req.form().get("keep_serial", "") in ("1", "on", "true")
     try:
-        result = manager.restore(io.BytesIO(data), keep_serial=keep)
+        result = restore_backup(manager, io.BytesIO(data), keep_serial=keep)
     except ConfigError as exc:
         flash(req, f"Restore refused, nothing was changed: {exc}", "error")
         return redirect("/settings")

@@ -44,23 +44,24 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .. import __version__
+from ..config import properties
+from ..config.filenames import check_local_name
 from ..errors import WmbusStreamError
-from . import properties
 
 __all__ = [
+    "CONFIG_MEMBER",
+    "FILES_PREFIX",
+    "FORMAT",
+    "HISTORY_MEMBER",
+    "MANIFEST",
+    "STORE_MEMBER",
+    "VERSION",
     "BackupError",
     "BackupLimits",
     "Manifest",
     "Unpacked",
-    "FORMAT",
-    "VERSION",
-    "MANIFEST",
-    "CONFIG_MEMBER",
-    "STORE_MEMBER",
-    "HISTORY_MEMBER",
-    "FILES_PREFIX",
-    "write",
     "unpack",
+    "write",
 ]
 
 # What a damaged archive raises while it is read: tar, gzip (zlib) and file errors.
@@ -181,8 +182,6 @@ def write(dest: BinaryIO, members: Iterable[tuple[str, Path]], *, gateway_serial
 
 
 def _name_problem(name: str) -> str | None:
-    from ..sync.cad import check_local_name
-
     if name.startswith("/"):
         return "absolute name"
     if "\\" in name:
@@ -353,7 +352,8 @@ def unpack(source: BinaryIO, folder: Path, limits: BackupLimits = BackupLimits()
     """
     inflated = _Inflated(source, limits)
     try:
-        tar = tarfile.open(fileobj=inflated, mode="r|", tarinfo=_Header)  # type: ignore[call-overload]
+        # Entered as a context below, once opening it (a damaged head) has been told apart.
+        tar = tarfile.open(fileobj=inflated, mode="r|", tarinfo=_Header)  # type: ignore[call-overload]  # noqa: SIM115
     except _DAMAGED as exc:
         raise BackupError(f"not a tar archive ({exc})") from None
     problems: list[str] = []

@@ -10,11 +10,12 @@ Strategy (a redo journal)
    the new configuration text and its history note is written atomically. Writing it is the
    commit point.
 3. ``complete`` carries the journal out: removals, moves (``os.replace`` into place, each
-   folder fsynced), the configuration file (``write_atomic``, 0600), the history entry,
-   then it removes the staging folder and the journal. Every step is idempotent (a move
-   whose source is gone was done; the configuration is written only when it differs; the
-   history entry is recorded once per journal id), so a crash at any instant is repaired
-   by completing the journal again at the next start (``recover``).
+   folder fsynced), then the caller's ``finish`` (the configuration file and its history
+   entry, ``config.manage.finish``), then it removes the staging folder and the journal.
+   Every step is idempotent (a move whose source is gone was done; ``finish`` writes the
+   configuration only when it differs and records the history entry once per journal id),
+   so a crash at any instant is repaired by completing the journal again at the next start
+   (``recover``).
 
 So after a power cut the gateway sees either everything old or everything new, never a
 mix, and the configuration file is never half written (``write_atomic``).
@@ -23,6 +24,11 @@ Confinement: targets inside the files folder are reached by walking their folder
 ``lstat``; a symbolic link or a non-folder on the way is refused before anything is written
 (``check_target``), and again while completing (a folder replaced by a link meanwhile stops
 the move rather than following it).
+
+Where it lives: beside ``atomic``, whose several-file form it is, and below everything that
+changes files. Configuration changes are applied through it and ``config`` may only build on
+this level (io/ and state/ sit above it), so it knows nothing of a configuration: what the
+configuration's part of a change is, ``finish`` says.
 """
 
 from __future__ import annotations
@@ -39,27 +45,26 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..atomic import clean_stale, fsync_directory, write_atomic
-from ..errors import ConfigError
-from . import properties
-from .history import HISTORY_FILE, History
+from .atomic import clean_stale, fsync_directory, write_atomic
 
 __all__ = [
     "JOURNAL_NAME",
     "STAGE_PREFIX",
+    "Finish",
     "Move",
     "Plan",
-    "new_id",
-    "stage_folder",
-    "held",
-    "write_staged",
+    "check_target",
     "commit",
     "complete",
     "discard",
-    "recover",
-    "pending",
-    "check_target",
     "ensure_folders",
+    "held",
+    "new_id",
+    "pending",
+    "recover",
+    "stage_folder",
+    "step",
+    "write_staged",
 ]
 
 log = logging.getLogger("wmbus_stream.config")
@@ -67,11 +72,15 @@ log = logging.getLogger("wmbus_stream.config")
 JOURNAL_NAME = "config.journal"
 STAGE_PREFIX = ".stage-"
 
+# The caller's part of completing a plan, after the moves: idempotent, like every step.
+Finish = Callable[["Plan"], None]
+
 # Tests set this to kill the process at a named step (power-cut simulation).
 step_hook: Callable[[str], None] | None = None
 
 
-def _step(name: str) -> None:
+def step(name: str) -> None:
+    """A named step of completing a change is done (where a test can cut the power)."""
     if step_hook is not None:
         step_hook(name)
 
@@ -187,9 +196,9 @@ def commit(plan: Plan) -> None:
         _check_writable(Path(os.path.realpath(plan.config_path)).parent)
     for folder in plan.staging:
         fsync_directory(folder)
-    _step("staged")
+    step("staged")
     write_atomic(_journal(plan.state_directory), plan.to_json(), 0o600)
-    _step("committed")
+    step("committed")
 
 
 def discard(plan: Plan) -> None:
@@ -255,7 +264,7 @@ def ensure_folders(root: Path, target: Path) -> None:
                 raise OSError(f"{folder} is not a plain folder") from None
 
 
-def complete(plan: Plan) -> None:
+def complete(plan: Plan, finish: Finish) -> None:
     """Carry out a committed plan; safe to run again after a crash at any point."""
     for removal in plan.removals:
         try:
@@ -263,7 +272,7 @@ def complete(plan: Plan) -> None:
             fsync_directory(os.path.dirname(removal))
         except FileNotFoundError:
             pass
-    _step("removed")
+    step("removed")
     for number, move in enumerate(plan.moves):
         source, target = Path(move.source), Path(move.target)
         if not os.path.lexists(source):
@@ -281,22 +290,8 @@ def complete(plan: Plan) -> None:
                     pass
         os.replace(source, target)
         fsync_directory(target.parent)
-        _step(f"moved {number}")
-    if plan.config_text is not None:
-        data = plan.config_text.encode("utf-8")
-        try:
-            current = properties.read_bytes(plan.config_path)
-        except (OSError, ConfigError):  # missing, or not a regular file: replaced below
-            current = None
-        if current != data:
-            write_atomic(plan.config_path, data, 0o600)
-        _step("configuration written")
-    if plan.history is not None and plan.config_text is not None:
-        History(Path(plan.state_directory) / HISTORY_FILE).record(
-            plan.config_text, str(plan.history["origin"]), str(plan.history.get("note", "")),
-            apply_id=plan.id, when=float(plan.history["time"]),  # type: ignore[arg-type]
-        )
-        _step("history recorded")
+        step(f"moved {number}")
+    finish(plan)
     for folder in plan.staging:
         shutil.rmtree(folder, ignore_errors=True)
     journal = _journal(plan.state_directory)
@@ -305,7 +300,7 @@ def complete(plan: Plan) -> None:
     except FileNotFoundError:
         pass
     fsync_directory(journal.parent)
-    _step("done")
+    step("done")
 
 
 def _remove_stages(folder: Path) -> None:
@@ -324,7 +319,8 @@ def pending(state_directory: Path) -> bool:
     return _journal(state_directory).exists()
 
 
-def recover(state_directory: Path, config_path: Path, files_directory: Path, *, databases: bool = True) -> bool:
+def recover(state_directory: Path, config_path: Path, files_directory: Path, finish: Finish, *,
+            databases: bool = True) -> bool:
     """Complete an interrupted change, remove what unfinished ones left; True if one was completed.
 
     With ``databases=False`` (a running gateway holds its state database open) a change
@@ -344,7 +340,7 @@ def recover(state_directory: Path, config_path: Path, files_directory: Path, *, 
                       journal, exc, aside)
         else:
             log.warning("completing a configuration change interrupted by a crash or power cut (%s)", plan.id)
-            complete(plan)
+            complete(plan, finish)
             completed = True
     _remove_stages(state_directory)
     _remove_stages(files_directory)
