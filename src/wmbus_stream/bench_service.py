@@ -28,7 +28,7 @@ from .core import report
 from .core.analyzer import Analyzer
 from .core.pipeline import Pipeline, Settings
 from .core.store import Store
-from .io import http
+from .io.push import push as http_push
 from .receivers import framer
 from .receivers.cmex50 import encode
 from .wire.filters import matcher
@@ -120,7 +120,7 @@ def push(meters: int = 100_000) -> dict[str, Any]:
         store.flush()
         started = time.perf_counter()
         snapshot = store.snapshot()
-        result = http.push(url, lambda: report.body(snapshot, "00000161", tz), deadline=None)
+        result = http_push(url, lambda: report.body(snapshot, "00000161", tz), deadline=None)
         store.acknowledge(snapshot)
         elapsed = time.perf_counter() - started
         store.close()

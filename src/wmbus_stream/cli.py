@@ -339,14 +339,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
         counts = ", ".join(f"{k} {v}" for k, v in sorted(pipeline.counts.items()))
         print(f"replay: {counts or 'nothing read'}; {len(snapshot)} meters in the report", file=sys.stderr)
         if args.push:
-            from .io import http
+            from .io.push import push
             from .service import user_agent
 
             if not config.push_url:
                 print("wmbus-stream replay: receiving.server.url is not set", file=sys.stderr)
                 return EXIT_FAILURE
             creds = config.push_credentials
-            result = http.push(config.push_endpoint or config.push_url,
+            result = push(config.push_endpoint or config.push_url,
                                lambda: report.body(snapshot, config.gateway_serial, config.timezone),
                                username=creds[0] if creds else None, password=creds[1] if creds else None,
                                ca_file=str(config.push_ca_file) if config.push_ca_file else None,

@@ -38,7 +38,8 @@ from .core.pipeline import Pipeline, Settings
 from .core.schedule import Ticker
 from .core.store import Store, StoreWriteError
 from .errors import ConfigError, GatewayIOError
-from .io import http, systemd
+from .io import systemd
+from .io.push import push
 from .io.receiver import ReceiverReader, SimulatedReceiver
 from .receivers import framer as make_framer
 from .sync.procedure import SyncResult
@@ -452,7 +453,7 @@ class Gateway:
 
             attempts_made: list[int] = []
             credentials = cfg.push_credentials
-            result = http.push(
+            result = push(
                 cfg.push_endpoint or cfg.push_url,
                 body,
                 username=credentials[0] if credentials else None,

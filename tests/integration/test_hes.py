@@ -26,7 +26,7 @@ import pytest
 import wmbus_stream
 from wmbus_stream import wire
 from wmbus_stream.hes import JsonlStore, PostSummary, ReceiveServer, SqliteStore, add_arguments, parse_line, parse_report
-from wmbus_stream.io import http as client
+from wmbus_stream.io import push as client
 
 pytestmark = pytest.mark.integration
 

@@ -28,8 +28,10 @@ import pytest
 from gwkit import finishes, stop_server
 from wmbus_stream import wire
 from wmbus_stream.hes import ReceiveServer
-from wmbus_stream.io import http as client
-from wmbus_stream.io.http import HttpError, Timeouts
+from wmbus_stream.io import push as client
+from wmbus_stream.io.fetch import fetch
+from wmbus_stream.io.http import INTERIM_MAX, HttpError, Timeouts
+from wmbus_stream.io.notify import notify
 
 pytestmark = pytest.mark.integration
 
@@ -164,7 +166,7 @@ class RawServer:
             reason = http.server.BaseHTTPRequestHandler.responses.get(action.status, ("",))[0]
             head = f"HTTP/1.1 {action.status} {reason}\r\nContent-Length: {len(action.body)}\r\nConnection: close\r\n"
             head += "".join(f"{k}: {v}\r\n" for k, v in action.headers.items())
-            conn.sendall(action.interim + head.encode() + b"\r\n" + action.body)
+            conn.sendall(action.interim + head.encode("latin-1") + b"\r\n" + action.body)  # as http.client reads it
             if action.reset:
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 return
@@ -360,6 +362,17 @@ def test_retry_after_seconds_and_http_date_are_honoured(raw_server) -> None:
     assert 27 <= waits[1] <= 31
 
 
+@pytest.mark.parametrize("value", ["\u00b2", "\u00b9\u00b3", "soon", "", "12 s"])
+def test_an_unreadable_retry_after_means_backoff(raw_server, value: str) -> None:
+    """Neither delta-seconds nor an HTTP date (a superscript digit is a digit to str.isdigit, not
+    to RFC 9110): the backoff applies, and the push goes on."""
+    server = raw_server(Respond(503, {"Retry-After": value}), Respond(204))
+    waits: list[float] = []
+    result = client.push(server.url, Factory(report(1)), deadline=None, sleep=waits.append, rand=lambda: 0.5)
+    assert result.ok and result.attempts == 2
+    assert waits == [0.5]
+
+
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 413, 301])
 def test_client_errors_are_not_retried(raw_server, status: int) -> None:
     answer = b"line 1: meter id 'x' is not 8 hex digits\n"
@@ -504,18 +517,18 @@ def test_101_is_not_interim_and_fails_the_push(raw_server) -> None:
 
 
 def test_interim_answers_without_end_are_bounded_and_fail_the_push(raw_server) -> None:
-    flood = PROCESSING * (client.INTERIM_MAX // len(PROCESSING) + 10)
+    flood = PROCESSING * (INTERIM_MAX // len(PROCESSING) + 10)
     server = raw_server(Respond(200, interim=flood))
     result = client.push(server.url, Factory(report(5)), attempts=1, read_timeout=5, deadline=None)
     assert not result.ok and result.retryable
-    assert f"more than {client.INTERIM_MAX} bytes of interim (1xx) answers" in result.error
+    assert f"more than {INTERIM_MAX} bytes of interim (1xx) answers" in result.error
 
 
 def test_interim_answers_are_skipped_by_fetch_and_notify(raw_server) -> None:
     server = raw_server(Respond(200, body=b"Sync-Mode: server\n", interim=PROCESSING + EARLY_HINTS),
                         Respond(200, body=b"OK", interim=PROCESSING))
-    assert client.fetch(server.url) == b"Sync-Mode: server\n"
-    client.notify(server.url, "900 Sync-Id: 7")
+    assert fetch(server.url) == b"Sync-Mode: server\n"
+    notify(server.url, "900 Sync-Id: 7")
     assert server.seen[1].body == b"900 Sync-Id: 7"
 
 
@@ -540,7 +553,7 @@ def test_peer_text_in_errors_is_escaped_and_bounded(raw_server) -> None:
         assert not result.ok and "\\x00\\x01\\x1b[2J\\rforged line RRR" in result.error, result.error
         assert result.error.isascii() and result.error.isprintable() and len(result.error) < 1000
         with pytest.raises(HttpError) as caught:
-            client.fetch(server.url)
+            fetch(server.url)
         message = str(caught.value)
         assert "\\x00\\x01\\x1b" in message and message.isascii() and message.isprintable() and len(message) < 1000
     server = raw_server(Respond(418, body=b"\x1b]0;title\x07" + b"B" * 5000))
@@ -907,22 +920,22 @@ def files() -> Iterator[str]:
 
 
 def test_fetch_follows_redirects_and_sends_the_user_agent(files: str) -> None:
-    assert client.fetch(files + "/hop", user_agent=UA) == b"Sync-Mode: server\n"
+    assert fetch(files + "/hop", user_agent=UA) == b"Sync-Mode: server\n"
 
 
 def test_fetch_limits(files: str) -> None:
     with pytest.raises(HttpError, match="exceeds the limit"):
-        client.fetch(files + "/big", max_bytes=1000)
+        fetch(files + "/big", max_bytes=1000)
     with pytest.raises(HttpError, match="redirects"):
-        client.fetch(files + "/loop", max_redirects=3)
+        fetch(files + "/loop", max_redirects=3)
     with pytest.raises(HttpError, match="HTTP 404"):
-        client.fetch(files + "/missing")
+        fetch(files + "/missing")
     with pytest.raises(HttpError, match="Content-Encoding"):
-        client.fetch(files + "/gz")
+        fetch(files + "/gz")
     with pytest.raises(HttpError, match="http"):
-        client.fetch("file:///etc/passwd")
+        fetch("file:///etc/passwd")
     with pytest.raises(HttpError, match="total time limit"):
-        finishes(lambda: client.fetch(files + "/drip", timeouts=Timeouts(connect=1, read=5, total=0.5)),
+        finishes(lambda: fetch(files + "/drip", timeouts=Timeouts(connect=1, read=5, total=0.5)),
                  "a fetch with a 0.5 s total limit from a server that drips", timeout=4)
 
 
@@ -949,17 +962,17 @@ def test_fetch_refuses_https_to_http_redirect(ca: trustme.CA, ca_file: str, tmp_
     thread.start()
     try:
         with pytest.raises(HttpError, match="https to http refused"):
-            client.fetch(f"https://127.0.0.1:{server.server_address[1]}/x", ca_file=ca_file)
+            fetch(f"https://127.0.0.1:{server.server_address[1]}/x", ca_file=ca_file)
     finally:
         server.shutdown()
         server.server_close()
 
 
 def test_notify_needs_200_and_ok(files: str) -> None:
-    client.notify(files + "/ok", "900 Sync-Id: 7", user_agent=UA)
+    notify(files + "/ok", "900 Sync-Id: 7", user_agent=UA)
     path, body, headers = _Files.posts[-1]
     assert body == b"900 Sync-Id: 7" and headers["User-Agent"] == UA
     with pytest.raises(HttpError, match="not 'OK'"):
-        client.notify(files + "/nok", "900")
+        notify(files + "/nok", "900")
     with pytest.raises(HttpError, match="HTTP 500"):
-        client.notify(files + "/err", "921 bad")
+        notify(files + "/err", "921 bad")

@@ -12,8 +12,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from wmbus_stream.io import http as client
+from wmbus_stream.io import push as client
+from wmbus_stream.io.fetch import fetch
 from wmbus_stream.io.http import HttpError, Timeouts
+from wmbus_stream.io.notify import notify
 
 pytestmark = pytest.mark.integration
 
@@ -68,10 +70,10 @@ def basic(user: str, password: str) -> str:
 
 def test_credentials_go_only_to_their_origin_and_a_redirect_never_brings_new_ones(servers) -> None:
     home, other = servers
-    assert client.fetch(home.url + "/away", username="fleet", password="pw") == b"other\n"
+    assert fetch(home.url + "/away", username="fleet", password="pw") == b"other\n"
     assert home.seen == [("/away", basic("fleet", "pw"))] and other.seen == [("/file", None)]
     with pytest.raises(HttpError, match=r"redirect refused: user:password@ in the Location"):
-        client.fetch(home.url + "/creds")
+        fetch(home.url + "/creds")
     assert len(other.seen) == 1
 
 
@@ -84,10 +86,10 @@ def test_the_callers_policy_is_asked_before_every_request(servers) -> None:
         return "not an allowed origin" if url.startswith(other.url) else None
 
     with pytest.raises(HttpError, match=rf"GET {other.url}/file: refused: not an allowed origin"):
-        client.fetch(home.url + "/away", check=check)
+        fetch(home.url + "/away", check=check)
     assert asked == [home.url + "/away", other.url + "/file"] and other.seen == []
     with pytest.raises(HttpError, match="refused: not an allowed origin"):
-        client.notify(other.url + "/file", "900\n", check=check)
+        notify(other.url + "/file", "900\n", check=check)
     assert other.seen == []
 
 
@@ -96,20 +98,20 @@ def test_an_unusable_ca_file_does_not_stop_plain_http(servers, hes, tmp_path) ->
     home, _ = servers
     junk = tmp_path / "junk.pem"
     junk.write_text("not a certificate\n")
-    assert client.fetch(home.url + "/file", ca_file=str(junk)) == b"home\n"
+    assert fetch(home.url + "/file", ca_file=str(junk)) == b"home\n"
     result = client.push(hes.url, lambda: [b"not a report line\r\n"], ca_file=str(junk), deadline=None, attempts=1)
     assert result.status == 400, result.error  # the HES itself answered: the CA file was not in the way
     with pytest.raises(HttpError, match=r"CA file .*junk\.pem cannot be used"):
-        client.fetch("https://127.0.0.1:9/file", ca_file=str(junk))
+        fetch("https://127.0.0.1:9/file", ca_file=str(junk))
 
 
 def test_what_a_remote_party_is_told_never_quotes_another_server_or_tells_refused_from_silent(servers) -> None:
     home, _ = servers
     with pytest.raises(HttpError) as info:
-        client.fetch(home.url + "/secret")
+        fetch(home.url + "/secret")
     assert "private page" in str(info.value) and info.value.public == f"GET {home.url}/secret: HTTP 403"
     with pytest.raises(HttpError) as info:
-        client.notify(home.url + "/missing", "900\n")
+        notify(home.url + "/missing", "900\n")
     assert "other server's words" in str(info.value) and info.value.public == f"POST {home.url}/missing: HTTP 404"
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
@@ -121,7 +123,7 @@ def test_what_a_remote_party_is_told_never_quotes_another_server_or_tells_refuse
     try:
         for port in (closed, silent.getsockname()[1]):
             with pytest.raises(HttpError) as info:
-                client.fetch(f"http://127.0.0.1:{port}/f", timeouts=Timeouts(connect=1, read=1, total=2))
+                fetch(f"http://127.0.0.1:{port}/f", timeouts=Timeouts(connect=1, read=1, total=2))
             told.append(info.value.public.replace(str(port), "PORT"))
     finally:
         silent.close()

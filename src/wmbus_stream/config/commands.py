@@ -59,7 +59,7 @@ def _tell_gateway(manager: ConfigManager, changed: bool) -> None:
 
 
 def _report_change(manager: ConfigManager, before: str | None, number: int) -> None:
-    changed = manager._file_text() != before
+    changed = manager.file_text() != before
     if changed:
         print(f"configuration #{number} applied and recorded")
     else:

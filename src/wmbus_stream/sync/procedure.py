@@ -49,13 +49,15 @@ from ..config.keys import origin
 from ..config.manage import ConfigManager
 from ..config.model import Config, split_credentials
 from ..errors import ConfigError
-from ..io import http
+from ..io import retry
+from ..io.fetch import fetch as http_fetch
 from ..io.http import HttpError, Timeouts
+from ..io.notify import notify as http_notify
 from ..text import printable
 from . import cad, trust
 from .cad import RESULT_ERROR, RESULT_OK, CadError
 
-__all__ = ["SyncResult", "SyncLimits", "run_sync", "user_agent", "MODEL", "RESULT_TEXT_MAX"]
+__all__ = ["MODEL", "RESULT_TEXT_MAX", "SyncLimits", "SyncResult", "run_sync", "user_agent"]
 
 log = logging.getLogger("wmbus_stream.sync")
 
@@ -172,8 +174,8 @@ def run_sync(
     manager: ConfigManager,
     config: Config,
     *,
-    fetch: Callable[..., bytes] = http.fetch,
-    notify: Callable[..., None] = http.notify,
+    fetch: Callable[..., bytes] = http_fetch,
+    notify: Callable[..., None] = http_notify,
     files_dir: Path | None = None,
     user_agent: str | None = None,
     limits: SyncLimits | None = None,
@@ -303,12 +305,12 @@ def _replace(result: SyncResult, **changes: Any) -> SyncResult:
 def _notify(url: str, body: str, config: Config, limits: SyncLimits, notify: Callable[..., None],
             stop_event: threading.Event | None, sleep: Callable[[float], object] | None,
             clock: Callable[[], float], rand: Callable[[], float], **request: Any) -> tuple[bool, str | None]:
-    """POST the result (``request``: the keywords of ``http.notify``); retried like a push
-    (backoff with jitter) while a retry may help."""
-    attempts = max(1, config.push_retries)
+    """POST the result (``request``: the keywords of ``notify.notify``); retried under the push's
+    policy (``retry``: backoff with jitter, within ``limits.notify_seconds``) while a retry may help."""
     deadline = clock() + limits.notify_seconds
+    policy = retry.Policy(max(1, config.push_retries), deadline, clock, rand)
     error: str | None = None
-    for attempt in range(1, attempts + 1):
+    for attempt in range(1, policy.attempts + 1):
         left = deadline - clock()
         if left <= 0:
             break
@@ -319,17 +321,10 @@ def _notify(url: str, body: str, config: Config, limits: SyncLimits, notify: Cal
             return True, None
         except HttpError as exc:
             error = str(exc)
-            if not exc.retryable or attempt == attempts:
-                break
-        delay = rand() * min(http.BACKOFF_CAP, http.BACKOFF_BASE * 2 ** (attempt - 1))
-        if clock() + delay >= deadline:
+            step = policy.after(attempt, exc.retryable)
+        if step.stop is not None:
             break
-        log.warning("sync result to %s not acknowledged (%s); retrying in %.1f s", _display(url), error, delay)
-        if sleep is not None:
-            sleep(delay)
-        elif stop_event is not None:
-            if stop_event.wait(delay):
-                break
-        else:
-            time.sleep(delay)
+        log.warning("sync result to %s not acknowledged (%s); retrying in %.1f s", _display(url), error, step.delay)
+        if retry.pause(step.delay, sleep, stop_event):
+            break
     return False, error
