@@ -9,28 +9,40 @@ import http.server
 import socket
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from wmbus_stream.config import model
+from wmbus_stream.config.manage import ConfigManager
 from wmbus_stream.io import push as client
 from wmbus_stream.io.fetch import fetch
 from wmbus_stream.io.http import HttpError, Timeouts
 from wmbus_stream.io.notify import notify
+from wmbus_stream.sync.procedure import run_sync
 
 pytestmark = pytest.mark.integration
 
 
-class Recorder:
-    """Plain HTTP on 127.0.0.1: ``routes`` path -> (status, headers, body); records (path, Authorization)."""
+Answer = tuple[int, dict[str, str], bytes]
 
-    def __init__(self, routes: dict[str, tuple[int, dict[str, str], bytes]]) -> None:
+
+class Recorder:
+    """Plain HTTP on 127.0.0.1: ``routes`` path -> (status, headers, body), or a list of them given in
+    turn; records (path, Authorization)."""
+
+    def __init__(self, routes: dict[str, Answer | list[Answer]]) -> None:
         self.seen: list[tuple[str, str | None]] = []
+        self.routes = routes
         owner = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802
                 owner.seen.append((self.path, self.headers.get("Authorization")))
-                status, headers, body = routes.get(self.path, (404, {}, b"the other server's words"))
+                answer = routes.get(self.path, (404, {}, b"the other server's words"))
+                if isinstance(answer, list):  # one answer after the other, the last one for good
+                    answer = answer.pop(0) if len(answer) > 1 else answer[0]
+                status, headers, body = answer
                 self.send_response(status)
                 for name, value in headers.items():
                     self.send_header(name, value)
@@ -129,3 +141,47 @@ def test_what_a_remote_party_is_told_never_quotes_another_server_or_tells_refuse
         silent.close()
     assert told[0] == told[1] == ("GET http://127.0.0.1:PORT/f: no answer (cannot connect, or the connection"
                                   " failed or timed out)")
+
+
+def synced_gateway(tmp_path: Path, server: Recorder) -> tuple[ConfigManager, model.Config]:
+    """A gateway whose configuration server is ``server`` (plain http, allowed by its owner)."""
+    path = tmp_path / "stream.cfg"
+    path.write_text(f"gateway.serial=00000161\nstate.directory={tmp_path / 'state'}\n"
+                    "receiving.server.url=https://hes.example/in\nreceiver.address=62001772\n"
+                    f"configuration.server.url={server.url}/cad\nconfiguration.server.allow.http=true\n"
+                    "receiving.server.retries=3\n")
+    return ConfigManager(path, tmp_path / "state"), model.load(path)
+
+
+def test_a_sync_result_is_posted_again_with_the_push_backoff(tmp_path: Path) -> None:
+    """Not acknowledged twice (503, then 404: anything but 200 OK is tried again), then OK: three
+    POSTs, waiting rand * 1 s, then rand * 2 s, as a push does."""
+    server = Recorder({"/result": [(503, {}, b"busy"), (404, {}, b"not yet"), (200, {}, b"OK\n")]})
+    try:
+        server_cad = f"Sync-Mode: server\nSync-Id: r1\nSync-Notify-URL: {server.url}/result\n".encode()
+        server.routes["/cad"] = (200, {}, server_cad)
+        manager, config = synced_gateway(tmp_path, server)
+        waits: list[float] = []
+        result = run_sync(manager, config, sleep=waits.append, rand=lambda: 0.5)
+        assert result.ok and result.notified is True and result.notify_error is None
+        assert waits == [0.5, 1.0]
+        assert [path for path, _ in server.seen] == ["/cad", "/result", "/result", "/result"]
+    finally:
+        server.close()
+
+
+def test_a_sync_result_gives_up_after_its_attempts_or_at_a_stop(tmp_path: Path) -> None:
+    server = Recorder({"/result": (503, {}, b"busy")})
+    try:
+        server.routes["/cad"] = (200, {}, f"Sync-Mode: server\nSync-Notify-URL: {server.url}/result\n".encode())
+        manager, config = synced_gateway(tmp_path, server)
+        waits: list[float] = []
+        result = run_sync(manager, config, sleep=waits.append, rand=lambda: 1.0)
+        assert result.notified is False and result.notify_error.startswith("POST ") and "HTTP 503" in result.notify_error
+        assert waits == [1.0, 2.0] and len(server.seen) == 1 + 3  # receiving.server.retries=3 attempts
+        stop = threading.Event()
+        stop.set()  # the wait after the first failure ends at once, and nothing more is posted
+        result = run_sync(manager, config, stop_event=stop)
+        assert result.notified is False and len(server.seen) == 4 + 2
+    finally:
+        server.close()
