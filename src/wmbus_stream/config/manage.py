@@ -273,10 +273,10 @@ class ConfigManager:
                 folder = journal.stage_folder(self.files_directory, change_id)
                 staging.append(str(folder))
                 for number, (name, data) in enumerate(sorted(to_write.items())):
-                    staged = folder / str(number)
-                    journal.write_staged(staged, data)
-                    moves.append(journal.Move(str(staged), str(self.files_directory / name),
-                                                  confined_to=str(self.files_directory)))
+                    path = folder / str(number)
+                    journal.write_staged(path, data)
+                    moves.append(journal.Move(str(path), str(self.files_directory / name),
+                                              confined_to=str(self.files_directory)))
             plan = journal.Plan(
                 id=change_id,
                 state_directory=str(self.state_directory),

@@ -159,7 +159,7 @@ class FinalResponse(http.client.HTTPResponse):
     def _read_status(self) -> tuple[str, int, str]:
         budget = INTERIM_MAX
         while True:
-            version, status, reason = super()._read_status()
+            version, status, reason = super()._read_status()  # type: ignore[misc]  # http.client's own step
             if not 100 <= status < 200 or status == 101:
                 return version, status, reason
             budget -= len(version) + len(reason) + 5

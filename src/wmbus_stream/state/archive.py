@@ -41,7 +41,7 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Self
 
 from .. import __version__
 from ..config import properties
@@ -300,7 +300,7 @@ class _Header(tarfile.TarInfo):
     """A tar header that refuses an extended (pax or GNU) header larger than any ``write`` makes."""
 
     @classmethod
-    def frombuf(cls, buf: bytes, encoding: str, errors: str) -> tarfile.TarInfo:
+    def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> Self:
         info = super().frombuf(buf, encoding, errors)
         if info.type in _EXTENDED and info.size > _EXTENDED_MAX:
             raise BackupError(f"an extended tar header of {info.size} bytes, more than the limit of {_EXTENDED_MAX}")
