@@ -7,9 +7,9 @@ Strategy
   the exact text to be written); an invalid one raises ``ConfigError`` with every problem
   and writes nothing.
 - A valid change is applied as one transaction (``journal``): staged, committed by a
-  journal, completed (file 0600 written atomically, history entry recorded: ``finish``). A crash at
-  any instant leaves everything old or, after ``recover`` at the next start, everything
-  new. ``on_applied(config)`` is called afterwards (the running gateway's reload).
+  journal, completed (file 0600 written atomically, history entry recorded: ``finish``).
+  A crash at any instant leaves everything old or, after ``recover`` at the next start,
+  everything new. ``on_applied(config)`` is called afterwards (the running gateway's reload).
 - Applying what is already there writes nothing and records nothing (the file's mtime
   stays), and returns the newest history entry.
 - One change at a time: a thread lock plus ``flock`` on ``config.lock`` in the state
