@@ -42,7 +42,8 @@ def extensions():
     except ImportError:
         sys.stderr.write("wmbus-stream: Cython not available; installing the pure-Python twins.\n")
         return []
-    modules = [Extension("wmbus_stream.wire._cwire", ["ext/_cwire.pyx"])]
+    modules = [Extension("wmbus_stream.wire._cwire", ["ext/_cwire.pyx"]),
+               Extension("wmbus_stream.wire._cstream", ["ext/_cstream.pyx"])]
     return cythonize(modules, language_level=3, compiler_directives={"boundscheck": False, "wraparound": False})
 
 

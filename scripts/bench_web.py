@@ -84,7 +84,7 @@ def running_gateway(folder: Path, meters: int) -> Gateway:
     stream = b"".join(encode(bench_service._telegram(m), receiver_address="62001772", rssi_dbm=-50 - m % 60)
                       for m in range(meters))
     assert gateway.pipeline is not None and gateway.web is not None
-    gateway.pipeline.process(reader.feed(stream), time.time())
+    gateway.pipeline.feed(reader, stream, time.time())
     return gateway
 
 

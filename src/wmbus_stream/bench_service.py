@@ -26,7 +26,8 @@ from zoneinfo import ZoneInfo
 from . import implementation
 from .core import report
 from .core.analyzer import Analyzer
-from .core.pipeline import Pipeline, Settings
+from .core.check import Settings
+from .core.pipeline import Pipeline
 from .core.store import Store
 from .io.push import push as http_push
 from .receivers import framer
@@ -61,7 +62,7 @@ def pipeline(telegrams: int = 300_000, meters: int = 10_000) -> dict[str, Any]:
         gc.disable()
         started, cpu_started = time.perf_counter(), time.process_time()
         for pos in range(0, len(stream), 65536):
-            pipe.process(reader.feed(stream[pos : pos + 65536]), time.time())
+            pipe.feed(reader, stream[pos : pos + 65536], time.time())
         elapsed = time.perf_counter() - started
         cpu = time.process_time() - cpu_started  # this process only (all its threads): steady on a busy machine
         gc.enable()
@@ -144,7 +145,7 @@ def memory(meters: int = 100_000) -> dict[str, Any]:
         tracemalloc.start()
         before = tracemalloc.get_traced_memory()[0]
         now = time.time()
-        for key, ident, t in zip(keys, ids, telegrams):
+        for key, ident, t in zip(keys, ids, telegrams, strict=True):
             store.put(key, ident, now, t)
         store.flush()  # the dirty set is emptied, as in steady state
         used = tracemalloc.get_traced_memory()[0] - before

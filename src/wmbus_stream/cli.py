@@ -333,8 +333,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         import time as _time
 
         while chunk := source.read(65536):
-            pipeline.process(reader.feed(chunk), _time.time())
-        pipeline.process(reader.flush(), _time.time())
+            pipeline.feed(reader, chunk, _time.time())
+        pipeline.feed(reader, b"", _time.time(), final=True)
         snapshot = store.snapshot()
         counts = ", ".join(f"{k} {v}" for k, v in sorted(pipeline.counts.items()))
         print(f"replay: {counts or 'nothing read'}; {len(snapshot)} meters in the report", file=sys.stderr)

@@ -34,7 +34,8 @@ from .config.manage import ConfigManager
 from .config.model import Config
 from .core import report
 from .core.analyzer import Analyzer
-from .core.pipeline import Pipeline, Settings
+from .core.check import Settings
+from .core.pipeline import Pipeline
 from .core.schedule import Ticker
 from .core.store import Store, StoreWriteError
 from .errors import ConfigError, GatewayIOError
@@ -188,7 +189,9 @@ class Gateway:
         self._reader_stop = threading.Event()
         framer = make_framer(cfg.receiver_protocol if cfg.receiver_protocol != "simulator" else "cmex50",
                              receiver_address=cfg.receiver_address)
-        deliver = self._deliver
+        def deliver(data: bytes, final: bool, now: float) -> int:
+            return self._deliver(framer, data, final, now)
+
         if cfg.receiver_protocol == "simulator":
             from .receivers.simulator import Simulator
 
@@ -208,10 +211,10 @@ class Gateway:
             self.reader.join(timeout=5)
             self.reader = None
 
-    def _deliver(self, items: list, now: float) -> None:
+    def _deliver(self, framer: Any, data: bytes, final: bool, now: float) -> int:
         assert self.pipeline is not None
         with self._swap_lock:  # a restore swapping the store makes arrivals wait: none is lost
-            self.pipeline.process(items, now)
+            return self.pipeline.feed(framer, data, now, final)
 
     def shutdown(self) -> None:
         """Stop everything; a push in flight finishes or is abandoned; state is flushed."""

@@ -202,8 +202,9 @@ def test_record_counts_a_burst_of_100k_telegrams() -> None:
 
 def test_long_form_telegrams_through_the_pipeline_are_counted_kept_and_reset(tmp_path: Path, vectors) -> None:
     from wmbus_stream import wire
-    from wmbus_stream.core.pipeline import Pipeline, Settings
-    from wmbus_stream.receivers.base import Received
+    from wmbus_stream.core.check import Settings
+    from wmbus_stream.core.pipeline import Pipeline
+    from wmbus_stream.core.received import Received
     from wmbus_stream.wire.filters import matcher
 
     long_one = next(v["telegram_bytes"] for v in vectors if len(v["telegram_bytes"]) == 230)

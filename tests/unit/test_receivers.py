@@ -22,7 +22,8 @@ from wmbus_stream.core.check import check
 from wmbus_stream.errors import ConfigError
 from wmbus_stream.receivers import amb8465, cmex50, framer, framer_class, im871a, names, rtlwmbus
 from wmbus_stream.receivers import hex as hexline
-from wmbus_stream.receivers.base import FORMAT_AUTO, FramerStats, Received
+from wmbus_stream.core.received import FORMAT_AUTO, Received
+from wmbus_stream.receivers.base import FramerStats
 from wmbus_stream.wire.modes import C1A, C1B, RADIO_MODES, S1, T1, mode_mask
 
 PROTOCOLS = ("cmex50", "im871a", "amb8465", "rtlwmbus", "hex")
@@ -218,7 +219,7 @@ def test_garbage_around_and_between_frames_is_skipped_and_counted(capture: Captu
 def test_any_split_gives_the_same(capture: Capture, cuts: list[int]) -> None:
     data = b"".join(capture.frames[:40])
     points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
-    chunks = [data[a:b] for a, b in zip(points, points[1:])]
+    chunks = [data[a:b] for a, b in zip(points, points[1:], strict=False)]
     f = capture.framer()
     assert run(f, chunks) == capture.expected[:40]
 
@@ -491,7 +492,7 @@ def test_im871a_rssi_of_every_raw_byte_follows_the_cited_curve(twin) -> None:
     assert len(dbm) == 256 and stats_of(f) == (256, 0, 0)
     assert (dbm[0], dbm[45], dbm[205]) == (-122, -100, -20)
     assert dbm[230:] == [0] * 26
-    assert all(0 <= b - a <= 1 for a, b in zip(dbm, dbm[1:]))
+    assert all(0 <= b - a <= 1 for a, b in zip(dbm, dbm[1:], strict=False))
     assert dbm[206:230] == [int(-20 + 0.8 * (raw - 205)) for raw in range(206, 230)]
     assert all(im871a.rssi_dbm(im871a.rssi_raw(d)) == d for d in range(-122, 1))
     # The report's RSSI code of each: 63 (above -6 dBm) for the saturated bytes, never 0 (unknown).

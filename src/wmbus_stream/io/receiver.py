@@ -20,13 +20,12 @@ from collections.abc import Callable
 
 import serial
 
-from ..receivers.base import Received
-
 __all__ = ["ReceiverReader", "is_capture"]
 
 log = logging.getLogger("wmbus_stream.receiver")
 
-Deliver = Callable[[list[Received], float], None]
+# Hands a read chunk to the pipeline: (bytes, end of stream, arrival time) -> frames read.
+Deliver = Callable[[bytes, bool, float], int]
 
 
 def is_capture(port: str) -> bool:
@@ -115,9 +114,10 @@ class ReceiverReader(threading.Thread):
 
     def _flush_framer(self) -> None:
         """A frame cut by an unplug or a reset must not be glued to the first bytes after it."""
-        items = self.framer.flush()
-        if items:
-            self.deliver(items, time.time())
+        if self.framer.pending:
+            self.deliver(b"", True, time.time())
+        else:
+            self.framer.flush()  # nothing held, so no frame: only the framer's state restarts
 
     def _pump(self, port) -> None:
         if self.setup:
@@ -145,13 +145,13 @@ class ReceiverReader(threading.Thread):
                 raise _Silent(self.last_error)
 
     def _feed(self, data: bytes) -> int:
-        """Frame ``data`` and deliver what it completes; the number of frames (good or broken)."""
+        """Deliver ``data`` to be framed and checked; the number of frames (good or broken) it completed."""
         self.bytes_read += len(data)
-        items = self.framer.feed(data)
-        if items:
-            self.last_data_at = time.time()
-            self.deliver(items, self.last_data_at)
-        return len(items)
+        now = time.time()
+        frames = self.deliver(data, False, now)
+        if frames:
+            self.last_data_at = now
+        return frames
 
     def _read_capture(self) -> None:
         self.state = "connected"
@@ -167,9 +167,7 @@ class ReceiverReader(threading.Thread):
                 if not chunk:
                     break
                 self._feed(chunk)
-        items = self.framer.flush()
-        if items:
-            self.deliver(items, time.time())
+        self._flush_framer()
         self.state = "finished"
         log.info("capture %s read to its end (%d bytes)", self.port, self.bytes_read)
 
@@ -197,7 +195,5 @@ class SimulatedReceiver(threading.Thread):
             if self.stop_event.wait(max(0.0, at - time.time())):
                 break
             self.bytes_read += len(data)
-            items = self.framer.feed(data)
-            if items:
-                self.deliver(items, time.time())
+            self.deliver(data, False, time.time())
         self.state = "stopped"

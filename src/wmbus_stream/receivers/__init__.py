@@ -1,7 +1,8 @@
 """Receiver framers by protocol name (``receiver.protocol``), imported only when asked for.
 
 Every framer has ``name``, ``stats`` (``FramerStats``), ``pending`` (bytes held),
-``feed(bytes) -> list[Received]``, ``flush() -> list[Received]`` and
+``feed(bytes) -> list[Received]``, ``flush() -> list[Received]``, ``scan(bytes, final,
+settings) -> core.check.Batch`` (a read chunk framed and checked: the daemon's path) and
 ``setup_commands(radio_mode_setting) -> bytes`` (b"" when the receiver cannot be set), and
 takes keyword options ``receiver_address`` and ``radio_mode`` (plus ``rssi`` for amb8465).
 
@@ -14,8 +15,10 @@ from __future__ import annotations
 import importlib
 from typing import Any, Protocol
 
+from ..core.check import Batch, Settings
+from ..core.received import Received
 from ..errors import ConfigError, Problem
-from .base import FramerStats, Received
+from .base import FramerStats
 
 __all__ = ["Framer", "framer", "framer_class", "names", "REGISTRY", "SIMULATOR"]
 
@@ -35,6 +38,8 @@ class Framer(Protocol):
     def feed(self, data: bytes) -> list[Received]: ...
 
     def flush(self) -> list[Received]: ...
+
+    def scan(self, data: bytes, final: bool, settings: Settings) -> Batch: ...
 
     def setup_commands(self, radio_mode_setting: str) -> bytes: ...
 

@@ -32,13 +32,23 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from .base import FramerStats, Received
+from ..core.check import Batch, Settings, check_all
+from ..core.received import Received
+from .base import FramerStats
 
 __all__ = ["BinaryFramer", "LineFramer", "Decoded"]
 
 # What ``_decode`` returns: (result or None for a message that is not a telegram, trusted).
 # ``trusted`` is False when the frame's own checksum failed, i.e. its length may be wrong.
 Decoded = tuple[Received | None, bool]
+
+
+def scan(framer: BinaryFramer | LineFramer, data: bytes, final: bool, settings: Settings) -> Batch:
+    """A read chunk framed (``final`` ends the stream) and its frames through the check stage."""
+    items = framer.feed(data)
+    if final:
+        items += framer.flush()
+    return check_all(items, settings)
 
 
 class BinaryFramer:
@@ -75,6 +85,10 @@ class BinaryFramer:
         self._buf.clear()
         self._covered = 0
         return out
+
+    def scan(self, data: bytes, final: bool, settings: Settings) -> Batch:
+        """Frame a read chunk and check its frames (the pipeline's input)."""
+        return scan(self, data, final, settings)
 
     # Subclass hooks -------------------------------------------------------------------
 
@@ -203,6 +217,10 @@ class LineFramer:
         self._buf.clear()
         self._discarding = False
         return out
+
+    def scan(self, data: bytes, final: bool, settings: Settings) -> Batch:
+        """Split a read chunk into lines and check their frames (the pipeline's input)."""
+        return scan(self, data, final, settings)
 
     def _line(self, raw: bytes, size: int, out: list[Received]) -> None:
         # ``size`` counts the newline too, so skipped bytes add up to the input.

@@ -1,11 +1,11 @@
 """CMeX50-style receiver: wired M-Bus long frames ``68 L L 68 C A CI ... CS 16`` (spec section 2).
 
-Strategy: the binary engine scans for 0x68. A candidate is plausible when its header is
-consistent (``68 L L 68`` with L >= 3, room for C, A and CI); it is then validated by
-``wire.parse_cmex50``. A failed checksum or stop byte means the boundaries cannot be
-trusted: the frame is reported broken and the scan resumes after its first 0x68. A frame
-whose checksum is right but whose records are not a receiver frame (no container, wrong
-C/CI) is reported broken and skipped as a whole.
+The framing, check and filter are the selected twin of ``wire.Cmex50Scanner``
+(``ext/_cstream.pyx``, pure ``wire/_pystream.py``), which holds the strategy: scan for 0x68,
+validate with ``parse_cmex50``'s rules, resynchronise inside a frame whose checksum or
+stop byte fails, consume whole a frame that is not a receiver frame. ``feed`` gives its
+frames as ``Received``; ``scan`` gives the pipeline a whole chunk checked and filtered in
+one call (the daemon's path).
 
 Each good frame gives the contained wireless telegram (CRC-less, ``FORMAT_NONE``), the RSSI
 from the ``01 FD 71`` record (code 0 -> unknown, 63 -> -6 dBm, else 2*code - 130), the
@@ -20,25 +20,17 @@ filter).
 from __future__ import annotations
 
 from .. import wire
-from ..errors import ChecksumError, FrameError, LengthError
-from ._engine import BinaryFramer, Decoded
+from ..core.check import VERDICTS, Batch, Settings
+from ..core.received import Received
+from ..errors import LengthError
+from ..wire._pystream import MAX_FRAME, rssi_dbm
 from ._settings import check_setting
-from .base import Received
+from .base import FramerStats
 
 __all__ = ["Cmex50Framer", "encode", "wrap", "rssi_dbm"]
 
 START = 0x68
 STOP = 0x16
-MIN_LENGTH = 3  # C, A, CI: the least a long frame holds
-
-
-def rssi_dbm(code: int | None) -> int | None:
-    """dBm of a CMeX50 RSSI code: 0 (or no record) unknown, 1..62 -> 2*code-130, 63 -> -6."""
-    if not code:
-        return None
-    if code >= 63:
-        return -6
-    return 2 * code - 130
 
 
 def wrap(body: bytes) -> bytes:
@@ -55,51 +47,52 @@ def encode(telegram: bytes, *, receiver_address: str | None = None, rssi_dbm: in
     return wrap(wire.build_report(telegram, receiver_address, rssi_dbm, wired_address))
 
 
-class Cmex50Framer(BinaryFramer):
+class Cmex50Framer:
     """Frames wired M-Bus long frames that carry a wireless telegram in a container record."""
 
     name = "cmex50"
-    START = START
-    MAX_FRAME = 255 + 6
+    MAX_FRAME = MAX_FRAME
 
     def __init__(self, *, receiver_address: str | None = None, radio_mode: str | None = None) -> None:
-        super().__init__()
+        self.stats = FramerStats()
         self.receiver_address = receiver_address
         # Kept for a uniform constructor; this receiver does not report per-frame modes.
         self.radio_mode = radio_mode
+        self._scanner = wire.Cmex50Scanner(receiver_address)
+
+    @property
+    def pending(self) -> bytes:
+        """The bytes held while waiting for the rest of a frame."""
+        return bytes(self._scanner.pending)
+
+    @property
+    def max_pending(self) -> int:
+        """Upper bound of ``len(pending)`` between calls: one maximal frame."""
+        return self.MAX_FRAME
 
     def setup_commands(self, radio_mode_setting: str) -> bytes:
         """Nothing to send: the receiver is configured on its own."""
         check_setting(radio_mode_setting)
         return b""
 
-    def _measure(self, buf: bytearray, pos: int) -> int:
-        have = len(buf) - pos
-        if have >= 3 and buf[pos + 1] != buf[pos + 2]:
-            return -1
-        if have >= 2 and buf[pos + 1] < MIN_LENGTH:
-            return -1
-        if have < 4:
-            return 0
-        if buf[pos + 3] != START:
-            return -1
-        return buf[pos + 1] + 6
+    def feed(self, data: bytes) -> list[Received]:
+        """Add bytes from the receiver; return the frames they complete."""
+        return self._received(self._scanner.frames(data, False))
 
-    def _decode(self, frame: bytes) -> Decoded:
-        try:
-            body, address, _age, code, telegram = wire.parse_cmex50(frame)
-        except ChecksumError as exc:
-            return Received(b"", 0, error=f"cmex50: {exc}"), False
-        except FrameError as exc:
-            return Received(b"", 0, error=f"cmex50: {exc}"), True
-        if len(telegram) > wire.CONTAINER_MAX:
-            body = _long_form(body, telegram)
-        # Positional on purpose: this runs once per telegram.
-        address = address if address is not None else self.receiver_address
-        return Received(telegram, wire.FORMAT_NONE, rssi_dbm(code), 0, address, body), True
+    def flush(self) -> list[Received]:
+        """End of input: report a cut frame as broken, skip the rest, start empty."""
+        return self._received(self._scanner.frames(b"", True))
 
+    def scan(self, data: bytes, final: bool, settings: Settings) -> Batch:
+        """Frame, check and filter a read chunk in one call (``final`` ends the stream)."""
+        batch = Batch._make(self._scanner.scan(data, final, settings.matcher, VERDICTS))
+        self._count()
+        return batch
 
-def _long_form(body: bytes, telegram: bytes) -> bytes:
-    """``body`` with its container record (and fill byte) replaced by the 0F long form."""
-    start = body.rfind(b"\x0d\xfd\x3b" + bytes((len(telegram),)) + telegram)
-    return body if start < 0 else body[:start] + bytes((wire.LONG_FORM,)) + telegram
+    def _received(self, frames: list[tuple]) -> list[Received]:
+        self._count()
+        return list(map(Received._make, frames))
+
+    def _count(self) -> None:
+        stats, scanner = self.stats, self._scanner
+        stats.frames, stats.bad_frames, stats.skipped_bytes = scanner.frames_out, scanner.bad_frames, scanner.skipped_bytes

@@ -13,9 +13,9 @@ why) rather than skipped bytes. Only lines longer than ``MAX_LINE`` are skipped.
 
 from __future__ import annotations
 
+from ..core.received import FORMAT_AUTO, Received
 from ._engine import LineFramer
 from ._settings import check_setting
-from .base import FORMAT_AUTO, Received
 
 __all__ = ["HexFramer", "encode"]
 

@@ -31,9 +31,9 @@ of the configured ``radio_mode`` (0 when not given).
 from __future__ import annotations
 
 from .. import wire
+from ..core.received import Received
 from ._engine import BinaryFramer, Decoded
 from ._settings import check_setting, mode_mask_of
-from .base import Received
 
 __all__ = ["Im871aFramer", "encode", "frame", "x25", "rssi_dbm", "rssi_raw", "LINK_MODES"]
 

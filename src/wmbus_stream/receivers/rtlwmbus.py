@@ -19,13 +19,13 @@ mapping to dBm, so ``rssi_dbm`` is None.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from .. import wire
+from ..core.received import Received
 from ..wire.modes import mode_mask
 from ._engine import LineFramer
 from ._settings import check_setting
-from .base import Received
 
 __all__ = ["RtlWmbusFramer", "encode"]
 
@@ -36,7 +36,7 @@ FIELDS = 8
 def encode(telegram: bytes, *, mode: str = "T1", time: float = 0.0, rssi: tuple[int, int] = (100, 100),
            crc_ok: bool = True) -> bytes:
     """The line rtl-wmbus prints for a CRC-less telegram (``mode`` T1, C1 or S1; ``time`` epoch s)."""
-    stamp = datetime.fromtimestamp(time, timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    stamp = datetime.fromtimestamp(time, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
     ident = telegram[7:3:-1].hex() if len(telegram) >= 8 else "00000000"
     ok = "1" if crc_ok else "0"
     return f"{mode};{ok};{ok};{stamp};{rssi[0]};{rssi[1]};{ident};0x{telegram.hex()}\n".encode("ascii")

@@ -1,7 +1,8 @@
 """The sans-IO wire core: CRC, frame formats A/B, link header, wired container, report, filters.
 
-The hot functions come from the compiled twin (``wmbus_stream.wire._cwire``, built from
-``ext/_cwire.pyx``) when it is present and allowed, else from the pure twin ``_pywire``.
+The hot functions come from the compiled twins (``wmbus_stream.wire._cwire`` and ``_cstream``,
+built from ``ext/``) when they are present and allowed, else from the pure twins ``_pywire``
+and ``_pystream``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,11 @@ rssi_code = _impl.rssi_code
 build_report = _impl.build_report
 Matcher = _impl.Matcher
 check_batch = _impl.check_batch
+
+# The cmex50 stream scanner: framing, check and filter of a read chunk in one call.
+_stream = select("wmbus_stream.wire._cstream", "wmbus_stream.wire._pystream")
+Cmex50Scanner = _stream.Cmex50Scanner
+crc_loop = _stream.crc_loop
 
 from ._pywire import (  # noqa: E402  (constants are shared by both twins)
     CONTAINER_MAX,
@@ -42,7 +48,7 @@ RESULT_NAMES = ("ok", "crc", "length", "header", "filter.manufacturer", "filter.
 
 __all__ = [
     "crc16", "strip_a", "strip_b", "check_telegram", "parse_header", "parse_cmex50", "rssi_code",
-    "build_report", "Matcher", "check_batch", "RESULT_NAMES",
+    "build_report", "Matcher", "check_batch", "Cmex50Scanner", "crc_loop", "RESULT_NAMES",
     "OK", "CRC", "LENGTH", "HEADER", "FILTER_MANUFACTURER", "FILTER_DEVICE_TYPE", "FILTER_ID",
     "FILTER_MODE", "FORMAT_NONE", "FORMAT_A", "FORMAT_B", "MANUFACTURER_MASK",
     "CONTAINER_MAX", "LONG_FORM",
