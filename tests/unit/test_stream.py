@@ -1,0 +1,220 @@
+"""The cmex50 stream scanner twins (``ext/_cstream.pyx``, ``wire/_pystream.py``) and the daemon's chunk path.
+
+Both twins get the same captures built from the vectors, fed whole, byte by byte, in random
+chunks and wrapped in garbage, and random or mutated noise: same frames, same counters,
+same errors. ``scan`` (framing, check and filter of a chunk in one call, what the daemon
+runs) must give what the check stage gives for the same frames one by one.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import random
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from wmbus_stream import wire
+from wmbus_stream.core.analyzer import Analyzer
+from wmbus_stream.core.check import VERDICTS, Settings, check_all
+from wmbus_stream.core.pipeline import Pipeline
+from wmbus_stream.core.received import Received
+from wmbus_stream.core.store import Store
+from wmbus_stream.receivers import cmex50, framer
+from wmbus_stream.wire.filters import matcher
+
+RECEIVER = "62001772"
+
+
+def no_extensions() -> bool:
+    """Whether WMBUS_STREAM_NO_EXTENSIONS forces the pure twins for this run."""
+    return os.environ.get("WMBUS_STREAM_NO_EXTENSIONS", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+@pytest.fixture(params=[
+    pytest.param("wmbus_stream.wire._pystream", id="pure"),
+    pytest.param("wmbus_stream.wire._cstream", id="compiled",
+                 marks=[pytest.mark.skip(reason="WMBUS_STREAM_NO_EXTENSIONS=1")] if no_extensions() else []),
+])
+def stream(request: pytest.FixtureRequest) -> ModuleType:
+    """Each scanner twin in turn."""
+    return importlib.import_module(request.param)
+
+
+def _frames(vectors: list[dict]) -> list[bytes]:
+    """Good frames of every vector that fits, broken ones and foreign ones in between."""
+    out = []
+    for i, v in enumerate(vectors):
+        telegram = v["telegram_bytes"]
+        if len(telegram) > 226:
+            continue
+        frame = cmex50.encode(telegram, receiver_address=RECEIVER if i % 3 else None, rssi_dbm=-40 - 2 * (i % 40))
+        if i % 17 == 5:  # checksum wrong: untrusted boundaries
+            frame = frame[:-2] + bytes(((frame[-2] + 1) & 0xFF,)) + frame[-1:]
+        elif i % 17 == 9:  # stop byte wrong
+            frame = frame[:-1] + b"\x17"
+        elif i % 23 == 11:  # checksum right but not a receiver frame: consumed whole
+            frame = cmex50.wrap(bytes.fromhex("080072" "64010061" "9615" "01" "07" "00" "00" "0000"))
+        elif i % 29 == 13:  # cut by an unplug
+            frame = frame[: len(frame) // 2]
+        out.append(frame)
+    long_one = next(v["telegram_bytes"] for v in vectors if len(v["telegram_bytes"]) == 202)
+    head = wire.build_report(long_one, RECEIVER, -74, 0)[:25]
+    out.append(cmex50.wrap(head + b"\x0d\xfd\x3b\xca" + long_one + b"\x0f"))  # long telegram in a container
+    out.append(cmex50.wrap(wire.build_report(long_one, None, -60, 0)))  # already in the 0F long form
+    return out
+
+
+def _garbage(rng: random.Random) -> bytes:
+    return bytes(b for b in rng.randbytes(rng.randrange(0, 30)) if b != 0x68)
+
+
+def _chunkings(data: bytes) -> list[list[bytes]]:
+    rng = random.Random(5)
+    out = [[data], [data[i : i + 1] for i in range(len(data))]]
+    for most in (7, 300, 70_000):
+        chunks, pos = [], 0
+        while pos < len(data):
+            size = rng.randrange(1, most)
+            chunks.append(data[pos : pos + size])
+            pos += size
+        out.append(chunks)
+    return out
+
+
+def _frames_of(scanner, chunks: list[bytes]) -> tuple[list[tuple], tuple[int, int, int]]:
+    out = []
+    for chunk in chunks:
+        out += scanner.frames(chunk, False)
+        assert len(scanner.pending) < cmex50.Cmex50Framer.MAX_FRAME
+    out += scanner.frames(b"", True)
+    assert scanner.pending == b""
+    return out, (scanner.frames_out, scanner.bad_frames, scanner.skipped_bytes)
+
+
+def _scan_of(scanner, chunks: list[bytes], m) -> tuple[list, list, list[int], int, tuple[int, int, int]]:
+    records, broken, results, long_forms = [], [], [0] * len(VERDICTS), 0
+    for i, chunk in enumerate(chunks + [b""]):
+        r, b, counts, n = scanner.scan(chunk, i == len(chunks), m, VERDICTS)
+        records += r
+        broken += b
+        results = [x + y for x, y in zip(results, counts, strict=True)]
+        long_forms += n
+    return records, broken, results, long_forms, (scanner.frames_out, scanner.bad_frames, scanner.skipped_bytes)
+
+
+def _matcher(vectors: list[dict]):
+    # Half the manufacturers present, so the filter accepts and rejects.
+    codes = sorted({manufacturer_code_of(v["telegram_bytes"]) for v in vectors})
+    return wire.Matcher(frozenset(codes[::2]), frozenset(), frozenset(), 0)
+
+
+def manufacturer_code_of(telegram: bytes) -> int:
+    return (telegram[2] | telegram[3] << 8) & wire.MANUFACTURER_MASK
+
+
+def test_twins_give_the_same_frames_counts_and_errors_however_the_bytes_arrive(stream, vectors) -> None:
+    rng = random.Random(3)
+    frames = _frames(vectors)
+    plain = b"".join(frames)
+    wrapped = b"".join(_garbage(rng) + f for f in frames) + _garbage(rng)
+    pure = importlib.import_module("wmbus_stream.wire._pystream")
+    for data in (plain, wrapped):
+        reference = _frames_of(pure.Cmex50Scanner(RECEIVER), [data])
+        good = [f for f in reference[0] if f[6] is None]
+        assert len(good) > 200 and len(reference[0]) - len(good) > 20
+        for chunks in _chunkings(data):
+            assert _frames_of(stream.Cmex50Scanner(RECEIVER), chunks) == reference
+    # Around good frames the garbage is counted byte for byte, in any chunking.
+    good_frames = [cmex50.encode(v["telegram_bytes"]) for v in vectors if len(v["telegram_bytes"]) <= 226]
+    junk = [_garbage(rng) for _ in good_frames]
+    data = b"".join(j + f for j, f in zip(junk, good_frames, strict=True))
+    for chunks in _chunkings(data):
+        assert _frames_of(stream.Cmex50Scanner(), chunks)[1] == (len(good_frames), 0, sum(map(len, junk)))
+
+
+def test_scan_gives_what_the_check_stage_gives_for_the_same_frames(stream, vectors) -> None:
+    data = b"".join(_frames(vectors))
+    m = _matcher(vectors)
+    expected = check_all(map(Received._make, stream.Cmex50Scanner(RECEIVER).frames(data, True)),
+                         Settings(m, RECEIVER, 0))
+    assert expected.results[0] > 50 and sum(expected.results[1:]) > 50 and expected.long_form >= 2
+    counts = _frames_of(stream.Cmex50Scanner(RECEIVER), [data])[1]
+    for chunks in _chunkings(data):
+        records, broken, results, long_forms, stats = _scan_of(stream.Cmex50Scanner(RECEIVER), chunks, m)
+        assert records == expected.records and broken == expected.broken
+        assert results == expected.results and long_forms == expected.long_form
+        assert stats == counts
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_twins_agree_on_noise_and_mutated_frames(vectors, data: st.DataObject) -> None:
+    if no_extensions():
+        pytest.skip("WMBUS_STREAM_NO_EXTENSIONS=1")
+    pure = importlib.import_module("wmbus_stream.wire._pystream")
+    compiled = importlib.import_module("wmbus_stream.wire._cstream")
+    frames = _frames(vectors)
+    picks = data.draw(st.lists(st.integers(0, len(frames) - 1), max_size=6))
+    stream = bytearray(b"".join(frames[i] for i in picks))
+    for _ in range(data.draw(st.integers(0, 8))):  # flip, drop or insert bytes
+        if not stream:
+            break
+        at = data.draw(st.integers(0, len(stream) - 1))
+        stream[at : at + 1] = data.draw(st.sampled_from([b"", b"\x68", b"\x16", bytes((stream[at] ^ 0x01,))]))
+    stream += bytes(data.draw(st.lists(st.sampled_from([0x68, 0x16, 0x08, 0x72, 0x0D, 0x00, 0xFF]), max_size=60)))
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
+    chunks = [bytes(stream[a:b]) for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+    m = _matcher(vectors)
+    assert _frames_of(compiled.Cmex50Scanner(), chunks) == _frames_of(pure.Cmex50Scanner(), chunks)
+    assert _scan_of(compiled.Cmex50Scanner(), chunks, m) == _scan_of(pure.Cmex50Scanner(), chunks, m)
+
+
+def test_the_selected_scanner_is_the_compiled_one_unless_forced_pure() -> None:
+    expected = "wmbus_stream.wire._pystream" if no_extensions() else "wmbus_stream.wire._cstream"
+    assert wire.Cmex50Scanner.__module__ == expected
+    assert type(framer("cmex50")._scanner) is wire.Cmex50Scanner
+
+
+def test_crc_loop_is_the_crc_of_every_frame(stream, vectors) -> None:
+    frames = [v["frame_a_bytes"] for v in vectors]
+    total = 0
+    for frame in frames:
+        total ^= wire.crc16(frame)
+    assert stream.crc_loop(frames) == total
+
+
+@pytest.mark.parametrize("protocol", ["cmex50", "hex"])
+def test_pipeline_feed_of_chunks_equals_process_of_frames(tmp_path: Path, vectors, protocol: str) -> None:
+    """The daemon's path (chunks into ``Pipeline.feed``) stores and counts what the frame path does."""
+    if protocol == "cmex50":
+        data = b"".join(_frames(vectors))
+    else:
+        data = b"".join(f"{v['frame_a'] if i % 2 else v['telegram']};-{60 + i % 30}\n".encode()
+                        for i, v in enumerate(vectors)) + b"zz\n"
+    s = Settings(matcher(("KAM", "ELV", "ABB", "DME")), RECEIVER, 0)
+    results = []
+    for way in ("feed", "process"):
+        store = Store.open(str(tmp_path / f"{way}.sqlite"))
+        analyzer = Analyzer(0.0)
+        pipeline = Pipeline(s, store, analyzer)
+        f = framer(protocol, receiver_address=RECEIVER)
+        for pos in range(0, len(data), 4096):
+            if way == "feed":
+                pipeline.feed(f, data[pos : pos + 4096], 1000.0 + pos)
+            else:
+                pipeline.process(f.feed(data[pos : pos + 4096]), 1000.0 + pos)
+        if way == "feed":
+            pipeline.feed(f, b"", 9999.0, final=True)
+        else:
+            pipeline.process(f.flush(), 9999.0)
+        results.append((dict(pipeline.counts), pipeline.long_form, store.snapshot().rows, analyzer.rows(),
+                        analyzer.totals(), (f.stats.frames, f.stats.bad_frames, f.stats.skipped_bytes)))
+        store.close()
+    assert results[0] == results[1]
+    counts = results[0][0]
+    assert counts["ok"] > 10 and counts["read"] == sum(v for k, v in counts.items() if k != "read")
