@@ -22,7 +22,7 @@ import atheris
 with atheris.instrument_imports():
     from wmbus_stream.errors import FrameError
     from wmbus_stream.receivers import framer, names
-    from wmbus_stream.receivers.base import FORMAT_AUTO
+    from wmbus_stream.core.received import FORMAT_AUTO
     from wmbus_stream.wire import FORMAT_A, FORMAT_B, FORMAT_NONE, _cwire, _pywire
 
     PROTOCOLS = [name for name in names() if name != "simulator"]

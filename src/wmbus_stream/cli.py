@@ -94,7 +94,7 @@ def _decode_summary(protocol: str, read: int, ok: int, broken: int, skipped: int
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    """Measure the check + filter batch, compiled and pure, in one run."""
+    """CPU per telegram of the daemon's receive path, compiled and pure, against the C CRC loop."""
     from . import bench
 
     if args.service:
@@ -446,8 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", nargs="?", default="-", help="capture file, or - for standard input")
     p.set_defaults(func=cmd_decode)
 
-    p = sub.add_parser("bench", help="benchmark the check + filter batch, compiled and pure")
-    p.add_argument("--frames", type=_positive, default=200_000, help="frames to time (default 200000)")
+    p = sub.add_parser("bench", help="CPU per telegram of the receive path (cmex50 bytes -> store), compiled and pure")
+    p.add_argument("--frames", type=_positive, default=200_000, help="telegrams to time (default 200000)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--service", action="store_true", help="service benchmarks: pipeline, push, memory, idle CPU")
     p.set_defaults(func=cmd_bench)
