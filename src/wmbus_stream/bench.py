@@ -153,7 +153,8 @@ def _pure_child(telegrams: int) -> dict[str, Any]:
     env.pop("WMBUS_STREAM_REQUIRE_EXTENSIONS", None)
     out = subprocess.run([sys.executable, "-c", code, str(telegrams)], env=env, check=True,
                          capture_output=True, text=True)
-    return json.loads(out.stdout)
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
 
 
 def _cpu_model() -> str:

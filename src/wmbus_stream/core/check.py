@@ -68,7 +68,9 @@ class Checked:
         r = self.received
         if r.wired is not None:
             return r.wired
-        return wire.build_report(self.telegram, r.receiver_address or receiver_address, r.rssi_dbm, wired_address)
+        report: bytes = wire.build_report(self.telegram, r.receiver_address or receiver_address, r.rssi_dbm,
+                                          wired_address)
+        return report
 
     def as_json(self, receiver_address: str | None, wired_address: int) -> dict[str, Any]:
         """The ``decode`` command's JSON object for this telegram."""

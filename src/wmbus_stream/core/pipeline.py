@@ -88,8 +88,8 @@ class Pipeline:
         if read or publish:
             counts = self.counts + Counter(broken)
             counts["read"] += read
-            for verdict, count in enumerate(results):
+            for code, count in enumerate(results):
                 if count:
-                    counts[wire.RESULT_NAMES[verdict]] += count
+                    counts[wire.RESULT_NAMES[code]] += count
             self.counts = counts  # one assignment: a reader never sees half a batch
         return read

@@ -17,8 +17,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import serial
+
+from ..receivers import Framer
+
+if TYPE_CHECKING:
+    from ..receivers.simulator import Simulator
 
 __all__ = ["ReceiverReader", "is_capture"]
 
@@ -44,7 +50,7 @@ class ReceiverReader(threading.Thread):
         self,
         port: str,
         baud: int,
-        framer,
+        framer: Framer,
         deliver: Deliver,
         stop: threading.Event,
         *,
@@ -119,7 +125,7 @@ class ReceiverReader(threading.Thread):
         else:
             self.framer.flush()  # nothing held, so no frame: only the framer's state restarts
 
-    def _pump(self, port) -> None:
+    def _pump(self, port: Any) -> None:
         if self.setup:
             port.write(self.setup)
         quiet_since = time.monotonic()
@@ -179,7 +185,7 @@ def _duration(seconds: float) -> str:
 class SimulatedReceiver(threading.Thread):
     """Plays the built-in simulator's bytes into a framer in real time (demos, tests)."""
 
-    def __init__(self, simulator, framer, deliver: Deliver, stop: threading.Event) -> None:
+    def __init__(self, simulator: Simulator, framer: Framer, deliver: Deliver, stop: threading.Event) -> None:
         super().__init__(name="simulator", daemon=True)
         self.simulator = simulator
         self.framer = framer

@@ -19,6 +19,8 @@ filter).
 
 from __future__ import annotations
 
+from typing import Any
+
 from .. import wire
 from ..core.check import VERDICTS, Batch, Settings
 from ..core.received import Received
@@ -89,7 +91,7 @@ class Cmex50Framer:
         self._count()
         return batch
 
-    def _received(self, frames: list[tuple]) -> list[Received]:
+    def _received(self, frames: list[tuple[Any, ...]]) -> list[Received]:
         self._count()
         return list(map(Received._make, frames))
 
