@@ -60,9 +60,11 @@ def crc_loop(frames):
     cdef unsigned int total = 0
     cdef const unsigned char *p
     cdef Py_ssize_t i, n
+    cdef bytes buf
     for frame in frames:
-        p = <const unsigned char *>PyBytes_AS_STRING(frame)
-        n = PyBytes_GET_SIZE(frame)
+        buf = <bytes>frame if PyBytes_CheckExact(frame) else bytes(frame)
+        p = <const unsigned char *>PyBytes_AS_STRING(buf)
+        n = PyBytes_GET_SIZE(buf)
         crc = 0
         for i in range(n):
             crc = <uint16_t>((crc << 8) ^ _TABLE[(crc >> 8) ^ p[i]])

@@ -180,12 +180,13 @@ def test_the_selected_scanner_is_the_compiled_one_unless_forced_pure() -> None:
     assert type(framer("cmex50")._scanner) is wire.Cmex50Scanner
 
 
-def test_crc_loop_is_the_crc_of_every_frame(stream, vectors) -> None:
+def test_crc_loop_and_rssi_codes_agree_with_the_wire_core(stream, vectors) -> None:
     frames = [v["frame_a_bytes"] for v in vectors]
     total = 0
     for frame in frames:
         total ^= wire.crc16(frame)
-    assert stream.crc_loop(frames) == total
+    assert stream.crc_loop(frames) == total == stream.crc_loop([bytearray(f) for f in frames])
+    assert [stream.rssi_dbm(c) for c in (None, 0, 1, 28, 62, 63, 64)] == [None, None, -128, -74, -6, -6, -6]
 
 
 @pytest.mark.parametrize("protocol", ["cmex50", "hex"])
