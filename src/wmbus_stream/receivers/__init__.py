@@ -66,7 +66,8 @@ def framer_class(name: str) -> type[Framer]:
         module_name, class_name = REGISTRY[name.strip().lower()]
     except (KeyError, AttributeError):
         raise ConfigError(Problem("receiver.protocol", str(name), "one of " + ", ".join(REGISTRY))) from None
-    return getattr(importlib.import_module(module_name), class_name)
+    cls: type[Framer] = getattr(importlib.import_module(module_name), class_name)
+    return cls
 
 
 def framer(name: str, **options: Any) -> Framer:

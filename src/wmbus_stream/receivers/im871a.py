@@ -90,7 +90,7 @@ def _x25_table() -> tuple[int, ...]:
 _X25 = _x25_table()
 
 
-def x25(data: bytes) -> int:
+def x25(data: bytes | bytearray) -> int:
     """CRC-16/X-25 (reflected 0x1021, init and final xor 0xFFFF) as the HCI FCS uses it."""
     crc = 0xFFFF
     for byte in data:
