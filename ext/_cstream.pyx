@@ -21,7 +21,7 @@ from libc.string cimport memchr
 from wmbus_stream.errors import ChecksumError, FrameError
 from wmbus_stream.wire._cwire import parse_cmex50
 
-__all__ = ["Cmex50Scanner", "crc_loop", "rssi_dbm", "long_form", "MAX_FRAME"]
+__all__ = ["Cmex50Scanner", "crc_loop", "rssi_dbm", "long_form", "x25", "MAX_FRAME"]
 
 MAX_FRAME = 255 + 6
 
@@ -39,9 +39,10 @@ cdef enum:
     _BROKEN = 2
 
 cdef uint16_t _TABLE[256]
+cdef uint16_t _X25[256]
 
 
-cdef void _fill_table() noexcept:
+cdef void _fill_tables() noexcept:
     cdef int byte, bit
     cdef uint32_t crc
     for byte in range(256):
@@ -49,9 +50,29 @@ cdef void _fill_table() noexcept:
         for bit in range(8):
             crc = ((crc << 1) ^ 0x3D65) if crc & 0x8000 else (crc << 1)
         _TABLE[byte] = <uint16_t>(crc & 0xFFFF)
+        crc = <uint32_t>byte
+        for bit in range(8):
+            crc = ((crc >> 1) ^ 0x8408) if crc & 1 else (crc >> 1)
+        _X25[byte] = <uint16_t>crc
 
 
-_fill_table()
+_fill_tables()
+
+
+def x25(data):
+    """CRC-16/X-25 (reflected 0x1021, init and final xor 0xFFFF): the iM871A HCI frame check."""
+    cdef bytes buf
+    cdef const unsigned char *p
+    cdef Py_ssize_t i, n
+    cdef uint16_t crc = 0xFFFF
+    if isinstance(data, int):
+        raise TypeError(f"'{type(data).__name__}' object is not iterable")  # as the pure twin's loop
+    buf = <bytes>data if PyBytes_CheckExact(data) else bytes(data)
+    p = <const unsigned char *>PyBytes_AS_STRING(buf)
+    n = PyBytes_GET_SIZE(buf)
+    for i in range(n):
+        crc = <uint16_t>((crc >> 8) ^ _X25[(crc ^ p[i]) & 0xFF])
+    return crc ^ 0xFFFF
 
 
 def crc_loop(frames):

@@ -211,6 +211,17 @@ def test_crc_loop_and_rssi_codes_agree_with_the_wire_core(stream, vectors) -> No
     assert [stream.rssi_dbm(c) for c in (None, 0, 1, 28, 62, 63, 64)] == [None, None, -128, -74, -6, -6, -6]
 
 
+def test_x25_twins_agree_and_match_the_reference_check_value(stream) -> None:
+    pure = importlib.import_module("wmbus_stream.wire._pystream")
+    assert stream.x25(b"123456789") == 0x906E  # CRC-16/X-25 check value
+    rng = random.Random(9)
+    for _ in range(500):
+        data = rng.randbytes(rng.randrange(0, 300))
+        assert stream.x25(data) == stream.x25(bytearray(data)) == pure.x25(data)
+    with pytest.raises(TypeError):
+        stream.x25(5)
+
+
 @pytest.mark.parametrize("protocol", ["cmex50", "hex"])
 def test_pipeline_feed_of_chunks_equals_process_of_frames(tmp_path: Path, vectors, protocol: str) -> None:
     """The daemon's path (chunks into ``Pipeline.feed``) stores and counts what the frame path does."""

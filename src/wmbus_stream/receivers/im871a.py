@@ -3,7 +3,7 @@
 Frame: ``A5 | flags<<4 | endpoint | msg | LEN | payload[LEN] | [timestamp 4] | [RSSI 1] | [FCS 2]``.
 Control flags: 0x2 timestamp attached, 0x4 RSSI attached, 0x8 FCS attached (0x1 reserved,
 always 0). Endpoints: 1 DEVMGMT, 2 RADIOLINK, 3 RADIOLINKTEST, 4 HWTEST. The FCS is
-CRC-16/X-25 over everything after the SOF, sent low byte first.
+CRC-16/X-25 over everything after the SOF, sent low byte first (``wire.x25``, a compiled twin).
 
 Strategy: the binary engine scans for 0xA5; a candidate is plausible when the reserved flag
 is clear and endpoint and message id are in the ranges the HCI defines. With the FCS option
@@ -31,6 +31,7 @@ of the configured ``radio_mode`` (0 when not given).
 from __future__ import annotations
 
 from .. import wire
+from ..wire import x25
 from ..core.received import Received
 from ._engine import BinaryFramer, Decoded
 from ._settings import check_setting, mode_mask_of
@@ -75,27 +76,6 @@ LINK_MODES = {
     "T1_C1B": 0x0A,
     "T1_C1A_C1B": 0x0A,
 }
-
-
-def _x25_table() -> tuple[int, ...]:
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0x8408 if crc & 1 else crc >> 1
-        table.append(crc)
-    return tuple(table)
-
-
-_X25 = _x25_table()
-
-
-def x25(data: bytes | bytearray) -> int:
-    """CRC-16/X-25 (reflected 0x1021, init and final xor 0xFFFF) as the HCI FCS uses it."""
-    crc = 0xFFFF
-    for byte in data:
-        crc = (crc >> 8) ^ _X25[(crc ^ byte) & 0xFF]
-    return crc ^ 0xFFFF
 
 
 def _toward_zero(numerator: int, denominator: int) -> int:

@@ -26,6 +26,7 @@ check_batch = _impl.check_batch
 _stream = select("wmbus_stream.wire._cstream", "wmbus_stream.wire._pystream")
 Cmex50Scanner = _stream.Cmex50Scanner
 crc_loop = _stream.crc_loop
+x25 = _stream.x25
 
 from ._pywire import (  # noqa: E402  (constants are shared by both twins)
     CONTAINER_MAX,
@@ -48,7 +49,7 @@ RESULT_NAMES = ("ok", "crc", "length", "header", "filter.manufacturer", "filter.
 
 __all__ = [
     "crc16", "strip_a", "strip_b", "check_telegram", "parse_header", "parse_cmex50", "rssi_code",
-    "build_report", "Matcher", "check_batch", "Cmex50Scanner", "crc_loop", "RESULT_NAMES",
+    "build_report", "Matcher", "check_batch", "Cmex50Scanner", "crc_loop", "x25", "RESULT_NAMES",
     "OK", "CRC", "LENGTH", "HEADER", "FILTER_MANUFACTURER", "FILTER_DEVICE_TYPE", "FILTER_ID",
     "FILTER_MODE", "FORMAT_NONE", "FORMAT_A", "FORMAT_B", "MANUFACTURER_MASK",
     "CONTAINER_MAX", "LONG_FORM",

@@ -25,7 +25,7 @@ from typing import Any
 from ..errors import ChecksumError, FrameError
 from ._pywire import CONTAINER_MAX, FORMAT_NONE, LONG_FORM, crc16, parse_cmex50
 
-__all__ = ["Cmex50Scanner", "crc_loop", "rssi_dbm", "long_form", "MAX_FRAME"]
+__all__ = ["Cmex50Scanner", "crc_loop", "rssi_dbm", "long_form", "x25", "MAX_FRAME"]
 
 START = 0x68
 MIN_LENGTH = 3  # C, A, CI: the least a long frame holds
@@ -52,6 +52,27 @@ def long_form(body: bytes, telegram: bytes) -> bytes:
     """``body`` with its container record (and fill byte) replaced by the 0F long form."""
     start = body.rfind(b"\x0d\xfd\x3b" + bytes((len(telegram),)) + telegram)
     return body if start < 0 else body[:start] + bytes((LONG_FORM,)) + telegram
+
+
+def _x25_table() -> tuple[int, ...]:
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x8408 if crc & 1 else crc >> 1
+        table.append(crc)
+    return tuple(table)
+
+
+_X25 = _x25_table()
+
+
+def x25(data: bytes | bytearray) -> int:
+    """CRC-16/X-25 (reflected 0x1021, init and final xor 0xFFFF): the iM871A HCI frame check."""
+    crc = 0xFFFF
+    for byte in data:
+        crc = (crc >> 8) ^ _X25[(crc ^ byte) & 0xFF]
+    return crc ^ 0xFFFF
 
 
 def crc_loop(frames: list[bytes]) -> int:
