@@ -189,6 +189,7 @@ class Gateway:
         self._reader_stop = threading.Event()
         framer = make_framer(cfg.receiver_protocol if cfg.receiver_protocol != "simulator" else "cmex50",
                              receiver_address=cfg.receiver_address)
+
         def deliver(data: bytes, final: bool, now: float) -> int:
             return self._deliver(framer, data, final, now)
 

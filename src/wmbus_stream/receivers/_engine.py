@@ -43,7 +43,7 @@ __all__ = ["BinaryFramer", "LineFramer", "Decoded"]
 Decoded = tuple[Received | None, bool]
 
 
-def scan(framer: BinaryFramer | LineFramer, data: bytes, final: bool, settings: Settings) -> Batch:
+def _check_chunk(framer: BinaryFramer | LineFramer, data: bytes, final: bool, settings: Settings) -> Batch:
     """A read chunk framed (``final`` ends the stream) and its frames through the check stage."""
     items = framer.feed(data)
     if final:
@@ -88,7 +88,7 @@ class BinaryFramer:
 
     def scan(self, data: bytes, final: bool, settings: Settings) -> Batch:
         """Frame a read chunk and check its frames (the pipeline's input)."""
-        return scan(self, data, final, settings)
+        return _check_chunk(self, data, final, settings)
 
     # Subclass hooks -------------------------------------------------------------------
 
@@ -220,7 +220,7 @@ class LineFramer:
 
     def scan(self, data: bytes, final: bool, settings: Settings) -> Batch:
         """Split a read chunk into lines and check their frames (the pipeline's input)."""
-        return scan(self, data, final, settings)
+        return _check_chunk(self, data, final, settings)
 
     def _line(self, raw: bytes, size: int, out: list[Received]) -> None:
         # ``size`` counts the newline too, so skipped bytes add up to the input.
