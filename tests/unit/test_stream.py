@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib
 import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -252,3 +254,11 @@ def test_pipeline_feed_of_chunks_equals_process_of_frames(tmp_path: Path, vector
     assert results[0] == results[1]
     counts = results[0][0]
     assert counts["ok"] > 10 and counts["read"] == sum(v for k, v in counts.items() if k != "read")
+
+
+def test_the_check_stage_and_the_pipeline_import_no_receiver_adapter() -> None:
+    """core/ is below receivers/: Received and the frame formats live in core, not in receivers.base."""
+    code = ("import sys, wmbus_stream.core.pipeline, wmbus_stream.core.check, wmbus_stream.core.received; "
+            "bad = sorted(m for m in sys.modules if m.startswith('wmbus_stream.receivers')); "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
