@@ -6,30 +6,49 @@ holds the two twins to that with random and mutated input.
 
 Strategy:
 
-* Every check runs on a ``const unsigned char *`` and a length. ``bytes`` are read in place;
-  any other bytes-like object is copied to ``bytes`` once (never on the hot path).
-* The checks are ``noexcept nogil`` C functions that return a detail code (``_E_*``) and, for
-  CRC errors, the block number. Only the public single-frame functions turn a detail code
-  into an exception, so ``check_batch`` never raises or catches inside its loop.
+* Arguments are checked against ``wmbus_stream.wire.domain``, the one declared domain both
+  twins share: exact ``bytes`` and plain ints in range are accepted here in C, anything else
+  goes through the domain's validator, which refuses it (the same error as the pure twin) or
+  returns the ``bytes`` or ``int`` to use. Past that point every value is in the domain, so
+  the C code below needs no case the pure twin does not have.
+* Every check runs on a ``const unsigned char *`` and a length. The checks are ``noexcept
+  nogil`` C functions that return a detail code (``_E_*``) and, for CRC errors, the block
+  number. Only the public single-frame functions turn a detail code into an exception, so
+  ``check_batch`` never raises or catches inside its loop.
 * CRC-16/EN-13757 uses a static 256-entry ``uint16_t`` table filled once at import.
 * Frames are stripped into a stack buffer; a ``bytes`` object is allocated only for a
   telegram that passes the filters.
 * ``Matcher`` keeps the filters as integer sets a C loop can test: a 32768-bit bitmap of
-  15-bit manufacturer codes (``MANUFACTURER_MASK``: bit 15 of the M-field is no letter), a
-  256-bit bitmap of device types and a sorted ``uint32_t`` array of IDs (binary search).
-  "Is the filter set" is kept apart from the bitmaps, because a set holding only values a
-  telegram can never carry still rejects everything, as in the pure twin.
+  15-bit manufacturer codes (``MANUFACTURER_MASK``), a 256-bit bitmap of device types and a
+  sorted ``uint32_t`` array of IDs (binary search).
 """
 
 from cpython.bytearray cimport PyByteArray_AS_STRING
-from cpython.number cimport PyNumber_Index
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.long cimport PyLong_AsLongAndOverflow, PyLong_CheckExact
 from cpython.unicode cimport PyUnicode_DecodeASCII
 from libc.stdint cimport uint16_t, uint32_t
 from libc.stdlib cimport free, malloc, qsort
 from libc.string cimport memcpy, memset
 
 from wmbus_stream.errors import ChecksumError, CrcError, HeaderError, LengthError
+from wmbus_stream.wire import domain as _domain
+from wmbus_stream.wire.domain import (
+    CONTAINER_MAX,
+    CRC,
+    FILTER_DEVICE_TYPE,
+    FILTER_ID,
+    FILTER_MANUFACTURER,
+    FILTER_MODE,
+    FORMAT_A,
+    FORMAT_B,
+    FORMAT_NONE,
+    HEADER,
+    LENGTH,
+    LONG_FORM,
+    MANUFACTURER_MASK,
+    OK,
+)
 
 __all__ = [
     "crc16",
@@ -42,19 +61,22 @@ __all__ = [
     "build_report",
     "Matcher",
     "check_batch",
+    "OK", "CRC", "LENGTH", "HEADER", "FILTER_MANUFACTURER", "FILTER_DEVICE_TYPE", "FILTER_ID",
+    "FILTER_MODE", "FORMAT_NONE", "FORMAT_A", "FORMAT_B", "MANUFACTURER_MASK", "CONTAINER_MAX",
+    "LONG_FORM",
 ]
 
-# Result codes of check_batch and Matcher.verdict; equal to the pure twin's (wire.RESULT_NAMES).
-OK, CRC, LENGTH, HEADER = 0, 1, 2, 3
-FILTER_MANUFACTURER, FILTER_DEVICE_TYPE, FILTER_ID, FILTER_MODE = 4, 5, 6, 7
-FORMAT_NONE, FORMAT_A, FORMAT_B = 0, 1, 2
-MANUFACTURER_MASK = 0x7FFF  # the pure twin's: the manufacturer code is the M-field's low 15 bits
-CONTAINER_MAX, LONG_FORM = 0xBF, 0x0F  # the pure twin's: longer telegrams follow 0F, not 0D FD 3B n
-
+# The C code needs the domain's constants at compile time; the check below keeps them equal.
 cdef enum:
     _MANUFACTURER_MASK = 0x7FFF
+    _DEVICE_TYPE_MAX = 0xFF
+    _MODE_MASK = 0xF
+    _WIRED_ADDRESS_MAX = 0xFF
     _CONTAINER_MAX = 0xBF
     _LONG_FORM = 0x0F
+    _FORMAT_NONE = 0
+    _FORMAT_A = 1
+    _FORMAT_B = 2
 
 cdef enum:
     _OK = 0
@@ -64,7 +86,14 @@ cdef enum:
     _FILTER_DEVICE_TYPE = 5
     _FILTER_ID = 6
     _FILTER_MODE = 7
-    _SHORT_INDEX = 255  # verdict on a telegram too short for an active filter (IndexError)
+
+if ((_MANUFACTURER_MASK, _DEVICE_TYPE_MAX, _MODE_MASK, _WIRED_ADDRESS_MAX, _CONTAINER_MAX, _LONG_FORM,
+     _FORMAT_NONE, _FORMAT_A, _FORMAT_B, _OK, _CRC, _LENGTH, _FILTER_MANUFACTURER, _FILTER_DEVICE_TYPE,
+     _FILTER_ID, _FILTER_MODE)
+        != (MANUFACTURER_MASK, _domain.DEVICE_TYPE_MAX, _domain.MODE_MASK, _domain.WIRED_ADDRESS_MAX,
+            CONTAINER_MAX, LONG_FORM, FORMAT_NONE, FORMAT_A, FORMAT_B, OK, CRC, LENGTH, FILTER_MANUFACTURER,
+            FILTER_DEVICE_TYPE, FILTER_ID, FILTER_MODE)):
+    raise ImportError("ext/_cwire.pyx is out of date with wmbus_stream.wire.domain; rebuild it")
 
 # Detail codes of the C checks: which rule failed, so the public functions can raise the
 # same exception with the same message as the pure twin.
@@ -218,45 +247,41 @@ cdef object _frame_error(int detail, int block, const unsigned char *f, Py_ssize
     return LengthError(f"frame of {n} bytes is invalid")
 
 
-cdef inline bytes _as_bytes(object data):
-    """``data`` itself when it is ``bytes``, else a ``bytes`` copy of a bytes-like object."""
-    if PyBytes_CheckExact(data):
-        return <bytes>data
-    if isinstance(data, int):
-        # bytes(5) would be five zero bytes; the pure twin fails on len() instead.
-        raise TypeError(f"object of type {type(data).__name__!r} has no len()")
-    return bytes(data)
+# -- the domain at the boundary: C accepts the common case, the domain module decides the rest --
 
 
-def crc16(data, Py_ssize_t start=0, Py_ssize_t end=-1):
-    """CRC-16/EN-13757 (poly 0x3D65, init 0, final complement) of ``data[start:end]``."""
-    cdef bytes buf
-    cdef const unsigned char *p
-    cdef Py_ssize_t n
-    cdef uint16_t crc = 0
-    if end >= 0 and start >= end:
-        return 0xFFFF  # empty range: the pure twin never looks at data
-    buf = _as_bytes(data)
-    p = <const unsigned char *>PyBytes_AS_STRING(buf)
-    n = PyBytes_GET_SIZE(buf)
-    if end < 0:
-        end = n
-    if start >= end:
-        return 0xFFFF
-    # The pure twin indexes data[i] for i in range(start, end): negative i count from the end.
-    if start < -n or end > n:
-        raise IndexError("index out of range")
-    if start < 0:
-        crc = _crc_update(crc, p + n + start, -start)  # data[start:] first, then data[:end]
-        start = 0
-    if end > start:
-        crc = _crc_update(crc, p + start, end - start)
-    return crc ^ 0xFFFF
+cdef inline bytes _data(object value, str name):
+    """``value`` itself when it is exact ``bytes``, else what ``domain.data`` makes of it (or raises)."""
+    if PyBytes_CheckExact(value):
+        return <bytes>value
+    return _domain.data(value, name)
+
+
+cdef inline long _integer(object value, str name, long low, long high) except? -1:
+    """``value`` as a C long when it is a plain int in ``low..high``, else ``domain.integer``'s answer."""
+    cdef int overflow = 0
+    cdef long number
+    if PyLong_CheckExact(value):
+        number = PyLong_AsLongAndOverflow(value, &overflow)
+        if not overflow and low <= number <= high:
+            return number
+    return _domain.integer(value, name, low, high)
+
+
+def crc16(data, start=0, end=None):
+    """CRC-16/EN-13757 (poly 0x3D65, init 0, final complement) of ``data[start:end]``, 0 <= start <= end <= len."""
+    cdef bytes buf = _data(data, "data")
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(buf), first, last
+    if end is None and PyLong_CheckExact(start) and start == 0:
+        first, last = 0, n
+    else:
+        first, last = _domain.crc_range(start, end, n)
+    return _crc_update(0, <const unsigned char *>PyBytes_AS_STRING(buf) + first, last - first) ^ 0xFFFF
 
 
 def strip_a(frame):
     """Check every CRC of a frame-format-A frame and return the telegram without them."""
-    cdef bytes buf = _as_bytes(frame)
+    cdef bytes buf = _data(frame, "frame")
     cdef unsigned char out[_MAX_TELEGRAM]
     cdef Py_ssize_t n = PyBytes_GET_SIZE(buf), out_n = 0
     cdef int block = 0
@@ -269,7 +294,7 @@ def strip_a(frame):
 
 def strip_b(frame):
     """Check the CRCs of a frame-format-B frame; return the telegram with L in format-A meaning."""
-    cdef bytes buf = _as_bytes(frame)
+    cdef bytes buf = _data(frame, "frame")
     cdef unsigned char out[_MAX_TELEGRAM]
     cdef Py_ssize_t n = PyBytes_GET_SIZE(buf), out_n = 0
     cdef int block = 0
@@ -281,14 +306,14 @@ def strip_b(frame):
 
 
 def check_telegram(telegram):
-    """Check the L-field of a telegram without link CRCs; return it unchanged."""
-    cdef bytes buf = _as_bytes(telegram)
+    """Check the L-field of a telegram without link CRCs; return it (as ``bytes``)."""
+    cdef bytes buf = _data(telegram, "telegram")
     cdef Py_ssize_t n = PyBytes_GET_SIZE(buf)
     cdef const unsigned char *p = <const unsigned char *>PyBytes_AS_STRING(buf)
     cdef int detail = _check_telegram(p, n)
     if detail:
         raise _frame_error(detail, 0, p, n)
-    return telegram
+    return buf
 
 
 cdef const char *_HEX = b"0123456789ABCDEF"
@@ -304,13 +329,16 @@ cdef inline str _bcd4(const unsigned char *p):
     return PyUnicode_DecodeASCII(text, 8, NULL)
 
 
-def parse_header(telegram):
-    """Link header of a checked telegram: (C, 15-bit manufacturer code, ID, version, device type, CI)."""
-    cdef bytes buf = _as_bytes(telegram)
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(buf)
-    cdef const unsigned char *t = <const unsigned char *>PyBytes_AS_STRING(buf)
+cdef inline object _require_header(Py_ssize_t n):
     if n < 11:
         raise LengthError(f"telegram of {n} bytes is shorter than 11 (L, link header, CI)")
+
+
+def parse_header(telegram):
+    """Link header of a checked telegram: (C, 15-bit manufacturer code, ID, version, device type, CI)."""
+    cdef bytes buf = _data(telegram, "telegram")
+    cdef const unsigned char *t = <const unsigned char *>PyBytes_AS_STRING(buf)
+    _require_header(PyBytes_GET_SIZE(buf))
     return (t[1], (t[2] | (t[3] << 8)) & _MANUFACTURER_MASK, _bcd4(t + 4), t[8], t[9], t[10])
 
 
@@ -320,7 +348,7 @@ def parse_cmex50(frame):
     Returns (body from C to the last data byte, receiver address or None, age in minutes or
     None, RSSI code or None, the wireless telegram of its 0D FD 3B container or 0F long form).
     """
-    cdef bytes buf = _as_bytes(frame)
+    cdef bytes buf = _data(frame, "frame")
     cdef Py_ssize_t n = PyBytes_GET_SIZE(buf)
     cdef const unsigned char *f = <const unsigned char *>PyBytes_AS_STRING(buf)
     cdef const unsigned char *body
@@ -384,53 +412,51 @@ def parse_cmex50(frame):
     if (t[2] != body[7] or t[3] != body[8] or t[4] != body[3] or t[5] != body[4]
             or t[6] != body[5] or t[7] != body[6] or t[8] != body[9] or t[9] != body[10]):
         raise HeaderError("container telegram's address does not match the wired header")
-    # Slices of the caller's object, so the result types match the pure twin's.
-    body_obj = frame[4 : n - 2]
-    return body_obj, address, age, rssi, body_obj[start : start + size]
+    return (PyBytes_FromStringAndSize(<char *>body, end), address, age, rssi,
+            PyBytes_FromStringAndSize(<char *>t, size))
+
+
+cdef int _rssi_code(object rssi_dbm) except -1:
+    """The code of an RSSI in the domain (None or any int)."""
+    cdef int overflow = 0
+    cdef long dbm
+    if rssi_dbm is None:
+        return 0
+    if not PyLong_CheckExact(rssi_dbm):
+        rssi_dbm = _domain.rssi(rssi_dbm)  # an int subclass becomes an int; anything else raises
+    dbm = PyLong_AsLongAndOverflow(rssi_dbm, &overflow)
+    if overflow > 0 or (not overflow and dbm > -6):
+        return 63
+    if overflow < 0 or dbm <= -128:
+        return 1
+    return (dbm + 131) >> 1  # dbm + 131 > 0 here, so the shift is floor division
 
 
 def rssi_code(rssi_dbm):
     """CMeX50 RSSI code: 0 unknown, 1..62 for dBm = 2*code - 130, 63 above -6 dBm."""
-    cdef long dbm
-    if rssi_dbm is None:
-        return 0
-    if type(rssi_dbm) is int and -1000000 < rssi_dbm < 1000000:
-        dbm = rssi_dbm
-        if dbm > -6:
-            return 63
-        if dbm <= -128:
-            return 1
-        return (dbm + 131) >> 1  # dbm + 131 > 0 here, so the shift is floor division
-    # Anything else (bool, float, huge int) follows Python's own arithmetic, as the pure twin.
-    if rssi_dbm > -6:
-        return 63
-    if rssi_dbm <= -128:
-        return 1
-    return (rssi_dbm + 131) // 2
+    return _rssi_code(rssi_dbm)
 
 
 def build_report(telegram, receiver_address, rssi_dbm, wired_address):
     """The wired RSP_UD telegram of the report (spec section 5) for a checked wireless telegram.
 
-    Telegrams longer than CONTAINER_MAX bytes follow LONG_FORM instead of a container record.
+    ``receiver_address`` is 8 digits or None, ``wired_address`` 0..255. Telegrams longer than
+    CONTAINER_MAX bytes follow LONG_FORM instead of a container record.
     """
-    cdef bytes buf = _as_bytes(telegram)
+    cdef bytes buf = _data(telegram, "telegram")
+    cdef bytes address = None if receiver_address is None else _domain.receiver_address(receiver_address)
+    cdef unsigned char code = _rssi_code(rssi_dbm)
+    cdef unsigned char wired = _integer(wired_address, "wired_address", 0, _WIRED_ADDRESS_MAX)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(buf), size, o
     cdef const unsigned char *t = <const unsigned char *>PyBytes_AS_STRING(buf)
-    cdef bytes address = None, out
-    cdef unsigned char a, code
+    cdef bytes out
     cdef unsigned char *w
     if n < 11 or n > 255:
         raise LengthError(f"telegram of {n} bytes does not fit the container (11..255)")
-    a = wired_address & 0xFF  # Python's & on the object, as the pure twin (negative ints wrap)
-    if receiver_address is not None:
-        address = bytes.fromhex(receiver_address)[::-1]
-    # bytes((..., code, ...)) in the pure twin takes integers only: a float code is a TypeError.
-    code = PyNumber_Index(rssi_code(rssi_dbm))
-    size = 15 + (2 + len(address) if address is not None else 0) + 4 + (4 if n <= _CONTAINER_MAX else 1) + n
+    size = 15 + (6 if address is not None else 0) + 4 + (4 if n <= _CONTAINER_MAX else 1) + n
     out = PyBytes_FromStringAndSize(NULL, size)
     w = <unsigned char *>PyBytes_AS_STRING(out)
-    w[0], w[1], w[2] = 0x08, a, 0x72
+    w[0], w[1], w[2] = 0x08, wired, 0x72
     memcpy(w + 3, t + 4, 4)   # ID
     memcpy(w + 7, t + 2, 2)   # manufacturer
     memcpy(w + 9, t + 8, 2)   # version, device type
@@ -438,8 +464,8 @@ def build_report(telegram, receiver_address, rssi_dbm, wired_address):
     o = 15
     if address is not None:
         w[o], w[o + 1] = 0x0C, 0x78
-        memcpy(w + o + 2, PyBytes_AS_STRING(address), len(address))
-        o += 2 + len(address)
+        memcpy(w + o + 2, PyBytes_AS_STRING(address), 4)
+        o += 6
     w[o], w[o + 1], w[o + 2], w[o + 3] = 0x01, 0xFD, 0x71, code
     o += 4
     if n <= _CONTAINER_MAX:
@@ -452,18 +478,6 @@ def build_report(telegram, receiver_address, rssi_dbm, wired_address):
     return out
 
 
-cdef bint _as_exact_int(object value, long long lo, long long hi, long long *out) except -1:
-    """Whether ``value == k`` for an integer k in [lo, hi] (what ``k in frozenset`` tests)."""
-    try:
-        k = int(value)
-    except (TypeError, ValueError, OverflowError):
-        return False
-    if k != value or k < lo or k > hi:
-        return False
-    out[0] = k
-    return True
-
-
 cdef int _cmp_u32(const void *a, const void *b) noexcept nogil:
     cdef uint32_t x = (<const uint32_t *>a)[0], y = (<const uint32_t *>b)[0]
     return (x > y) - (x < y)
@@ -472,14 +486,15 @@ cdef int _cmp_u32(const void *a, const void *b) noexcept nogil:
 cdef class Matcher:
     """The four filters of spec section 4 compiled to integer sets; empty means no filter.
 
-    ``manufacturers`` holds 15-bit manufacturer codes (``MANUFACTURER_MASK``).
+    ``manufacturers`` holds 15-bit manufacturer codes (0..MANUFACTURER_MASK), ``device_types``
+    bytes, ``ids`` the 4 ID bytes read little-endian, ``modes`` a radio-mode mask (0..MODE_MASK).
     """
 
     cdef readonly frozenset manufacturers
     cdef readonly frozenset device_types
     cdef readonly frozenset ids
     cdef readonly object modes
-    cdef long long _modes
+    cdef long _modes
     cdef bint _has_manufacturers, _has_device_types, _has_ids
     cdef unsigned char _manufacturer_bits[4096]
     cdef unsigned char _device_type_bits[32]
@@ -494,32 +509,30 @@ cdef class Matcher:
         free(self._ids)
 
     def __init__(self, manufacturers, device_types, ids, modes):
-        cdef long long k
         cdef Py_ssize_t count = 0
-        self.manufacturers = frozenset(manufacturers)
-        self.device_types = frozenset(device_types)
-        self.ids = frozenset(ids)
-        self.modes = modes
-        self._modes = modes if modes else 0
+        cdef long k
+        cdef uint32_t key
+        self.manufacturers = _domain.codes(manufacturers, "manufacturers", _MANUFACTURER_MASK)
+        self.device_types = _domain.codes(device_types, "device_types", _DEVICE_TYPE_MAX)
+        self.ids = _domain.codes(ids, "ids", _domain.ID_MAX)
+        self.modes = _domain.integer(modes, "modes", 0, _MODE_MASK)
+        self._modes = self.modes
         self._has_manufacturers = len(self.manufacturers) > 0
         self._has_device_types = len(self.device_types) > 0
         self._has_ids = len(self.ids) > 0
         memset(self._manufacturer_bits, 0, sizeof(self._manufacturer_bits))
         memset(self._device_type_bits, 0, sizeof(self._device_type_bits))
-        for value in self.manufacturers:
-            if _as_exact_int(value, 0, _MANUFACTURER_MASK, &k):  # no other value can match
-                self._manufacturer_bits[k >> 3] |= 1 << (k & 7)
-        for value in self.device_types:
-            if _as_exact_int(value, 0, 0xFF, &k):
-                self._device_type_bits[k >> 3] |= 1 << (k & 7)
+        for k in self.manufacturers:
+            self._manufacturer_bits[k >> 3] |= 1 << (k & 7)
+        for k in self.device_types:
+            self._device_type_bits[k >> 3] |= 1 << (k & 7)
         free(self._ids)
         self._ids = <uint32_t *>malloc((len(self.ids) + 1) * sizeof(uint32_t))
         if self._ids == NULL:
             raise MemoryError()
-        for value in self.ids:
-            if _as_exact_int(value, 0, 0xFFFFFFFF, &k):
-                self._ids[count] = <uint32_t>k
-                count += 1
+        for key in self.ids:
+            self._ids[count] = key
+            count += 1
         qsort(self._ids, count, sizeof(uint32_t), _cmp_u32)
         self._id_count = count
 
@@ -537,28 +550,18 @@ cdef class Matcher:
                 hi = mid
         return lo < self._id_count and self._ids[lo] == key
 
-    cdef int _verdict(self, const unsigned char *t, Py_ssize_t n, long long mode) noexcept nogil:
+    cdef int _verdict(self, const unsigned char *t, long mode) noexcept nogil:
+        """The verdict on a telegram of at least 11 bytes (every caller checks that first)."""
         cdef unsigned int code
-        cdef uint32_t key = 0
-        cdef Py_ssize_t i
         if self._has_manufacturers:
-            if n < 4:
-                return _SHORT_INDEX
             code = (t[2] | (t[3] << 8)) & _MANUFACTURER_MASK
             if not (self._manufacturer_bits[code >> 3] >> (code & 7)) & 1:
                 return _FILTER_MANUFACTURER
         if self._has_device_types:
-            if n < 10:
-                return _SHORT_INDEX
             if not (self._device_type_bits[t[9] >> 3] >> (t[9] & 7)) & 1:
                 return _FILTER_DEVICE_TYPE
         if self._has_ids:
-            # int.from_bytes(telegram[4:8], "little"), also for a telegram cut short.
-            i = (n if n < 8 else 8) - 1
-            while i >= 4:
-                key = (key << 8) | t[i]
-                i -= 1
-            if not self._has_id(key):
+            if not self._has_id(t[4] | (<uint32_t>t[5] << 8) | (<uint32_t>t[6] << 16) | (<uint32_t>t[7] << 24)):
                 return _FILTER_ID
         if self._modes and mode and not (mode & self._modes):
             return _FILTER_MODE
@@ -569,63 +572,46 @@ cdef class Matcher:
 
     def verdict(self, telegram, mode):
         """0 when accepted, else the result code of the first filter that rejects."""
-        cdef bytes buf = _as_bytes(telegram)
-        cdef long long c_mode = mode if mode else 0  # a falsy mode (0, None) is "not reported"
-        cdef int result = self._verdict(<const unsigned char *>PyBytes_AS_STRING(buf), PyBytes_GET_SIZE(buf), c_mode)
-        if result == _SHORT_INDEX:
-            raise IndexError("index out of range")
-        return result
+        cdef bytes buf = _data(telegram, "telegram")
+        cdef long c_mode = _integer(mode, "mode", 0, _MODE_MASK)
+        _require_header(PyBytes_GET_SIZE(buf))
+        return self._verdict(<const unsigned char *>PyBytes_AS_STRING(buf), c_mode)
 
 
 def check_batch(frames, frame_format, matcher, mode=0):
-    """Check and filter many frames of one format; result codes and the accepted telegrams."""
-    cdef Py_ssize_t count = len(frames), i, n, out_n
-    cdef int fmt, detail, block, result
+    """Check and filter a sequence of frames of one FORMAT_*; result codes and the accepted telegrams."""
+    cdef tuple items = tuple(_domain.frames(frames))  # a snapshot: the loop below reads it unchecked
+    cdef int fmt = _integer(frame_format, "frame_format", _FORMAT_NONE, _FORMAT_B)
+    cdef Matcher fast = matcher if type(matcher) is Matcher else _domain.matcher(matcher, Matcher)
+    cdef long c_mode = _integer(mode, "mode", 0, _MODE_MASK)
+    cdef Py_ssize_t count = len(items), i, n, out_n
+    cdef int detail, block, result
     cdef unsigned char out[_MAX_TELEGRAM]
     cdef const unsigned char *p
-    cdef const unsigned char *telegram_p
     cdef unsigned char *codes_p
-    cdef Matcher fast = matcher if type(matcher) is Matcher else None
-    cdef long long c_mode = mode if (fast is not None and mode) else 0
     cdef bytes buf
-    cdef list telegrams, items
+    cdef list telegrams = [None] * count
     codes = bytearray(count)
-    telegrams = [None] * count
-    # The pure twin picks its strip function from a 3-tuple: negative formats count from the end.
-    fmt = (FORMAT_NONE, FORMAT_A, FORMAT_B)[frame_format]
-    items = frames if type(frames) is list else list(frames)
     codes_p = <unsigned char *>PyByteArray_AS_STRING(codes)
-    for i in range(len(items)):
-        if i >= count:  # an iterable longer than its len(): the pure twin fails on codes[i]
-            raise IndexError("bytearray index out of range")
+    for i in range(count):
         frame = items[i]
-        buf = _as_bytes(frame)
+        buf = <bytes>frame if PyBytes_CheckExact(frame) else _domain.data(frame, f"frames[{i}]")
         p = <const unsigned char *>PyBytes_AS_STRING(buf)
         n = PyBytes_GET_SIZE(buf)
         block = 0
         out_n = n
-        if fmt == FORMAT_A:
+        if fmt == _FORMAT_A:
             detail = _strip_a(p, n, out, &out_n, &block)
-        elif fmt == FORMAT_B:
+        elif fmt == _FORMAT_B:
             detail = _strip_b(p, n, out, &out_n, &block)
         else:
             detail = _check_telegram(p, n)
         if detail:
             codes_p[i] = _result_of(detail)
             continue
-        if fast is not None:
-            # A checked telegram has at least 11 bytes, so _verdict cannot answer _SHORT_INDEX.
-            telegram_p = p if fmt == FORMAT_NONE else out
-            result = fast._verdict(telegram_p, out_n, c_mode)
-            codes_p[i] = result
-            if result == _OK:
-                telegrams[i] = frame if fmt == FORMAT_NONE else PyBytes_FromStringAndSize(<char *>out, out_n)
-        else:
-            # Any object with the pure twin's verdict(telegram, mode) works, only slower.
-            telegram = frame if fmt == FORMAT_NONE else PyBytes_FromStringAndSize(<char *>out, out_n)
-            verdict = matcher.verdict(telegram, mode)
-            codes[i] = verdict
-            codes_p = <unsigned char *>PyByteArray_AS_STRING(codes)
-            if not verdict:
-                telegrams[i] = telegram
+        # A checked telegram has at least 11 bytes, all _verdict reads.
+        result = fast._verdict(p if fmt == _FORMAT_NONE else out, c_mode)
+        codes_p[i] = result
+        if result == _OK:
+            telegrams[i] = buf if fmt == _FORMAT_NONE else PyBytes_FromStringAndSize(<char *>out, out_n)
     return bytes(codes), telegrams

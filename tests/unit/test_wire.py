@@ -70,9 +70,13 @@ def test_crc_range_arguments(twin):
     assert twin.crc16(data, 2, 11) == 0xC2B7
     assert twin.crc16(b"xx123456789", 2) == 0xC2B7
     assert twin.crc16(data, 5, 5) == 0xFFFF
-    assert twin.crc16(b"123456789", -9, 0) == 0xC2B7  # Python indexing: data[-9] .. data[-1]
-    with pytest.raises(IndexError):
-        twin.crc16(b"123", 0, 4)
+    assert twin.crc16(data, 2, None) == twin.crc16(data[2:])
+    # The range is 0 <= start <= end <= len(data): no Python negative indexing, no clipping.
+    for start, end in ((-9, 0), (0, -1), (0, 14), (6, 5), (14, None)):
+        with pytest.raises(ValueError, match="outside"):
+            twin.crc16(data, start, end)
+    with pytest.raises(TypeError, match="start must be an int, not float"):
+        twin.crc16(data, 1.0)
 
 
 # -- frames A and B on the vectors ------------------------------------------------------------
@@ -166,11 +170,27 @@ def test_spec_report_vector(twin):
 
 
 def test_report_without_receiver_address_and_wired_address(twin):
-    report = twin.build_report(SPEC_TELEGRAM, None, None, 0x1FE)
+    report = twin.build_report(SPEC_TELEGRAM, None, None, 0xFE)
     assert report[:3] == b"\x08\xfe\x72"
     assert report[15:19] == b"\x01\xfd\x71\x00"
     assert report[19:23] == b"\x0d\xfd\x3b\x61"
     assert report[23:] == SPEC_TELEGRAM
+
+
+def test_report_arguments_outside_their_domain_are_refused(twin):
+    for wired in (-1, 0x100, 0x1FE, 2**70):  # a wired address is 0..255, never wrapped
+        with pytest.raises(ValueError, match=r"wired_address is -?\d+, outside 0\.\.255"):
+            twin.build_report(SPEC_TELEGRAM, None, None, wired)
+    for address in ("", "1234", "12 34 56 78", "0102030405060708", "6200177Z"):
+        with pytest.raises(ValueError, match="is not 8 digits"):
+            twin.build_report(SPEC_TELEGRAM, address, None, 0)
+    for args, message in (((SPEC_TELEGRAM, 62001772, None, 0), "receiver_address must be a str or None, not int"),
+                          ((SPEC_TELEGRAM, None, -74.0, 0), "rssi_dbm must be an int or None, not float"),
+                          ((SPEC_TELEGRAM, None, True, 0), "rssi_dbm must be an int or None, not bool"),
+                          ((SPEC_TELEGRAM, None, None, None), "wired_address must be an int, not NoneType"),
+                          ((SPEC_TELEGRAM.hex(), None, None, 0), "telegram must be bytes, bytearray or memoryview")):
+        with pytest.raises(TypeError, match=message):
+            twin.build_report(*args)
 
 
 def test_report_length_limits(twin):

@@ -2,33 +2,50 @@
 
 The hot functions come from the compiled twins (``wmbus_stream.wire._cwire`` and ``_cstream``,
 built from ``ext/``) when they are present and allowed, else from the pure twins ``_pywire``
-and ``_pystream``.
+and ``_pystream``: a static selection (see ``wmbus_stream._select``), so type checkers read
+the pure twins' signatures. ``_cwire`` and ``_pywire`` accept and refuse the same arguments:
+``wire.domain`` declares them.
 """
 
 from __future__ import annotations
 
-from .._select import select
+from typing import TYPE_CHECKING
 
-_impl = select("wmbus_stream.wire._cwire", "wmbus_stream.wire._pywire")
+from .._select import compiled
+from ._pywire import (
+    Matcher,
+    build_report,
+    check_batch,
+    check_telegram,
+    crc16,
+    parse_cmex50,
+    parse_header,
+    rssi_code,
+    strip_a,
+    strip_b,
+)
 
-crc16 = _impl.crc16
-strip_a = _impl.strip_a
-strip_b = _impl.strip_b
-check_telegram = _impl.check_telegram
-parse_header = _impl.parse_header
-parse_cmex50 = _impl.parse_cmex50
-rssi_code = _impl.rssi_code
-build_report = _impl.build_report
-Matcher = _impl.Matcher
-check_batch = _impl.check_batch
+if not TYPE_CHECKING and compiled("wmbus_stream.wire._cwire"):
+    from ._cwire import (
+        Matcher,
+        build_report,
+        check_batch,
+        check_telegram,
+        crc16,
+        parse_cmex50,
+        parse_header,
+        rssi_code,
+        strip_a,
+        strip_b,
+    )
 
 # The cmex50 stream scanner: framing, check and filter of a read chunk in one call.
-_stream = select("wmbus_stream.wire._cstream", "wmbus_stream.wire._pystream")
-Cmex50Scanner = _stream.Cmex50Scanner
-crc_loop = _stream.crc_loop
-x25 = _stream.x25
+from ._pystream import Cmex50Scanner, crc_loop, x25
 
-from ._pywire import (  # noqa: E402  (constants are shared by both twins)
+if not TYPE_CHECKING and compiled("wmbus_stream.wire._cstream"):
+    from ._cstream import Cmex50Scanner, crc_loop, x25
+
+from .domain import (
     CONTAINER_MAX,
     CRC,
     FILTER_DEVICE_TYPE,
@@ -45,7 +62,8 @@ from ._pywire import (  # noqa: E402  (constants are shared by both twins)
     OK,
 )
 
-RESULT_NAMES = ("ok", "crc", "length", "header", "filter.manufacturer", "filter.device.type", "filter.device.id", "radio.mode")
+RESULT_NAMES = ("ok", "crc", "length", "header", "filter.manufacturer", "filter.device.type", "filter.device.id",
+                "radio.mode")
 
 __all__ = [
     "crc16", "strip_a", "strip_b", "check_telegram", "parse_header", "parse_cmex50", "rssi_code",

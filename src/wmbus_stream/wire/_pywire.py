@@ -7,7 +7,27 @@ L-field with link CRCs removed (L = number of bytes after L). Nothing here does 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
 from ..errors import ChecksumError, CrcError, HeaderError, LengthError
+from . import domain
+from .domain import (
+    CONTAINER_MAX,
+    CRC,
+    Data,
+    FILTER_DEVICE_TYPE,
+    FILTER_ID,
+    FILTER_MANUFACTURER,
+    FILTER_MODE,
+    FORMAT_A,
+    FORMAT_B,
+    FORMAT_NONE,
+    HEADER,
+    LENGTH,
+    LONG_FORM,
+    MANUFACTURER_MASK,
+    OK,
+)
 
 __all__ = [
     "crc16",
@@ -20,25 +40,10 @@ __all__ = [
     "build_report",
     "Matcher",
     "check_batch",
+    "OK", "CRC", "LENGTH", "HEADER", "FILTER_MANUFACTURER", "FILTER_DEVICE_TYPE", "FILTER_ID",
+    "FILTER_MODE", "FORMAT_NONE", "FORMAT_A", "FORMAT_B", "MANUFACTURER_MASK", "CONTAINER_MAX",
+    "LONG_FORM",
 ]
-
-# Result codes of check_batch and Matcher.verdict (names in wire.RESULT_NAMES).
-OK, CRC, LENGTH, HEADER = 0, 1, 2, 3
-FILTER_MANUFACTURER, FILTER_DEVICE_TYPE, FILTER_ID, FILTER_MODE = 4, 5, 6, 7
-FORMAT_NONE, FORMAT_A, FORMAT_B = 0, 1, 2
-
-# The manufacturer code is the low 15 bits of the M-field: three letters of 5 bits each
-# (EN 13757-3, FLAG). Bit 15 is not part of it (M-Bus stacks read it as "locally, not
-# globally, unique address"): letters, filters and comparisons all use this one definition,
-# while the telegram, the store key and the report keep the M-field byte for byte.
-MANUFACTURER_MASK = 0x7FFF
-
-# The report carries a telegram of up to CONTAINER_MAX bytes in a ``0D FD 3B n`` container;
-# a length byte of 0xC0 or more means BCD, binary or float to EN 13757-3 parsers, not a
-# length. A longer telegram follows LONG_FORM instead (DIF 0F: manufacturer-specific data to
-# the end), its own L-field giving its length.
-CONTAINER_MAX = 0xBF
-LONG_FORM = 0x0F
 
 
 def _make_table() -> tuple[int, ...]:
@@ -54,10 +59,7 @@ def _make_table() -> tuple[int, ...]:
 _TABLE = _make_table()
 
 
-def crc16(data: bytes, start: int = 0, end: int = -1) -> int:
-    """CRC-16/EN-13757 (poly 0x3D65, init 0, final complement) of ``data[start:end]``."""
-    if end < 0:
-        end = len(data)
+def _crc(data: bytes, start: int, end: int) -> int:
     crc = 0
     table = _TABLE
     for i in range(start, end):
@@ -65,12 +67,20 @@ def crc16(data: bytes, start: int = 0, end: int = -1) -> int:
     return crc ^ 0xFFFF
 
 
+def crc16(data: Data, start: int = 0, end: int | None = None) -> int:
+    """CRC-16/EN-13757 (poly 0x3D65, init 0, final complement) of ``data[start:end]``, 0 <= start <= end <= len."""
+    checked = domain.data(data)
+    first, last = domain.crc_range(start, end, len(checked))
+    return _crc(checked, first, last)
+
+
 def _crc_ok(frame: bytes, start: int, end: int) -> bool:
-    return crc16(frame, start, end) == (frame[end] << 8 | frame[end + 1])
+    return _crc(frame, start, end) == (frame[end] << 8 | frame[end + 1])
 
 
-def strip_a(frame: bytes) -> bytes:
+def strip_a(frame: Data) -> bytes:
     """Check every CRC of a frame-format-A frame and return the telegram without them."""
+    frame = domain.data(frame, "frame")
     n = len(frame)
     if n < 12:
         raise LengthError(f"format A frame of {n} bytes is shorter than the 12-byte first block")
@@ -95,8 +105,9 @@ def strip_a(frame: bytes) -> bytes:
     return bytes(out)
 
 
-def strip_b(frame: bytes) -> bytes:
+def strip_b(frame: Data) -> bytes:
     """Check the CRCs of a frame-format-B frame; return the telegram with L in format-A meaning."""
+    frame = domain.data(frame, "frame")
     n = len(frame)
     if n < 13:
         raise LengthError(f"format B frame of {n} bytes is shorter than 13 (header, CI, CRC)")
@@ -118,8 +129,9 @@ def strip_b(frame: bytes) -> bytes:
     return bytes(out)
 
 
-def check_telegram(telegram: bytes) -> bytes:
-    """Check the L-field of a telegram without link CRCs; return it unchanged."""
+def check_telegram(telegram: Data) -> bytes:
+    """Check the L-field of a telegram without link CRCs; return it (as ``bytes``)."""
+    telegram = domain.data(telegram, "telegram")
     n = len(telegram)
     if n < 11:
         raise LengthError(f"telegram of {n} bytes is shorter than 11 (L, link header, CI)")
@@ -128,21 +140,27 @@ def check_telegram(telegram: bytes) -> bytes:
     return telegram
 
 
-def parse_header(telegram: bytes) -> tuple[int, int, str, int, int, int]:
-    """Link header of a checked telegram: (C, 15-bit manufacturer code, ID, version, device type, CI)."""
+def _require_header(telegram: bytes) -> None:
     if len(telegram) < 11:
         raise LengthError(f"telegram of {len(telegram)} bytes is shorter than 11 (L, link header, CI)")
-    ident = "%02X%02X%02X%02X" % (telegram[7], telegram[6], telegram[5], telegram[4])
+
+
+def parse_header(telegram: Data) -> tuple[int, int, str, int, int, int]:
+    """Link header of a checked telegram: (C, 15-bit manufacturer code, ID, version, device type, CI)."""
+    telegram = domain.data(telegram, "telegram")
+    _require_header(telegram)
+    ident = telegram[7:3:-1].hex().upper()
     manufacturer = (telegram[2] | telegram[3] << 8) & MANUFACTURER_MASK
     return (telegram[1], manufacturer, ident, telegram[8], telegram[9], telegram[10])
 
 
-def parse_cmex50(frame: bytes) -> tuple[bytes, str | None, int | None, int | None, bytes]:
+def parse_cmex50(frame: Data) -> tuple[bytes, str | None, int | None, int | None, bytes]:
     """Check a wired M-Bus long frame from a CMeX50-style receiver.
 
     Returns (body from C to the last data byte, receiver address or None, age in minutes or
     None, RSSI code or None, the wireless telegram of its 0D FD 3B container or 0F long form).
     """
+    frame = domain.data(frame, "frame")
     n = len(frame)
     if n < 9 or frame[0] != 0x68 or frame[3] != 0x68 or frame[1] != frame[2]:
         raise LengthError("not a wired M-Bus long frame (68 L L 68)")
@@ -158,12 +176,14 @@ def parse_cmex50(frame: bytes) -> tuple[bytes, str | None, int | None, int | Non
         raise HeaderError(f"long frame is C=0x{body[0]:02X} CI=0x{body[2]:02X}, not RSP_UD 08/72")
     if len(body) < 15:
         raise LengthError(f"RSP_UD body of {len(body)} bytes is shorter than its 15-byte header")
-    address = age = rssi = None
+    address: str | None = None
+    age: int | None = None
+    rssi: int | None = None
     pos = 15
     end = len(body)
     while pos < end:
         if body[pos] == 0x0C and pos + 6 <= end and body[pos + 1] == 0x78:
-            address = "%02X%02X%02X%02X" % (body[pos + 5], body[pos + 4], body[pos + 3], body[pos + 2])
+            address = body[pos + 5 : pos + 1 : -1].hex().upper()
             pos += 6
         elif body[pos] == 0x02 and pos + 4 <= end and body[pos + 1] == 0x75:
             age = body[pos + 2] | body[pos + 3] << 8
@@ -197,29 +217,37 @@ def parse_cmex50(frame: bytes) -> tuple[bytes, str | None, int | None, int | Non
 
 def rssi_code(rssi_dbm: int | None) -> int:
     """CMeX50 RSSI code: 0 unknown, 1..62 for dBm = 2*code - 130, 63 above -6 dBm."""
-    if rssi_dbm is None:
+    dbm = domain.rssi(rssi_dbm)
+    if dbm is None:
         return 0
-    if rssi_dbm > -6:
+    if dbm > -6:
         return 63
-    if rssi_dbm <= -128:
+    if dbm <= -128:
         return 1
-    return (rssi_dbm + 131) // 2
+    return (dbm + 131) // 2
 
 
-def build_report(telegram: bytes, receiver_address: str | None, rssi_dbm: int | None, wired_address: int) -> bytes:
+def build_report(
+    telegram: Data, receiver_address: str | None, rssi_dbm: int | None, wired_address: int
+) -> bytes:
     """The wired RSP_UD telegram of the report (spec section 5) for a checked wireless telegram.
 
-    Telegrams longer than CONTAINER_MAX bytes follow LONG_FORM instead of a container record.
+    ``receiver_address`` is 8 digits or None, ``wired_address`` 0..255. Telegrams longer than
+    CONTAINER_MAX bytes follow LONG_FORM instead of a container record.
     """
+    telegram = domain.data(telegram, "telegram")
+    address = domain.receiver_address(receiver_address)
+    code = rssi_code(rssi_dbm)
+    wired = domain.integer(wired_address, "wired_address", 0, domain.WIRED_ADDRESS_MAX)
     n = len(telegram)
     if n < 11 or n > 255:
         raise LengthError(f"telegram of {n} bytes does not fit the container (11..255)")
-    out = bytearray((0x08, wired_address & 0xFF, 0x72))
+    out = bytearray((0x08, wired, 0x72))
     out += telegram[4:8] + telegram[2:4] + telegram[8:10]
     out += b"\x00\x00\x00\x00"
-    if receiver_address is not None:
-        out += b"\x0c\x78" + bytes.fromhex(receiver_address)[::-1]
-    out += bytes((0x01, 0xFD, 0x71, rssi_code(rssi_dbm)))
+    if address is not None:
+        out += b"\x0c\x78" + address
+    out += bytes((0x01, 0xFD, 0x71, code))
     out += bytes((0x0D, 0xFD, 0x3B, n)) if n <= CONTAINER_MAX else bytes((LONG_FORM,))
     out += telegram
     return bytes(out)
@@ -228,45 +256,81 @@ def build_report(telegram: bytes, receiver_address: str | None, rssi_dbm: int | 
 class Matcher:
     """The four filters of spec section 4 compiled to integer sets; empty means no filter.
 
-    ``manufacturers`` holds 15-bit manufacturer codes (``MANUFACTURER_MASK``).
+    ``manufacturers`` holds 15-bit manufacturer codes (0..MANUFACTURER_MASK), ``device_types``
+    bytes, ``ids`` the 4 ID bytes read little-endian, ``modes`` a radio-mode mask (0..MODE_MASK).
     """
 
-    __slots__ = ("manufacturers", "device_types", "ids", "modes")
+    __slots__ = ("_manufacturers", "_device_types", "_ids", "_modes")
 
-    def __init__(self, manufacturers: frozenset[int], device_types: frozenset[int], ids: frozenset[int], modes: int):
-        self.manufacturers = frozenset(manufacturers)
-        self.device_types = frozenset(device_types)
-        self.ids = frozenset(ids)
-        self.modes = modes
+    def __init__(self, manufacturers: Iterable[int], device_types: Iterable[int], ids: Iterable[int], modes: int):
+        self._manufacturers = domain.codes(manufacturers, "manufacturers", MANUFACTURER_MASK)
+        self._device_types = domain.codes(device_types, "device_types", domain.DEVICE_TYPE_MAX)
+        self._ids = domain.codes(ids, "ids", domain.ID_MAX)
+        self._modes = domain.integer(modes, "modes", 0, domain.MODE_MASK)
 
-    def verdict(self, telegram: bytes, mode: int) -> int:
+    @property
+    def manufacturers(self) -> frozenset[int]:
+        return self._manufacturers
+
+    @property
+    def device_types(self) -> frozenset[int]:
+        return self._device_types
+
+    @property
+    def ids(self) -> frozenset[int]:
+        return self._ids
+
+    @property
+    def modes(self) -> int:
+        return self._modes
+
+    def __repr__(self) -> str:
+        return (f"Matcher(manufacturers={set(self.manufacturers)!r}, device_types={set(self.device_types)!r}, "
+                f"ids={len(self.ids)} ids, modes={self.modes!r})")
+
+    def __reduce__(self) -> tuple[type[Matcher], tuple[frozenset[int], frozenset[int], frozenset[int], int]]:
+        return (Matcher, (self.manufacturers, self.device_types, self.ids, self.modes))
+
+    def verdict(self, telegram: Data, mode: int) -> int:
         """0 when accepted, else the result code of the first filter that rejects."""
-        if self.manufacturers and ((telegram[2] | telegram[3] << 8) & MANUFACTURER_MASK) not in self.manufacturers:
+        checked = domain.data(telegram, "telegram")
+        mask = domain.integer(mode, "mode", 0, domain.MODE_MASK)
+        _require_header(checked)
+        return self._verdict(checked, mask)
+
+    def _verdict(self, telegram: bytes, mode: int) -> int:
+        if self._manufacturers and ((telegram[2] | telegram[3] << 8) & MANUFACTURER_MASK) not in self._manufacturers:
             return FILTER_MANUFACTURER
-        if self.device_types and telegram[9] not in self.device_types:
+        if self._device_types and telegram[9] not in self._device_types:
             return FILTER_DEVICE_TYPE
-        if self.ids and int.from_bytes(telegram[4:8], "little") not in self.ids:
+        if self._ids and int.from_bytes(telegram[4:8], "little") not in self._ids:
             return FILTER_ID
-        if self.modes and mode and not (mode & self.modes):
+        if self._modes and mode and not (mode & self._modes):
             return FILTER_MODE
         return OK
 
 
-def check_batch(frames: list[bytes], frame_format: int, matcher: Matcher, mode: int = 0) -> tuple[bytes, list[bytes | None]]:
-    """Check and filter many frames of one format; result codes and the accepted telegrams."""
-    codes = bytearray(len(frames))
-    telegrams: list[bytes | None] = [None] * len(frames)
-    strip = (check_telegram, strip_a, strip_b)[frame_format]
-    for i, frame in enumerate(frames):
+def check_batch(
+    frames: Sequence[Data], frame_format: int, matcher: Matcher, mode: int = 0
+) -> tuple[bytes, list[bytes | None]]:
+    """Check and filter a sequence of frames of one FORMAT_*; result codes and the accepted telegrams."""
+    batch = domain.frames(frames)
+    strip = (check_telegram, strip_a, strip_b)[domain.integer(frame_format, "frame_format", FORMAT_NONE, FORMAT_B)]
+    verdict_of = domain.matcher(matcher, Matcher)._verdict
+    mask = domain.integer(mode, "mode", 0, domain.MODE_MASK)
+    codes = bytearray(len(batch))
+    telegrams: list[bytes | None] = [None] * len(batch)
+    for i, frame in enumerate(batch):
+        data = frame if type(frame) is bytes else domain.data(frame, f"frames[{i}]")
         try:
-            telegram = strip(frame)
+            telegram = strip(data)
         except CrcError:
             codes[i] = CRC
             continue
         except LengthError:
             codes[i] = LENGTH
             continue
-        verdict = matcher.verdict(telegram, mode)
+        verdict = verdict_of(telegram, mask)
         codes[i] = verdict
         if not verdict:
             telegrams[i] = telegram

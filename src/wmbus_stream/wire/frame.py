@@ -12,7 +12,7 @@ from ..errors import FrameError, LengthError
 __all__ = ["build_a", "build_b", "strip_any"]
 
 
-def _crc_bytes(data: bytes) -> bytes:
+def _crc_bytes(data: bytes | bytearray) -> bytes:
     return crc16(data).to_bytes(2, "big")
 
 

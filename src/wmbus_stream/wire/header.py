@@ -40,7 +40,7 @@ def manufacturer_code(letters: str) -> int:
     letters = letters.strip().upper()
     if len(letters) != 3 or not all("A" <= ch <= "Z" for ch in letters):
         raise ValueError(letters)
-    return sum((ord(ch) - 64) << shift for ch, shift in zip(letters, (10, 5, 0)))
+    return sum((ord(ch) - 64) << shift for ch, shift in zip(letters, (10, 5, 0), strict=True))
 
 
 def id_key(meter_id: str) -> int:
