@@ -26,7 +26,7 @@ Strategy:
 from cpython.bytearray cimport PyByteArray_AS_STRING
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.long cimport PyLong_AsLongAndOverflow, PyLong_CheckExact
-from cpython.unicode cimport PyUnicode_DecodeASCII
+from cpython.unicode cimport PyUnicode_CheckExact, PyUnicode_DecodeASCII
 from libc.stdint cimport uint16_t, uint32_t
 from libc.stdlib cimport free, malloc, qsort
 from libc.string cimport memcpy, memset
@@ -437,6 +437,36 @@ def rssi_code(rssi_dbm):
     return _rssi_code(rssi_dbm)
 
 
+cdef inline int _nibble(Py_UCS4 ch) noexcept:
+    cdef long c = <long>ch
+    if 48 <= c <= 57:  # 0-9
+        return c - 48
+    if 65 <= c <= 70:  # A-F
+        return c - 55
+    if 97 <= c <= 102:  # a-f
+        return c - 87
+    return -1
+
+
+cdef bint _receiver_address(object value, unsigned char *out) except -1:
+    """Whether there is a receiver address; if so its 4 record bytes (least significant first) in ``out``."""
+    cdef str text
+    cdef int i, high, low
+    if value is None:
+        return False
+    if PyUnicode_CheckExact(value) and len(<str>value) == 8:
+        text = <str>value
+        for i in range(4):
+            high, low = _nibble(text[2 * i]), _nibble(text[2 * i + 1])
+            if high < 0 or low < 0:
+                break
+            out[3 - i] = <unsigned char>((high << 4) | low)
+        else:
+            return True
+    memcpy(out, PyBytes_AS_STRING(_domain.receiver_address(value)), 4)  # refuses what is not an address
+    return True
+
+
 def build_report(telegram, receiver_address, rssi_dbm, wired_address):
     """The wired RSP_UD telegram of the report (spec section 5) for a checked wireless telegram.
 
@@ -444,7 +474,8 @@ def build_report(telegram, receiver_address, rssi_dbm, wired_address):
     CONTAINER_MAX bytes follow LONG_FORM instead of a container record.
     """
     cdef bytes buf = _data(telegram, "telegram")
-    cdef bytes address = None if receiver_address is None else _domain.receiver_address(receiver_address)
+    cdef unsigned char address[4]
+    cdef bint has_address = _receiver_address(receiver_address, address)
     cdef unsigned char code = _rssi_code(rssi_dbm)
     cdef unsigned char wired = _integer(wired_address, "wired_address", 0, _WIRED_ADDRESS_MAX)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(buf), size, o
@@ -453,7 +484,7 @@ def build_report(telegram, receiver_address, rssi_dbm, wired_address):
     cdef unsigned char *w
     if n < 11 or n > 255:
         raise LengthError(f"telegram of {n} bytes does not fit the container (11..255)")
-    size = 15 + (6 if address is not None else 0) + 4 + (4 if n <= _CONTAINER_MAX else 1) + n
+    size = 15 + (6 if has_address else 0) + 4 + (4 if n <= _CONTAINER_MAX else 1) + n
     out = PyBytes_FromStringAndSize(NULL, size)
     w = <unsigned char *>PyBytes_AS_STRING(out)
     w[0], w[1], w[2] = 0x08, wired, 0x72
@@ -462,9 +493,9 @@ def build_report(telegram, receiver_address, rssi_dbm, wired_address):
     memcpy(w + 9, t + 8, 2)   # version, device type
     memset(w + 11, 0, 4)      # access number, status, signature
     o = 15
-    if address is not None:
+    if has_address:
         w[o], w[o + 1] = 0x0C, 0x78
-        memcpy(w + o + 2, PyBytes_AS_STRING(address), 4)
+        memcpy(w + o + 2, address, 4)
         o += 6
     w[o], w[o + 1], w[o + 2], w[o + 3] = 0x01, 0xFD, 0x71, code
     o += 4

@@ -413,7 +413,7 @@ def test_crc_ranges_agree():
 def test_reports_and_rssi_codes_agree(corpus):
     inputs, _, _ = corpus
     rng = random.Random(SEED + 2)
-    addresses = [None, "62001772", "6200177A", "", "1234", "12 34 56 78", "zz", 1234, "0102030405060708"]
+    addresses = [None, "62001772", "6200177A", "abcdef01", "\uff16\uff12\uff10\uff10\uff11\uff17\uff17\uff12", "", "1234", "12 34 56 78", "zz", 1234, "0102030405060708"]
     for data in inputs[::3]:
         args = (data, rng.choice(addresses), rng.choice([None, -74, -5, -128, -300, 40, True, -74.0, 2**70]),
                 rng.choice([0, 255, 256, -1, None, 2**70]))

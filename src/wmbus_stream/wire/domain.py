@@ -58,6 +58,9 @@ CONTAINER_MAX = 0xBF
 LONG_FORM = 0x0F
 
 
+_HEX_DIGITS = frozenset(hexdigits)
+
+
 def type_name(value: object) -> str:
     """The name an error message gives for the type of ``value`` (qualified unless built in)."""
     kind = type(value)
@@ -132,6 +135,6 @@ def receiver_address(value: object) -> bytes | None:
         return None
     if not isinstance(value, str):
         raise TypeError(f"receiver_address must be a str or None, not {type_name(value)}")
-    if len(value) != 8 or not all(ch in hexdigits for ch in value):
+    if len(value) != 8 or not _HEX_DIGITS.issuperset(value):
         raise ValueError(f"receiver_address {value!r} is not 8 digits (0-9, A-F)")
     return bytes.fromhex(value)[::-1]
