@@ -1,8 +1,10 @@
 """Pure-Python twin of ``ext/_cwire.pyx``: the readable specification of the hot path.
 
 Every function here has a compiled twin with the same name, arguments, results and error
-types; ``tests/unit/test_twins.py`` holds them to that. Telegrams are ``bytes`` from the
-L-field with link CRCs removed (L = number of bytes after L). Nothing here does IO.
+types and messages; ``tests/unit/test_twins.py`` holds them to that. Each checks its arguments
+against ``wire.domain`` first (the domain both twins share), then reads the bytes. Telegrams
+are ``bytes`` from the L-field with link CRCs removed (L = number of bytes after L). Nothing
+here does IO.
 """
 
 from __future__ import annotations

@@ -11,8 +11,24 @@ for anything else, so this module is the one definition of the domain.
 * integers: ``int`` (not ``bool``) within the range a function states; filter sets: any
   iterable of such ints.
 
-What the bytes say (a CRC, an L-field) is not the domain: those are ``FrameError``s the twins
-raise themselves.
+Per public function (ranges inclusive; arguments checked in order, before any byte is read):
+
+=================================================  =============================================
+``crc16(data, start=0, end=None)``                 ``0 <= start <= end <= len(data)``; None: to the end
+``strip_a``, ``strip_b``, ``parse_cmex50(frame)``  bytes-like
+``check_telegram``, ``parse_header(telegram)``     bytes-like
+``rssi_code(rssi_dbm)``                            None or any int (the code saturates)
+``build_report(telegram, receiver_address,         address None or 8 digits 0-9/A-F; rssi as above;
+rssi_dbm, wired_address)``                         ``0..WIRED_ADDRESS_MAX``
+``Matcher(manufacturers, device_types, ids,        iterables of ints in ``0..MANUFACTURER_MASK``,
+modes)``                                           ``0..DEVICE_TYPE_MAX``, ``0..ID_MAX``; ``0..MODE_MASK``
+``Matcher.verdict(telegram, mode)``                ``0..MODE_MASK``
+``check_batch(frames, frame_format, matcher,       a sequence of bytes-like; ``FORMAT_NONE..FORMAT_B``;
+mode=0)``                                          the same twin's Matcher; ``0..MODE_MASK``
+=================================================  =============================================
+
+What the bytes say (a CRC, an L-field, a telegram too short for its header) is not the domain:
+those are ``FrameError``s the twins raise themselves.
 """
 
 from __future__ import annotations
