@@ -13,9 +13,11 @@ twin's annotated signatures and the compiled names only replace them at run time
     if not TYPE_CHECKING and compiled("wmbus_stream.pkg._cfoo"):
         from ._cfoo import bar, baz
 
-To add a twin, add such a pair of imports for it: the same names from both modules. This
-module imports nothing of the gateway's but its errors; ``wmbus_stream.implementation()``
-reports what the packages chose.
+To add a twin, add such a pair of imports for it: the same names from both modules, the
+compiled module named once as a string for the probe. A twin in a package other than
+``wire`` also adds that package to the import in ``wmbus_stream.implementation()``, which
+imports every package with twins and reports what they chose. This module imports nothing
+of the gateway's but its errors, so the packages depend on it and never the reverse.
 """
 
 from __future__ import annotations
