@@ -29,7 +29,7 @@ if {hide}:
     sys.meta_path.insert(0, Hide())
 import wmbus_stream
 from wmbus_stream import wire
-print(wmbus_stream.implementation(), wire.crc16.__module__, wire.Matcher.__module__)
+print(wmbus_stream.implementation(), wire.crc16.__module__, wire.Matcher.__module__, wire.Cmex50Scanner.__module__)
 """
 
 
@@ -41,12 +41,12 @@ def probe(hide: bool, **flags: str) -> subprocess.CompletedProcess[str]:
 
 def test_no_extensions_forces_the_pure_twin():
     result = probe(False, WMBUS_STREAM_NO_EXTENSIONS="1")
-    assert result.stdout.split() == ["pure", "wmbus_stream.wire._pywire", "wmbus_stream.wire._pywire"], result.stderr
+    assert result.stdout.split() == ["pure", "wmbus_stream.wire._pywire", "wmbus_stream.wire._pywire", "wmbus_stream.wire._pystream"], result.stderr
 
 
 def test_a_missing_extension_falls_back_to_the_pure_twin_unless_required():
     result = probe(True)
-    assert result.stdout.split() == ["pure", "wmbus_stream.wire._pywire", "wmbus_stream.wire._pywire"], result.stderr
+    assert result.stdout.split() == ["pure", "wmbus_stream.wire._pywire", "wmbus_stream.wire._pywire", "wmbus_stream.wire._pystream"], result.stderr
     result = probe(True, WMBUS_STREAM_REQUIRE_EXTENSIONS="1")
     assert result.returncode != 0
     assert "ExtensionMissingError: compiled extension wmbus_stream.wire._cwire is missing" in result.stderr
@@ -56,7 +56,7 @@ def test_a_missing_extension_falls_back_to_the_pure_twin_unless_required():
 @pytest.mark.skipif(not COMPILED_BUILT, reason="the compiled twin is not built in this checkout")
 def test_the_compiled_twin_is_chosen_whole_when_present():
     result = probe(False, WMBUS_STREAM_REQUIRE_EXTENSIONS="1")
-    assert result.stdout.split() == ["compiled", "wmbus_stream.wire._cwire", "wmbus_stream.wire._cwire"], result.stderr
+    assert result.stdout.split() == ["compiled", "wmbus_stream.wire._cwire", "wmbus_stream.wire._cwire", "wmbus_stream.wire._cstream"], result.stderr
 
 
 def imported(path: Path) -> set[str]:
