@@ -19,6 +19,9 @@ import wmbus_stream
 SOURCE = Path(wmbus_stream.__file__).parent
 COMPILED_BUILT = list((SOURCE / "wire").glob("_cwire*.so"))
 
+PURE = ["pure", "wmbus_stream.wire._pywire", "wmbus_stream.wire._pywire", "wmbus_stream.wire._pystream"]
+COMPILED = ["compiled", "wmbus_stream.wire._cwire", "wmbus_stream.wire._cwire", "wmbus_stream.wire._cstream"]
+
 PROBE = """
 import sys
 if {hide}:
@@ -41,12 +44,12 @@ def probe(hide: bool, **flags: str) -> subprocess.CompletedProcess[str]:
 
 def test_no_extensions_forces_the_pure_twin():
     result = probe(False, WMBUS_STREAM_NO_EXTENSIONS="1")
-    assert result.stdout.split() == ["pure", "wmbus_stream.wire._pywire", "wmbus_stream.wire._pywire", "wmbus_stream.wire._pystream"], result.stderr
+    assert result.stdout.split() == PURE, result.stderr
 
 
 def test_a_missing_extension_falls_back_to_the_pure_twin_unless_required():
     result = probe(True)
-    assert result.stdout.split() == ["pure", "wmbus_stream.wire._pywire", "wmbus_stream.wire._pywire", "wmbus_stream.wire._pystream"], result.stderr
+    assert result.stdout.split() == PURE, result.stderr
     result = probe(True, WMBUS_STREAM_REQUIRE_EXTENSIONS="1")
     assert result.returncode != 0
     assert "ExtensionMissingError: compiled extension wmbus_stream.wire._cwire is missing" in result.stderr
@@ -56,7 +59,7 @@ def test_a_missing_extension_falls_back_to_the_pure_twin_unless_required():
 @pytest.mark.skipif(not COMPILED_BUILT, reason="the compiled twin is not built in this checkout")
 def test_the_compiled_twin_is_chosen_whole_when_present():
     result = probe(False, WMBUS_STREAM_REQUIRE_EXTENSIONS="1")
-    assert result.stdout.split() == ["compiled", "wmbus_stream.wire._cwire", "wmbus_stream.wire._cwire", "wmbus_stream.wire._cstream"], result.stderr
+    assert result.stdout.split() == COMPILED, result.stderr
 
 
 def imported(path: Path) -> set[str]:

@@ -225,15 +225,16 @@ def test_batches_of_any_sequence_agree():
 
     Sequence.register(Frames)
     frame_a = build_a(SPEC)
-    for make, error in ((lambda: [SPEC, frame_a], None), (lambda: (SPEC, frame_a), None), (lambda: Frames([SPEC]), None),
-                        (lambda: Liar([frame_a, frame_a, b"", frame_a]), None), (lambda: "ab", TypeError),
+    for make, error in ((lambda: [SPEC, frame_a], None), (lambda: (SPEC, frame_a), None),
+                        (lambda: Frames([SPEC]), None), (lambda: Liar([frame_a, frame_a, b"", frame_a]), None),
+                        (lambda: "ab", TypeError),
                         (lambda: range(3), TypeError), (lambda: {SPEC}, TypeError), (lambda: iter([SPEC]), TypeError),
                         (lambda: None, TypeError), (lambda: SPEC, TypeError)):
         for frame_format in (0, 1):
             expect(lambda m, k=make, f=frame_format: m.check_batch(k(), f, m.Matcher(set(), set(), set(), 0)), error,
                    (make(), frame_format))
-    result = agreed(lambda m: m.check_batch(Liar([frame_a, frame_a, b"", frame_a]), 1, m.Matcher(set(), set(), set(), 0)),
-                    "liar")
+    liar = Liar([frame_a, frame_a, b"", frame_a])
+    result = agreed(lambda m: m.check_batch(liar, 1, m.Matcher(set(), set(), set(), 0)), "liar")
     assert result[1][1][0] == ("bytes", b"\x00\x00\x02\x00")
 
 
@@ -413,7 +414,8 @@ def test_crc_ranges_agree():
 def test_reports_and_rssi_codes_agree(corpus):
     inputs, _, _ = corpus
     rng = random.Random(SEED + 2)
-    addresses = [None, "62001772", "6200177A", "abcdef01", "\uff16\uff12\uff10\uff10\uff11\uff17\uff17\uff12", "", "1234", "12 34 56 78", "zz", 1234, "0102030405060708"]
+    addresses = [None, "62001772", "6200177A", "abcdef01", "\uff16\uff12\uff10\uff10\uff11\uff17\uff17\uff12", "",
+                 "1234", "12 34 56 78", "zz", 1234, "0102030405060708"]
     for data in inputs[::3]:
         args = (data, rng.choice(addresses), rng.choice([None, -74, -5, -128, -300, 40, True, -74.0, 2**70]),
                 rng.choice([0, 255, 256, -1, None, 2**70]))
@@ -478,7 +480,8 @@ def test_bit_15_verdicts_and_headers_agree(vectors):
                 left = outcome(pure.Matcher(codes, set(), set(), 0).verdict, variant, 0)
                 right = outcome(compiled.Matcher(codes, set(), set(), 0).verdict, variant, 0)
                 assert left == right, (variant.hex(), codes)
-                same("check_batch", lambda m, v=variant, c=codes: ([v], 0, m.Matcher(c, set(), set(), 0)), (variant, codes))
+                same("check_batch", lambda m, v=variant, c=codes: ([v], 0, m.Matcher(c, set(), set(), 0)),
+                     (variant, codes))
 
 
 def test_a_manufacturer_code_with_bit_15_is_outside_the_domain():
