@@ -34,7 +34,7 @@ from wmbus_stream import bench_service, implementation
 from wmbus_stream.config import model
 from wmbus_stream.receivers import framer
 from wmbus_stream.receivers.cmex50 import encode
-from wmbus_stream.service import Gateway
+from wmbus_stream.app import Gateway
 from wmbus_stream.web.auth import write_password
 
 USER, PASSWORD = "admin", "bench-Pass-4711-web"

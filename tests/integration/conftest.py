@@ -41,7 +41,7 @@ from wmbus_stream import wire
 from wmbus_stream.hes import ReceiveServer, ReportLine, SqliteStore, parse_report
 from wmbus_stream.receivers import amb8465, cmex50, im871a, rtlwmbus
 from wmbus_stream.receivers import hex as hexproto
-from wmbus_stream.service import control_request
+from wmbus_stream.io.control import request as control_request
 from wmbus_stream.wire.frame import build_a
 
 # Test modules import the helpers below as ``gwkit``: two conftest.py files share the module

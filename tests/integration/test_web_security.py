@@ -788,7 +788,7 @@ def test_every_documented_metric_is_scraped_and_every_scraped_one_documented(
         gw: WebGateway, receiver: gwkit.PtyReceiver) -> None:
     from prometheus_client.parser import text_string_to_metric_families
 
-    ok = gw.gateway.status()["pushes"]["ok"]
+    ok = gw.gateway.status().pushes.ok
     feed(receiver, normal_telegrams())
     gw.wait_status(lambda s: s["pushes"]["ok"] > ok, "an acknowledged push", timeout=20)
     assert gw.api("POST", "/api/v1/sync")[0] == 200

@@ -114,7 +114,7 @@ def test_a_filter_changed_in_settings_is_used_by_the_next_report(ui: Browser, gw
                        "a report sent after the filter change", timeout=60)
     for post in posts:
         assert manufacturers(post) == {"KAM"}
-    assert gw.gateway.status()["telegrams"].get("filter.manufacturer", 0) > 0
+    assert gw.gateway.status().telegrams.get("filter.manufacturer", 0) > 0
     ui.get(gw.base + "/")
     shown = {k: int(v) for k, v in facts(ui).items() if k in ("Read", "OK (accepted)", "Broken", "Filtered out")}
     assert shown["Filtered out"] > 0
@@ -252,10 +252,11 @@ def test_backup_download_and_restore_upload(ui: Browser, gw: WebGateway) -> None
 
 def test_push_now_and_help(ui: Browser, gw: WebGateway) -> None:
     ui.get(gw.base + "/")
-    pushes = gw.gateway.status()["pushes"]["ok"]
+    pushes = gw.gateway.status().pushes.ok
     ui.submit_and_wait(ui.all(".actions button")[0], "the overview after pushing")
     assert "Push" in flash(ui)
-    assert gw.gateway.status()["pushes"]["ok"] + gw.gateway.status()["pushes"]["failed"] >= pushes
+    status = gw.gateway.status()
+    assert status.pushes.ok + status.pushes.failed >= pushes
     ui.get(gw.base + "/help")
     assert "The report format" in ui.text() and "/api/v1/" in ui.text()
     ui.screenshot("help")

@@ -28,7 +28,8 @@ import pytest
 
 import gwkit
 from wmbus_stream.config import model
-from wmbus_stream.service import Gateway
+from wmbus_stream.app import Gateway
+from wmbus_stream.host import as_json
 from wmbus_stream.web.auth import write_password
 
 CHROMIUM = "/usr/bin/chromium"
@@ -94,7 +95,7 @@ class WebGateway:
         return status, json.loads(data) if data else None
 
     def wait_status(self, predicate: Callable[[dict[str, Any]], Any], what: str, timeout: float = 15.0) -> dict:
-        return gwkit.wait_for(lambda: (s := self.gateway.status()) and predicate(s) and s, what, timeout)
+        return gwkit.wait_for(lambda: (s := as_json(self.gateway.status())) and predicate(s) and s, what, timeout)
 
     def close(self) -> None:
         self.stop.set()

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from wmbus_stream.config import model
-from wmbus_stream.service import Gateway
+from wmbus_stream.app import Gateway
 from wmbus_stream.web.server import WebServer
 from wmbus_stream.web.site import build
 

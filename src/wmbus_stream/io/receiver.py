@@ -195,6 +195,9 @@ class SimulatedReceiver(threading.Thread):
         self.reconnects = 0
         self.bytes_read = 0
         self.last_error: str | None = None
+        self.last_data_at: float | None = None  # as ReceiverReader: the simulator is never silent
+        self.silent = False
+        self.silence_alarms = 0
 
     def run(self) -> None:
         for at, data in self.simulator.events(time.time()):

@@ -41,7 +41,7 @@ __all__ = ["STORE_FILE", "BackupError", "BackupLimits", "RestoreResult", "backup
 
 log = logging.getLogger("wmbus_stream.config")
 
-STORE_FILE = "store.sqlite"  # the service's state database (service.STORE_FILE)
+STORE_FILE = "store.sqlite"  # the gateway's state database
 _LIMITS = BackupLimits()
 
 

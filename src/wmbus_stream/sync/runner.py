@@ -16,16 +16,18 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ..config.manage import ConfigManager
+from ..config.model import Config
 from ..core.schedule import Ticker
+from ..core.store import Store
 from ..errors import GatewayIOError
+from ..host import Counts, SyncStatus
 from .cad import RESULT_ERROR
 from .procedure import SyncResult, run_sync
-
-if TYPE_CHECKING:
-    from ..service import Gateway
 
 __all__ = ["SyncRunner", "LAST_SYNC_META"]
 
@@ -35,10 +37,16 @@ LAST_SYNC_META = "last_sync"
 
 
 class SyncRunner:
-    """Schedules, runs and remembers configuration syncs for one gateway."""
+    """Schedules, runs and remembers configuration syncs for one gateway.
 
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
+    It is given what it reads at each use: the running configuration, the configuration
+    manager (None without a configuration file), the state database (replaced by a
+    restore) and the gateway's stop event.
+    """
+
+    def __init__(self, config: Callable[[], Config], manager: Callable[[], ConfigManager | None],
+                 store: Callable[[], Store | None], stop_event: threading.Event) -> None:
+        self._config, self._manager, self._store, self._stop_event = config, manager, store, stop_event
         self.last: dict[str, Any] | None = None
         self.next_at: datetime | None = None
         self.runs = {"ok": 0, "failed": 0}
@@ -49,7 +57,7 @@ class SyncRunner:
 
     def load(self) -> None:
         """Read the last result a previous run saved."""
-        store = self.gateway.store
+        store = self._store()
         saved = store.get_meta(LAST_SYNC_META) if store is not None else None
         if saved:
             try:
@@ -58,12 +66,13 @@ class SyncRunner:
                 self.last = None
 
     def in_flight(self) -> bool:
+        """Whether a sync runs now."""
         return self._thread is not None and self._thread.is_alive()
 
     def poll(self, now: datetime) -> None:
         """Start a sync in its own thread when one is due."""
-        config = self.gateway.config
-        if not (config.sync_enabled and config.sync_url) or self.gateway.manager is None:
+        config = self._config()
+        if not (config.sync_enabled and config.sync_url) or self._manager() is None:
             self._ticker, self._schedule_key, self.next_at = None, None, None
             return
         key = (config.sync_cron.expression, repr(config.timezone))
@@ -84,16 +93,16 @@ class SyncRunner:
     def run_now(self) -> SyncResult:
         """Run one sync in the calling thread and remember its result."""
         with self._lock:
-            gateway = self.gateway
-            if gateway.manager is None:
+            manager = self._manager()
+            if manager is None:
                 result = SyncResult(RESULT_ERROR, f"{RESULT_ERROR} the gateway runs without a configuration file",
                                     at=time.time())
             else:
-                result = run_sync(gateway.manager, gateway.config, stop_event=gateway.stop_event)
+                result = run_sync(manager, self._config(), stop_event=self._stop_event)
             self.runs["ok" if result.ok else "failed"] += 1
             self.last = result.as_dict()
-            store = gateway.store
-            if store is not None and not gateway.stop_event.is_set():
+            store = self._store()
+            if store is not None and not self._stop_event.is_set():
                 try:
                     store.set_meta(LAST_SYNC_META, json.dumps(self.last))
                 except GatewayIOError as exc:
@@ -101,18 +110,12 @@ class SyncRunner:
         return result
 
     def join(self, timeout: float) -> None:
+        """Wait up to ``timeout`` for a sync in flight."""
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> SyncStatus:
         """The sync part of the gateway's status."""
-        config = self.gateway.config
-        return {
-            "enabled": config.sync_enabled,
-            "url": config.sync_endpoint,
-            "cron": str(config.sync_cron),
-            "next": self.next_at.isoformat() if self.next_at else None,
-            "in_flight": self.in_flight(),
-            "runs": dict(self.runs),
-            "last": self.last,
-        }
+        config = self._config()
+        return SyncStatus(config.sync_enabled, config.sync_endpoint, str(config.sync_cron), self.next_at,
+                          self.in_flight(), Counts(self.runs["ok"], self.runs["failed"]), self.last)

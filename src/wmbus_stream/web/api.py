@@ -9,6 +9,7 @@ answer; a secret sent back as ``********`` keeps its value.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import re
 import time
@@ -20,6 +21,7 @@ from ..config import model
 from ..config.keys import BY_NAME, KEYS, MASK
 from ..core.analyzer import Analyzer
 from ..errors import ConfigError, WmbusStreamError
+from ..host import as_json
 from ..state.backup import restore
 from . import views
 from .operations import (
@@ -34,7 +36,6 @@ from .routing import Handler, Routes, Site
 
 if TYPE_CHECKING:
     from ..config.manage import ConfigManager
-    from ..service import Gateway
 
 __all__ = ["problems_json", "register"]
 
@@ -99,7 +100,7 @@ def _string_map(value: Any, what: str) -> dict[str, str | None]:
 
 
 def _status(app: Site, req: Request, match: re.Match[str]) -> Response:
-    status = app.gateway.status()
+    status = as_json(app.gateway.status())
     analyzer = app.gateway.analyzer
     if analyzer is not None:
         totals = analyzer.totals()
@@ -263,10 +264,8 @@ def _analyzer_csv(app: Site, req: Request, match: re.Match[str]) -> Response:
 
 
 def _analyzer_reset(app: Site, req: Request, match: re.Match[str]) -> Response:
-    gateway: Gateway = app.gateway
     now = time.time()
-    if gateway.analyzer is not None:
-        gateway.analyzer.reset(now)
+    app.gateway.reset_analyzer(now)
     return json_response({"reset": True, "running_since": views.iso(now)})
 
 
@@ -274,27 +273,17 @@ def _push(app: Site, req: Request, match: re.Match[str]) -> Response:
     outcome = push_outcome(app)
     if outcome is None:
         return error_response(409, "push_in_flight", "a push is already in flight; try again in a moment")
-    value = {name: getattr(outcome, name) for name in outcome.__slots__}
+    value = as_json(outcome)
     value["summary"] = outcome.summary()
     return json_response(value)
 
 
 def _sync(app: Site, req: Request, match: re.Match[str]) -> Response:
-    sync_now = getattr(app.gateway, "sync_now", None)
-    if sync_now is None:
-        return error_response(501, "not_available", "configuration sync is not available in this version")
     try:
-        result = sync_now()
+        result = app.gateway.sync_now()
     except WmbusStreamError as exc:
         return error_response(502, "sync_failed", str(exc))
-    if hasattr(result, "__slots__") or hasattr(result, "__dataclass_fields__"):
-        names = getattr(result, "__dataclass_fields__", None) or result.__slots__
-        value = {name: getattr(result, name) for name in names}
-    elif isinstance(result, dict):
-        value = result
-    else:
-        value = {"result": str(result)}
-    return json_response(_jsonable(value))
+    return json_response(_jsonable(dataclasses.asdict(result)))
 
 
 def _jsonable(value: Any) -> Any:

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Mapping
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import (
@@ -26,6 +25,7 @@ from prometheus_client.core import (
 )
 
 from .. import __version__, implementation
+from ..host import SyncStatus
 from ..wire import RESULT_NAMES
 from .request import Request, Response
 from .routing import Routes, Site
@@ -48,7 +48,8 @@ class GatewayCollector:
 
     def collect(self) -> Iterator[Metric]:
         gw = self.web.gateway
-        status: dict[str, Any] = gw.status()
+        status = gw.status()
+        pushed = gw.push_totals()
         info = GaugeMetricFamily(f"{_NS}_info", "Version and implementation (compiled or pure) of the gateway",
                                  labels=["version", "implementation"])
         info.add_metric([__version__, implementation()], 1)
@@ -56,9 +57,9 @@ class GatewayCollector:
         yield GaugeMetricFamily(f"{_NS}_start_time_seconds", "When the gateway started (Unix time)",
                                 value=gw.started_at)
         yield GaugeMetricFamily(f"{_NS}_enabled", "1 when service.enabled=true, 0 when paused",
-                                value=1 if status.get("enabled") else 0)
+                                value=1 if status.enabled else 0)
 
-        counts: dict[str, int] = status.get("telegrams", {})
+        counts = status.telegrams
         read = CounterMetricFamily(f"{_NS}_telegrams_read", "Frames read from the receiver (every result)")
         read.add_metric([], counts.get("read", 0))
         yield read
@@ -72,10 +73,10 @@ class GatewayCollector:
         yield CounterMetricFamily(
             f"{_NS}_telegrams_long_form", "Accepted telegrams of 192 bytes or more, which the report carries in"
             " the 0F long form because a 0D FD 3B length byte cannot say their length",
-            value=status.get("telegrams_long_form", 0))
+            value=status.telegrams_long_form)
 
         yield GaugeMetricFamily(f"{_NS}_meters_pending", "Meters with a telegram waiting for the next push",
-                                value=status.get("meters_pending", 0))
+                                value=status.meters_pending)
         analyzer = gw.analyzer
         if analyzer is not None:
             totals = analyzer.totals()
@@ -84,55 +85,54 @@ class GatewayCollector:
             yield GaugeMetricFamily(f"{_NS}_analyzer_period_start_seconds",
                                     "Start of the current analyzer period (Unix time)", value=totals.running_since)
 
-        pushes = status.get("pushes", {})
         push_results = CounterMetricFamily(f"{_NS}_pushes", "Report pushes by result", labels=["result"])
-        for result in ("ok", "failed"):
-            push_results.add_metric([result], pushes.get(result, 0))
+        push_results.add_metric(["ok"], status.pushes.ok)
+        push_results.add_metric(["failed"], status.pushes.failed)
         yield push_results
         attempts = CounterMetricFamily(f"{_NS}_push_attempts", "HTTP attempts made by pushes (retries included)")
-        attempts.add_metric([], getattr(gw, "push_attempts_total", 0))
+        attempts.add_metric([], pushed.attempts)
         yield attempts
         duration = CounterMetricFamily(f"{_NS}_push_duration_seconds", "Time spent pushing, summed over pushes")
-        duration.add_metric([], getattr(gw, "push_seconds_total", 0.0))
+        duration.add_metric([], pushed.seconds)
         yield duration
         lines = CounterMetricFamily(f"{_NS}_push_lines_acknowledged", "Report lines the HES acknowledged")
-        lines.add_metric([], getattr(gw, "lines_acknowledged", 0))
+        lines.add_metric([], pushed.lines_acknowledged)
         yield lines
-        last = status.get("last_push") or {}
-        if last:
+        last = status.last_push
+        if last is not None:
             yield GaugeMetricFamily(f"{_NS}_push_last_duration_seconds", "Duration of the last push",
-                                    value=last.get("duration", 0.0))
-            yield GaugeMetricFamily(f"{_NS}_push_last_lines", "Lines in the last push", value=last.get("lines", 0))
-        success = getattr(gw, "last_push_success_at", None)
-        if success is None and last.get("ok"):
-            success = last.get("at")
+                                    value=last.duration)
+            yield GaugeMetricFamily(f"{_NS}_push_last_lines", "Lines in the last push", value=last.lines)
+        success = pushed.last_success_at
+        if success is None and last is not None and last.ok:
+            success = last.at
         if success is not None:
             yield GaugeMetricFamily(f"{_NS}_push_last_success_timestamp_seconds",
                                     "When the last acknowledged push started (Unix time)", value=success)
         yield GaugeMetricFamily(f"{_NS}_push_in_flight", "1 while a push is running",
-                                value=1 if status.get("push_in_flight") else 0)
+                                value=1 if status.push_in_flight else 0)
         yield GaugeMetricFamily(f"{_NS}_store_write_errors", "State writes that failed since start (kept in memory)",
-                                value=status.get("store_write_errors", 0))
+                                value=status.store_write_errors)
 
-        receiver = status.get("receiver", {})
+        receiver = status.receiver
         connected = GaugeMetricFamily(f"{_NS}_receiver_connected", "1 when the receiver is connected")
-        connected.add_metric([], 1 if receiver.get("state") == "connected" else 0)
+        connected.add_metric([], 1 if receiver.state == "connected" else 0)
         yield connected
         reconnects = CounterMetricFamily(f"{_NS}_receiver_reconnects", "Times the receiver was reopened")
-        reconnects.add_metric([], receiver.get("reconnects", 0))
+        reconnects.add_metric([], receiver.reconnects)
         yield reconnects
         read_bytes = CounterMetricFamily(f"{_NS}_receiver_bytes", "Bytes read from the receiver")
-        read_bytes.add_metric([], receiver.get("bytes_read", 0))
+        read_bytes.add_metric([], receiver.bytes_read)
         yield read_bytes
         skipped = CounterMetricFamily(f"{_NS}_receiver_skipped_bytes", "Bytes skipped as noise while framing")
-        skipped.add_metric([], receiver.get("skipped_bytes", 0))
+        skipped.add_metric([], receiver.skipped_bytes)
         yield skipped
         yield GaugeMetricFamily(f"{_NS}_receiver_silent", "1 while the receiver has delivered no telegram for"
-                                " receiver.silence.minutes", value=1 if receiver.get("silent") else 0)
+                                " receiver.silence.minutes", value=1 if receiver.silent else 0)
         yield CounterMetricFamily(f"{_NS}_receiver_silence_alarms", "Silent periods of the receiver",
-                                  value=receiver.get("silence_alarms", 0))
+                                  value=receiver.silence_alarms)
 
-        yield from self._sync(gw, status)
+        yield from self._sync(status.sync)
 
         web = self.web
         failures = CounterMetricFamily(f"{_NS}_web_login_failures", "Failed web/API logins")
@@ -145,19 +145,15 @@ class GatewayCollector:
                                   value=web.refused_connections)
 
     @staticmethod
-    def _sync(gw: Any, status: dict[str, Any]) -> Iterator[Metric]:
+    def _sync(sync: SyncStatus) -> Iterator[Metric]:
         """Sync runs by outcome and the last result code, from the status' ``sync`` part."""
-        sync = status.get("sync")
-        sync = sync if isinstance(sync, dict) else {}
-        runs = sync.get("runs")
-        runs = runs if isinstance(runs, dict) else {}
         family = CounterMetricFamily(f"{_NS}_syncs", "Configuration syncs by outcome (ok: 900, failed: 920 or 921)",
                                      labels=["result"])
-        for outcome in ("ok", "failed"):
-            family.add_metric([outcome], runs.get(outcome, 0))
+        family.add_metric(["ok"], sync.runs.ok)
+        family.add_metric(["failed"], sync.runs.failed)
         yield family
-        last = sync.get("last")
-        if isinstance(last, dict) and isinstance(last.get("code"), int):
+        last = sync.last
+        if isinstance(last, Mapping) and isinstance(last.get("code"), int):
             yield GaugeMetricFamily(f"{_NS}_sync_last_result_code",
                                     "Result code of the last configuration sync (900, 920, 921)", value=last["code"])
             if isinstance(last.get("at"), (int, float)):

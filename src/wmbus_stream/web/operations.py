@@ -13,7 +13,7 @@ from .routing import Site
 from .views import AnalyzerQuery
 
 if TYPE_CHECKING:
-    from ..service import PushOutcome
+    from ..host import PushOutcome
 
 __all__ = ["IMPORT_LIMIT", "RESTORE_LIMIT", "analyzer_csv", "analyzer_rows", "backup_bytes", "push_outcome"]
 

@@ -17,7 +17,8 @@ from .auth import LoginLimiter, PasswordStore, Session, Sessions
 from .request import Request, Response
 
 if TYPE_CHECKING:
-    from ..service import Gateway
+    from ..config.manage import ConfigManager
+    from ..host import Host
 
 __all__ = ["DEFAULT_BODY_LIMIT", "Handler", "Registrar", "Route", "Routes", "Site"]
 
@@ -71,12 +72,12 @@ class Routes:
 class Site(Protocol):
     """What a handler may use of the web server it is registered on."""
 
-    gateway: Gateway
+    gateway: Host
     passwords: PasswordStore
     sessions: Sessions
     limiter: LoginLimiter
 
-    def manager(self) -> Any: ...
+    def manager(self) -> ConfigManager | None: ...
 
     def login(self, req: Request, user: str, password: str) -> Session | Response: ...
 

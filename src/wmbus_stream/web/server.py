@@ -35,7 +35,7 @@ import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ..io.connections import Late
@@ -47,7 +47,8 @@ from .request import BadRequest, Request, Response, error_response
 from .routing import Registrar, Routes
 
 if TYPE_CHECKING:
-    from ..service import Gateway
+    from ..config.manage import ConfigManager
+    from ..host import Host
 
 __all__ = ["HEAD_SECONDS", "WebServer"]
 
@@ -64,7 +65,7 @@ HSTS = "max-age=31536000"
 class WebServer:
     """The gateway's web UI, JSON API and metrics on one listening socket."""
 
-    def __init__(self, gateway: Gateway, host: str = "127.0.0.1", port: int = 8080, *,
+    def __init__(self, gateway: Host, host: str = "127.0.0.1", port: int = 8080, *,
                  registrars: Iterable[Registrar] = (),
                  tls_cert: str | None = None, tls_key: str | None = None,
                  password_path: Path | None = None, max_connections: int = 32, per_address: int = 8,
@@ -90,28 +91,15 @@ class WebServer:
         self.started_at = time.time()
         self._server: Listener | None = None
         self._thread: threading.Thread | None = None
-        self._manager: Any = None
-        self._manager_lock = threading.Lock()
         self.routes = Routes()
         for register in registrars:
             register(self.routes, self)
 
-    # -- configuration management (issue 5's ConfigManager), found lazily -----------------
+    # -- configuration management ---------------------------------------------------------
 
-    def manager(self) -> Any:
-        """The gateway's configuration manager, or None where it cannot be had."""
-        found = getattr(self.gateway, "config_manager", None) or getattr(self.gateway, "manager", None)
-        if found is not None:
-            return found
-        with self._manager_lock:
-            if self._manager is None and self.gateway.config_path is not None:
-                try:
-                    from ..config.manage import ConfigManager
-                except ImportError:
-                    return None
-                self._manager = ConfigManager(self.gateway.config_path, self.gateway.config.state_directory,
-                                              self.gateway.reload)
-            return self._manager
+    def manager(self) -> ConfigManager | None:
+        """The gateway's configuration manager; None when it runs without a configuration file."""
+        return self.gateway.manager
 
     # -- life cycle -------------------------------------------------------------------------
 

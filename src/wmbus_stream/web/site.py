@@ -11,7 +11,7 @@ from .routing import Registrar
 from .server import WebServer
 
 if TYPE_CHECKING:
-    from ..service import Gateway
+    from ..host import Host
 
 __all__ = ["REGISTRARS", "build", "start_web"]
 
@@ -20,12 +20,12 @@ log = logging.getLogger("wmbus_stream.web")
 REGISTRARS: tuple[Registrar, ...] = (pages.register, api.register, metrics.register, assets.register)
 
 
-def build(gateway: Gateway, host: str = "127.0.0.1", port: int = 8080, **options: Any) -> WebServer:
+def build(gateway: Host, host: str = "127.0.0.1", port: int = 8080, **options: Any) -> WebServer:
     """A web server (not started) serving every route; ``options`` are ``WebServer``'s."""
     return WebServer(gateway, host, port, registrars=REGISTRARS, **options)
 
 
-def start_web(gateway: Gateway) -> WebServer | None:
+def start_web(gateway: Host) -> WebServer | None:
     """Start the web server the configuration asks for; None (logged) if it cannot listen."""
     cfg = gateway.config
     host, port = cfg.web_listen

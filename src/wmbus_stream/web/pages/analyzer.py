@@ -179,7 +179,6 @@ def download_csv(app: Site, req: Request, match: re.Match[str]) -> Response:
 
 
 def reset_analyzer(app: Site, req: Request, match: re.Match[str]) -> Response:
-    if app.gateway.analyzer is not None:
-        app.gateway.analyzer.reset(time.time())
+    app.gateway.reset_analyzer(time.time())
     flash(req, "Analyzer reset: a new period starts now. Pending reports were not touched.")
     return redirect("/analyzer")

@@ -54,6 +54,6 @@ def show_help(app: Site, req: Request, match: re.Match[str]) -> Response:
         receiver=("the built-in simulator" if cfg.receiver_protocol == "simulator"
                   else f"{cfg.receiver_protocol} on {cfg.receiver_port}"),
         cron=str(cfg.get("receiving.server.push.cron")), reset=cfg.analyzer_reset_hours, weak=views.WEAK_BELOW,
-        tz=cfg.get("report.timezone"), version=__version__, impl=app.gateway.status().get("implementation", ""),
+        tz=cfg.get("report.timezone"), version=__version__, impl=app.gateway.status().implementation,
     )
     return layout(app, req, "Help", body, active="/help")

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from ... import __version__
 from ...core.pipeline import tally
+from ...host import Status
 from ..operations import push_outcome
 from ..request import Request, Response, redirect
 from ..routing import Site
@@ -19,11 +19,10 @@ from .layout import csrf_input, flash, layout
 __all__ = ["overview_fragment", "push_now", "show_overview"]
 
 
-def _sync_text(status: dict[str, Any]) -> str:
+def _sync_text(status: Status) -> str:
     """The last sync's result line and time from the status' ``sync`` part, or ``none yet``."""
-    sync = status.get("sync")
-    last = sync.get("last") if isinstance(sync, dict) else None
-    if not isinstance(last, dict):
+    last = status.sync.last
+    if not isinstance(last, Mapping):  # a saved result that is not a JSON object shows as none
         return "none yet"
     text = str(last.get("text") or last.get("code") or "")
     when = last.get("at")
@@ -32,14 +31,9 @@ def _sync_text(status: dict[str, Any]) -> str:
     return text.strip() or "none yet"
 
 
-def _iso_time(text: Any) -> str:
-    """An ISO time from the status (any offset) shown like the other times: UTC, no ``T``."""
-    if not isinstance(text, str):
-        return "-"
-    try:
-        return fmt_time(datetime.fromisoformat(text).timestamp())
-    except ValueError:
-        return text.replace("T", " ")
+def _iso_time(when: datetime | None) -> str:
+    """A time from the status (any offset) shown like the other times: UTC, no ``T``."""
+    return "-" if when is None else fmt_time(when.timestamp())
 
 
 def _dl(items: Iterable[tuple[str, Any]]) -> Markup:
@@ -49,40 +43,37 @@ def _dl(items: Iterable[tuple[str, Any]]) -> Markup:
 def overview_fragment(app: Site, req: Request) -> Markup:
     gw = app.gateway
     status = gw.status()
-    telegrams = tally(status.get("telegrams", {}))
-    receiver = status.get("receiver", {})
-    last = status.get("last_push")
+    telegrams = tally(status.telegrams)
+    receiver = status.receiver
+    last = status.last_push
     if last:
-        result = (f"acknowledged (HTTP {last.get('status')})" if last.get("ok")
-                  else f"failed: {last.get('error') or 'HTTP ' + str(last.get('status'))}")
-        push_items = [("Last push", fmt_time(last.get("at"))), ("Result", result), ("Lines", last.get("lines", 0)),
-                      ("Duration", f"{last.get('duration', 0):.2f} s")]
+        result = (f"acknowledged (HTTP {last.status})" if last.ok
+                  else f"failed: {last.error or 'HTTP ' + str(last.status)}")
+        push_items = [("Last push", fmt_time(last.at)), ("Result", result), ("Lines", last.lines),
+                      ("Duration", f"{last.duration:.2f} s")]
     else:
         push_items = [("Last push", "none yet")]
-    next_push = status.get("next_push")
-    pushes = status.get("pushes", {})
-    state = str(receiver.get("state", "stopped"))
     service = [
-        ("Enabled", "yes" if status.get("enabled") else "no (paused)"),
-        ("Version", status.get("version", __version__)),
-        ("Implementation", status.get("implementation", "")),
-        ("Uptime", fmt_duration(status.get("uptime_seconds", 0))),
-        ("Gateway serial", status.get("gateway_serial", "")),
+        ("Enabled", "yes" if status.enabled else "no (paused)"),
+        ("Version", status.version),
+        ("Implementation", status.implementation),
+        ("Uptime", fmt_duration(status.uptime_seconds)),
+        ("Gateway serial", status.gateway_serial),
     ]
     receiver_items = [
-        ("Protocol", receiver.get("protocol", "")), ("Port", receiver.get("port", "")),
-        ("State", html('<span class="state {0}">{0}</span>', state)),
-        ("Reconnects", receiver.get("reconnects", 0)),
-        ("Last error", receiver.get("last_error") or "-"),
+        ("Protocol", receiver.protocol), ("Port", receiver.port),
+        ("State", html('<span class="state {0}">{0}</span>', receiver.state)),
+        ("Reconnects", receiver.reconnects),
+        ("Last error", receiver.last_error or "-"),
     ]
     telegram_items = [
         ("Read", telegrams.read), ("OK (accepted)", telegrams.accepted), ("Broken", telegrams.broken),
-        ("Filtered out", telegrams.filtered), ("Meters pending", status.get("meters_pending", 0)),
+        ("Filtered out", telegrams.filtered), ("Meters pending", status.meters_pending),
     ]
     push_items += [
-        ("Next push", _iso_time(next_push)),
-        ("Pushes ok / failed", f"{pushes.get('ok', 0)} / {pushes.get('failed', 0)}"),
-        ("Push in flight", "yes" if status.get("push_in_flight") else "no"),
+        ("Next push", _iso_time(status.next_push)),
+        ("Pushes ok / failed", f"{status.pushes.ok} / {status.pushes.failed}"),
+        ("Push in flight", "yes" if status.push_in_flight else "no"),
     ]
     sync_items = [("Sync enabled", "yes" if gw.config.sync_enabled else "no"), ("Last sync", _sync_text(status))]
     return html(
@@ -102,8 +93,8 @@ def show_overview(app: Site, req: Request, match: re.Match[str]) -> Response:
     fragment = overview_fragment(app, req)
     if req.query.get("fragment"):
         return Response(200, fragment.encode("utf-8"))
-    sync_button = (html('<form method="post" action="/sync" class="inline">{0}<button>Sync now</button></form>',
-                        csrf_input(req)) if hasattr(app.gateway, "sync_now") else Markup(""))
+    sync_button = html('<form method="post" action="/sync" class="inline">{0}<button>Sync now</button></form>',
+                       csrf_input(req))
     body = html(
         '<div class="title"><h1>Overview</h1><div class="actions">'
         '<form method="post" action="/push" class="inline">{csrf}<button>Push now</button></form>{sync}</div></div>'

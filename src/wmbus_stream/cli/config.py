@@ -1,50 +1,65 @@
-"""``wmbus-stream config show|set|export|import|history|revert|backup|restore`` and ``sync now``.
+"""``wmbus-stream config check|show|set|export|import|history|revert`` and ``sync now``.
 
 Every command works on the configuration file given with ``--config`` and the state
-directory of the gateway running with that file (``service.locate``), else the one the file names. Commands that change the configuration write it themselves
-(through ``ConfigManager``: validated, atomic, recorded) and then tell a running gateway to
-reload; backup and restore go through the running gateway when there is one, because it
-owns the state database. Exit codes: 0 ok, 1 failure, 3 invalid input (one line per
-problem on standard error, nothing changed).
+directory of the gateway running with that file (``io.control.locate``), else the one the
+file names. Commands that change the configuration write it themselves (through
+``ConfigManager``: validated, atomic, recorded) and then tell a running gateway to reload.
+Exit codes: 0 ok, 1 failure, 3 invalid input (one line per problem on standard error,
+nothing changed). ``config backup`` and ``config restore`` are in ``cli.state``.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import os
 import sys
 from pathlib import Path
 
-from ..errors import ConfigError, GatewayIOError, WmbusStreamError
-from . import control, model, properties
-from ..state.archive import BackupError
-from ..state.backup import backup, restore
-from .manage import ConfigManager
+from ..config import model, properties
+from ..config.manage import ConfigManager
+from ..errors import ConfigError, ConfigFileError, WmbusStreamError
+from ..io import control
+from . import state
+from .common import DEFAULT_CONFIG, EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, manager_of, with_config
 
-__all__ = ["add_config_commands", "add_sync_command"]
-
-EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 3
-DEFAULT_CONFIG = "/etc/wmbus-stream/stream.cfg"
+__all__ = ["add_config", "add_sync"]
 
 
-def _manager(args: argparse.Namespace) -> ConfigManager:
-    """The manager of the file, on the state directory of the gateway running with it (if any)."""
-    from ..service import locate
+def cmd_config_check(args: argparse.Namespace) -> int:
+    """Validate a configuration file: exit 0 (valid, on stdout) or 3 (one line per problem on stderr)."""
+    if args.file and args.config and args.file != args.config:
+        print(f"wmbus-stream config check: two files given ({args.file} and --config {args.config}); give one",
+              file=sys.stderr)
+        return EXIT_USAGE
+    path = args.file or args.config or DEFAULT_CONFIG
+    try:
+        config = model.require(model.load(path))  # what run would refuse, check refuses
+    except ConfigFileError:
+        raise
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"{path}: configuration is valid")
+    print(_baud_in_effect(config))
+    return EXIT_OK
 
-    path = Path(args.config)
-    return ConfigManager(path, locate(path))
+
+def _baud_in_effect(config: model.Config) -> str:
+    """Which serial speed the receiver is opened at, and whether the file or the protocol's default chose it."""
+    if "usb.baud.rate" in config.explicit:
+        return f"usb.baud.rate {config.baud_rate} Bd: set in the file"
+    return (f"usb.baud.rate {config.baud_rate} Bd: the default for receiver.protocol={config.receiver_protocol}"
+            " (set usb.baud.rate for another speed)")
 
 
 def _tell_gateway(manager: ConfigManager, changed: bool) -> None:
-    from ..service import control_request
-
     if not changed:
         return
     try:
-        answer = control_request(manager.state_directory, "reload", timeout=60)
+        answer = control.request(manager.state_directory, "reload", timeout=60)
     except OSError as exc:
         print(f"wmbus-stream: the running gateway did not answer ({exc}); it applies the file at its next"
               " reload or start", file=sys.stderr)
@@ -98,8 +113,8 @@ def cmd_set(args: argparse.Namespace) -> int:
         changes[key] = None
     if not changes:
         print("wmbus-stream config set: nothing to change (KEY=VALUE... or --unset KEY)", file=sys.stderr)
-        return 2
-    manager = _manager(args)
+        return EXIT_USAGE
+    manager = manager_of(args)
     before = _text_of(manager.config_path)
     entry = manager.set(changes, "local")
     _report_change(manager, before, entry.number)
@@ -110,7 +125,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Write the configuration without device-specific keys and secrets (for other gateways)."""
     from ..atomic import write_atomic
 
-    text = _manager(args).export_text()
+    text = manager_of(args).export_text()
     if args.file == "-":
         sys.stdout.write(text)
     else:
@@ -126,7 +141,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"wmbus-stream config import: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
         return EXIT_FAILURE
-    manager = _manager(args)
+    manager = manager_of(args)
     before = _text_of(manager.config_path)
     entry = manager.import_text(data, "import")
     if entry.note and entry.origin == "import" and _text_of(manager.config_path) != before:
@@ -137,7 +152,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_history(args: argparse.Namespace) -> int:
     """List the applied configurations, newest first (``--show N``: one of them, secrets masked)."""
-    manager = _manager(args)
+    manager = manager_of(args)
     if args.show is not None:
         entry = manager.entry(args.show)
         if entry is None:
@@ -159,83 +174,19 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 def cmd_revert(args: argparse.Namespace) -> int:
     """Apply history entry N again."""
-    manager = _manager(args)
+    manager = manager_of(args)
     before = _text_of(manager.config_path)
     entry = manager.revert(args.number)
     _report_change(manager, before, entry.number)
     return EXIT_OK
 
 
-def cmd_backup(args: argparse.Namespace) -> int:
-    """Write a backup archive (configuration, state, history, files); 0600."""
-    from ..atomic import write_atomic
-
-    manager = _manager(args)
-    buffer = io.BytesIO()
-    answer = control.request_backup(manager.state_directory, buffer)
-    if answer is None:
-        backup(manager, buffer)
-    elif "error" in answer:
-        print(f"wmbus-stream config backup: {answer['error']}", file=sys.stderr)
-        return EXIT_FAILURE
-    if args.file == "-":
-        sys.stdout.buffer.write(buffer.getvalue())
-    else:
-        write_atomic(args.file, buffer.getvalue(), 0o600)
-        print(f"backup written to {args.file} ({len(buffer.getvalue())} bytes)")
-    return EXIT_OK
-
-
-def cmd_restore(args: argparse.Namespace) -> int:
-    """Restore a backup archive, onto this (replacement) gateway; keeps its serial by default."""
-    from ..service import LOCK_FILE, _take_lock
-
-    manager = _manager(args)
-    source = Path(args.file)
-    if not source.is_file():
-        print(f"wmbus-stream config restore: {args.file} is not a readable file", file=sys.stderr)
-        return EXIT_FAILURE
-    keep = not args.replace_serial
-    answer = control.request_restore(manager.state_directory, source, keep)
-    if answer is None:
-        try:
-            lock = _take_lock(manager.state_directory / LOCK_FILE)
-        except GatewayIOError:
-            print("wmbus-stream config restore: a gateway is starting for this state directory; try again",
-                  file=sys.stderr)
-            return EXIT_FAILURE
-        try:
-            with open(source, "rb") as handle:
-                result = restore(manager, handle, keep_serial=keep)
-        except BackupError as exc:
-            for problem in exc.problems:
-                print(problem, file=sys.stderr)
-            print("nothing was changed", file=sys.stderr)
-            return EXIT_CONFIG
-        finally:
-            os.close(lock)
-        print(result.summary())
-        print("no gateway is running for this state directory: it resumes from the restored state at its next start")
-        return EXIT_OK
-    if answer.get("ok"):
-        print(answer["summary"])
-        print("the running gateway continues from the restored state")
-        return EXIT_OK
-    for problem in answer.get("problems") or [answer.get("error", "restore failed")]:
-        print(problem, file=sys.stderr)
-    if answer.get("problems"):
-        print("nothing was changed", file=sys.stderr)
-        return EXIT_CONFIG
-    return EXIT_FAILURE
-
-
 def cmd_sync_now(args: argparse.Namespace) -> int:
     """Run one configuration sync; print the result line; exit 0 for 900, 1 otherwise."""
-    from ..service import control_request, locate
     from ..sync.procedure import SyncResult, run_sync
 
     logging.basicConfig(level="WARNING", format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    answer = control_request(locate(args.config), "sync")
+    answer = control.request(control.locate(args.config), "sync")
     if answer is not None:
         if "code" not in answer:
             print(f"wmbus-stream sync now: {answer.get('error', 'no answer')}", file=sys.stderr)
@@ -257,18 +208,18 @@ def cmd_sync_now(args: argparse.Namespace) -> int:
     return EXIT_OK if code == 900 else EXIT_FAILURE
 
 
-def _remember(state: Path, answer: dict[str, object]) -> None:
+def _remember(folder: Path, answer: dict[str, object]) -> None:
     """Keep the result for ``status`` when no gateway runs (it reads it at its start)."""
+    from ..app import STORE_FILE
     from ..core.store import Store
-    from ..service import LOCK_FILE, STORE_FILE, _take_lock
     from ..sync.runner import LAST_SYNC_META
 
     try:
-        lock = _take_lock(state / LOCK_FILE)
+        lock = control.take_lock(folder / control.LOCK_FILE)
     except OSError:
         return
     try:
-        store = Store.open(state / STORE_FILE)
+        store = Store.open(folder / STORE_FILE)
         try:
             store.set_meta(LAST_SYNC_META, json.dumps(answer))
         finally:
@@ -279,59 +230,53 @@ def _remember(state: Path, answer: dict[str, object]) -> None:
         os.close(lock)
 
 
-def _with_config(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"configuration file (default {DEFAULT_CONFIG})")
+def add_config(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register ``config`` and its actions."""
+    p = sub.add_parser("config", help="configuration: check, show, set, export, import, history, revert, backup, restore")
+    csub = p.add_subparsers(dest="config_command", metavar="ACTION")
+    c = csub.add_parser("check", help="validate a configuration file (exit 3 when invalid)")
+    c.add_argument("file", nargs="?", help=f"the file to check (default: --config, else {DEFAULT_CONFIG})")
+    c.add_argument("--config", help="the file to check, as every other command names it")
+    c.set_defaults(func=cmd_config_check)
 
-
-def add_config_commands(csub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Register the configuration management commands under ``config``."""
     c = csub.add_parser("show", help="print the configuration, secrets masked")
-    _with_config(c)
+    with_config(c)
     c.add_argument("--all", action="store_true", help="every key with its effective value and description")
     c.set_defaults(func=cmd_show)
 
     c = csub.add_parser("set", help="set keys: KEY=VALUE... (validated, atomic, recorded)")
-    _with_config(c)
+    with_config(c)
     c.add_argument("assignments", nargs="*", metavar="KEY=VALUE")
     c.add_argument("--unset", action="append", metavar="KEY", help="reset KEY to its default (repeatable)")
     c.set_defaults(func=cmd_set)
 
     c = csub.add_parser("export", help="write the configuration without device-specific keys and secrets")
-    _with_config(c)
+    with_config(c)
     c.add_argument("file", help="file to write, or - for standard output")
     c.set_defaults(func=cmd_export)
 
     c = csub.add_parser("import", help="apply an exported configuration (all or nothing)")
-    _with_config(c)
+    with_config(c)
     c.add_argument("file", help="file to read, or - for standard input")
     c.set_defaults(func=cmd_import)
 
     c = csub.add_parser("history", help="list the applied configurations")
-    _with_config(c)
+    with_config(c)
     c.add_argument("--show", type=int, metavar="N", help="print configuration N (secrets masked)")
     c.set_defaults(func=cmd_history)
 
     c = csub.add_parser("revert", help="apply history entry N again")
-    _with_config(c)
+    with_config(c)
     c.add_argument("number", type=int, metavar="N")
     c.set_defaults(func=cmd_revert)
 
-    c = csub.add_parser("backup", help="write a backup: configuration, state (pending, analyzer), history, files")
-    _with_config(c)
-    c.add_argument("file", help="archive to write (mode 0600), or - for standard output")
-    c.set_defaults(func=cmd_backup)
-
-    c = csub.add_parser("restore", help="restore a backup (keeps this gateway's serial)")
-    _with_config(c)
-    c.add_argument("file", help="archive to read")
-    c.add_argument("--replace-serial", action="store_true", help="take gateway.serial from the backup too")
-    c.set_defaults(func=cmd_restore)
+    state.add_commands(csub)
 
 
-def add_sync_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_sync(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register ``sync now``."""
     p = sub.add_parser("sync", help="configuration sync from the .cad server: 'sync now'")
     p.add_argument("now", choices=["now"])
-    _with_config(p)
+    with_config(p)
     p.set_defaults(func=cmd_sync_now)
 

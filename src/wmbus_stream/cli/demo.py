@@ -24,14 +24,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from . import _signals
-from .config import model
-from .core.pipeline import tally
-from .hes import ReceiveServer, SqliteStore
-from .service import Gateway
-from .web.auth import DEFAULT_USER, generate_password, write_password
+from .. import _signals
+from ..app import Gateway
+from ..config import model
+from ..core.pipeline import tally
+from ..hes import ReceiveServer, SqliteStore
+from ..web.auth import DEFAULT_USER, generate_password, write_password
+from .common import positive, setup_logging
 
-__all__ = ["main", "demo_config"]
+__all__ = ["add_demo", "cmd_demo", "demo_config"]
 
 PROGRESS_SECONDS = 10.0
 WEB_PORT = 8080
@@ -61,6 +62,20 @@ def _web_port() -> int:
         except OSError:
             probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def add_demo(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register ``demo``."""
+    p = sub.add_parser("demo", help="demo gateway with simulator and local receiving server")
+    p.add_argument("--meters", type=positive, default=300, help="simulated meters (default 300)")
+    p.add_argument("--seconds", type=float, default=0, help="stop after this many seconds (0 = until Ctrl-C)")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The demo gateway: simulator, pushes every 10 s, a local receiving server."""
+    setup_logging("warning")
+    return main(args)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -190,10 +205,10 @@ def _out(line: str) -> None:
 def _progress(gateway: Gateway, hes: ReceiveServer) -> str:
     """One progress line, in the Overview's words: read = accepted + broken + filtered out."""
     status = gateway.status()
-    telegrams = tally(status["telegrams"])
+    telegrams = tally(status.telegrams)
     return (
         f"{time.strftime('%H:%M:%S')}  telegrams read {telegrams.read} (accepted {telegrams.accepted},"
-        f" broken {telegrams.broken}, filtered out {telegrams.filtered})  meters pending {status['meters_pending']}"
-        f"  pushes ok {status['pushes']['ok']} failed {status['pushes']['failed']}"
-        f"  lines acknowledged {gateway.lines_acknowledged}  HES readings {hes.stats.readings}"
+        f" broken {telegrams.broken}, filtered out {telegrams.filtered})  meters pending {status.meters_pending}"
+        f"  pushes ok {status.pushes.ok} failed {status.pushes.failed}"
+        f"  lines acknowledged {gateway.push_totals().lines_acknowledged}  HES readings {hes.stats.readings}"
     )
