@@ -5,13 +5,15 @@ analyzer and store (in memory; flushing is timed apart), in 64 KiB reads as the 
 thread does. ``push``: snapshot, report body and one chunked POST of N meters to a local
 server that reads the body, then the acknowledgement. ``memory``: tracemalloc of the store
 per meter beyond the telegram bytes. ``idle``: CPU used by ``wmbus-stream run`` with a
-silent receiver. Figures go to docs/performance.md; no test asserts on them.
+silent receiver. ``sweep``: the store's put, flush, snapshot and acknowledge at several meter
+counts, in CPU seconds of this process, with the database and WAL sizes and the memory the
+pipeline, analyzer and store keep per meter. Figures go to docs/performance.md; no test
+asserts on them.
 """
 
 from __future__ import annotations
 
 import gc
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import os
 import subprocess
 import sys
@@ -19,6 +21,8 @@ import tempfile
 import threading
 import time
 import tracemalloc
+from collections.abc import Iterable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -34,7 +38,7 @@ from .receivers import framer
 from .receivers.cmex50 import encode
 from .wire.filters import matcher
 
-__all__ = ["pipeline", "push", "memory", "idle"]
+__all__ = ["idle", "memory", "pipeline", "push", "sweep", "sweep_lines"]
 
 SPEC_TELEGRAM = bytes.fromhex(
     "6044961564010061011B7A970400202F2F02653607426534078201652C072265320712653607626516075265"
@@ -87,7 +91,7 @@ class _Sink(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         size = 0
         while True:
             line = self.rfile.readline()
@@ -175,3 +179,98 @@ def idle(seconds: float = 20.0) -> dict[str, Any]:
 def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _cpu(started: float) -> float:
+    return round(time.process_time() - started, 3)
+
+
+def sweep(sizes: Iterable[int]) -> list[dict[str, Any]]:
+    """Per meter count: store CPU seconds, database and WAL bytes, and pipeline memory per meter."""
+    return [_sweep_one(n) for n in sizes]
+
+
+def _sweep_one(meters: int) -> dict[str, Any]:
+    telegrams = [encode(_telegram(m))[4:-2] for m in range(meters)]
+    keys = [t[3:11] for t in telegrams]  # the link addresses, as the pipeline cuts them
+    result: dict[str, Any] = {"meters": meters}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "bench.sqlite"
+        wal = Path(f"{path}-wal")
+        store = Store.open(path)
+        now = time.time()
+        gc.collect()
+        gc.disable()
+        try:
+            started = time.process_time()
+            for key, telegram in zip(keys, telegrams):
+                store.put(key, key[5:1:-1].hex().upper(), now, telegram)
+            result["put_cpu_s"] = _cpu(started)
+            started, wall = time.process_time(), time.perf_counter()
+            store.flush()
+            result["flush_cpu_s"], result["flush_wall_s"] = _cpu(started), round(time.perf_counter() - wall, 3)
+            result["db_bytes"], result["wal_bytes"] = _file_size(path), _file_size(wal)
+            started = time.process_time()
+            snapshot = store.snapshot()
+            result["snapshot_cpu_s"] = _cpu(started)
+            started, wall = time.process_time(), time.perf_counter()
+            store.acknowledge(snapshot)
+            result["acknowledge_cpu_s"], result["acknowledge_wall_s"] = (
+                _cpu(started), round(time.perf_counter() - wall, 3))
+            result["db_bytes_after_ack"], result["wal_bytes_after_ack"] = _file_size(path), _file_size(wal)
+        finally:
+            gc.enable()
+        del snapshot
+        store.close()
+    del telegrams, keys
+    result["bytes_per_meter"] = _pipeline_memory(meters)
+    return result
+
+
+def _pipeline_memory(meters: int) -> int:
+    """tracemalloc: what the pipeline, analyzer and store keep per meter after a flush, beyond the telegrams.
+
+    Every meter's telegram comes in a read of its own, so no two meters share an arrival time
+    object (the worst case; a burst read shares one ``now`` between its telegrams).
+    """
+    frames = [encode(_telegram(m), receiver_address="62001772", rssi_dbm=-70 - m % 40) for m in range(meters)]
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Store.open(Path(tmp) / "bench.sqlite")
+        settings = Settings(matcher((), (), (), "T1_C1A_C1B"), "62001772", 0)
+        pipe = Pipeline(settings, store, Analyzer(time.time(), max_meters=meters))
+        reader = framer("cmex50")
+        gc.collect()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for frame in frames:  # one telegram per read, as a radio channel delivers them
+                pipe.process(reader.feed(frame), time.time())
+            store.flush()  # the dirty set is emptied, as in steady state
+            gc.collect()
+            used = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        telegram_bytes = sum(len(row[3]) for row in store.snapshot())
+        assert store.pending() == meters, (store.pending(), meters)
+        store.close(flush=False)
+    return round((used - telegram_bytes) / meters)
+
+
+def sweep_lines(rows: Iterable[dict[str, Any]]) -> list[str]:
+    """The sweep as a table for a terminal."""
+    lines = ["meters      put   flush  (wall)  snapshot     ack   (wall)   db MB  wal MB  db after  wal after  B/meter",
+             "            CPU s of this process; sizes after the flush and after the acknowledge"]
+    for r in rows:
+        lines.append(
+            f"{r['meters']:>9,} {r['put_cpu_s']:>6.3f} {r['flush_cpu_s']:>7.3f} {r['flush_wall_s']:>7.3f}"
+            f" {r['snapshot_cpu_s']:>9.3f} {r['acknowledge_cpu_s']:>7.3f} {r['acknowledge_wall_s']:>8.3f}"
+            f" {r['db_bytes'] / 1e6:>7.1f} {r['wal_bytes'] / 1e6:>7.1f} {r['db_bytes_after_ack'] / 1e6:>9.1f}"
+            f" {r['wal_bytes_after_ack'] / 1e6:>10.1f} {r['bytes_per_meter']:>8}")
+    return lines

@@ -18,7 +18,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """CPU per telegram of the daemon's receive path, compiled and pure, against the C CRC loop."""
     from .. import bench
 
-    if args.service:
+    if args.service or args.meters:
         return _bench_service(args)
     result = bench.run(frames=args.frames, as_json=args.json)
     if args.json:
@@ -32,6 +32,10 @@ def _bench_service(args: argparse.Namespace) -> int:
 
     from .. import bench_service
 
+    if args.meters:
+        rows = bench_service.sweep(args.meters)
+        print(json.dumps(rows, indent=2) if args.json else "\n".join(bench_service.sweep_lines(rows)))
+        return EXIT_OK
     result: dict[str, Any] = {"pipeline": [bench_service.pipeline()]}
     if implementation() == "compiled":
         env = dict(os.environ, WMBUS_STREAM_NO_EXTENSIONS="1")
@@ -54,10 +58,17 @@ def _bench_service(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _counts(text: str) -> list[int]:
+    """A comma-separated list of whole numbers of at least 1 (``--meters 1000,10000``)."""
+    return [positive(part.strip()) for part in text.split(",")]
+
+
 def add_bench(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register ``bench``."""
     p = sub.add_parser("bench", help="CPU per telegram of the receive path (cmex50 bytes -> store), compiled and pure")
     p.add_argument("--frames", type=positive, default=200_000, help="telegrams to time (default 200000)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--service", action="store_true", help="service benchmarks: pipeline, push, memory, idle CPU")
+    p.add_argument("--meters", type=_counts, help="with --service: only the store sweep at these meter counts,"
+                   " e.g. 1000,10000,100000")
     p.set_defaults(func=cmd_bench)
