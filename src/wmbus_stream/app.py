@@ -34,7 +34,8 @@ from .core.analyzer import Analyzer
 from .core.check import Settings
 from .core.pipeline import Pipeline
 from .core.schedule import Ticker
-from .core.store import Snapshot, Store, StoreWriteError
+from .core.latest import Snapshot
+from .io.store import Store, StoreWriteError
 from .errors import ConfigError, GatewayIOError
 from .host import PushOutcome, PushTotals, ReceiverStatus, Status
 from .io import systemd

@@ -38,7 +38,7 @@ from . import implementation, wire
 from .core.analyzer import Analyzer
 from .core.check import Settings
 from .core.pipeline import Pipeline
-from .core.store import Store
+from .io.store import Store
 from .receivers import framer
 from .receivers.cmex50 import encode
 

@@ -22,7 +22,7 @@ from typing import Protocol
 from . import __version__
 from .config.model import Config
 from .core import report
-from .core.store import Snapshot
+from .core.latest import Snapshot
 from .errors import GatewayIOError
 from .host import Counts, PushOutcome, PushTotals, as_json
 from .io.push import push

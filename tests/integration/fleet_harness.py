@@ -34,7 +34,7 @@ import pytest
 from gwkit import NGINX, ConfigFile, stop_server, wait_for
 
 from wmbus_stream.state.archive import HISTORY_MEMBER, MANIFEST, STORE_MEMBER, BackupLimits
-from wmbus_stream.core.store import SCHEMA as STORE_SCHEMA
+from wmbus_stream.io.store import SCHEMA as STORE_SCHEMA
 
 __all__ = [
     "DOC_EXAMPLE", "EXAMPLE_PATHS", "CadServer", "Notification", "NotifyServer", "DripServer", "Snapshot",

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from wmbus_stream.core.store import Snapshot, Store, StoreWriteError
+from wmbus_stream.core.latest import Snapshot
+from wmbus_stream.io.store import Store, StoreWriteError
 
 pytestmark = pytest.mark.integration
 
@@ -46,12 +47,12 @@ def child(path: str, seed: int) -> None:
     os.write(1, b"READY\n")
     while True:
         for n in rng.sample(range(KEYS), rng.randint(1, 60)):
-            store.put(key(n), f"{n:08d}", time.time(), rng.randbytes(rng.randint(20, 250)))
+            store.put(key(n), time.time(), rng.randbytes(rng.randint(20, 250)))
         if rng.random() < 0.3:
             snap = store.snapshot()
             for n in rng.sample(range(KEYS), 5):  # arrivals while the push is in flight
-                store.put(key(n), f"{n:08d}", time.time(), b"during push")
-            pairs = [(index[r[0]], r[4]) for r in snap.rows]
+                store.put(key(n), time.time(), b"during push")
+            pairs = [(index[r[0]], r[4]) for r in snap]
             for start in range(0, len(pairs), 200):
                 _report("P", pairs[start:start + 200])
             store.acknowledge(snap)
@@ -59,7 +60,7 @@ def child(path: str, seed: int) -> None:
                 _report("A", pairs[start:start + 200])
         before = store.snapshot()  # single thread: exactly what the flush makes durable
         store.flush()
-        pairs = [(index[r[0]], r[4]) for r in before.rows]
+        pairs = [(index[r[0]], r[4]) for r in before]
         for start in range(0, len(pairs), 200):
             _report("F", pairs[start:start + 200])
 
@@ -161,18 +162,18 @@ def _fill(directory: Path) -> Path:
 def _partial(snapshot: Snapshot, numbers: range) -> Snapshot:
     """The rows of some meters only, as a push of part of the pending set would carry."""
     wanted = {key(n) for n in numbers}
-    return Snapshot(tuple(r for r in snapshot.rows if r[0] in wanted))
+    return Snapshot(tuple(e for e in snapshot.entries if e[0] in wanted))
 
 
 def test_disk_full_keeps_data_and_resumes(small_fs: Path) -> None:
     path = small_fs / "store.db"
     store = Store.open(path)
     for n in range(50):
-        store.put(key(n), f"{n:08d}", 1.0, b"before" * 20)
+        store.put(key(n), 1.0, b"before" * 20)
     store.flush()
     filler = _fill(small_fs)
     for n in range(2000):  # far more than the WAL it already has can take
-        store.put(key(n), f"{n:08d}", 2.0, bytes([n % 256]) * 200)
+        store.put(key(n), 2.0, bytes([n % 256]) * 200)
     with pytest.raises(StoreWriteError) as caught:
         store.flush()
     assert "full" in str(caught.value) or "disk" in str(caught.value)
@@ -209,12 +210,12 @@ def test_read_only_state_at_start_keeps_data_and_resumes(small_fs: Path) -> None
     """The state folder is read-only at boot (a remount ro while the file is open is refused as busy)."""
     path = small_fs / "store.db"
     with Store.open(path) as store:
-        store.put(key(1), "00000001", 1.0, b"pending from the last run")
+        store.put(key(1), 1.0, b"pending from the last run")
     _remount(small_fs, "ro")
     try:
         store = Store.open(path)  # cannot open for writing: works in memory, rows read read-only
         assert [r[3] for r in store.snapshot()] == [b"pending from the last run"]
-        store.put(key(2), "00000002", 2.0, b"second")
+        store.put(key(2), 2.0, b"second")
         with pytest.raises(StoreWriteError):
             store.flush()
         with pytest.raises(StoreWriteError):

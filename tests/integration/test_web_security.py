@@ -39,7 +39,7 @@ from web_harness import ADMIN, HES_SECRET, HES_USER, PASSWORD, Browser, WebGatew
 import gwkit
 from wmbus_stream.state import archive
 from wmbus_stream.core.analyzer import Analyzer
-from wmbus_stream.core.store import Store
+from wmbus_stream.io.store import Store
 from wmbus_stream.web.auth import PASSWORD_FILE, password_problem
 from wmbus_stream.web.operations import IMPORT_LIMIT, RESTORE_LIMIT
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from wmbus_stream.core.analyzer import ACCEPTED, CSV_HEADER, DAY, Analyzer, MeterRow
-from wmbus_stream.core.store import Store
+from wmbus_stream.io.store import Store
 
 T0 = 1_790_000_000.0
 ELV, KAM = b"\x96\x15", b"\x2d\x2c"  # ELV, KAM manufacturer codes (LSB first)
@@ -28,10 +28,10 @@ def test_totals_and_per_meter_fields() -> None:
     a = Analyzer(T0)
     water = key(ELV, 0x61000164, device_type=0x07)
     heat = key(KAM, 0x05047157, device_type=0x04)
-    a.record(water, mid(water), 0x07, ACCEPTED, -74, "T1", T0 + 1)
-    a.record(water, mid(water), 0x07, ACCEPTED, -80, "T1", T0 + 2)
-    a.record(water, mid(water), 0x07, ACCEPTED, -71, "C1A", T0 + 3)
-    a.record(heat, mid(heat), 0x04, "filter.manufacturer", None, None, T0 + 4)
+    a.record(water, ACCEPTED, -74, "T1", T0 + 1)
+    a.record(water, ACCEPTED, -80, "T1", T0 + 2)
+    a.record(water, ACCEPTED, -71, "C1A", T0 + 3)
+    a.record(heat, "filter.manufacturer", None, None, T0 + 4)
     a.record_broken(T0 + 5, "crc")
     a.record_broken(T0 + 6, "crc")
     a.record_broken(T0 + 7, "length")
@@ -51,8 +51,8 @@ def test_totals_and_per_meter_fields() -> None:
 def test_verdict_follows_the_latest_telegram_and_unknown_rssi_keeps_stats() -> None:
     a = Analyzer(T0)
     k = key(ELV, 1)
-    a.record(k, mid(k), 7, "filter.device.id", -60, "T1", T0)
-    a.record(k, mid(k), 7, ACCEPTED, None, None, T0 + 1)  # allow-list changed; receiver gave no RSSI
+    a.record(k, "filter.device.id", -60, "T1", T0)
+    a.record(k, ACCEPTED, None, None, T0 + 1)  # allow-list changed; receiver gave no RSSI
     (row,) = a.rows()
     assert (row.verdict, row.count, row.rssi_last, row.rssi_min, row.rssi_avg, row.rssi_max) == (
         ACCEPTED, 2, None, -60, -60.0, -60)
@@ -60,8 +60,8 @@ def test_verdict_follows_the_latest_telegram_and_unknown_rssi_keeps_stats() -> N
 
 def test_same_id_other_device_type_is_another_meter() -> None:
     a = Analyzer(T0)
-    a.record(key(ELV, 5, device_type=7), "00000005", 7, ACCEPTED, -70, "T1", T0)
-    a.record(key(ELV, 5, device_type=4), "00000005", 4, ACCEPTED, -70, "T1", T0)
+    a.record(key(ELV, 5, device_type=7), ACCEPTED, -70, "T1", T0)
+    a.record(key(ELV, 5, device_type=4), ACCEPTED, -70, "T1", T0)
     assert a.totals().meters_found == 2
     assert [r.device_type for r in a.rows()] == [4, 7]
 
@@ -70,7 +70,7 @@ def test_only_allowed_view() -> None:
     a = Analyzer(T0)
     for n in (0x11111111, 0x22222222, 0x33333333):
         k = key(ELV, n)
-        a.record(k, mid(k), 7, ACCEPTED, -70, "T1", T0)
+        a.record(k, ACCEPTED, -70, "T1", T0)
     assert [r.id for r in a.rows(True, {"22222222", " 33333333 "})] == ["22222222", "33333333"]
     assert len(a.rows(True, set())) == 3  # empty allow-list: show everything
     assert len(a.rows(False, {"22222222"})) == 3  # show.only.filtered=false
@@ -80,8 +80,8 @@ def test_cap_on_meters_counts_the_overflow() -> None:
     a = Analyzer(T0, max_meters=3)
     for n in range(5):
         k = key(ELV, n)
-        a.record(k, mid(k), 7, ACCEPTED, -70, "T1", T0)
-        a.record(k, mid(k), 7, ACCEPTED, -70, "T1", T0)
+        a.record(k, ACCEPTED, -70, "T1", T0)
+        a.record(k, ACCEPTED, -70, "T1", T0)
     totals = a.totals()
     assert (totals.meters_found, totals.telegrams_ok, totals.untracked) == (3, 10, 4)
     assert sum(r.count for r in a.rows()) == 6
@@ -91,8 +91,8 @@ def test_reset_by_hand_and_every_24_hours_without_touching_the_store(tmp_path: P
     a = Analyzer(T0)
     store = Store.open(tmp_path / "s.db")
     k = key(ELV, 1)
-    a.record(k, mid(k), 7, ACCEPTED, -70, "T1", T0 + 10)
-    store.put(k, mid(k), T0 + 10, b"report")
+    a.record(k, ACCEPTED, -70, "T1", T0 + 10)
+    store.put(k, T0 + 10, b"report")
     a.record_broken(T0 + 11, "crc")
     assert not a.maybe_reset(T0 + DAY - 1)
     assert a.totals().meters_found == 1
@@ -107,7 +107,7 @@ def test_reset_by_hand_and_every_24_hours_without_touching_the_store(tmp_path: P
     # clock stepped back by more than a period: a new period starts now
     assert a.maybe_reset(T0)
     assert a.totals().running_since == T0
-    a.record(k, mid(k), 7, ACCEPTED, -70, "T1", T0 + 1)
+    a.record(k, ACCEPTED, -70, "T1", T0 + 1)
     a.reset(T0 + 2)
     assert a.rows() == [] and a.totals().running_since == T0 + 2
     store.close()
@@ -154,7 +154,7 @@ def test_csv_neutralises_formulas_and_quotes_hostile_text() -> None:
 def test_csv_of_real_rows() -> None:
     a = Analyzer(T0)
     k = key(ELV, 0x61000164)
-    a.record(k, mid(k), 7, ACCEPTED, None, None, T0)
+    a.record(k, ACCEPTED, None, None, T0)
     text = Analyzer.to_csv(a.rows())
     assert text.splitlines()[1] == "61000164,ELV,07,water,Accepted,1,,,,,,2026-09-21T14:13:20Z,2026-09-21T14:13:20Z"
 
@@ -164,7 +164,7 @@ def test_dump_load_round_trip() -> None:
     for n in range(50):
         k = key(ELV if n % 2 else KAM, n, device_type=n % 8)
         for j in range(n % 4 + 1):
-            a.record(k, mid(k), n % 8, ACCEPTED if n % 3 else "radio.mode",
+            a.record(k, ACCEPTED if n % 3 else "radio.mode",
                      None if j == 1 else -60 - n, "T1" if n % 5 else None, T0 + n + j)
     a.record_broken(T0, "crc")
     blob = a.dump()
@@ -179,7 +179,7 @@ def test_dump_load_round_trip() -> None:
 def test_load_rejects_malformed_state_and_keeps_the_current_one() -> None:
     a = Analyzer(T0)
     k = key(ELV, 1)
-    a.record(k, mid(k), 7, ACCEPTED, -70, "T1", T0)
+    a.record(k, ACCEPTED, -70, "T1", T0)
     before = a.rows()
     for bad in (b"", b"not json", b"[]", b'{"version": 99}',
                 json.dumps({"version": 1, "running_since": 0, "telegrams_ok": 0, "broken": {},
@@ -193,9 +193,8 @@ def test_record_counts_a_burst_of_100k_telegrams() -> None:
     """100,000 records over 1,000 meters: every one counted (its cost per call is in bench --service)."""
     a = Analyzer(T0)
     keys = [key(ELV, n) for n in range(1000)]
-    ids = [mid(k) for k in keys]
     for i in range(100_000):
-        a.record(keys[i % 1000], ids[i % 1000], 7, ACCEPTED, -70, "T1", T0 + i)
+        a.record(keys[i % 1000], ACCEPTED, -70, "T1", T0 + i)
     totals = a.totals()
     assert totals.meters_found == 1000 and totals.telegrams_ok == 100_000 and totals.untracked == 0
 

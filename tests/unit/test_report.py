@@ -9,8 +9,9 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from wmbus_stream import wire
+from wmbus_stream.core.latest import Snapshot, record
 from wmbus_stream.core.report import CHUNK_SIZE, body, lines
-from wmbus_stream.core.store import Snapshot, Store
+from wmbus_stream.io.store import Store
 
 UTC = ZoneInfo("UTC")
 STOCKHOLM = ZoneInfo("Europe/Stockholm")
@@ -29,8 +30,9 @@ def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second:
     return datetime(year, month, day, hour, minute, second, tzinfo=timezone.utc).timestamp()
 
 
-def row(meter_id: str, received_at: float, telegram: bytes, generation: int = 1) -> tuple:
-    return (b"\x96\x15" + bytes.fromhex(meter_id)[::-1] + b"\x01\x07", meter_id, received_at, telegram, generation)
+def row(meter_id: str, received_at: float, telegram: bytes, generation: int = 1) -> tuple[bytes, bytes]:
+    """A snapshot entry of the meter whose link address carries ``meter_id``."""
+    return b"\x96\x15" + bytes.fromhex(meter_id)[::-1] + b"\x01\x07", record(received_at, generation, telegram)
 
 
 def test_spec_example_line() -> None:
@@ -140,7 +142,7 @@ def test_serial_that_would_break_the_line_is_refused(serial: str) -> None:
 def test_report_from_a_real_store_snapshot(tmp_path) -> None:
     with Store.open(tmp_path / "s.db") as store:
         report = wire.build_report(SPEC_WIRELESS, "62001772", -74, 0x00)
-        store.put(SPEC_WIRELESS[2:10], "61000164", utc(2026, 11, 24, 9, 15, 2), report)
+        store.put(SPEC_WIRELESS[2:10], utc(2026, 11, 24, 9, 15, 2), report)
         text = b"".join(body(store.snapshot(), "00000161", STOCKHOLM))
     assert text == f"00000161;61000164;2026-11-24 10:15:02;00;{SPEC_REPORT_HEX}\n".encode()
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from wmbus_stream.core.store import Snapshot, Store, StoreWriteError, meter_key
+from wmbus_stream.core.latest import Snapshot, meter_id, meter_key
+from wmbus_stream.io.store import Store, StoreWriteError
 from wmbus_stream.errors import GatewayIOError
 
 SPEC_TELEGRAM = bytes.fromhex("6044961564010061011B7A970400202F2F")
@@ -51,7 +52,7 @@ def test_meter_key_is_the_link_address() -> None:
 def test_latest_per_meter(path: Path) -> None:
     with Store.open(path) as store:
         for i in range(5):
-            store.put(key(1), mid(1), 1000.0 + i, b"telegram %d" % i)
+            store.put(key(1), 1000.0 + i, b"telegram %d" % i)
         snap = store.snapshot()
         assert store.pending() == 1
         assert len(snap) == 1
@@ -62,27 +63,27 @@ def test_latest_per_meter(path: Path) -> None:
 def test_snapshot_is_sorted_and_immutable(path: Path) -> None:
     with Store.open(path) as store:
         for n in (0x30, 2, 0x17, 2, 5):
-            store.put(key(n), mid(n), float(n), b"x")
-        store.put(key(5, device_type=0x04), mid(5), 1.0, b"same ID, other device type")
+            store.put(key(n), float(n), b"x")
+        store.put(key(5, device_type=0x04), 1.0, b"same ID, other device type")
         snap = store.snapshot()
         assert [r[1] for r in snap] == ["00000002", "00000005", "00000005", "00000017", "00000030"]
         assert [r[0][7] for r in snap][1:3] == [0x04, 0x07]  # ties broken by the link address
-        store.put(key(99), mid(99), 1.0, b"y")
-        assert len(snap) == 5 and isinstance(snap.rows, tuple)
+        store.put(key(99), 1.0, b"y")
+        assert len(snap) == 5 and isinstance(snap.entries, tuple)
         with pytest.raises(AttributeError):
-            snap.rows = ()  # type: ignore[misc]
-        assert store.snapshot() == Snapshot(tuple(sorted(store.snapshot().rows, key=lambda r: (r[1], r[0]))))
+            snap.entries = ()  # type: ignore[misc]
+        assert store.snapshot() == Snapshot(tuple(sorted(store.snapshot().entries, key=lambda e: (meter_id(e[0]), e[0]))))
 
 
 def test_generations_grow_per_meter_and_across_reopen(path: Path) -> None:
     with Store.open(path) as store:
-        store.put(key(1), mid(1), 1.0, b"a")
-        store.put(key(2), mid(2), 1.0, b"a")
-        store.put(key(1), mid(1), 2.0, b"b")
+        store.put(key(1), 1.0, b"a")
+        store.put(key(2), 1.0, b"a")
+        store.put(key(1), 2.0, b"b")
         gens = {r[0]: r[4] for r in store.snapshot()}
         assert gens[key(1)] > gens[key(2)] > 0
     with Store.open(path) as store:
-        store.put(key(3), mid(3), 3.0, b"c")
+        store.put(key(3), 3.0, b"c")
         after = {r[0]: r[4] for r in store.snapshot()}
         assert after[key(3)] > max(gens.values())
         assert after[key(1)] == gens[key(1)]
@@ -90,11 +91,11 @@ def test_generations_grow_per_meter_and_across_reopen(path: Path) -> None:
 
 def test_arrival_during_push_stays(path: Path) -> None:
     with Store.open(path) as store:
-        store.put(key(1), mid(1), 10.0, b"old 1")
-        store.put(key(2), mid(2), 10.0, b"old 2")
+        store.put(key(1), 10.0, b"old 1")
+        store.put(key(2), 10.0, b"old 2")
         store.flush()
         snap = store.snapshot()
-        store.put(key(1), mid(1), 11.0, b"new 1")  # arrives while the push is uploading
+        store.put(key(1), 11.0, b"new 1")  # arrives while the push is uploading
         assert store.acknowledge(snap) == 1
         assert [(r[0], r[3]) for r in store.snapshot()] == [(key(1), b"new 1")]
     # close() flushed: the newer telegram is what survives on disk, the acknowledged one is gone
@@ -105,11 +106,11 @@ def test_arrival_during_push_stays(path: Path) -> None:
 
 def test_acknowledged_delete_is_durable_without_flush(path: Path) -> None:
     store = Store.open(path)
-    store.put(key(1), mid(1), 10.0, b"a")
-    store.put(key(2), mid(2), 10.0, b"b")
+    store.put(key(1), 10.0, b"a")
+    store.put(key(2), 10.0, b"b")
     store.flush()
     snap = store.snapshot()
-    store.put(key(3), mid(3), 10.0, b"c")  # not flushed: only in memory
+    store.put(key(3), 10.0, b"c")  # not flushed: only in memory
     assert store.acknowledge(snap) == 2
     assert set(disk_rows(path)) == set()  # the delete is on disk when acknowledge returns
     store.close(flush=False)
@@ -119,9 +120,9 @@ def test_acknowledged_delete_is_durable_without_flush(path: Path) -> None:
 
 def test_acknowledge_removes_an_older_disk_version(path: Path) -> None:
     with Store.open(path) as store:
-        store.put(key(1), mid(1), 10.0, b"flushed")
+        store.put(key(1), 10.0, b"flushed")
         store.flush()
-        store.put(key(1), mid(1), 11.0, b"newer, unflushed")
+        store.put(key(1), 11.0, b"newer, unflushed")
         snap = store.snapshot()
         store.acknowledge(snap)  # the HES has the newer one, so the older disk row must go too
         assert disk_rows(path) == {}
@@ -130,10 +131,10 @@ def test_acknowledge_removes_an_older_disk_version(path: Path) -> None:
 
 def test_acknowledge_deletes_the_sent_disk_version_even_if_a_newer_one_arrived(path: Path) -> None:
     with Store.open(path) as store:
-        store.put(key(1), mid(1), 10.0, b"sent")
+        store.put(key(1), 10.0, b"sent")
         store.flush()
         snap = store.snapshot()
-        store.put(key(1), mid(1), 11.0, b"arrived during the push")
+        store.put(key(1), 11.0, b"arrived during the push")
         assert store.acknowledge(snap) == 0  # memory keeps the newer one for the next push
         assert disk_rows(path) == {}  # a crash now must not resend the acknowledged one
         assert [r[3] for r in store.snapshot()] == [b"arrived during the push"]
@@ -144,10 +145,10 @@ def test_acknowledge_deletes_the_sent_disk_version_even_if_a_newer_one_arrived(p
 def test_failed_push_keeps_everything(path: Path) -> None:
     with Store.open(path) as store:
         for n in range(10):
-            store.put(key(n), mid(n), float(n), b"t%d" % n)
+            store.put(key(n), float(n), b"t%d" % n)
         first = store.snapshot()
         # the push failed: nothing is acknowledged; a newer value replaces one meter
-        store.put(key(4), mid(4), 99.0, b"newest")
+        store.put(key(4), 99.0, b"newest")
         second = store.snapshot()
         assert len(second) == 10
         assert dict((r[0], r[3]) for r in second)[key(4)] == b"newest"
@@ -157,10 +158,10 @@ def test_failed_push_keeps_everything(path: Path) -> None:
 
 def test_stale_snapshot_never_deletes_newer(path: Path) -> None:
     with Store.open(path) as store:
-        store.put(key(1), mid(1), 1.0, b"a")
+        store.put(key(1), 1.0, b"a")
         old = store.snapshot()
         store.acknowledge(old)
-        store.put(key(1), mid(1), 2.0, b"b")
+        store.put(key(1), 2.0, b"b")
         assert store.acknowledge(old) == 0
         assert store.pending() == 1
 
@@ -168,7 +169,7 @@ def test_stale_snapshot_never_deletes_newer(path: Path) -> None:
 def test_flush_batches_writes(path: Path) -> None:
     with Store.open(path) as store:
         for n in range(100):
-            store.put(key(n), mid(n), float(n), b"t")
+            store.put(key(n), float(n), b"t")
         assert disk_rows(path) == {}  # no SQL per telegram
         assert store.dirty() == 100
         assert store.flush() == 100
@@ -176,14 +177,14 @@ def test_flush_batches_writes(path: Path) -> None:
         assert len(rows) == 100 and store.dirty() == 0
         assert rows[key(7)][5:] == (0x1596, 1, 7)  # key fields: manufacturer, version, device type
         assert store.flush() == 0
-        store.put(key(1), mid(1), 5.0, b"u")
+        store.put(key(1), 5.0, b"u")
         assert store.flush() == 1
 
 
 def test_reopen_after_close_restores_rows(path: Path) -> None:
     with Store.open(path) as store:
         for n in range(50):
-            store.put(key(n), mid(n), 1.7e9 + n / 3, bytes([n]) * (n + 1))
+            store.put(key(n), 1.7e9 + n / 3, bytes([n]) * (n + 1))
         before = store.snapshot()
     with Store.open(path) as store:
         assert store.snapshot() == before
@@ -207,7 +208,7 @@ def test_garbage_file_is_moved_aside(path: Path, caplog: pytest.LogCaptureFixtur
     assert store.pending() == 0
     assert len(store.corrupt_moved) == 1 and store.corrupt_moved[0].read_bytes().startswith(b"this is not")
     assert any("corrupt" in r.message and "moved it to" in r.message for r in caplog.records)
-    store.put(key(1), mid(1), 1.0, b"a")
+    store.put(key(1), 1.0, b"a")
     store.close()
     assert set(disk_rows(path)) == {key(1)}
 
@@ -215,7 +216,7 @@ def test_garbage_file_is_moved_aside(path: Path, caplog: pytest.LogCaptureFixtur
 def test_damaged_pages_fail_integrity_check(path: Path, caplog: pytest.LogCaptureFixture) -> None:
     with Store.open(path) as store:
         for n in range(3000):
-            store.put(key(n), mid(n), float(n), bytes(100))
+            store.put(key(n), float(n), bytes(100))
     db = sqlite3.connect(path)
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     db.close()
@@ -228,7 +229,7 @@ def test_damaged_pages_fail_integrity_check(path: Path, caplog: pytest.LogCaptur
     with caplog.at_level(logging.ERROR):
         store = Store.open(path)  # never crashes
     assert store.corrupt_moved and store.pending() == 0
-    store.put(key(1), mid(1), 1.0, b"a")
+    store.put(key(1), 1.0, b"a")
     store.flush()
     store.close()
     db = sqlite3.connect(path)
@@ -239,7 +240,7 @@ def test_damaged_pages_fail_integrity_check(path: Path, caplog: pytest.LogCaptur
 def test_corruption_found_while_running_rewrites_memory_into_a_new_file(path: Path) -> None:
     store = Store.open(path)
     for n in range(3000):
-        store.put(key(n), mid(n), 1.0, bytes(100))
+        store.put(key(n), 1.0, bytes(100))
     store.flush()
     other = sqlite3.connect(path, isolation_level=None)
     other.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -249,7 +250,7 @@ def test_corruption_found_while_running_rewrites_memory_into_a_new_file(path: Pa
     other.execute("INSERT INTO meta VALUES ('x', x'00')")  # makes the store's connection reread pages
     other.close()
     for n in range(3000):
-        store.put(key(n), mid(n), 2.0, bytes(100))
+        store.put(key(n), 2.0, bytes(100))
     with pytest.raises(StoreWriteError, match="malformed"):
         store.flush()
     assert len(store.corrupt_moved) == 1 and store.pending() == 3000
@@ -265,10 +266,10 @@ def test_unavailable_database_keeps_memory_and_retries(tmp_path: Path, caplog: p
     path = blocker / "store.db"
     with caplog.at_level(logging.ERROR):
         store = Store.open(path)  # cannot create the folder: no exception, memory only
-    store.put(key(1), mid(1), 1.0, b"a")
-    store.put(key(2), mid(2), 1.0, b"b")
+    store.put(key(1), 1.0, b"a")
+    store.put(key(2), 1.0, b"b")
     snap = store.snapshot()
-    store.put(key(2), mid(2), 2.0, b"b2")
+    store.put(key(2), 2.0, b"b2")
     with pytest.raises(StoreWriteError):
         store.acknowledge(snap)  # memory forgets, disk delete owed
     assert [r[3] for r in store.snapshot()] == [b"b2"]
@@ -285,18 +286,18 @@ def test_unavailable_database_keeps_memory_and_retries(tmp_path: Path, caplog: p
 
 def test_late_attach_merges_disk_rows(path: Path) -> None:
     with Store.open(path) as old:
-        old.put(key(1), mid(1), 1.0, b"disk 1")  # memory will have a newer one
-        old.put(key(2), mid(2), 1.0, b"disk 2")  # only on disk: must be kept
-        old.put(key(3), mid(3), 1.0, b"disk 3")  # acknowledged in memory before the disk came back
+        old.put(key(1), 1.0, b"disk 1")  # memory will have a newer one
+        old.put(key(2), 1.0, b"disk 2")  # only on disk: must be kept
+        old.put(key(3), 1.0, b"disk 3")  # acknowledged in memory before the disk came back
     store = Store(path)  # not attached yet, as if the database was unavailable at start
-    store.put(key(1), mid(1), 2.0, b"mem 1")
-    store.put(key(3), mid(3), 2.0, b"mem 3")
-    store.acknowledge(Snapshot(tuple(r for r in store.snapshot() if r[0] == key(3))))
+    store.put(key(1), 2.0, b"mem 1")
+    store.put(key(3), 2.0, b"mem 3")
+    store.acknowledge(Snapshot(tuple(e for e in store.snapshot().entries if e[0] == key(3))))
     store.flush()
     assert {r[0]: r[3] for r in store.snapshot()} == {key(1): b"mem 1", key(2): b"disk 2"}
     assert {k: r[3] for k, r in disk_rows(path).items()} == {key(1): b"mem 1", key(2): b"disk 2"}
     gens = [r[4] for r in store.snapshot()]
-    store.put(key(9), mid(9), 3.0, b"x")
+    store.put(key(9), 3.0, b"x")
     assert max(r[4] for r in store.snapshot()) > max(gens)
     store.close()
 
@@ -313,7 +314,7 @@ def test_concurrent_put_push_flush(path: Path) -> None:
         while not stop.is_set():
             n = rng.randrange(200)
             value = b"%d" % i
-            store.put(key(n), mid(n), float(i), value)
+            store.put(key(n), float(i), value)
             last[key(n)] = value
             i += 1
 
@@ -344,10 +345,10 @@ def test_bulk_put_flush_snapshot_acknowledge(path: Path) -> None:
     n = 100_000
     telegram = bytes(120)
     for i in range(n):
-        store.put(key(i), mid(i), 1.7e9 + i, telegram)
+        store.put(key(i), 1.7e9 + i, telegram)
     store.flush()
     snap = store.snapshot()
-    assert len(snap.rows) == n and store.pending() == n
+    assert len(snap) == n and store.pending() == n
     assert store.acknowledge(snap) == n
     assert store.pending() == 0
     store.close()
@@ -370,7 +371,7 @@ def test_memory_per_meter(path: Path, capsys: pytest.CaptureFixture[str]) -> Non
             telegram = base + i.to_bytes(4, "little")
             k = key(i)
             payload += len(telegram)
-            store.put(k, k[5:1:-1].hex().upper(), time.time(), telegram)
+            store.put(k, time.time(), telegram)
         del telegram, k
         gc.collect()
         dirty = (tracemalloc.get_traced_memory()[0] - start - payload) / n

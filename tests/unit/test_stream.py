@@ -25,7 +25,7 @@ from wmbus_stream.core.analyzer import Analyzer
 from wmbus_stream.core.check import VERDICTS, Settings, check_all
 from wmbus_stream.core.pipeline import Pipeline
 from wmbus_stream.core.received import Received
-from wmbus_stream.core.store import Store
+from wmbus_stream.io.store import Store
 from wmbus_stream.receivers import cmex50, framer
 from wmbus_stream.wire.filters import matcher
 
@@ -248,7 +248,7 @@ def test_pipeline_feed_of_chunks_equals_process_of_frames(tmp_path: Path, vector
             pipeline.feed(f, b"", 9999.0, final=True)
         else:
             pipeline.process(f.flush(), 9999.0)
-        results.append((dict(pipeline.counts), pipeline.long_form, store.snapshot().rows, analyzer.rows(),
+        results.append((dict(pipeline.counts), pipeline.long_form, store.snapshot().entries, analyzer.rows(),
                         analyzer.totals(), (f.stats.frames, f.stats.bad_frames, f.stats.skipped_bytes)))
         store.close()
     assert results[0] == results[1]

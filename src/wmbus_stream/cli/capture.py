@@ -67,7 +67,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from ..core import report
     from ..core.analyzer import Analyzer
     from ..core.pipeline import Pipeline
-    from ..core.store import Store
+    from ..io.store import Store
     from ..receivers import framer
     from ..app import settings_of
 

@@ -211,7 +211,7 @@ def cmd_sync_now(args: argparse.Namespace) -> int:
 def _remember(folder: Path, answer: dict[str, object]) -> None:
     """Keep the result for ``status`` when no gateway runs (it reads it at its start)."""
     from ..app import STORE_FILE
-    from ..core.store import Store
+    from ..io.store import Store
     from ..sync.runner import LAST_SYNC_META
 
     try:

@@ -78,7 +78,7 @@ def _analyzer_of(config: Config, config_path: str) -> tuple[Analyzer | None, str
         return analyzer, "the running gateway"
     path = config.state_directory / STORE_FILE
     if path.exists():
-        from ..core.store import Store
+        from ..io.store import Store
 
         store = Store.open(path)
         saved = store.get_meta(ANALYZER_META)

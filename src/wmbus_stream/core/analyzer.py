@@ -1,10 +1,13 @@
 """The analyzer: per-meter reception statistics for installers (spec section 9).
 
 Strategy
-    One mutable slotted record per meter in a dict keyed like the store (the 8-byte link
-    address), updated in place by ``record`` (a dict lookup and a few attribute stores under
-    a lock); readers get immutable ``MeterRow`` values built on demand. The analyzer sees
-    every well-formed telegram, accepted or rejected by a filter, plus a count of broken ones.
+    A dict maps each meter's key (the 8-byte link address, as in the store) to a row number
+    in a few columns (``array`` of machine numbers, lists of shared strings), updated in
+    place by ``record`` (a dict lookup and a few item stores under a lock): about 70 bytes a
+    meter where an object per meter with its own numbers took about 350. The meter ID,
+    manufacturer and device type are not kept: they are read from the key when shown.
+    Readers get immutable ``MeterRow`` values built on demand. The analyzer sees every
+    well-formed telegram, accepted or rejected by a filter, plus a count of broken ones.
 
 Invariants
     - Bounded: at most ``max_meters`` records; telegrams of further meters are still counted
@@ -27,12 +30,14 @@ import io
 import json
 import threading
 import time
+from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..wire.header import device_type_name, manufacturer_letters
+from .latest import meter_id
 
-__all__ = ["ACCEPTED", "Analyzer", "MeterRow", "Totals", "CSV_HEADER"]
+__all__ = ["ACCEPTED", "CSV_HEADER", "Analyzer", "MeterRow", "Totals"]
 
 ACCEPTED = "Accepted"
 DAY = 24 * 3600.0
@@ -79,31 +84,76 @@ class Totals:
     long_form: int  # accepted telegrams of 192+ bytes, reported in the 0F long form
 
 
-class _Meter:
-    """Mutable per-meter record; only the analyzer touches it, under its lock."""
-
-    __slots__ = ("meter_id", "manufacturer", "device_type", "verdict", "count", "rssi_last",
-                 "rssi_min", "rssi_max", "rssi_sum", "rssi_n", "mode", "first_seen", "last_seen")
-
-    def __init__(self, meter_id: str, manufacturer: str, device_type: int, t: float) -> None:
-        self.meter_id = meter_id
-        self.manufacturer = manufacturer
-        self.device_type = device_type
-        self.verdict = ACCEPTED
-        self.count = 0
-        self.rssi_last: int | None = None
-        self.rssi_min: int | None = None
-        self.rssi_max: int | None = None
-        self.rssi_sum = 0
-        self.rssi_n = 0
-        self.mode: str | None = None
-        self.first_seen = t
-        self.last_seen = t
+_NO_RSSI = -(1 << 31)  # "not known" in an RSSI column (int32; receivers give -150 .. 20 dBm or so)
 
 
 def _manufacturer(key: bytes) -> str:
     """Manufacturer letters from a link-address key (``???`` if the key is too short)."""
     return manufacturer_letters(key[0] | key[1] << 8) if len(key) >= 2 else "???"
+
+
+def _device_type(key: bytes) -> int:
+    return key[7] if len(key) > 7 else 0
+
+
+def _rssi(value: int) -> int | None:
+    return None if value == _NO_RSSI else value
+
+
+class _Columns:
+    """Per-meter statistics, one row number per meter; only the analyzer touches them, under its lock."""
+
+    __slots__ = (
+        "count",
+        "first_seen",
+        "last_seen",
+        "mode",
+        "rssi_last",
+        "rssi_max",
+        "rssi_min",
+        "rssi_n",
+        "rssi_sum",
+        "verdict",
+    )
+
+    def __init__(self) -> None:
+        self.count = array("q")
+        self.verdict: list[str] = []
+        self.mode: list[str | None] = []
+        self.rssi_last = array("i")
+        self.rssi_min = array("i")
+        self.rssi_max = array("i")
+        self.rssi_sum = array("q")
+        self.rssi_n = array("q")
+        self.first_seen = array("d")
+        self.last_seen = array("d")
+
+    def add(self, verdict: str, t: float) -> int:
+        """A new meter first seen at ``t``, with no telegram counted yet; returns its row."""
+        self.count.append(0)
+        self.verdict.append(verdict)
+        self.mode.append(None)
+        for column in (self.rssi_last, self.rssi_min, self.rssi_max):
+            column.append(_NO_RSSI)
+        self.rssi_sum.append(0)
+        self.rssi_n.append(0)
+        self.first_seen.append(t)
+        self.last_seen.append(t)
+        return len(self.count) - 1
+
+    def row(self, key: bytes, i: int) -> MeterRow:
+        n = self.rssi_n[i]
+        avg = round(self.rssi_sum[i] / n, 1) if n else None
+        device_type = _device_type(key)
+        return MeterRow(key, meter_id(key), _manufacturer(key), device_type, device_type_name(device_type),
+                        self.verdict[i], self.count[i], _rssi(self.rssi_last[i]), _rssi(self.rssi_min[i]), avg,
+                        _rssi(self.rssi_max[i]), self.mode[i], self.first_seen[i], self.last_seen[i])
+
+    def dump(self, key: bytes, i: int) -> list[object]:
+        """The dump entry of a meter (the format of dump version 1)."""
+        return [key.hex(), meter_id(key), _manufacturer(key), _device_type(key), self.verdict[i], self.count[i],
+                _rssi(self.rssi_last[i]), _rssi(self.rssi_min[i]), _rssi(self.rssi_max[i]), self.rssi_sum[i],
+                self.rssi_n[i], self.mode[i], self.first_seen[i], self.last_seen[i]]
 
 
 class Analyzer:
@@ -115,7 +165,8 @@ class Analyzer:
             raise ValueError("max_meters must be at least 1")
         self.max_meters = max_meters
         self._lock = threading.Lock()
-        self._meters: dict[bytes, _Meter] = {}
+        self._meters: dict[bytes, int] = {}  # key -> row in _columns
+        self._columns = _Columns()
         self._since = started
         self._ok = 0
         self._broken: dict[str, int] = {}
@@ -124,29 +175,31 @@ class Analyzer:
 
     # -- recording (pipeline thread) ------------------------------------------------------
 
-    def record(self, key: bytes, meter_id: str, device_type: int, verdict: str,
-               rssi_dbm: int | None, mode_name: str | None, t: float) -> None:
-        """Count one well-formed telegram with its filter verdict (``Accepted`` or a filter key)."""
+    def record(self, key: bytes, verdict: str, rssi_dbm: int | None, mode_name: str | None, t: float) -> None:
+        """Count one well-formed telegram of the meter ``key`` with its filter verdict (``Accepted`` or a filter key)."""
         with self._lock:
             self._ok += 1
-            meter = self._meters.get(key)
-            if meter is None:
+            c = self._columns
+            i = self._meters.get(key)
+            if i is None:
                 if len(self._meters) >= self.max_meters:
                     self._untracked += 1
                     return
-                meter = self._meters[key] = _Meter(meter_id, _manufacturer(key), device_type, t)
-            meter.count += 1
-            meter.verdict = verdict
-            meter.mode = mode_name
-            meter.last_seen = t
-            meter.rssi_last = rssi_dbm
-            if rssi_dbm is not None:
-                meter.rssi_sum += rssi_dbm
-                meter.rssi_n += 1
-                if meter.rssi_min is None or rssi_dbm < meter.rssi_min:
-                    meter.rssi_min = rssi_dbm
-                if meter.rssi_max is None or rssi_dbm > meter.rssi_max:
-                    meter.rssi_max = rssi_dbm
+                i = self._meters[key] = c.add(verdict, t)
+            c.count[i] += 1
+            c.verdict[i] = verdict
+            c.mode[i] = mode_name
+            c.last_seen[i] = t
+            if rssi_dbm is None:
+                c.rssi_last[i] = _NO_RSSI
+                return
+            c.rssi_last[i] = rssi_dbm
+            c.rssi_sum[i] += rssi_dbm
+            c.rssi_n[i] += 1
+            if c.rssi_n[i] == 1 or rssi_dbm < c.rssi_min[i]:
+                c.rssi_min[i] = rssi_dbm
+            if c.rssi_n[i] == 1 or rssi_dbm > c.rssi_max[i]:
+                c.rssi_max[i] = rssi_dbm
 
     def record_broken(self, t: float, kind: str) -> None:
         """Count one broken telegram (``crc``, ``length``, ``header``, ``checksum`` ...)."""
@@ -165,17 +218,10 @@ class Analyzer:
         allowed = {i.strip().upper() for i in allow_ids}
         show_all = not (only_allowed and allowed)
         with self._lock:
-            rows = [self._row(key, m) for key, m in self._meters.items()
-                    if show_all or m.meter_id.upper() in allowed]
+            c = self._columns
+            rows = [c.row(key, i) for key, i in self._meters.items() if show_all or meter_id(key) in allowed]
         rows.sort(key=lambda r: (r.id, r.key))
         return rows
-
-    @staticmethod
-    def _row(key: bytes, m: _Meter) -> MeterRow:
-        avg = round(m.rssi_sum / m.rssi_n, 1) if m.rssi_n else None
-        return MeterRow(key, m.meter_id, m.manufacturer, m.device_type, device_type_name(m.device_type),
-                        m.verdict, m.count, m.rssi_last, m.rssi_min, avg, m.rssi_max, m.mode,
-                        m.first_seen, m.last_seen)
 
     def totals(self) -> Totals:
         """Totals of the current period."""
@@ -189,6 +235,7 @@ class Analyzer:
         """Clear every statistic and start a new period at ``t``."""
         with self._lock:
             self._meters = {}
+            self._columns = _Columns()
             self._since = t
             self._ok = 0
             self._broken = {}
@@ -236,11 +283,7 @@ class Analyzer:
     def dump(self) -> bytes:
         """The whole analyzer state as JSON bytes, for saving with the gateway state."""
         with self._lock:
-            meters = [
-                [key.hex(), m.meter_id, m.manufacturer, m.device_type, m.verdict, m.count, m.rssi_last,
-                 m.rssi_min, m.rssi_max, m.rssi_sum, m.rssi_n, m.mode, m.first_seen, m.last_seen]
-                for key, m in self._meters.items()
-            ]
+            meters = [self._columns.dump(key, i) for key, i in self._meters.items()]
             state = {
                 "version": _DUMP_VERSION, "running_since": self._since, "telegrams_ok": self._ok,
                 "broken": self._broken, "untracked": self._untracked, "long_form": self._long_form,
@@ -259,26 +302,31 @@ class Analyzer:
             broken = {str(k): int(v) for k, v in dict(state["broken"]).items()}
             untracked = int(state["untracked"])
             long_form = int(state.get("long_form", 0))  # absent in dumps of older versions
-            meters: dict[bytes, _Meter] = {}
+            meters: dict[bytes, int] = {}
+            c = _Columns()
             for entry in state["meters"]:
-                (key_hex, meter_id, manufacturer, device_type, verdict, count, last, low, high,
-                 total, n, mode, first, seen) = entry
-                m = _Meter(str(meter_id), str(manufacturer), int(device_type), float(first))
-                m.verdict, m.count, m.last_seen = str(verdict), int(count), float(seen)
-                m.rssi_last, m.rssi_min, m.rssi_max = _opt_int(last), _opt_int(low), _opt_int(high)
-                m.rssi_sum, m.rssi_n = int(total), int(n)
-                m.mode = None if mode is None else str(mode)
-                if len(meters) < self.max_meters:
-                    meters[bytes.fromhex(key_hex)] = m
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                # ID, manufacturer and device type are read from the key, not from the dump.
+                (key_hex, _id, _letters, _type, verdict, count, last, low, high, total, n, mode, first,
+                 seen) = entry
+                key = bytes.fromhex(key_hex)
+                fields = (str(verdict), int(count), _opt_rssi(last), _opt_rssi(low), _opt_rssi(high), int(total),
+                          int(n), None if mode is None else str(mode), float(first), float(seen))
+                if len(meters) >= self.max_meters:
+                    continue
+                i = meters.get(key)
+                if i is None:  # a repeated key replaces the earlier entry, as a dict store does
+                    i = meters[key] = c.add(fields[0], fields[8])
+                (c.verdict[i], c.count[i], c.rssi_last[i], c.rssi_min[i], c.rssi_max[i], c.rssi_sum[i],
+                 c.rssi_n[i], c.mode[i], c.first_seen[i], c.last_seen[i]) = fields
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
             raise ValueError(f"analyzer state is malformed ({exc}); keeping the current one") from exc
         with self._lock:
-            self._meters, self._since, self._ok = meters, since, ok
+            self._meters, self._columns, self._since, self._ok = meters, c, since, ok
             self._broken, self._untracked, self._long_form = broken, untracked, long_form
 
 
-def _opt_int(value: object) -> int | None:
-    return None if value is None else int(value)  # type: ignore[call-overload]
+def _opt_rssi(value: object) -> int:
+    return _NO_RSSI if value is None else int(value)  # type: ignore[call-overload]
 
 
 def _text(value: str) -> str:

@@ -75,10 +75,10 @@ class Pipeline:
         records, broken, results, long_forms = batch
         record = self.analyzer.record
         put = self.store.put
-        for key, meter_id, device_type, verdict, rssi_dbm, mode, report in records:
-            record(key, meter_id, device_type, verdict, rssi_dbm, mode, now)
+        for key, _meter_id, _device_type, verdict, rssi_dbm, mode, report in records:
+            record(key, verdict, rssi_dbm, mode, now)
             if report is not None:
-                put(key, meter_id, now, report)
+                put(key, now, report)
         for kind in broken:
             self.analyzer.record_broken(now, kind)
         for _ in range(long_forms):

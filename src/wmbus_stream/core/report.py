@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from .store import Snapshot
+from .latest import Snapshot
 
 __all__ = ["lines", "body", "CHUNK_SIZE"]
 
@@ -88,7 +88,7 @@ def lines(snapshot: Snapshot, gateway_serial: str, tz: ZoneInfo) -> Iterator[byt
     hexlify = binascii.hexlify
     format_date = _Dates(tz)
     dates: dict[int, bytes] = {}  # a push spans minutes: most rows share a second already seen
-    for _key, meter_id, received_at, telegram, _generation in snapshot.rows:
+    for _key, meter_id, received_at, telegram, _generation in snapshot:
         second = math.floor(received_at)
         date = dates.get(second)
         if date is None:

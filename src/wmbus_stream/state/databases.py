@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..atomic import open_private
 from ..config.history import SCHEMA as HISTORY_SCHEMA_SQL
-from ..core.store import SCHEMA as STORE_SCHEMA_SQL
+from ..io.store import SCHEMA as STORE_SCHEMA_SQL
 
 __all__ = ["HISTORY_SCHEMA", "STORE_SCHEMA", "Schema", "check_database", "copy_database"]
 

@@ -23,9 +23,9 @@ from typing import Any
 from ..config.manage import ConfigManager
 from ..config.model import Config
 from ..core.schedule import Ticker
-from ..core.store import Store
 from ..errors import GatewayIOError
 from ..host import Counts, SyncStatus
+from ..io.store import Store
 from .cad import RESULT_ERROR
 from .procedure import SyncResult, run_sync
 

@@ -1,29 +1,26 @@
-"""The durable latest-per-meter store: what the next push must carry.
+"""The durable latest-per-meter store: ``core.latest`` in memory, written to SQLite in batches.
 
 Strategy
-    Arrivals go to an in-memory dict ``key -> row`` (the hot path: one lock, one tuple, two
-    dict stores, no SQL). ``flush()`` writes the rows that changed since the last flush to
-    SQLite in one transaction; the service calls it at most ``store.flush.seconds`` apart and
-    on shutdown, so flash sees one write burst per interval, not one per telegram.
-    ``snapshot()`` copies the rows for a push; ``acknowledge(snapshot)`` removes only rows
-    whose generation did not change since the snapshot, in memory and on disk in one durable
-    transaction, so a telegram that arrived during the push stays for the next one.
+    Arrivals go to the pure ``Latest`` (no SQL on the hot path: ``put`` is its own).
+    ``flush()`` writes the rows that changed since the last flush to SQLite in one
+    transaction; the service calls it at most ``store.flush.seconds`` apart and on shutdown,
+    so flash sees one write burst per interval, not one per telegram. ``acknowledge(snapshot)``
+    removes only rows whose generation did not change since the snapshot, in memory and on
+    disk in one durable transaction, so a telegram that arrived during the push stays for the
+    next one. When the owed deletions are most of the table, the table is emptied at once and
+    what stays is written back, instead of one B-tree delete (and a rewritten page) per row.
+    Each write costs time and disk in proportion to the rows it writes or deletes.
 
 Invariants
-    - A key is the meter's 8-byte wireless link address ``telegram[2:10]`` (manufacturer
-      code LSB first, ID LSB first, version, device type); one row per key, so memory and
-      disk are bounded by the number of meters, never by time offline.
-    - Generations come from one store-wide counter that only grows within a process and
-      resumes above the largest generation on disk after a restart, so an arrival's
-      generation is larger than any stored or snapshotted one (snapshots never outlive the
-      process) and a stale snapshot can never delete a newer telegram.
-    - Memory holds every pending row (disk rows are loaded on open); disk holds a subset
-      that is never newer than memory. Acknowledging a row deletes it from memory only if
-      its generation is unchanged, and from disk every version <= the acknowledged one.
     - Commits use WAL with ``synchronous=FULL``: an acknowledged delete or a returned
       ``flush()`` survives a power cut, not only a kill -9 (NORMAL could roll the last
       commit back after power loss, and a rolled-back delete means a duplicate, a rolled-back
       flush means a lost reading). One fsync per flush interval is cheap.
+    - The file returns its space: ``auto_vacuum=INCREMENTAL`` with an ``incremental_vacuum``
+      after every write that deleted rows, and a ``wal_checkpoint(TRUNCATE)`` after a commit
+      that left the WAL above ``journal_size_limit``. A database made without auto-vacuum is
+      converted once, by a ``VACUUM`` when it is opened (atomic: if it fails, for example on
+      a full disk, the file stays as it was and the next open tries again).
     - IO failures never lose memory state: a failed flush leaves its rows dirty, a failed
       acknowledge keeps the disk deletions as tombstones; both are retried by the next
       ``flush()`` and reported as ``StoreWriteError`` for the service to count. A corrupt
@@ -44,21 +41,18 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 from ..atomic import open_private
+from ..core.latest import DiskRow, Latest, Snapshot, head, meter_id, record
 from ..errors import GatewayIOError
 
-__all__ = ["Row", "SCHEMA", "Snapshot", "Store", "StoreWriteError", "meter_key"]
+__all__ = ["SCHEMA", "Store", "StoreWriteError"]
 
 log = logging.getLogger(__name__)
-
-# (key, meter id, received_at epoch seconds UTC, report telegram, generation). A plain tuple:
-# the cheapest immutable record CPython has (a NamedTuple costs a Python-level __new__ per put).
-Row = tuple[bytes, str, float, bytes, int]
 
 # The tables as the gateway creates them; a restored database must have exactly these.
 SCHEMA = (
@@ -79,50 +73,42 @@ _UPSERT = (
     " telegram, generation) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _DELETE = "DELETE FROM meters WHERE key = ? AND generation <= ?"
-# Keeps the WAL from staying at the size of the largest flush ever made (flash space).
+_SELECT = "SELECT key, received_at, telegram, generation FROM meters"
+_INCREMENTAL = 2  # PRAGMA auto_vacuum value
+# Keeps the WAL from staying at the size of the largest write ever made (flash space).
 _WAL_LIMIT = 4 * 1024 * 1024
+# Emptying the table and writing back what stays pays when the deletions are this many times
+# what stays; below this many deletions, one DELETE per row is cheap anyway.
+_REWRITE_RATIO = 2
+_REWRITE_MIN = 1000
+_LOAD_CHUNK = 10_000
+_HEAD_SIZE = len(record(0.0, 0, b""))
 _CORRUPT = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
+
+# Columns of one upsert: key, manufacturer, version, device type, meter id, time, telegram, generation.
+_Params = tuple[bytes, int | None, int | None, int | None, str, float, bytes | memoryview, int]
 
 
 class StoreWriteError(GatewayIOError):
     """The store could not write its database (disk full, read-only, IO error); memory is kept."""
 
 
-def meter_key(telegram: bytes) -> bytes:
-    """Store key of a checked wireless telegram: its link address (manufacturer, ID, version, type)."""
-    return telegram[2:10]
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """The rows one push carries, sorted by meter ID then key (same content, same bytes)."""
-
-    rows: tuple[Row, ...]
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __iter__(self) -> Iterator[Row]:
-        return iter(self.rows)
-
-
-def _sort_key(row: Row) -> tuple[str, bytes]:
-    return row[1], row[0]
-
-
-# Columns of one upsert: key, manufacturer, version, device type, meter id, time, telegram, generation.
-_Params = tuple[bytes, int | None, int | None, int | None, str, float, bytes, int]
-
-
-def _first(params: _Params) -> bytes:
-    return params[0]
-
-
-def _params(row: Row) -> _Params:
-    key = row[0]
+def _params(key: bytes, received_at: float, telegram: bytes | memoryview, generation: int) -> _Params:
     if len(key) == 8:
-        return (key, key[0] | key[1] << 8, key[6], key[7], row[1], row[2], row[3], row[4])
-    return (key, None, None, None, row[1], row[2], row[3], row[4])
+        return (key, key[0] | key[1] << 8, key[6], key[7], meter_id(key), received_at, telegram, generation)
+    return (key, None, None, None, meter_id(key), received_at, telegram, generation)
+
+
+def _record_params(entries: Iterable[tuple[bytes, bytes]]) -> Iterator[_Params]:
+    """Upsert parameters of memory records, made one at a time (no list of a million tuples)."""
+    for key, rec in entries:
+        received_at, generation = head(rec)
+        yield _params(key, received_at, memoryview(rec)[_HEAD_SIZE:], generation)
+
+
+def _disk_params(rows: Iterable[DiskRow]) -> Iterator[_Params]:
+    for key, received_at, telegram, generation in rows:
+        yield _params(key, received_at, telegram, generation)
 
 
 def _is_corrupt(exc: sqlite3.Error) -> bool:
@@ -134,18 +120,17 @@ def _is_corrupt(exc: sqlite3.Error) -> bool:
 class Store:
     """Latest accepted telegram per meter, in memory and flushed to SQLite in batches."""
 
+    put: Callable[[bytes, float, bytes], None]
+
     def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "FULL") -> None:
         """Prepare a store for ``path``; use ``Store.open`` to also attach and load the database."""
         if synchronous.upper() not in {"FULL", "NORMAL", "EXTRA"}:
             raise ValueError(f"synchronous must be FULL, NORMAL or EXTRA, not {synchronous!r}")
         self.path = Path(path)
         self._synchronous = synchronous.upper()
-        self._lock = threading.Lock()  # guards _rows, _dirty, _gen (held for microseconds)
         self._db_lock = threading.RLock()  # serialises every database use: flush, acknowledge, meta
-        self._rows: dict[bytes, Row] = {}
-        self._dirty: dict[bytes, Row] = {}
-        self._tombstones: dict[bytes, int] = {}  # disk deletes still owed: key -> generation
-        self._gen = 0
+        self.latest = Latest(threading.Lock())
+        self.put = self.latest.put  # the hot path: no wrapper, no SQL
         self._db: sqlite3.Connection | None = None
         self._closed = False
         self._read_only_loaded = False
@@ -178,14 +163,13 @@ class Store:
                 db.close()
                 self._move_aside(f"integrity check failed: {problems}")
                 return self._attach_fresh()
+            self._auto_vacuum(db)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={self._synchronous}")
             db.execute(f"PRAGMA journal_size_limit={_WAL_LIMIT}")
             for statement in SCHEMA:
                 db.execute(statement)
-            loaded = db.execute(
-                "SELECT key, meter_id, received_at, telegram, generation FROM meters"
-            ).fetchall()
+            loaded = self._load(db)
         except sqlite3.DatabaseError as exc:
             db.close()
             if _is_corrupt(exc):
@@ -197,8 +181,32 @@ class Store:
             log.warning("state database %s is available again; writing what was kept in memory", self.path)
             self._outage = False
         self._db = db
-        self._merge(loaded)
+        if loaded:
+            log.info("state database %s: %d pending meters recovered", self.path, loaded)
         return True
+
+    def _auto_vacuum(self, db: sqlite3.Connection) -> None:
+        """Make the file return freed pages: set on a new file, converted once (VACUUM) on an old one."""
+        if db.execute("PRAGMA auto_vacuum").fetchone()[0] == _INCREMENTAL:
+            return
+        db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # takes effect at once while there is no table
+        if db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
+            return
+        try:
+            db.execute("VACUUM")
+        except sqlite3.OperationalError as exc:  # full, busy, read-only: the file is as it was
+            log.warning("state database %s: converting to auto-vacuum failed (%s); it keeps its freed"
+                        " space until the next start tries again", self.path, exc)
+            return
+        log.info("state database %s converted to auto-vacuum: it returns freed space from now on", self.path)
+
+    def _load(self, db: sqlite3.Connection) -> int:
+        """Merge every disk row into memory, in chunks (no list of the whole table); returns how many."""
+        cursor = db.execute(_SELECT)
+        count = 0
+        while chunk := cursor.fetchmany(_LOAD_CHUNK):
+            count += self.latest.merge(chunk)
+        return count
 
     def _unavailable(self, exc: BaseException) -> None:
         """The database cannot be opened for writing: say so once per outage, try to read it."""
@@ -225,47 +233,22 @@ class Store:
             try:
                 db = sqlite3.connect(f"{uri}?{option}", uri=True)
                 try:
-                    loaded = db.execute(
-                        "SELECT key, meter_id, received_at, telegram, generation FROM meters").fetchall()
+                    loaded = self._load(db)
                 finally:
                     db.close()
             except (OSError, sqlite3.Error) as exc:
                 log.debug("state database %s cannot be read with %s either: %s", self.path, option, exc)
                 continue
             self._read_only_loaded = True
-            log.warning("state database %s read read-only: %d pending meters recovered", self.path, len(loaded))
-            self._merge(loaded)
+            log.warning("state database %s read read-only: %d pending meters recovered", self.path, loaded)
             return
 
     def _attach_fresh(self) -> bool:
         """Attach to a new empty database after the old one was moved aside."""
         if self.path.exists():  # moving aside failed; never loop on a file we cannot replace
             return False
+        self.latest.rewrite_all()  # rows memory read before (read-only, or part of the old file) go to the new one
         return self._attach()
-
-    def _merge(self, loaded: list[Row]) -> None:
-        """Add disk rows that memory does not have; memory rows are newer (they arrived since).
-
-        Only differs from a plain load when the database became available after arrivals or
-        acknowledgements already happened in memory: a key memory holds, or has acknowledged,
-        gets a tombstone for its disk row, so the next write replaces or deletes it.
-        """
-        tombstones = self._tombstones
-        with self._lock:
-            for row in loaded:
-                key, generation = row[0], row[4]
-                if generation > self._gen:
-                    self._gen = generation
-                current = self._rows.get(key)
-                if current is not None and current[4] == generation:
-                    continue  # the same row, read earlier while the file was read-only
-                if current is not None or key in tombstones:
-                    if tombstones.get(key, -1) < generation:
-                        tombstones[key] = generation
-                else:
-                    self._rows[key] = row
-        if loaded:
-            log.info("state database %s: %d pending meters recovered", self.path, len(loaded))
 
     def _move_aside(self, reason: str) -> None:
         """Rename a corrupt database (and its WAL/SHM) so the gateway can start empty."""
@@ -297,28 +280,13 @@ class Store:
                 pass
             self._db = None
         self._move_aside(str(exc))
-        self._tombstones.clear()  # the new file has none of those rows
-        with self._lock:
-            self._dirty = dict(self._rows)
-
-    # -- the hot path ---------------------------------------------------------------------
-
-    def put(self, key: bytes, meter_id: str, received_at: float, report_telegram: bytes) -> None:
-        """Keep this telegram as the meter's latest; memory only until the next flush."""
-        with self._lock:
-            self._gen += 1
-            row = (key, meter_id, received_at, report_telegram, self._gen)
-            self._rows[key] = row
-            self._dirty[key] = row
+        self.latest.rewrite_all()
 
     # -- push side ------------------------------------------------------------------------
 
     def snapshot(self) -> Snapshot:
         """An immutable, sorted copy of every pending row (durable rows plus newer arrivals)."""
-        with self._lock:
-            rows = list(self._rows.values())
-        rows.sort(key=_sort_key)
-        return Snapshot(tuple(rows))
+        return self.latest.snapshot()
 
     def acknowledge(self, snapshot: Snapshot) -> int:
         """Forget the snapshot's rows that did not change since; durable on return. Returns how many.
@@ -327,70 +295,51 @@ class Store:
         anyway (the HES has them) and the next ``flush()`` retries the deletion.
         """
         with self._db_lock:
-            # On disk every acknowledged version goes, also where a newer one arrived meanwhile:
-            # that newer one is in memory (dirty), and resending the acknowledged one after a
-            # crash would only be a duplicate. Disk first, so that a row missing from memory
-            # (``pending()``) is gone from disk too, unless the delete failed.
-            tombstones = self._tombstones
-            for row in snapshot.rows:
-                if tombstones.get(row[0], -1) < row[4]:
-                    tombstones[row[0]] = row[4]
+            # Disk first, so that a row missing from memory (``pending()``) is gone from disk
+            # too, unless the delete failed.
+            self.latest.owe(snapshot)
             try:
-                self._write([])
+                self._write({})
             finally:
-                deleted = 0
-                with self._lock:
-                    rows, dirty = self._rows, self._dirty
-                    for row in snapshot.rows:
-                        key, generation = row[0], row[4]
-                        current = rows.get(key)
-                        if current is not None and current[4] == generation:
-                            del rows[key]
-                            dirty.pop(key, None)
-                            deleted += 1
+                deleted = self.latest.forget(snapshot)
         return deleted
 
     def pending(self) -> int:
         """Number of meters waiting for the next push."""
-        return len(self._rows)
+        return self.latest.pending()
 
     def dirty(self) -> int:
         """Number of rows (and disk deletions) not yet written to the database."""
-        return len(self._dirty) + len(self._tombstones)
+        return self.latest.dirty()
 
     # -- persistence ----------------------------------------------------------------------
 
     def flush(self) -> int:
         """Write every changed row and owed deletion in one durable transaction; returns rows written."""
         with self._db_lock:
-            if not self._dirty and not self._tombstones and self._db is not None:
+            if not self.latest.dirty() and self._db is not None:
                 return 0
-            with self._lock:
-                batch, self._dirty = self._dirty, {}
+            batch = self.latest.take_dirty()
             try:
-                self._write(batch.values())
+                self._write(batch)
             except BaseException:
-                with self._lock:
-                    # Arrivals during the failed write are newer: keep them, re-add the rest.
-                    for key, row in batch.items():
-                        self._dirty.setdefault(key, row)
+                self.latest.keep_dirty(batch)  # arrivals during the failed write are newer: they stay
                 raise
         return len(batch)
 
-    def _write(self, rows: Iterable[Row]) -> None:
+    def _write(self, batch: Mapping[bytes, bytes]) -> None:
         """One transaction: owed deletions first, then upserts; raises StoreWriteError on failure."""
         if self._db is None and not self._attach():
             raise StoreWriteError(f"state database {self.path} is not available; data kept in memory")
         db = self._db
         assert db is not None
-        tombstones = list(self._tombstones.items())
+        owed = self.latest.owed()
         try:
             db.execute("BEGIN IMMEDIATE")
-            if tombstones:
-                db.executemany(_DELETE, sorted(tombstones))
+            if owed and not self._rewrite(db, owed, batch):
+                db.executemany(_DELETE, sorted(owed))
             # Key order makes the B-tree inserts sequential: about half the time of arrival order.
-            upserts = sorted(map(_params, rows), key=_first)
-            db.executemany(_UPSERT, upserts)
+            db.executemany(_UPSERT, _record_params(sorted(batch.items())))
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback(db)
@@ -398,9 +347,42 @@ class Store:
                 self._detach_corrupt(exc)
             raise StoreWriteError(f"state database {self.path}: write failed ({exc}); data kept in memory,"
                                   " retried at the next flush") from exc
-        for key, generation in tombstones:
-            if self._tombstones.get(key) == generation:
-                del self._tombstones[key]
+        self.latest.settle(owed)
+        self._tidy(db, vacuum=bool(owed))
+
+    def _rewrite(self, db: sqlite3.Connection, owed: list[tuple[bytes, int]], batch: Mapping[bytes, bytes]) -> bool:
+        """Empty the table and write back what stays, if that is much less than the deletions; True if done.
+
+        What stays: rows memory knows are on disk and no tombstone covers, and the disk
+        versions of dirty keys that no tombstone covers (read first). Emptying a table frees
+        its pages without rewriting them.
+        """
+        if len(owed) < _REWRITE_MIN or 2 * len(owed) < self.latest.pending():
+            return False  # a small or partial acknowledgement: not worth looking at every row
+        kept, unknown = self.latest.survivors(batch.keys())
+        if _REWRITE_RATIO * (len(kept) + len(unknown)) > len(owed):
+            return False
+        covered = self.latest.covered
+        found: list[DiskRow] = []
+        for key in unknown:
+            row = db.execute(f"{_SELECT} WHERE key = ?", (key,)).fetchone()
+            if row is not None and not covered(row[0], row[3]):
+                found.append(row)
+        db.execute("DELETE FROM meters")
+        db.executemany(_UPSERT, _record_params(kept))
+        db.executemany(_UPSERT, _disk_params(found))
+        return True
+
+    def _tidy(self, db: sqlite3.Connection, *, vacuum: bool) -> None:
+        """Give freed pages back to the file system and truncate a WAL a big commit left; best effort."""
+        try:
+            if vacuum and db.execute("PRAGMA freelist_count").fetchone()[0]:
+                db.executescript("PRAGMA incremental_vacuum;")  # execute() would free one page only
+            if os.path.getsize(f"{self.path}-wal") > _WAL_LIMIT:
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except (OSError, sqlite3.Error) as exc:  # the data is committed; the next write tries again
+            self._rollback(db)
+            log.debug("state database %s: returning free space failed (%s)", self.path, exc)
 
     @staticmethod
     def _rollback(db: sqlite3.Connection) -> None:
@@ -455,14 +437,14 @@ class Store:
             try:
                 self.flush()
             except StoreWriteError as exc:
-                log.error("%s; %d meters not saved at close", exc, len(self._dirty))
+                log.error("%s; %d meters not saved at close", exc, self.latest.dirty())
         with self._db_lock:
             if self._db is not None:
                 self._db.close()
                 self._db = None
         self._closed = True
 
-    def __enter__(self) -> Store:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
