@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import random
-from datetime import datetime, timezone
+from datetime import UTC as UTC_TZ
+from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -27,7 +28,7 @@ SPEC_REPORT_HEX = (
 
 
 def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> float:
-    return datetime(year, month, day, hour, minute, second, tzinfo=timezone.utc).timestamp()
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC_TZ).timestamp()
 
 
 def row(meter_id: str, received_at: float, telegram: bytes, generation: int = 1) -> tuple[bytes, bytes]:
@@ -72,8 +73,8 @@ def _transitions(tz: ZoneInfo, year: int) -> list[int]:
         return datetime.fromtimestamp(t, tz).utcoffset()
 
     found = []
-    t = int(datetime(year, 1, 1, tzinfo=timezone.utc).timestamp())
-    end = int(datetime(year + 1, 1, 1, tzinfo=timezone.utc).timestamp())
+    t = int(datetime(year, 1, 1, tzinfo=UTC_TZ).timestamp())
+    end = int(datetime(year + 1, 1, 1, tzinfo=UTC_TZ).timestamp())
     while t < end:
         step = 3600
         if offset(t) != offset(t + step):
@@ -104,7 +105,7 @@ def test_dates_match_the_zone_around_every_transition(zone: str, years: tuple[in
     for year in years:
         for edge in _transitions(tz, year):
             seconds.extend(edge + d for d in range(-70, 71))
-        start = datetime(year, 1, 1, tzinfo=timezone.utc).timestamp()
+        start = datetime(year, 1, 1, tzinfo=UTC_TZ).timestamp()
         seconds.extend(start + rng.random() * 366 * 86400 for _ in range(300))
     snap = Snapshot(tuple(row("00000001", s, b"\x01") for s in seconds))
     got = [line.split(b";")[2].decode() for line in lines(snap, "1", tz)]

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from wmbus_stream.core.latest import Snapshot, meter_id, meter_key
-from wmbus_stream.io.store import Store, StoreWriteError
 from wmbus_stream.errors import GatewayIOError
+from wmbus_stream.io.store import SCHEMA, Store, StoreWriteError
 
 SPEC_TELEGRAM = bytes.fromhex("6044961564010061011B7A970400202F2F")
 
@@ -151,7 +151,7 @@ def test_failed_push_keeps_everything(path: Path) -> None:
         store.put(key(4), 99.0, b"newest")
         second = store.snapshot()
         assert len(second) == 10
-        assert dict((r[0], r[3]) for r in second)[key(4)] == b"newest"
+        assert {r[0]: r[3] for r in second}[key(4)] == b"newest"
         assert store.acknowledge(first) == 9  # a late ack of the first snapshot spares meter 4
         assert [r[3] for r in store.snapshot()] == [b"newest"]
 
@@ -385,3 +385,142 @@ def test_memory_per_meter(path: Path, capsys: pytest.CaptureFixture[str]) -> Non
         print(f"\n[store] memory per meter beyond telegram bytes: {clean:.0f} B flushed, {dirty:.0f} B before flush")
     assert clean <= 400
     assert dirty <= 600
+
+
+# -- disk space and cost per row ----------------------------------------------------------
+
+
+def _sizes(path: Path) -> int:
+    """Bytes the database takes on disk, with its WAL."""
+    wal = Path(f"{path}-wal")
+    return path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+
+
+def _pragma(path: Path, name: str) -> int:
+    db = sqlite3.connect(path)
+    try:
+        return int(db.execute(f"PRAGMA {name}").fetchone()[0])
+    finally:
+        db.close()
+
+
+def test_acknowledge_gives_the_space_back(path: Path) -> None:
+    with Store.open(path) as store:
+        for round_ in range(3):
+            for n in range(5000):
+                store.put(key(n), float(round_), bytes(200))
+            store.flush()
+            full = _sizes(path)
+            assert full > 1_000_000
+            store.acknowledge(store.snapshot())
+            assert _sizes(path) < full // 10  # freed pages are returned, not kept for later
+            assert _pragma(path, "freelist_count") == 0
+
+
+def test_a_big_flush_leaves_no_big_wal(path: Path) -> None:
+    with Store.open(path) as store:
+        for n in range(20_000):
+            store.put(key(n), 1.0, bytes(300))
+        store.flush()  # about 7 MB written through the WAL
+        assert Path(f"{path}-wal").stat().st_size <= 4 * 1024 * 1024
+        assert len(disk_rows(path)) == 20_000
+
+
+def test_a_database_without_auto_vacuum_is_converted_once(path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path.parent.mkdir(parents=True)
+    old = sqlite3.connect(path, isolation_level=None)  # as the gateway made it before
+    old.execute("PRAGMA journal_mode=WAL")
+    for statement in SCHEMA:
+        old.execute(statement)
+    old.execute("INSERT INTO meters VALUES (?, 5526, 1, 7, '00000001', 1.0, x'aa', 7)", (key(1),))
+    old.execute("INSERT INTO meta VALUES ('push.last', x'6f6b')")
+    old.close()
+    assert _pragma(path, "auto_vacuum") == 0
+    with caplog.at_level(logging.INFO), Store.open(path) as store:
+        assert [(r[0], r[3], r[4]) for r in store.snapshot()] == [(key(1), b"\xaa", 7)]
+        assert store.get_meta("push.last") == b"ok"
+    assert _pragma(path, "auto_vacuum") == 2  # incremental
+    assert sum("converted to auto-vacuum" in r.message for r in caplog.records) == 1
+    caplog.clear()
+    with caplog.at_level(logging.INFO), Store.open(path) as store:
+        assert store.pending() == 1
+    assert not any("converted" in r.message for r in caplog.records)
+
+
+def _statements(store: Store) -> list[str]:
+    """Every SQL statement the store's connection runs from now on (executemany: once per row)."""
+    seen: list[str] = []
+    assert store._db is not None
+    store._db.set_trace_callback(seen.append)
+    return seen
+
+
+@pytest.mark.parametrize("meters", [2000, 20_000])
+def test_acknowledging_everything_costs_statements_by_what_stays_not_by_the_table(path: Path, meters: int) -> None:
+    """The rows the acknowledgement touches, counted as SQL statements: the same for 2,000 and 20,000 meters."""
+    with Store.open(path) as store:
+        for n in range(meters):
+            store.put(key(n), 1.0, bytes(50))
+        store.flush()
+        snap = store.snapshot()
+        store.put(key(0), 2.0, b"arrived during the push")  # dirty: its old disk version is acknowledged
+        store.put(key(meters + 1), 2.0, b"new during the push")
+        seen = _statements(store)
+        assert store.acknowledge(snap) == meters - 1
+        per_row = [s for s in seen if s.startswith(("DELETE FROM meters WHERE", "INSERT", "SELECT"))]
+        assert len(per_row) <= 5, seen[:20]
+        assert disk_rows(path) == {}
+        assert store.flush() == 2
+        assert set(disk_rows(path)) == {key(0), key(meters + 1)}
+
+
+def test_emptying_the_table_keeps_disk_versions_memory_does_not_know(path: Path) -> None:
+    """A partial acknowledgement of most meters: what stays on disk is exactly what a row-by-row delete leaves."""
+    store = Store.open(path)
+    for n in range(3000):
+        store.put(key(n), 1.0, b"v1 %d" % n)
+    store.flush()
+    snap = store.snapshot()
+    acked = Snapshot(tuple(e for e in snap.entries if int(meter_id(e[0]), 16) < 2500))
+    store.put(key(2900), 2.0, b"v2, not flushed")  # dirty: the disk keeps v1 until the next flush
+    store.put(key(10), 2.0, b"v2 of an acknowledged meter")
+    seen = _statements(store)
+    assert store.acknowledge(acked) == 2499
+    assert sum(s.startswith("DELETE FROM meters WHERE") for s in seen) == 0  # the table was emptied instead
+    on_disk = {k: r[3] for k, r in disk_rows(path).items()}
+    assert on_disk == {key(n): b"v1 %d" % n for n in range(2500, 3000)}
+    store.close(flush=False)  # a crash before the next flush: the v1 of meter 2900 is still pending
+    with Store.open(path) as again:
+        assert {r[0]: r[3] for r in again.snapshot()} == on_disk
+
+
+def test_memory_per_meter_through_the_pipeline(capsys: pytest.CaptureFixture[str]) -> None:
+    """Everything the pipeline, analyzer and store keep per meter (key, records, dict slots) beyond the report."""
+    from wmbus_stream import wire
+    from wmbus_stream.bench_service import SPEC_TELEGRAM as FULL_TELEGRAM
+    from wmbus_stream.core.analyzer import Analyzer
+    from wmbus_stream.core.pipeline import Pipeline, Settings
+    from wmbus_stream.receivers.base import Received
+    from wmbus_stream.wire.filters import matcher
+
+    n = 50_000
+    telegrams = [FULL_TELEGRAM[:4] + i.to_bytes(4, "little") + FULL_TELEGRAM[8:] for i in range(n)]
+    store = Store(Path("unused"))  # memory only: never attached
+    pipeline = Pipeline(Settings(matcher(), "62001772", 0), store, Analyzer(0.0, max_meters=n))
+    gc.collect()
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        for i, telegram in enumerate(telegrams):  # one read per telegram: no arrival time shared
+            pipeline.process([Received(telegram, wire.FORMAT_NONE, rssi_dbm=-70 - i % 40)], 1.7e9 + i / 7)
+        store.latest.take_dirty()  # as a flush leaves it
+        gc.collect()
+        used = tracemalloc.get_traced_memory()[0] - start
+    finally:
+        tracemalloc.stop()
+    reports = sum(len(r[3]) for r in store.snapshot())
+    assert store.pending() == n and pipeline.analyzer.totals().meters_found == n
+    per_meter = (used - reports) / n
+    with capsys.disabled():
+        print(f"\n[store] pipeline + analyzer + store memory per meter beyond the report: {per_meter:.0f} B")
+    assert per_meter <= 400, per_meter

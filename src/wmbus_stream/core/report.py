@@ -30,7 +30,7 @@ from zoneinfo import ZoneInfo
 
 from .latest import Snapshot
 
-__all__ = ["lines", "body", "CHUNK_SIZE"]
+__all__ = ["CHUNK_SIZE", "body", "lines"]
 
 CHUNK_SIZE = 64 * 1024
 
@@ -49,7 +49,7 @@ def _date(second: int, tz: ZoneInfo) -> bytes:
 class _Dates:
     """Formats epoch seconds in one zone, asking the zone once per UTC minute, not per second."""
 
-    __slots__ = ("tz", "offsets", "prefixes")
+    __slots__ = ("offsets", "prefixes", "tz")
 
     def __init__(self, tz: ZoneInfo) -> None:
         self.tz = tz

@@ -17,8 +17,8 @@ Invariants
       commit back after power loss, and a rolled-back delete means a duplicate, a rolled-back
       flush means a lost reading). One fsync per flush interval is cheap.
     - The file returns its space: ``auto_vacuum=INCREMENTAL`` with an ``incremental_vacuum``
-      after every write that deleted rows, and a ``wal_checkpoint(TRUNCATE)`` after a commit
-      that left the WAL above ``journal_size_limit``. A database made without auto-vacuum is
+      and a ``wal_checkpoint(TRUNCATE)`` after every write that freed pages, and the same
+      checkpoint after a commit that left the WAL above ``journal_size_limit``. A database made without auto-vacuum is
       converted once, by a ``VACUUM`` when it is opened (atomic: if it fails, for example on
       a full disk, the file stays as it was and the next open tries again).
     - IO failures never lose memory state: a failed flush leaves its rows dirty, a failed
@@ -376,9 +376,11 @@ class Store:
     def _tidy(self, db: sqlite3.Connection, *, vacuum: bool) -> None:
         """Give freed pages back to the file system and truncate a WAL a big commit left; best effort."""
         try:
-            if vacuum and db.execute("PRAGMA freelist_count").fetchone()[0]:
+            vacuum = vacuum and db.execute("PRAGMA freelist_count").fetchone()[0] > 0
+            if vacuum:
                 db.executescript("PRAGMA incremental_vacuum;")  # execute() would free one page only
-            if os.path.getsize(f"{self.path}-wal") > _WAL_LIMIT:
+            # The file shrinks when the vacuum's pages are checkpointed, not before.
+            if vacuum or os.path.getsize(f"{self.path}-wal") > _WAL_LIMIT:
                 db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except (OSError, sqlite3.Error) as exc:  # the data is committed; the next write tries again
             self._rollback(db)
