@@ -1,7 +1,7 @@
 """The store under kill -9, a full disk and a read-only file system, with real processes and mounts.
 
 The crash test runs this file as a child process (``python test_store_crash.py child DB
-SEED``) that puts, flushes, pushes and acknowledges in a loop and reports on stdout, one
+SEED METERS``) that puts, flushes, pushes and acknowledges in a loop and reports on stdout, one
 ``os.write`` per line (atomic on a pipe), after each step returned:
 ``F k:g ...`` flushed (these generations are durable), ``P k:g ...`` about to acknowledge,
 ``A k:g ...`` acknowledged. The parent kills it with SIGKILL at a random instant and checks
@@ -27,6 +27,8 @@ from wmbus_stream.io.store import Store, StoreWriteError
 pytestmark = pytest.mark.integration
 
 KEYS = 300
+# Every other run has this many meters, so acknowledgements empty the table and write back what stays.
+MANY_KEYS = 3000
 
 
 def key(n: int) -> bytes:
@@ -39,18 +41,18 @@ def _report(tag: str, pairs: list[tuple[int, int]]) -> None:
     os.write(1, line)
 
 
-def child(path: str, seed: int) -> None:
+def child(path: str, seed: int, keys: int) -> None:
     """The process that gets killed: arrivals, flushes and pushes as fast as it can."""
     rng = random.Random(seed)
     store = Store.open(path)
-    index = {key(n): n for n in range(KEYS)}
+    index = {key(n): n for n in range(keys)}
     os.write(1, b"READY\n")
     while True:
-        for n in rng.sample(range(KEYS), rng.randint(1, 60)):
+        for n in rng.sample(range(keys), rng.randint(1, keys // 5)):
             store.put(key(n), time.time(), rng.randbytes(rng.randint(20, 250)))
         if rng.random() < 0.3:
             snap = store.snapshot()
-            for n in rng.sample(range(KEYS), 5):  # arrivals while the push is in flight
+            for n in rng.sample(range(keys), 5):  # arrivals while the push is in flight
                 store.put(key(n), time.time(), b"during push")
             pairs = [(index[r[0]], r[4]) for r in snap]
             for start in range(0, len(pairs), 200):
@@ -103,11 +105,12 @@ def _check_after_kill(path: Path, output: bytes) -> tuple[int, int]:
 
 
 def test_kill_9_at_random_instants(tmp_path: Path) -> None:
-    path = tmp_path / "store.db"
     rng = random.Random(20261124)
     confirmed_flushes = confirmed_acks = 0
     for iteration in range(30):
-        proc = subprocess.Popen([sys.executable, __file__, "child", str(path), str(iteration)],
+        keys = MANY_KEYS if iteration % 2 else KEYS
+        path = tmp_path / f"store-{keys}.db"
+        proc = subprocess.Popen([sys.executable, __file__, "child", str(path), str(iteration), str(keys)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         assert proc.stdout is not None
         ready = proc.stdout.readline()
@@ -120,7 +123,7 @@ def test_kill_9_at_random_instants(tmp_path: Path) -> None:
         confirmed_flushes += flushes
         confirmed_acks += acks
         with Store.open(path) as store:  # the next run starts from what survived
-            assert store.pending() <= KEYS
+            assert store.pending() <= keys
             assert not store.corrupt_moved
     assert confirmed_flushes > 0 and confirmed_acks > 0  # the loop really exercised both
 
@@ -230,5 +233,5 @@ def test_read_only_state_at_start_keeps_data_and_resumes(small_fs: Path) -> None
         assert [r[3] for r in again.snapshot()] == [b"pending from the last run", b"second"]
 
 
-if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "child":
-    child(sys.argv[2], int(sys.argv[3]))
+if __name__ == "__main__" and len(sys.argv) == 5 and sys.argv[1] == "child":
+    child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
