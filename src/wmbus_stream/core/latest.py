@@ -132,8 +132,9 @@ class Latest:
         the acknowledged one after a crash would only be a duplicate.
         """
         tombstones = self._tombstones
+        unpack = _GENERATION.unpack_from  # a million rows: no call per row beyond this one
         for key, rec in snapshot.entries:
-            generation = generation_of(rec)
+            generation = unpack(rec, 8)[0]
             if tombstones.get(key, -1) < generation:
                 tombstones[key] = generation
 
@@ -193,8 +194,9 @@ class Latest:
             rows = list(self._rows.items())
             dirty = set(self._dirty)
         tombstones = self._tombstones
+        unpack = _GENERATION.unpack_from
         kept = [(key, rec) for key, rec in rows
-                if key not in dirty and key not in written and tombstones.get(key, -1) < generation_of(rec)]
+                if key not in dirty and key not in written and tombstones.get(key, -1) < unpack(rec, 8)[0]]
         return kept, [key for key in dirty if key not in written]
 
     def covered(self, key: bytes, generation: int) -> bool:
