@@ -250,7 +250,7 @@ def _pipeline_memory(meters: int) -> int:
         try:
             before = tracemalloc.get_traced_memory()[0]
             for frame in frames:  # one telegram per read, as a radio channel delivers them
-                pipe.process(reader.feed(frame), time.time())
+                pipe.feed(reader, frame, time.time())
             store.flush()  # the dirty set is emptied, as in steady state
             gc.collect()
             used = tracemalloc.get_traced_memory()[0] - before

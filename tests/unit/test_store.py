@@ -499,8 +499,9 @@ def test_memory_per_meter_through_the_pipeline(capsys: pytest.CaptureFixture[str
     from wmbus_stream import wire
     from wmbus_stream.bench_service import SPEC_TELEGRAM as FULL_TELEGRAM
     from wmbus_stream.core.analyzer import Analyzer
-    from wmbus_stream.core.pipeline import Pipeline, Settings
-    from wmbus_stream.receivers.base import Received
+    from wmbus_stream.core.check import Settings
+    from wmbus_stream.core.pipeline import Pipeline
+    from wmbus_stream.core.received import Received
     from wmbus_stream.wire.filters import matcher
 
     n = 50_000
