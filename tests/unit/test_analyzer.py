@@ -227,3 +227,21 @@ def test_long_form_telegrams_through_the_pipeline_are_counted_kept_and_reset(tmp
     analyzer.reset(2000.0)
     assert analyzer.totals().long_form == 0
     store.close()
+
+
+def test_a_loaded_dump_shows_the_names_it_gives_even_where_the_key_says_otherwise() -> None:
+    """IDs, manufacturers and device types come from the key, except where a restored dump says otherwise."""
+    a = Analyzer(T0)
+    k = key(ELV, 0x61000164)
+    a.record(k, ACCEPTED, -70, "T1", T0)
+    state = json.loads(a.dump())
+    assert state["meters"][0][1:4] == ["61000164", "ELV", 7]
+    state["meters"].append(["ff" + "00" * 7, "<b>odd</b>", "=X", 7, ACCEPTED, 1, None, None, None, 0, 0, None, T0, T0])
+    b = Analyzer(0.0)
+    b.load(json.dumps(state).encode())
+    odd = next(r for r in b.rows() if r.key == bytes.fromhex("ff" + "00" * 7))
+    assert (odd.id, odd.manufacturer, odd.device_type, odd.device_type_name) == ("<b>odd</b>", "=X", 7, "water")
+    assert [r.id for r in b.rows(True, {"<B>ODD</B>"})] == ["<b>odd</b>"]
+    assert json.loads(b.dump())["meters"] == state["meters"]
+    b.record(bytes.fromhex("ff" + "00" * 7), ACCEPTED, -60, None, T0 + 1)  # a telegram keeps the names
+    assert next(r for r in b.rows() if r.count == 2).id == "<b>odd</b>"

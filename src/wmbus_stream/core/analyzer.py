@@ -5,7 +5,8 @@ Strategy
     in a few columns (``array`` of machine numbers, lists of shared strings), updated in
     place by ``record`` (a dict lookup and a few item stores under a lock): about 70 bytes a
     meter where an object per meter with its own numbers took about 350. The meter ID,
-    manufacturer and device type are not kept: they are read from the key when shown.
+    manufacturer and device type are not kept: they are read from the key when shown
+    (only a loaded dump that says otherwise has them kept aside, as it says them).
     Readers get immutable ``MeterRow`` values built on demand. The analyzer sees every
     well-formed telegram, accepted or rejected by a filter, plus a count of broken ones.
 
@@ -108,6 +109,7 @@ class _Columns:
         "first_seen",
         "last_seen",
         "mode",
+        "names",
         "rssi_last",
         "rssi_max",
         "rssi_min",
@@ -127,6 +129,13 @@ class _Columns:
         self.rssi_n = array("q")
         self.first_seen = array("d")
         self.last_seen = array("d")
+        # ID, manufacturer and device type a loaded dump gave where they differ from the key's
+        # (never so for telegrams): a restored state shows what it says. Empty in practice.
+        self.names: dict[bytes, tuple[str, str, int]] = {}
+
+    def names_of(self, key: bytes) -> tuple[str, str, int]:
+        """ID, manufacturer letters and device type of a meter."""
+        return self.names.get(key) or (meter_id(key), _manufacturer(key), _device_type(key))
 
     def add(self, verdict: str, t: float) -> int:
         """A new meter first seen at ``t``, with no telegram counted yet; returns its row."""
@@ -144,14 +153,14 @@ class _Columns:
     def row(self, key: bytes, i: int) -> MeterRow:
         n = self.rssi_n[i]
         avg = round(self.rssi_sum[i] / n, 1) if n else None
-        device_type = _device_type(key)
-        return MeterRow(key, meter_id(key), _manufacturer(key), device_type, device_type_name(device_type),
+        ident, manufacturer, device_type = self.names_of(key)
+        return MeterRow(key, ident, manufacturer, device_type, device_type_name(device_type),
                         self.verdict[i], self.count[i], _rssi(self.rssi_last[i]), _rssi(self.rssi_min[i]), avg,
                         _rssi(self.rssi_max[i]), self.mode[i], self.first_seen[i], self.last_seen[i])
 
     def dump(self, key: bytes, i: int) -> list[object]:
         """The dump entry of a meter (the format of dump version 1)."""
-        return [key.hex(), meter_id(key), _manufacturer(key), _device_type(key), self.verdict[i], self.count[i],
+        return [key.hex(), *self.names_of(key), self.verdict[i], self.count[i],
                 _rssi(self.rssi_last[i]), _rssi(self.rssi_min[i]), _rssi(self.rssi_max[i]), self.rssi_sum[i],
                 self.rssi_n[i], self.mode[i], self.first_seen[i], self.last_seen[i]]
 
@@ -219,7 +228,8 @@ class Analyzer:
         show_all = not (only_allowed and allowed)
         with self._lock:
             c = self._columns
-            rows = [c.row(key, i) for key, i in self._meters.items() if show_all or meter_id(key) in allowed]
+            rows = [c.row(key, i) for key, i in self._meters.items()
+                    if show_all or c.names_of(key)[0].upper() in allowed]
         rows.sort(key=lambda r: (r.id, r.key))
         return rows
 
@@ -305,10 +315,10 @@ class Analyzer:
             meters: dict[bytes, int] = {}
             c = _Columns()
             for entry in state["meters"]:
-                # ID, manufacturer and device type are read from the key, not from the dump.
-                (key_hex, _id, _letters, _type, verdict, count, last, low, high, total, n, mode, first,
+                (key_hex, ident, letters, device_type, verdict, count, last, low, high, total, n, mode, first,
                  seen) = entry
                 key = bytes.fromhex(key_hex)
+                names = (str(ident), str(letters), int(device_type))
                 fields = (str(verdict), int(count), _opt_rssi(last), _opt_rssi(low), _opt_rssi(high), int(total),
                           int(n), None if mode is None else str(mode), float(first), float(seen))
                 if len(meters) >= self.max_meters:
@@ -318,6 +328,9 @@ class Analyzer:
                     i = meters[key] = c.add(fields[0], fields[8])
                 (c.verdict[i], c.count[i], c.rssi_last[i], c.rssi_min[i], c.rssi_max[i], c.rssi_sum[i],
                  c.rssi_n[i], c.mode[i], c.first_seen[i], c.last_seen[i]) = fields
+                c.names.pop(key, None)
+                if names != c.names_of(key):
+                    c.names[key] = names
         except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
             raise ValueError(f"analyzer state is malformed ({exc}); keeping the current one") from exc
         with self._lock:
