@@ -31,7 +31,7 @@ import time
 import tty
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -116,13 +116,13 @@ def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 10.0, *,
 
 def cron_at(when: datetime) -> str:
     """A 6-field cron that fires once, at ``when`` (UTC, whole second); next slot a year later."""
-    when = when.astimezone(timezone.utc)
+    when = when.astimezone(UTC)
     return f"{when.second} {when.minute} {when.hour} {when.day} {when.month} *"
 
 
 def soon(seconds: float) -> datetime:
     """The whole UTC second at least ``seconds`` from now."""
-    return (datetime.now(timezone.utc) + timedelta(seconds=seconds + 1)).replace(microsecond=0)
+    return (datetime.now(UTC) + timedelta(seconds=seconds + 1)).replace(microsecond=0)
 
 
 # -------------------------------------------------------------------------------------------
@@ -222,7 +222,7 @@ def expected_lines(expected: Iterable[tuple[bytes, bytes]], received: Iterable[b
         hex_text = wired.hex().upper().encode()
         date = dates.get(hex_text)
         if date is not None:
-            at = datetime.strptime(date.decode(), "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc).timestamp()
+            at = datetime.strptime(date.decode(), "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC).timestamp()
             assert low <= at <= now + 1, f"meter {meter_id(telegram)}: date {date!r} is outside the test's time window"
         else:
             date = b"<not received>"

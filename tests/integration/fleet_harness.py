@@ -239,7 +239,7 @@ def render_example(cert: Path, key: Path, www: Path, logs: Path, port: int, ok_p
     """The documented example with the test's paths and ports."""
     text = DOC_EXAMPLE.read_text(encoding="utf-8")
     replacements = dict(zip(EXAMPLE_PATHS, (f"listen 127.0.0.1:{port} ssl;", str(cert), str(key), str(www),
-                                            f"{logs}/", f"127.0.0.1:{ok_port}")))
+                                            f"{logs}/", f"127.0.0.1:{ok_port}"), strict=True))
     for old, new in replacements.items():
         assert old in text, f"docs/examples/nginx-cad.conf no longer contains {old!r}: update the fleet tests"
         text = text.replace(old, new)
@@ -314,12 +314,13 @@ def start_cad_server(folder: Path) -> Iterator[CadServer]:
                                                        drip.port))
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
-        def listening() -> bool:
+        def listening(process: subprocess.Popen[bytes] = process,
+                      ports: tuple[int, ...] = (port, ok_port, extra, untrusted, wrong_name, plain)) -> bool:
             if process.poll() is not None:
                 assert process.stderr is not None
                 raise AssertionError(f"nginx exited: {process.stderr.read().decode(errors='replace')}")
             try:
-                for p in (port, ok_port, extra, untrusted, wrong_name, plain):
+                for p in ports:
                     socket.create_connection(("127.0.0.1", p), timeout=0.2).close()
                 return True
             except OSError:

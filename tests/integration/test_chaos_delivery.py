@@ -20,7 +20,8 @@ import struct
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from itertools import pairwise
 
 import pytest
 
@@ -189,7 +190,7 @@ def deleted_without_a_2xx(requests: list[ChaosRequest]) -> list[str]:
     """
     looks = [r for r in requests if r.complete]
     problems = []
-    for before, after in zip(looks, looks[1:]):
+    for before, after in pairwise(looks):
         present = {report_key(line) for line in after.lines()}
         allowed = {line for r in requests[before.index:after.index] if acknowledged(r) for line in r.lines()}
         for line in before.lines():

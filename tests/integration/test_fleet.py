@@ -403,7 +403,7 @@ def test_a_hostile_server_gets_neither_the_hes_credentials_nor_the_meter_data(
         cad.put_cad(SERIAL, cad_text(f"Sync-Config-0: receiving.server.url={attacker.url}|{TARGET}", sync_id="attack",
                                      notify_url=notify.url))
         refusals = [
-            rf"921 line 4: Sync-Config-0: receiving\.server\.url is an owner-only key: a sync may set it only when"
+            r"921 line 4: Sync-Config-0: receiving\.server\.url is an owner-only key: a sync may set it only when"
             r" this gateway's owner lists it in configuration\.server\.allow\.keys",
             rf"921 line 4: Sync-Config-0: receiving\.server\.url moves the push to http://127\.0\.0\.1:{attacker.port},"
             r" but receiving\.server\.username and receiving\.server\.password belong to"
@@ -565,7 +565,7 @@ DOWNLOADS = 3
 def leftovers(config: ConfigFile) -> list[str]:
     """Temporary files, staging folders or a journal an interrupted change left behind."""
     found = [p.name for p in config.path.parent.glob(".*.wmbus-tmp")]
-    for folder, dirs, names in os.walk(config.state):
+    for _folder, dirs, names in os.walk(config.state):
         found += [n for n in dirs + names
                   if n.startswith(".stage-") or n.endswith(".wmbus-tmp") or n == "config.journal"]
     return found

@@ -56,7 +56,7 @@ def test_hes_down_for_several_pushes_then_back_gets_the_latest_of_every_meter(co
         sent += len(batch)
         latest.update({telegram_report_key(t): t for t in batch})
         failed = gw.status()["pushes"]["failed"]
-        status = gw.wait_status(lambda s, f=failed: s["telegrams"]["ok"] >= sent and s["pushes"]["failed"] >= f + 1,
+        status = gw.wait_status(lambda s, f=failed, n=sent: s["telegrams"]["ok"] >= n and s["pushes"]["failed"] >= f + 1,
                                 "a failed push after the batch", timeout=15)
         # Bounded by the number of meters, not by the time offline.
         assert status["meters_pending"] == len(telegrams)

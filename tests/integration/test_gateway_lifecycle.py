@@ -16,7 +16,7 @@ import stat
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -41,7 +41,7 @@ pytestmark = pytest.mark.integration
 
 CMEX50 = PROTOCOLS["cmex50"]
 # One slot a year: no scheduled push during the test (only what the test triggers).
-NEVER = cron_at(datetime.now(timezone.utc) - timedelta(days=1))
+NEVER = cron_at(datetime.now(UTC) - timedelta(days=1))
 
 
 # -------------------------------------------------------------------------------------------

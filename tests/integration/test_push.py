@@ -728,7 +728,7 @@ def test_tls_expired_certificate_fails(ca: trustme.CA, ca_file: str, tmp_path: P
     """A.7 #23: a certificate of the right CA and name, but expired, is refused with its reason."""
     import datetime
 
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     leaf = ca.issue_cert("127.0.0.1", "localhost", not_before=now - datetime.timedelta(days=30),
                          not_after=now - datetime.timedelta(days=1))
     cert, key = tmp_path / "expired.pem", tmp_path / "expired.key"

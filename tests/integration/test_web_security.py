@@ -34,7 +34,7 @@ from urllib.parse import urlencode
 
 import pytest
 from web_harness import fresh_limiter  # noqa: F401  (autouse)
-from web_harness import ADMIN, HES_SECRET, HES_USER, PASSWORD, Browser, WebGateway, browser, start_gateway, wait_until  # noqa: F401
+from web_harness import ADMIN, HES_SECRET, HES_USER, PASSWORD, Browser, WebGateway, browser_fixture, start_gateway, wait_until  # noqa: F401
 
 import gwkit
 from wmbus_stream.state import archive
@@ -235,8 +235,8 @@ def normal_telegrams() -> list[bytes]:
 def hostile_telegrams() -> list[bytes]:
     """Vector telegrams re-addressed to IDs with hex letters and manufacturers outside A..Z."""
     out = []
-    for n, (telegram, man) in enumerate(zip(gwkit.vector_telegrams(4), ("[\\]", "^_@", "@@@", "ZZZ"))):
-        code = sum((ord(ch) - 64) << shift for ch, shift in zip(man, (10, 5, 0)))
+    for n, (telegram, man) in enumerate(zip(gwkit.vector_telegrams(4), ("[\\]", "^_@", "@@@", "ZZZ"), strict=True)):
+        code = sum((ord(ch) - 64) << shift for ch, shift in zip(man, (10, 5, 0), strict=True))
         ident = bytes((0xAB, 0xCD, 0xEF, 0x10 + n))
         out.append(telegram[:2] + code.to_bytes(2, "little") + ident + telegram[8:])
     return out

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from web_harness import ADMIN, HES_SECRET, PASSWORD, Browser, WebGateway, browser, start_gateway, wait_until  # noqa: F401
+from web_harness import ADMIN, HES_SECRET, PASSWORD, Browser, WebGateway, browser_fixture, start_gateway, wait_until  # noqa: F401
 
 import gwkit
 from wmbus_stream import implementation

@@ -267,8 +267,8 @@ def _stale(element: Any) -> bool:
         return True
 
 
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
+@pytest.fixture(scope="module", name="browser")
+def browser_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
     reason = chromium_available()
     if reason:
         if os.environ.get("CI") or os.environ.get("WMBUS_STREAM_TEST_REQUIRE_BROWSER") == "1":

@@ -135,8 +135,8 @@ def test_csv_neutralises_formulas_and_quotes_hostile_text() -> None:
     parsed = list(csv.reader(io.StringIO(text, newline="")))
     assert tuple(parsed[0]) == CSV_HEADER
     assert len(parsed) == len(HOSTILE) + 1
-    for hostile, row in zip(HOSTILE, parsed[1:]):
-        cells = dict(zip(CSV_HEADER, row))
+    for hostile, row in zip(HOSTILE, parsed[1:], strict=True):
+        cells = dict(zip(CSV_HEADER, row, strict=True))
         expected = "'" + hostile if hostile[0] in "=+-@\t\r" else hostile
         for name in ("id", "manufacturer", "verdict", "mode"):
             assert cells[name] == expected  # survives quoting exactly, formulas defused

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -274,8 +274,8 @@ def test_schedules_run_in_the_report_time_zone() -> None:
     )
     assert config.push_cron.zone == ZoneInfo("Europe/Stockholm")
     assert config.sync_cron.zone == ZoneInfo("Europe/Stockholm")
-    after = datetime(2026, 7, 1, tzinfo=timezone.utc)
-    assert config.push_cron.next_after(after).astimezone(timezone.utc).hour == 4
+    after = datetime(2026, 7, 1, tzinfo=UTC)
+    assert config.push_cron.next_after(after).astimezone(UTC).hour == 4
 
 
 def test_secrets_never_show() -> None:

@@ -56,13 +56,13 @@ ORDER = (wire.FILTER_MANUFACTURER, wire.FILTER_DEVICE_TYPE, wire.FILTER_ID, wire
 def test_truth_table(settings):
     (man, man_rejects), (dev, dev_rejects), (ids, id_rejects), (radio, mode_rejects) = settings
     matcher = filters.matcher(man, dev, ids, radio)
-    rejecting = [code for code, rejects in zip(ORDER, (man_rejects, dev_rejects, id_rejects, mode_rejects)) if rejects]
+    rejecting = [code for code, rejects in zip(ORDER, (man_rejects, dev_rejects, id_rejects, mode_rejects), strict=True) if rejects]
     expected = rejecting[0] if rejecting else wire.OK
     assert verdicts(matcher, SPEC_TELEGRAM, modes.T1) == {expected}
 
 
 def test_result_names():
-    names = dict(zip(ORDER, ("filter.manufacturer", "filter.device.type", "filter.device.id", "radio.mode")))
+    names = dict(zip(ORDER, ("filter.manufacturer", "filter.device.type", "filter.device.id", "radio.mode"), strict=True))
     for code, name in names.items():
         assert wire.RESULT_NAMES[code] == name
     assert wire.RESULT_NAMES[wire.OK] == "ok"

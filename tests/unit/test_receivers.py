@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -219,7 +220,7 @@ def test_garbage_around_and_between_frames_is_skipped_and_counted(capture: Captu
 def test_any_split_gives_the_same(capture: Capture, cuts: list[int]) -> None:
     data = b"".join(capture.frames[:40])
     points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
-    chunks = [data[a:b] for a, b in zip(points, points[1:], strict=False)]
+    chunks = [data[a:b] for a, b in pairwise(points)]
     f = capture.framer()
     assert run(f, chunks) == capture.expected[:40]
 
@@ -492,7 +493,7 @@ def test_im871a_rssi_of_every_raw_byte_follows_the_cited_curve(twin) -> None:
     assert len(dbm) == 256 and stats_of(f) == (256, 0, 0)
     assert (dbm[0], dbm[45], dbm[205]) == (-122, -100, -20)
     assert dbm[230:] == [0] * 26
-    assert all(0 <= b - a <= 1 for a, b in zip(dbm, dbm[1:], strict=False))
+    assert all(0 <= b - a <= 1 for a, b in pairwise(dbm))
     assert dbm[206:230] == [int(-20 + 0.8 * (raw - 205)) for raw in range(206, 230)]
     assert all(im871a.rssi_dbm(im871a.rssi_raw(d)) == d for d in range(-122, 1))
     # The report's RSSI code of each: 63 (above -6 dBm) for the saturated bytes, never 0 (unknown).

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 
 from wmbus_stream.core.schedule import MAX_COALESCE, Schedule, Ticker
 
-UTC = timezone.utc
+UTC = UTC
 STHLM = ZoneInfo("Europe/Stockholm")
 # 2026 in Europe/Stockholm: clocks go 02:00 -> 03:00 on 29 March, 03:00 -> 02:00 on 25 October.
 SPRING = datetime(2026, 3, 29, tzinfo=STHLM)
@@ -175,7 +176,7 @@ def test_wildcard_schedule_follows_real_time_across_dst() -> None:
     assert sum(1 for t in autumn if t.hour == 2) == 8
     for got in (spring, autumn):
         instants = [t.astimezone(UTC) for t in got]
-        assert all(b - a == timedelta(minutes=15) for a, b in zip(instants, instants[1:]))
+        assert all(b - a == timedelta(minutes=15) for a, b in pairwise(instants))
 
 
 def test_fixed_time_schedule_follows_debian_cron_across_dst() -> None:
@@ -311,7 +312,7 @@ def test_clock_stepped_back_gives_no_duplicate_burst() -> None:
         now += timedelta(seconds=10)
     # One tick per slot as the clock passes it, never two within one slot period; the
     # 10:00 slot that had just run is not run again.
-    assert all(b - a >= timedelta(minutes=15) for a, b in zip(fired, fired[1:]))
+    assert all(b - a >= timedelta(minutes=15) for a, b in pairwise(fired))
     assert [t.strftime("%H:%M") for t in fired] == [
         "09:15",
         "09:30",

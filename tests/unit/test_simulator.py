@@ -115,9 +115,9 @@ def test_each_meter_counts_up_and_keeps_its_interval(hour: list[Transmission]) -
     rssi_spread = []
     for txs in by_meter.values():
         access = [t.telegram[11] for t in txs]
-        assert all((b - a) % 256 == 1 for a, b in zip(access, access[1:]))
+        assert all((b - a) % 256 == 1 for a, b in itertools.pairwise(access))
         interval = txs[0].meter.interval
-        gaps = [b.time - a.time for a, b in zip(txs, txs[1:])]
+        gaps = [b.time - a.time for a, b in itertools.pairwise(txs)]
         assert all(0.9 * interval - 1e-6 <= g <= 1.1 * interval + 1e-6 for g in gaps)
         rssi_spread.append(max(t.rssi_dbm for t in txs) - min(t.rssi_dbm for t in txs))
     assert max(rssi_spread) > 3  # the level varies from telegram to telegram

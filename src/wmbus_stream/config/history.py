@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ..atomic import open_private
@@ -72,7 +72,7 @@ class HistoryEntry:
     @property
     def iso_time(self) -> str:
         """The time as ``YYYY-MM-DD hh:mm:ss`` UTC."""
-        return datetime.fromtimestamp(self.time, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        return datetime.fromtimestamp(self.time, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 class History:

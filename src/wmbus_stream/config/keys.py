@@ -27,7 +27,7 @@ import ipaddress
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timezone, tzinfo
+from datetime import UTC, tzinfo
 from pathlib import Path
 from urllib.parse import SplitResult, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -294,7 +294,7 @@ def time_zone(text: str) -> tzinfo:
     except ZoneInfoNotFoundError:
         # A device without any time zone data can still run on UTC.
         if text in ("UTC", "Etc/UTC"):
-            return timezone.utc
+            return UTC
         raise ValueError("unknown time zone") from None
     except (ValueError, OSError):
         raise ValueError("not a time zone name") from None

@@ -40,13 +40,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone, tzinfo
+from datetime import UTC, datetime, tzinfo
 
 from cronsim import CronSim, CronSimError
 
 __all__ = ["Schedule", "Tick", "Ticker", "MAX_COALESCE"]
 
-_UTC = timezone.utc
+_UTC = UTC
 
 _MACROS = {
     "@yearly": "0 0 1 1 *",
@@ -178,7 +178,7 @@ def _check(expression: str) -> tuple[str, bool]:
     selected: list[frozenset[int]] = []
     canonical: list[str] = []
     try:
-        for field, part in zip(fields, parts):
+        for field, part in zip(fields, parts, strict=True):
             values, evaluated = _parse_field(field, part)
             selected.append(values)
             canonical.append(evaluated)
