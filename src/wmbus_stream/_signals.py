@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Callable, Mapping
+from types import FrameType
 
 __all__ = ["HELD", "hold", "install", "release"]
 
@@ -31,12 +32,16 @@ def hold() -> None:
 def install(handlers: Mapping[int, Callable[[], None]]) -> None:
     """Put the gateway's handlers in place, then run them once for each kind of signal kept."""
     for sig, handler in handlers.items():
-        signal.signal(sig, lambda _signum, _frame, handler=handler: handler())
+        signal.signal(sig, _calling(handler))
     arrived = dict.fromkeys(_arrived)
     _arrived.clear()
     for sig in arrived:
         if sig in handlers:
             handlers[sig]()
+
+
+def _calling(handler: Callable[[], None]) -> Callable[[int, FrameType | None], None]:
+    return lambda _signum, _frame: handler()
 
 
 def release() -> None:
@@ -45,5 +50,5 @@ def release() -> None:
         signal.signal(sig, signal.SIG_DFL)
     arrived = dict.fromkeys(_arrived)
     _arrived.clear()
-    for sig in arrived:
-        os.kill(os.getpid(), sig)
+    for signum in arrived:
+        os.kill(os.getpid(), signum)

@@ -25,8 +25,7 @@ import binascii
 import math
 import time
 from collections.abc import Iterator
-from datetime import datetime
-from zoneinfo import ZoneInfo
+from datetime import datetime, tzinfo
 
 from .latest import Snapshot
 
@@ -39,7 +38,7 @@ _SECONDS = tuple(b"%02d" % n for n in range(60))
 _NOT_YET = -1 << 62  # an offset no zone has: "this minute was not looked at yet"
 
 
-def _date(second: int, tz: ZoneInfo) -> bytes:
+def _date(second: int, tz: tzinfo) -> bytes:
     """``YYYY-MM-DD hh:mm:ss`` of an epoch second in ``tz`` (the exact, slow path)."""
     d = datetime.fromtimestamp(second, tz)
     return (f"{d.year:04d}-{d.month:02d}-{d.day:02d} "
@@ -51,7 +50,7 @@ class _Dates:
 
     __slots__ = ("offsets", "prefixes", "tz")
 
-    def __init__(self, tz: ZoneInfo) -> None:
+    def __init__(self, tz: tzinfo) -> None:
         self.tz = tz
         self.offsets: dict[int, int | None] = {}  # UTC minute -> its UTC offset in s (None: changes inside)
         self.prefixes: dict[int, bytes] = {}  # local minute -> b"YYYY-MM-DD hh:mm:"
@@ -79,7 +78,7 @@ class _Dates:
         return prefix + _SECONDS[local_second]
 
 
-def lines(snapshot: Snapshot, gateway_serial: str, tz: ZoneInfo) -> Iterator[bytes]:
+def lines(snapshot: Snapshot, gateway_serial: str, tz: tzinfo) -> Iterator[bytes]:
     """One report line per snapshot row, in snapshot order."""
     if not gateway_serial.isascii() or any(ch in gateway_serial for ch in ";\r\n"):
         # Config validation should have caught it; a broken separator would corrupt every line.
@@ -97,7 +96,7 @@ def lines(snapshot: Snapshot, gateway_serial: str, tz: ZoneInfo) -> Iterator[byt
                         hexlify(telegram).upper(), b"\n"))
 
 
-def body(snapshot: Snapshot, serial: str, tz: ZoneInfo, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
+def body(snapshot: Snapshot, serial: str, tz: tzinfo, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
     """The report as chunks of whole lines, each about ``chunk_size`` bytes (one line may exceed it)."""
     if chunk_size < 1:
         raise ValueError("chunk_size must be positive")

@@ -99,7 +99,7 @@ def _public_host(url: str, there: str) -> str | None:
     except (OSError, UnicodeError):
         return f"{there}: the host name cannot be resolved"
     for text in sorted(found):
-        address = ipaddress.ip_address(text.split("%", 1)[0])
+        address = ipaddress.ip_address(str(text).split("%", 1)[0])
         if not address.is_global or address.is_multicast:
             return (f"{there} is at {address}, an address inside the gateway or its network; '*' admits public"
                     " addresses only (the owner may list this origin in configuration.server.allow.origins)")

@@ -88,7 +88,7 @@ class AnalyzerQuery:
         band = None
         if band_text not in (None, ""):
             try:
-                band = int(band_text)  # type: ignore[arg-type]
+                band = int(band_text)
             except ValueError:
                 band = None
         per = _int(query.get("per") or query.get("limit"), 0 if unlimited else per_page, 0 if unlimited else 1,
