@@ -46,8 +46,6 @@ from cronsim import CronSim, CronSimError
 
 __all__ = ["Schedule", "Tick", "Ticker", "MAX_COALESCE"]
 
-_UTC = UTC
-
 _MACROS = {
     "@yearly": "0 0 1 1 *",
     "@annually": "0 0 1 1 *",
@@ -204,7 +202,7 @@ def _aware(t: datetime, what: str) -> None:
 def _instant(t: datetime) -> datetime:
     # Aware datetimes sharing a tzinfo compare by wall clock and ignore ``fold``; comparing
     # in UTC compares instants, which is what a clock that repeats an hour needs.
-    return t.astimezone(_UTC)
+    return t.astimezone(UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,16 +212,16 @@ class Schedule:
     expression: str
     cron: str
     has_seconds: bool
-    zone: tzinfo = _UTC
+    zone: tzinfo = UTC
 
     @classmethod
-    def parse(cls, expression: str, zone: tzinfo = _UTC) -> Schedule:
+    def parse(cls, expression: str, zone: tzinfo = UTC) -> Schedule:
         """Validate ``expression``; raises ValueError with the reason when it is not accepted."""
         cron, has_seconds = _check(expression)
         # cronsim is the evaluator; a refusal here would mean our validator let through
         # something it should not, so it still becomes a clear ValueError.
         try:
-            CronSim(cron, datetime(2000, 1, 1, tzinfo=_UTC))
+            CronSim(cron, datetime(2000, 1, 1, tzinfo=UTC))
         except CronSimError as exc:
             raise ValueError(f"not accepted by the evaluator: {exc}") from None
         return cls(" ".join(expression.split()), cron, has_seconds, zone)
