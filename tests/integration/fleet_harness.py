@@ -330,8 +330,7 @@ def start_cad_server(folder: Path) -> Iterator[CadServer]:
             wait_for(listening, "nginx listening", 10)
             break
         except AssertionError as exc:
-            process.kill()
-            process.wait()
+            stop_server(process)
             if "Address already in use" not in str(exc) or attempt == 2:
                 drip.close()
                 raise

@@ -97,10 +97,13 @@ def start_demo() -> Iterator:
         return demo
 
     yield start
-    for demo in started:  # a demo a failed test left running
-        if demo.process.poll() is None:
+    for demo in started:
+        if demo.process.poll() is None:  # a demo a failed test left running
             os.killpg(demo.process.pid, signal.SIGKILL)
             demo.process.wait(10)
+        demo.closed.wait(10)  # the collector has read the pipe to its end
+        assert demo.process.stdout is not None
+        demo.process.stdout.close()
 
 
 def assert_all_gone(demo: Demo, folder: Path, ports: tuple[int, ...]) -> None:

@@ -438,8 +438,8 @@ def test_a_fifo_as_configuration_is_refused_on_sighup_and_the_main_loop_goes_on(
 def _kinds(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     fifo = tmp_path / "a.fifo"
     os.mkfifo(fifo)
-    sock = socket.socket(socket.AF_UNIX)
-    sock.bind(str(tmp_path / "a.sock"))
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(tmp_path / "a.sock"))  # the socket file stays after the close
     big = tmp_path / "big.cfg"
     with big.open("wb") as handle:
         handle.truncate(2 * 1024 * 1024)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import http.client
 import json
 import os
@@ -315,29 +316,29 @@ def test_cli_receive_prints_one_line_per_post(tmp_path: Path) -> None:
     code = ("import argparse, sys; from wmbus_stream import hes; p = argparse.ArgumentParser(); hes.add_arguments(p);"
             " sys.exit(hes.main(p.parse_args(sys.argv[1:])))")
     env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    process = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-c", code, "--listen", "127.0.0.1:0", "--jsonl", str(store), "--username", "gw",
          "--password-file", str(secret), "--path", "/in"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    )
-    try:
-        banner = process.stdout.readline()
-        assert banner.startswith("receiving reports on http://127.0.0.1:"), banner + process.stderr.read()
-        url = banner.split()[3]
-        assert url.endswith("/in")
-        body = ("\n".join([line(), line(serial="00000162")]) + "\n").encode()
-        result = client.push(url, lambda: [body], username="gw", password="pw", deadline=None)
-        assert result.ok
-        shown = process.stdout.readline()
-        assert "POST /in: 2 lines, 1 new readings, gateway 00000161,00000162" in shown
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(10) == 0
-        assert "stopped: 1 POSTs, 2 lines, 1 new readings" in process.stdout.read()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert len(JsonlStore(str(store)).readings()) == 1
+    ) as process:
+        try:
+            banner = process.stdout.readline()
+            assert banner.startswith("receiving reports on http://127.0.0.1:"), banner + process.stderr.read()
+            url = banner.split()[3]
+            assert url.endswith("/in")
+            body = ("\n".join([line(), line(serial="00000162")]) + "\n").encode()
+            result = client.push(url, lambda: [body], username="gw", password="pw", deadline=None)
+            assert result.ok
+            shown = process.stdout.readline()
+            assert "POST /in: 2 lines, 1 new readings, gateway 00000161,00000162" in shown
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(10) == 0
+            assert "stopped: 1 POSTs, 2 lines, 1 new readings" in process.stdout.read()
+        finally:
+            if process.poll() is None:
+                process.kill()
+    with contextlib.closing(JsonlStore(str(store))) as kept:
+        assert len(kept.readings()) == 1
 
 
 def test_cli_rejects_bad_options_as_usage_errors() -> None:

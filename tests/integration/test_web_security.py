@@ -778,7 +778,7 @@ def test_the_demo_prints_its_web_address_and_a_one_time_password_that_logs_in() 
         assert status(basic(user, password)) == 200
     finally:
         demo.send_signal(signal.SIGINT)  # as Ctrl-C: the demo removes its temporary folder
-        demo.wait(15)
+        demo.communicate(timeout=15)
 
 
 # -- docs/web.md's metrics list ----------------------------------------------------------------------
