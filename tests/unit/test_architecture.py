@@ -25,7 +25,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("cli", "__main__", "demo"),          # commands
     ("app", "bench", "bench_service"),    # the composition root; benchmarks compose like it
     ("web", "sync", "state", "io", "hes", "_signals"),  # what touches the world
-    ("config", "atomic"),                 # the configuration model, validation, atomic files
+    ("config", "atomic", "journal"),      # the configuration model and validation; atomic files, the journal
     ("receivers",),                       # one framer per receiver protocol
     ("core",),                            # pure: pipeline, latest-per-meter, analyzer, report, schedule
     ("wire", "_select", "__init__"),      # pure: the twins and their selector
