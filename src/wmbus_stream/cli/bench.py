@@ -63,7 +63,7 @@ def _counts(text: str) -> list[int]:
     return [positive(part.strip()) for part in text.split(",")]
 
 
-def add_bench(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``bench``."""
     p = sub.add_parser("bench", help="CPU per telegram of the receive path (cmex50 bytes -> store), compiled and pure")
     p.add_argument("--frames", type=positive, default=200_000, help="telegrams to time (default 200000)")

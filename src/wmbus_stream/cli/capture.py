@@ -117,7 +117,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def add_decode(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_decode(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``decode``."""
     from ..receivers import names as receiver_names
 
@@ -130,7 +130,7 @@ def add_decode(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.set_defaults(func=cmd_decode)
 
 
-def add_replay(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_replay(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``replay``."""
     p = sub.add_parser("replay", help="run a capture through the pipeline; print or push the report")
     p.add_argument("--config", default=DEFAULT_CONFIG)

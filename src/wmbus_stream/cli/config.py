@@ -230,7 +230,7 @@ def _remember(folder: Path, answer: dict[str, object]) -> None:
         os.close(lock)
 
 
-def add_config(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_config(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``config`` and its actions."""
     p = sub.add_parser("config", help="configuration: check, show, set, export, import, history, revert, backup, restore")
     csub = p.add_subparsers(dest="config_command", metavar="ACTION")
@@ -273,7 +273,7 @@ def add_config(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     state.add_commands(csub)
 
 
-def add_sync(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_sync(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``sync now``."""
     p = sub.add_parser("sync", help="configuration sync from the .cad server: 'sync now'")
     p.add_argument("now", choices=["now"])

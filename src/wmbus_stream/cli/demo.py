@@ -64,7 +64,7 @@ def _web_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def add_demo(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``demo``."""
     p = sub.add_parser("demo", help="demo gateway with simulator and local receiving server")
     p.add_argument("--meters", type=positive, default=300, help="simulated meters (default 300)")

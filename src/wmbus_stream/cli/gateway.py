@@ -179,7 +179,7 @@ def cmd_passwd(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def add_push(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_push(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``push now``."""
     p = sub.add_parser("push", help="push now: 'push now'")
     p.add_argument("now", choices=["now"])
@@ -187,14 +187,14 @@ def add_push(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=cmd_push)
 
 
-def add_status(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``status``."""
     p = sub.add_parser("status", help="status of the running gateway as JSON")
     p.add_argument("--config", default=DEFAULT_CONFIG)
     p.set_defaults(func=cmd_status)
 
 
-def add_analyzer(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_analyzer(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``analyzer``."""
     p = sub.add_parser("analyzer", help="per-meter statistics (table or --csv)")
     p.add_argument("--config", default=DEFAULT_CONFIG)
@@ -203,7 +203,7 @@ def add_analyzer(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     p.set_defaults(func=cmd_analyzer)
 
 
-def add_passwd(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_passwd(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``passwd``."""
     p = sub.add_parser("passwd", help="set the web UI administrator password")
     p.add_argument("--config", default=DEFAULT_CONFIG)

@@ -39,7 +39,7 @@ def cmd_systemd_unit(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def add_run(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``run``."""
     p = sub.add_parser("run", help="run the gateway")
     p.add_argument("--config", default=DEFAULT_CONFIG, help=f"configuration file (default {DEFAULT_CONFIG})")
@@ -47,7 +47,7 @@ def add_run(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=cmd_run)
 
 
-def add_receive(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_receive(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``receive``."""
     p = sub.add_parser("receive", help="reference HES receiving server")
     from .. import hes
@@ -56,7 +56,7 @@ def add_receive(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.set_defaults(func=cmd_receive)
 
 
-def add_systemd_unit(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_systemd_unit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``systemd-unit``."""
     p = sub.add_parser("systemd-unit", help="print the systemd unit for this installation")
     p.set_defaults(func=cmd_systemd_unit)

@@ -83,7 +83,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return EXIT_FAILURE
 
 
-def add_commands(csub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_commands(csub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``backup`` and ``restore`` under ``config``."""
     c = csub.add_parser("backup", help="write a backup: configuration, state (pending, analyzer), history, files")
     with_config(c)
