@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime, UTC
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from . import __version__, _signals, implementation
 from .atomic import clean_stale, clean_stale_dir
@@ -36,7 +36,7 @@ from .core.pipeline import Pipeline
 from .core.schedule import Ticker
 from .core.latest import Snapshot
 from .io.store import Store, StoreWriteError
-from .errors import ConfigError, GatewayIOError
+from .errors import BackupError, ConfigError, GatewayIOError, WmbusStreamError
 from .host import PushOutcome, PushTotals, ReceiverStatus, Status
 from .io import systemd
 from .io.control import LOCK_FILE, ControlServer, take_lock
@@ -44,7 +44,9 @@ from .io.receiver import ReceiverReader, SimulatedReceiver
 from .pusher import LAST_PUSH_META, Pusher
 from .receivers import Framer
 from .receivers import framer as make_framer
-from .state.backup import STORE_FILE
+from .state import backup as state_backup
+from .state.archive import BackupLimits
+from .state.backup import STORE_FILE, RestoreResult
 from .sync.procedure import SyncResult
 from .sync.runner import SyncRunner
 from .wire.filters import matcher
@@ -93,7 +95,7 @@ class _State:
     def open(self) -> None:
         """Open the store of the state directory with the analyzer it saved."""
         self.store = Store.open(self.directory / STORE_FILE)
-        self.analyzer = Analyzer(time.time())
+        self.analyzer = Analyzer(time.time(), lock=threading.Lock())
         saved = self.store.get_meta(ANALYZER_META)
         if saved:
             try:
@@ -216,6 +218,22 @@ class Gateway:
     def sync_now(self) -> SyncResult:
         """Run a configuration sync now (in the calling thread) and keep its result."""
         return self.syncer.run_now()
+
+    def backup(self, dest: BinaryIO) -> None:
+        """Write a backup archive of the running gateway to ``dest``."""
+        state_backup.backup(self._managed(), dest)
+
+    def restore(self, source: BinaryIO, size: int, keep_serial: bool) -> RestoreResult:
+        """Put the ``size``-byte backup archive read from ``source`` in place of this gateway's state."""
+        manager = self._managed()
+        if size > BackupLimits().archive:
+            raise BackupError(f"archive larger than the limit of {BackupLimits().archive} bytes")
+        return state_backup.restore(manager, source, keep_serial=keep_serial)
+
+    def _managed(self) -> ConfigManager:
+        if self._manager is None:
+            raise WmbusStreamError("the gateway runs without a configuration file")
+        return self._manager
 
     def reset_analyzer(self, now: float) -> None:
         """Start a new analyzer period at ``now``."""

@@ -16,6 +16,7 @@ __all__ = [
     "ChecksumError",
     "ConfigError",
     "ConfigFileError",
+    "BackupError",
     "Problem",
     "ExtensionMissingError",
     "GatewayIOError",
@@ -90,6 +91,14 @@ class ConfigFileError(ConfigError):
     def __init__(self, path: str, reason: str):
         self.path, self.reason = path, reason
         super().__init__(Problem("<file>", path, f"a readable file ({reason})"))
+
+
+class BackupError(WmbusStreamError, ValueError):
+    """A backup cannot be written or restored; ``problems`` lists every reason."""
+
+    def __init__(self, problems: list[str] | str) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("; ".join(self.problems))
 
 
 class ExtensionMissingError(WmbusStreamError, ImportError):

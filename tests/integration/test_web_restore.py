@@ -51,3 +51,5 @@ def test_hostile_restore_uploads_are_refused_with_422_and_change_nothing(gw: Web
     status, _, body = gw.request("POST", "/api/v1/restore", genuine, {"Content-Type": "application/octet-stream"},
                                  auth=(ADMIN, PASSWORD))
     assert status == 200, body  # the genuine backup it was all made from is restored
+    entry = json.loads(body)["entry"]  # the answer names the history entry the restore was saved as
+    assert entry["origin"] == "restore" and entry["number"] >= 1, entry

@@ -15,14 +15,13 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 
 PACKAGE = "wmbus_stream"
 SOURCE = Path(__file__).resolve().parents[2] / "src" / PACKAGE
 
 # Top to bottom. A unit imports units of its own layer or of lower ones, never of a higher one.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("cli", "__main__", "demo"),          # commands
+    ("cli", "__main__"),                  # commands
     ("app", "pusher", "bench", "bench_service"),  # the composition root, its push policy; benchmarks
     ("web", "sync", "state", "io", "hes", "host", "_signals"),  # what touches the world; host: what web/sync see
     ("config", "atomic", "journal"),      # the configuration model and validation; atomic files, the journal
@@ -252,14 +251,10 @@ def _rule_test(rule: str) -> None:
     assert not violations, report(violations)
 
 
-RESTRUCTURING = "issue 12: the restructuring branches remove these; the lead drops this mark once they are merged"
-
-
 def test_layers_point_one_way() -> None:
     _rule_test("layers")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=RESTRUCTURING)
 def test_no_cycles_between_units_or_modules() -> None:
     _rule_test("no cycles")
 
@@ -268,7 +263,6 @@ def test_only_the_composition_root_imports_web_and_sync() -> None:
     _rule_test("composition root")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=RESTRUCTURING)
 def test_wire_and_core_touch_no_world() -> None:
     _rule_test("pure")
 

@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..state.archive import BackupError
+from ..errors import BackupError
 from ..state.backup import backup, restore
 from ..errors import GatewayIOError
 from ..io import control

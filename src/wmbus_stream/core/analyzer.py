@@ -29,10 +29,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-import threading
 import time
 from array import array
 from collections.abc import Iterable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 from ..wire.header import device_type_name, manufacturer_letters
@@ -168,12 +168,13 @@ class _Columns:
 class Analyzer:
     """Per-meter statistics over an analysis period, with totals, CSV export and persistence."""
 
-    def __init__(self, started: float, *, max_meters: int = 100_000) -> None:
-        """Start an empty period at ``started`` (epoch seconds)."""
+    def __init__(self, started: float, *, max_meters: int = 100_000,
+                 lock: AbstractContextManager[object] | None = None) -> None:
+        """Start an empty period at ``started`` (epoch seconds); ``lock`` guards it where threads share it."""
         if max_meters < 1:
             raise ValueError("max_meters must be at least 1")
         self.max_meters = max_meters
-        self._lock = threading.Lock()
+        self._lock = lock if lock is not None else nullcontext()
         self._meters: dict[bytes, int] = {}  # key -> row in _columns
         self._columns = _Columns()
         self._since = started

@@ -33,10 +33,7 @@ from typing import Any, BinaryIO, Protocol
 
 from ..atomic import open_private
 from ..config import model as config_model
-from ..state.archive import BackupError, BackupLimits
-from ..state.backup import backup, restore
-from ..config.manage import ConfigManager
-from ..errors import ConfigError, GatewayIOError, WmbusStreamError
+from ..errors import BackupError, ConfigError, GatewayIOError, WmbusStreamError
 from ..host import Host, as_json
 
 __all__ = ["CONTROL_SOCKET", "LOCK_FILE", "ControlServer", "Controlled", "locate", "request", "request_backup",
@@ -47,13 +44,33 @@ LOCK_FILE = "gateway.lock"
 COMMANDS = "push, status, analyzer, identity, reload, sync, backup, restore"
 
 
+class Restored(Protocol):
+    """What a restore through the control socket answers with."""
+
+    @property
+    def pending(self) -> int: ...
+
+    @property
+    def serial(self) -> str: ...
+
+    @property
+    def number(self) -> int | None: ...
+
+    def summary(self) -> str: ...
+
+
 class Controlled(Host, Protocol):
-    """The running gateway as its control socket serves it: a ``Host`` that also names itself and reloads."""
+    """The running gateway as its control socket serves it: a ``Host`` that also names itself, reloads,
+    writes a backup and restores one (both raise ``WmbusStreamError`` or ``OSError`` naming why not)."""
 
     @property
     def identity(self) -> Mapping[str, object]: ...
 
     def reload(self) -> bool: ...
+
+    def backup(self, dest: BinaryIO) -> None: ...
+
+    def restore(self, source: BinaryIO, size: int, keep_serial: bool) -> Restored: ...
 
 
 def take_lock(path: Path) -> int:
@@ -92,10 +109,10 @@ class _Handler(socketserver.StreamRequestHandler):
         elif command == "sync":
             answer = host.sync_now().as_dict()
         elif command == "backup":
-            _serve_backup(host.manager, self.wfile)
+            _serve_backup(host, self.wfile)
             return
         elif command.startswith("restore "):
-            answer = _serve_restore(host.manager, command, self.rfile)
+            answer = _serve_restore(host, command, self.rfile)
         else:
             answer = {"error": f"unknown command {command!r}; allowed: {COMMANDS}"}
         self.wfile.write(_line(answer))
@@ -139,14 +156,11 @@ def _line(data: Mapping[str, Any]) -> bytes:
     return json.dumps(data).encode() + b"\n"
 
 
-def _serve_backup(manager: ConfigManager | None, wfile: BinaryIO | io.BufferedIOBase) -> None:
+def _serve_backup(host: Controlled, wfile: BinaryIO | io.BufferedIOBase) -> None:
     """Answer ``backup``: the archive's size as a JSON line, then the archive."""
-    if manager is None:
-        wfile.write(_line({"error": "the gateway runs without a configuration file"}))
-        return
-    with tempfile.TemporaryFile(dir=manager.state_directory) as spool:
+    with tempfile.TemporaryFile(dir=host.config.state_directory) as spool:
         try:
-            backup(manager, spool)
+            host.backup(spool)
         except (WmbusStreamError, OSError) as exc:
             wfile.write(_line({"error": str(exc)}))
             return
@@ -173,19 +187,14 @@ class _Limited:
         return data
 
 
-def _serve_restore(manager: ConfigManager | None, command: str,
-                   rfile: BinaryIO | io.BufferedIOBase) -> dict[str, Any]:
+def _serve_restore(host: Controlled, command: str, rfile: BinaryIO | io.BufferedIOBase) -> dict[str, Any]:
     """Answer ``restore <size> keep|replace`` whose archive follows on ``rfile``."""
     parts = command.split()
     if len(parts) != 3 or not parts[1].isdigit() or parts[2] not in ("keep", "replace"):
         return {"error": "usage: restore <size> keep|replace"}
-    if manager is None:
-        return {"error": "the gateway runs without a configuration file"}
     size = int(parts[1])
-    if size > BackupLimits().archive:
-        return {"error": f"archive larger than the limit of {BackupLimits().archive} bytes"}
     try:
-        result = restore(manager, _Limited(rfile, size), keep_serial=parts[2] == "keep")  # type: ignore[arg-type]
+        result = host.restore(_Limited(rfile, size), size, keep_serial=parts[2] == "keep")  # type: ignore[arg-type]
     except BackupError as exc:
         return {"error": "backup refused", "problems": exc.problems}
     except ConfigError as exc:
@@ -193,7 +202,7 @@ def _serve_restore(manager: ConfigManager | None, command: str,
     except (WmbusStreamError, OSError) as exc:
         return {"error": str(exc)}
     return {"ok": True, "summary": result.summary(), "pending": result.pending, "serial": result.serial,
-            "history": result.entry.number if result.entry else None}
+            "history": result.number}
 
 
 def _connect(state_directory: Path, timeout: float) -> socket.socket | None:

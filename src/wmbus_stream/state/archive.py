@@ -46,7 +46,7 @@ from typing import BinaryIO, Self
 from .. import __version__
 from ..config import properties
 from ..config.filenames import check_local_name
-from ..errors import WmbusStreamError
+from ..errors import BackupError
 
 __all__ = [
     "CONFIG_MEMBER",
@@ -56,7 +56,6 @@ __all__ = [
     "MANIFEST",
     "STORE_MEMBER",
     "VERSION",
-    "BackupError",
     "BackupLimits",
     "Manifest",
     "Unpacked",
@@ -84,14 +83,6 @@ _GZIP = b"\x1f\x8b"
 _FOUND = ((b"BZh", "bzip2-compressed"), (b"\xfd7zXZ\x00", "xz-compressed"), (b"\x5d\x00\x00", "lzma-compressed"),
           (b"\x28\xb5\x2f\xfd", "zstd-compressed"), (b"PK\x03\x04", "a zip archive"),
           (b"\x1f\x9d", "compress (.Z)-compressed"))
-
-
-class BackupError(WmbusStreamError, ValueError):
-    """A backup cannot be written or restored; ``problems`` lists every reason."""
-
-    def __init__(self, problems: list[str] | str) -> None:
-        self.problems = [problems] if isinstance(problems, str) else list(problems)
-        super().__init__("; ".join(self.problems))
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,7 +34,8 @@ from ..config.manage import ConfigManager, finish
 from ..config.model import Config
 from ..errors import ConfigError
 from . import archive
-from .archive import BackupError, BackupLimits
+from ..errors import BackupError
+from .archive import BackupLimits
 from .databases import HISTORY_SCHEMA, STORE_SCHEMA, check_database, copy_database
 
 __all__ = ["STORE_FILE", "BackupError", "BackupLimits", "RestoreResult", "backup", "restore"]
@@ -57,6 +58,11 @@ class RestoreResult:
     history_entries: int
     files: tuple[str, ...]
 
+    @property
+    def number(self) -> int | None:
+        """The history entry the restored configuration was saved as, if any."""
+        return self.entry.number if self.entry else None
+
     def summary(self) -> str:
         kept = "kept" if self.serial != self.source_serial else "taken from the backup"
         return (f"restored the backup of gateway {self.source_serial} made {self.created}: {self.pending} meters"
@@ -72,7 +78,7 @@ def backup(manager: ConfigManager, dest: BinaryIO) -> None:
         folder = Path(tmp)
         text = manager.file_text()
         if text is None:
-            raise archive.BackupError(f"configuration file {manager.config_path} cannot be read")
+            raise BackupError(f"configuration file {manager.config_path} cannot be read")
         config = model.loads(text)
         write_atomic(folder / "stream.cfg", text, PRIVATE)
         store_copy = folder / "store.sqlite"
@@ -124,7 +130,7 @@ def restore(manager: ConfigManager, source: BinaryIO, keep_serial: bool = True,
             pending = entries = 0
             try:
                 text, restored = _backup_config(unpacked)
-            except archive.BackupError as exc:
+            except BackupError as exc:
                 problems += exc.problems
             try:
                 pending = check_database(unpacked.paths[archive.STORE_MEMBER], STORE_SCHEMA,
@@ -137,7 +143,7 @@ def restore(manager: ConfigManager, source: BinaryIO, keep_serial: bool = True,
             except ValueError as exc:
                 problems.append(f"member {archive.HISTORY_MEMBER}: {exc}")
             if problems:
-                raise archive.BackupError(problems)
+                raise BackupError(problems)
             with manager.locked():
                 text, serial = _adapted(manager, text, restored, keep_serial)
                 config = model.loads(text)
@@ -190,7 +196,7 @@ def _restore_plan(manager: ConfigManager, unpacked: archive.Unpacked, change_id:
     for name in restored_files:
         reason = journal.check_target(manager.files_directory, manager.files_directory / name)
         if reason is not None:
-            raise archive.BackupError(f"member files/{name}: {reason}")
+            raise BackupError(f"member files/{name}: {reason}")
     manifest = unpacked.manifest
     return journal.Plan(
         id=change_id,
@@ -230,8 +236,8 @@ def _backup_config(unpacked: archive.Unpacked) -> tuple[str, Config]:
     try:
         text = unpacked.paths[archive.CONFIG_MEMBER].read_bytes().decode("utf-8")
     except UnicodeDecodeError:
-        raise archive.BackupError(f"member {archive.CONFIG_MEMBER}: not UTF-8 text") from None
+        raise BackupError(f"member {archive.CONFIG_MEMBER}: not UTF-8 text") from None
     try:
         return text, model.loads(text)
     except ConfigError as exc:
-        raise archive.BackupError([f"member {archive.CONFIG_MEMBER}: {p}" for p in exc.problems]) from None
+        raise BackupError([f"member {archive.CONFIG_MEMBER}: {p}" for p in exc.problems]) from None

@@ -35,6 +35,7 @@ from .request import BadRequest, Request, Response, error_response, json_respons
 from .routing import Handler, Routes, Site
 
 if TYPE_CHECKING:
+    from ..config.history import HistoryEntry
     from ..config.manage import ConfigManager
 
 __all__ = ["problems_json", "register"]
@@ -58,11 +59,10 @@ def _no_manager() -> Response:
                           "configuration management is not available (the gateway runs without a configuration file)")
 
 
-def _entry_json(entry: Any, *, text: bool = False) -> dict[str, Any]:
-    when = entry.time
+def _entry_json(entry: HistoryEntry, *, text: bool = False) -> dict[str, Any]:
     value: dict[str, Any] = {
         "number": entry.number,
-        "time": views.iso(when) if isinstance(when, (int, float)) else str(when),
+        "time": views.iso(entry.time),
         "origin": entry.origin,
         "note": entry.note,
     }
@@ -114,9 +114,9 @@ def _config_get(app: Site, req: Request, match: re.Match[str]) -> Response:
     return json_response(_config_json(app))
 
 
-def _applied(app: Site, entry: Any) -> Response:
+def _applied(app: Site, entry: HistoryEntry | None) -> Response:
     value = _config_json(app)
-    value["entry"] = _entry_json(entry) if entry is not None and hasattr(entry, "number") else None
+    value["entry"] = _entry_json(entry) if entry is not None else None
     return json_response(value)
 
 
@@ -234,7 +234,7 @@ def _restore(app: Site, req: Request, match: re.Match[str], manager: ConfigManag
         return _invalid(exc)
     except (WmbusStreamError, ValueError, OSError) as exc:
         return error_response(422, "invalid_backup", f"{exc}; nothing was changed")
-    return _applied(app, result)
+    return _applied(app, result.entry)
 
 
 def _analyzer(app: Site, req: Request, match: re.Match[str]) -> Response:
