@@ -23,7 +23,8 @@ SOURCE = Path(__file__).resolve().parents[2] / "src" / PACKAGE
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("cli", "__main__"),                  # commands
     ("app", "pusher", "bench", "bench_service"),  # the composition root, its push policy; benchmarks
-    ("web", "sync", "state", "io", "hes", "host", "_signals"),  # what touches the world; host: what web/sync see
+    ("web", "sync", "state", "io", "hes", "_signals"),  # what touches the world
+    ("host",),                            # what web/ and the control socket see of the gateway: a Protocol, values
     ("config", "atomic", "journal"),      # the configuration model and validation; atomic files, the journal
     ("receivers",),                       # one framer per receiver protocol
     ("core",),                            # pure: pipeline, latest-per-meter, analyzer, report, schedule
