@@ -37,7 +37,7 @@ from .core.schedule import Ticker
 from .core.latest import Snapshot
 from .io.store import Store, StoreWriteError
 from .errors import BackupError, ConfigError, GatewayIOError, WmbusStreamError
-from .host import PushOutcome, PushTotals, ReceiverStatus, Status
+from .host import PushOutcome, PushTotals, ReceiverStatus, RestoreResult, Status
 from .io import systemd
 from .io.control import LOCK_FILE, ControlServer, take_lock
 from .io.receiver import ReceiverReader, SimulatedReceiver
@@ -46,7 +46,7 @@ from .receivers import Framer
 from .receivers import framer as make_framer
 from .state import backup as state_backup
 from .state.archive import BackupLimits
-from .state.backup import STORE_FILE, RestoreResult
+from .state.backup import STORE_FILE
 from .sync.procedure import SyncResult
 from .sync.runner import SyncRunner
 from .wire.filters import matcher

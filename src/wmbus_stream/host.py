@@ -2,7 +2,8 @@
 
 The composition root (``app``) builds the gateway and hands it to them only as a ``Host``:
 they may read its configuration, configuration manager, analyzer and status, push by
-hand, sync now and reset the analyzer, nothing else. The status is a tree of frozen
+hand, sync now, reset the analyzer, write a backup and restore one (both raise
+``WmbusStreamError`` or ``OSError`` naming why not), nothing else. The status is a tree of frozen
 values; ``as_json`` turns it into the JSON every output has always shown (``status``,
 the control socket, ``/api/v1/status``), key for key in the same order.
 """
@@ -12,15 +13,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import Field, dataclass, fields, is_dataclass
 from datetime import datetime, UTC
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar, Protocol
 
 if TYPE_CHECKING:
+    from .config.history import HistoryEntry
     from .config.manage import ConfigManager
     from .config.model import Config
     from .core.analyzer import Analyzer
 
-__all__ = ["Counts", "Host", "PushOutcome", "PushTotals", "ReceiverStatus", "Status", "SyncOutcome", "SyncStatus",
-           "as_json"]
+__all__ = ["Counts", "Host", "PushOutcome", "PushTotals", "ReceiverStatus", "RestoreResult", "Status", "SyncOutcome",
+           "SyncStatus", "as_json"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +118,30 @@ class PushTotals:
     last_success_at: float | None
 
 
+@dataclass(frozen=True, slots=True)
+class RestoreResult:
+    """What a restore put in place."""
+
+    entry: HistoryEntry | None
+    created: str
+    source_serial: str
+    serial: str
+    pending: int
+    history_entries: int
+    files: tuple[str, ...]
+
+    @property
+    def number(self) -> int | None:
+        """The history entry the restored configuration was saved as, if any."""
+        return self.entry.number if self.entry else None
+
+    def summary(self) -> str:
+        kept = "kept" if self.serial != self.source_serial else "taken from the backup"
+        return (f"restored the backup of gateway {self.source_serial} made {self.created}: {self.pending} meters"
+                f" pending, {self.history_entries} history entries, {len(self.files)} files; serial {self.serial}"
+                f" ({kept})")
+
+
 class SyncOutcome(Protocol):
     """What one sync did (``sync.procedure.SyncResult``): a dataclass with a log line and a JSON form."""
 
@@ -150,6 +176,10 @@ class Host(Protocol):
     def sync_now(self) -> SyncOutcome: ...
 
     def reset_analyzer(self, now: float) -> None: ...
+
+    def backup(self, dest: BinaryIO) -> None: ...
+
+    def restore(self, source: BinaryIO, size: int, keep_serial: bool) -> RestoreResult: ...
 
 
 def as_json(value: Any) -> Any:

@@ -244,10 +244,11 @@ def test_backup_download_and_restore_upload(ui: Browser, gw: WebGateway) -> None
     ui.get(gw.base + "/settings")
     ui.css("#restore-file").send_keys(str(backup))
     ui.submit_and_wait(ui.css("#restore"), "the settings after the restore")
-    assert "Backup restored" in flash(ui), flash(ui)
+    restored = max(gw.web.manager().history(), key=lambda e: e.number)
+    assert restored.origin == "restore"
+    assert f"Backup restored as configuration #{restored.number}." in flash(ui), flash(ui)
     assert gw.config_path.read_text(encoding="utf-8") == saved
     assert gw.gateway.config.filter_manufacturer == () and gw.gateway.config.filter_device_type == (0x07, 0x16)
-    assert max(gw.web.manager().history(), key=lambda e: e.number).origin == "restore"
 
 
 def test_push_now_and_help(ui: Browser, gw: WebGateway) -> None:

@@ -44,33 +44,13 @@ LOCK_FILE = "gateway.lock"
 COMMANDS = "push, status, analyzer, identity, reload, sync, backup, restore"
 
 
-class Restored(Protocol):
-    """What a restore through the control socket answers with."""
-
-    @property
-    def pending(self) -> int: ...
-
-    @property
-    def serial(self) -> str: ...
-
-    @property
-    def number(self) -> int | None: ...
-
-    def summary(self) -> str: ...
-
-
 class Controlled(Host, Protocol):
-    """The running gateway as its control socket serves it: a ``Host`` that also names itself, reloads,
-    writes a backup and restores one (both raise ``WmbusStreamError`` or ``OSError`` naming why not)."""
+    """The running gateway as its control socket serves it: a ``Host`` that also names itself and reloads."""
 
     @property
     def identity(self) -> Mapping[str, object]: ...
 
     def reload(self) -> bool: ...
-
-    def backup(self, dest: BinaryIO) -> None: ...
-
-    def restore(self, source: BinaryIO, size: int, keep_serial: bool) -> Restored: ...
 
 
 def take_lock(path: Path) -> int:

@@ -22,52 +22,28 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from .. import journal
 from ..atomic import PRIVATE, write_atomic
 from ..config import model, pemfiles, properties
-from ..config.history import HISTORY_FILE, HistoryEntry
+from ..config.history import HISTORY_FILE
 from ..config.manage import ConfigManager, finish
 from ..config.model import Config
 from ..errors import ConfigError
+from ..host import RestoreResult
 from . import archive
 from ..errors import BackupError
 from .archive import BackupLimits
 from .databases import HISTORY_SCHEMA, STORE_SCHEMA, check_database, copy_database
 
-__all__ = ["STORE_FILE", "BackupError", "BackupLimits", "RestoreResult", "backup", "restore"]
+__all__ = ["STORE_FILE", "BackupError", "BackupLimits", "backup", "restore"]
 
 log = logging.getLogger("wmbus_stream.config")
 
 STORE_FILE = "store.sqlite"  # the gateway's state database
 _LIMITS = BackupLimits()
-
-
-@dataclass(frozen=True, slots=True)
-class RestoreResult:
-    """What a restore put in place."""
-
-    entry: HistoryEntry | None
-    created: str
-    source_serial: str
-    serial: str
-    pending: int
-    history_entries: int
-    files: tuple[str, ...]
-
-    @property
-    def number(self) -> int | None:
-        """The history entry the restored configuration was saved as, if any."""
-        return self.entry.number if self.entry else None
-
-    def summary(self) -> str:
-        kept = "kept" if self.serial != self.source_serial else "taken from the backup"
-        return (f"restored the backup of gateway {self.source_serial} made {self.created}: {self.pending} meters"
-                f" pending, {self.history_entries} history entries, {len(self.files)} files; serial {self.serial}"
-                f" ({kept})")
 
 
 def backup(manager: ConfigManager, dest: BinaryIO) -> None:

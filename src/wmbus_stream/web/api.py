@@ -22,7 +22,6 @@ from ..config.keys import BY_NAME, KEYS, MASK
 from ..core.analyzer import Analyzer
 from ..errors import ConfigError, WmbusStreamError
 from ..host import as_json
-from ..state.backup import restore
 from . import views
 from .operations import (
     IMPORT_LIMIT,
@@ -217,7 +216,7 @@ def _import(app: Site, req: Request, match: re.Match[str], manager: ConfigManage
 
 
 def _backup(app: Site, req: Request, match: re.Match[str], manager: ConfigManager) -> Response:
-    data, name = backup_bytes(app, manager)
+    data, name = backup_bytes(app)
     return Response(200, data, "application/octet-stream", [("Content-Disposition", f'attachment; filename="{name}"')])
 
 
@@ -229,7 +228,7 @@ def _restore(app: Site, req: Request, match: re.Match[str], manager: ConfigManag
         return error_response(400, "bad_request", "the backup is empty; nothing was changed")
     keep = req.query.get("keep_serial", "true").lower() not in ("0", "false", "no")
     try:
-        result = restore(manager, io.BytesIO(req.body), keep_serial=keep)
+        result = app.gateway.restore(io.BytesIO(req.body), len(req.body), keep_serial=keep)
     except ConfigError as exc:
         return _invalid(exc)
     except (WmbusStreamError, ValueError, OSError) as exc:

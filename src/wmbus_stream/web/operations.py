@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import io
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..core.analyzer import Analyzer, MeterRow
-from ..state.backup import backup
 from .request import Request, Response
 from .routing import Site
 from .views import AnalyzerQuery
@@ -18,6 +17,9 @@ if TYPE_CHECKING:
 __all__ = ["IMPORT_LIMIT", "RESTORE_LIMIT", "analyzer_csv", "analyzer_rows", "backup_bytes", "push_outcome"]
 
 IMPORT_LIMIT = 64 * 1024
+# The HTTP edge's request-body limit (docs/web.md), below the archive limit the gateway's restore
+# checks (state/archive.py BackupLimits.archive, 256 MiB): the web server holds a request body in
+# memory and reads it through a web client's connection, so it takes less at its edge.
 RESTORE_LIMIT = 64 * 1024 * 1024
 
 
@@ -26,9 +28,10 @@ def push_outcome(app: Site) -> PushOutcome | None:
     return app.gateway.push_by_hand()
 
 
-def backup_bytes(app: Site, manager: Any) -> tuple[bytes, str]:
+def backup_bytes(app: Site) -> tuple[bytes, str]:
+    """A backup archive of the running gateway, and the name to download it as."""
     buffer = io.BytesIO()
-    backup(manager, buffer)
+    app.gateway.backup(buffer)
     name = f"wmbus-stream-backup-{app.gateway.config.gateway_serial}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
     return buffer.getvalue(), name + ".tar.gz"
 

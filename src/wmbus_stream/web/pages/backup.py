@@ -6,8 +6,7 @@ import io
 import re
 from typing import TYPE_CHECKING
 
-from ...errors import ConfigError, WmbusStreamError
-from ...state.backup import restore as restore_backup
+from ...errors import WmbusStreamError
 from ..operations import RESTORE_LIMIT, backup_bytes
 from ..request import Request, Response, redirect
 from ..routing import Site
@@ -20,7 +19,7 @@ __all__ = ["download_backup", "restore"]
 
 
 def download_backup(app: Site, req: Request, match: re.Match[str], manager: ConfigManager) -> Response:
-    data, name = backup_bytes(app, manager)
+    data, name = backup_bytes(app)
     return Response(200, data, "application/octet-stream", [("Content-Disposition", f'attachment; filename="{name}"')])
 
 
@@ -31,13 +30,9 @@ def restore(app: Site, req: Request, match: re.Match[str], manager: ConfigManage
         return redirect("/settings")
     keep = req.form().get("keep_serial", "") in ("1", "on", "true")
     try:
-        result = restore_backup(manager, io.BytesIO(data), keep_serial=keep)
-    except ConfigError as exc:
+        result = app.gateway.restore(io.BytesIO(data), len(data), keep_serial=keep)
+    except (WmbusStreamError, ValueError, OSError) as exc:  # ConfigError and BackupError among them
         flash(req, f"Restore refused, nothing was changed: {exc}", "error")
         return redirect("/settings")
-    except (WmbusStreamError, ValueError, OSError) as exc:
-        flash(req, f"Restore refused, nothing was changed: {exc}", "error")
-        return redirect("/settings")
-    number = getattr(result, "number", None)
-    flash(req, "Backup restored" + (f" as configuration #{number}." if number is not None else "."))
+    flash(req, "Backup restored" + (f" as configuration #{result.number}." if result.number is not None else "."))
     return redirect("/settings")

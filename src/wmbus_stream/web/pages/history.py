@@ -66,5 +66,5 @@ def revert(app: Site, req: Request, match: re.Match[str], manager: ConfigManager
     except (KeyError, LookupError, ValueError) as exc:
         flash(req, f"Revert refused: {exc}", "error")
         return redirect("/settings")
-    flash(req, f"Reverted to configuration #{match['n']}; saved as #{getattr(entry, 'number', '?')}.")
+    flash(req, f"Reverted to configuration #{match['n']}; saved as #{entry.number}.")
     return redirect("/settings")

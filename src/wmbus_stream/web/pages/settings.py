@@ -212,7 +212,7 @@ def save_settings(app: Site, req: Request, match: re.Match[str]) -> Response:
         banner = problems_banner(f"{len(exc.problems)} invalid value(s); nothing was changed.", errors)
         return settings_page(app, req, shown, errors, status=422, note=note, banner=banner)
     restart = [name for name in changes if any(k.name == name and k.restart for k in KEYS)]
-    text = f"Saved as configuration #{getattr(entry, 'number', '?')}: {', '.join(sorted(changes))} changed."
+    text = f"Saved as configuration #{entry.number}: {', '.join(sorted(changes))} changed."
     if restart:
         text += f" {', '.join(sorted(restart))} take(s) effect after a restart."
     flash(req, text)

@@ -40,5 +40,5 @@ def import_file(app: Site, req: Request, match: re.Match[str], manager: ConfigMa
         errors = problems_by_key(exc.problems)
         banner = problems_banner(f"The imported file has {len(exc.problems)} problem(s); nothing was changed.", errors)
         return settings_page(app, req, shown_values(app), errors, status=422, banner=banner)
-    flash(req, f"Imported and applied as configuration #{getattr(entry, 'number', '?')}.")
+    flash(req, f"Imported and applied as configuration #{entry.number}.")
     return redirect("/settings")
