@@ -19,11 +19,10 @@ from libc.stdint cimport uint16_t, uint32_t
 from libc.string cimport memchr
 
 from wmbus_stream.errors import ChecksumError, FrameError
-from wmbus_stream.wire._cwire import parse_cmex50
+from wmbus_stream.wire import domain as _domain
+from wmbus_stream.wire._cwire import Matcher, parse_cmex50
 
-__all__ = ["Cmex50Scanner", "crc_loop", "rssi_dbm", "long_form", "x25", "MAX_FRAME"]
-
-MAX_FRAME = 255 + 6
+__all__ = ["Cmex50Scanner", "crc_loop", "rssi_dbm", "x25"]
 
 cdef enum:
     _START = 0x68
@@ -38,36 +37,44 @@ cdef enum:
     _UNTRUSTED = 1
     _BROKEN = 2
 
-cdef uint16_t _TABLE[256]
+include "_crc.pxi"
+
 cdef uint16_t _X25[256]
 
 
-cdef void _fill_tables() noexcept:
+cdef void _fill_x25() noexcept:
     cdef int byte, bit
     cdef uint32_t crc
     for byte in range(256):
-        crc = <uint32_t>byte << 8
-        for bit in range(8):
-            crc = ((crc << 1) ^ 0x3D65) if crc & 0x8000 else (crc << 1)
-        _TABLE[byte] = <uint16_t>(crc & 0xFFFF)
         crc = <uint32_t>byte
         for bit in range(8):
             crc = ((crc >> 1) ^ 0x8408) if crc & 1 else (crc >> 1)
         _X25[byte] = <uint16_t>crc
 
 
-_fill_tables()
+_fill_x25()
+
+
+cdef inline bytes _data(value, str name="data"):
+    """``value`` itself when it is exact ``bytes``, else what ``domain.data`` makes of it (or raises)."""
+    if PyBytes_CheckExact(value):
+        return <bytes>value
+    return _domain.data(value, name)
+
+
+cdef inline bint _flag(value, str name) except -1:
+    """``value`` when it is ``True`` or ``False``, else ``domain.flag``'s refusal."""
+    if value is True or value is False:
+        return value is True
+    return _domain.flag(value, name)
 
 
 def x25(data):
     """CRC-16/X-25 (reflected 0x1021, init and final xor 0xFFFF): the iM871A HCI frame check."""
-    cdef bytes buf
+    cdef bytes buf = _data(data)
     cdef const unsigned char *p
     cdef Py_ssize_t i, n
     cdef uint16_t crc = 0xFFFF
-    if isinstance(data, int):
-        raise TypeError(f"'{type(data).__name__}' object is not iterable")  # as the pure twin's loop
-    buf = <bytes>data if PyBytes_CheckExact(data) else bytes(data)
     p = <const unsigned char *>PyBytes_AS_STRING(buf)
     n = PyBytes_GET_SIZE(buf)
     for i in range(n):
@@ -77,32 +84,24 @@ def x25(data):
 
 def crc_loop(frames):
     """CRC-16 of every frame (the yardstick the benchmark compares the pipeline with)."""
-    cdef uint16_t crc
     cdef unsigned int total = 0
-    cdef const unsigned char *p
-    cdef Py_ssize_t i, n
+    cdef Py_ssize_t i
     cdef bytes buf
-    for frame in frames:
-        buf = <bytes>frame if PyBytes_CheckExact(frame) else bytes(frame)
-        p = <const unsigned char *>PyBytes_AS_STRING(buf)
-        n = PyBytes_GET_SIZE(buf)
-        crc = 0
-        for i in range(n):
-            crc = <uint16_t>((crc << 8) ^ _TABLE[(crc >> 8) ^ p[i]])
-        total ^= crc ^ 0xFFFF
+    for i, frame in enumerate(_domain.frames(frames)):
+        buf = _data(frame, f"frames[{i}]")
+        total ^= _crc_update(0, <const unsigned char *>PyBytes_AS_STRING(buf), PyBytes_GET_SIZE(buf)) ^ 0xFFFF
     return total
 
 
 def rssi_dbm(code):
-    """dBm of a CMeX50 RSSI code: 0 (or no record) unknown, 1..62 -> 2*code-130, 63 -> -6."""
-    if not code:
+    """dBm of a CMeX50 RSSI code: 0 (or no record) unknown, 1..62 -> 2*code-130, 63.. -> -6."""
+    if code is None:
         return None
-    if code >= 63:
-        return -6
-    return 2 * code - 130
+    return _dbm(_domain.integer(code, "code", 0, _domain.RSSI_CODE_MAX))
 
 
 cdef inline object _dbm(int code):
+    # The dBm of a code in 0..255, -1 for no record.
     if code <= 0:
         return None
     if code >= 63:
@@ -110,7 +109,7 @@ cdef inline object _dbm(int code):
     return 2 * code - 130
 
 
-def long_form(body, telegram):
+def _long_form(body, telegram):
     """``body`` with its container record (and fill byte) replaced by the 0F long form."""
     start = body.rfind(b"\x0d\xfd\x3b" + bytes((len(telegram),)) + telegram)
     return body if start < 0 else body[:start] + bytes((_LONG_FORM,)) + telegram
@@ -203,6 +202,7 @@ cdef class Cmex50Scanner:
     cdef Py_ssize_t _covered  # head bytes of _buf that belong to an already reported broken frame
 
     def __init__(self, receiver_address=None):
+        _domain.receiver_address(receiver_address)
         self.receiver_address = receiver_address
         self.frames_out = self.bad_frames = self.skipped_bytes = 0
         self._buf = b""
@@ -213,16 +213,21 @@ cdef class Cmex50Scanner:
         """The bytes held while waiting for the rest of a frame."""
         return self._buf
 
-    def frames(self, data, bint final):
+    def frames(self, data, final):
         """Frame ``data`` (after what is held); ``final`` ends the stream and empties the scanner."""
         cdef list out = []
-        self._scan(data, final, out, None, None, None, None)
+        cdef bytes chunk = _data(data)
+        self._scan(chunk, _flag(final, "final"), out, None, None, None, None)
         return out
 
-    def scan(self, data, bint final, matcher, tuple verdicts):
+    def scan(self, data, final, matcher, verdicts):
         """Frame, check and filter ``data``: (records, broken kinds, count per verdict code, long forms)."""
+        cdef bytes chunk = _data(data)
+        cdef bint last = _flag(final, "final")
+        matcher = matcher if type(matcher) is Matcher else _domain.matcher(matcher, Matcher)
+        verdicts = _domain.verdict_names(verdicts)
         cdef list records = [], broken = [], results = [0] * len(verdicts)
-        cdef Py_ssize_t long_forms = self._scan(data, final, records, broken, results, matcher, verdicts)
+        cdef Py_ssize_t long_forms = self._scan(chunk, last, records, broken, results, matcher, verdicts)
         return records, broken, results, long_forms
 
     cdef inline void _skip(self, Py_ssize_t start, Py_ssize_t end) noexcept:
@@ -248,7 +253,7 @@ cdef class Cmex50Scanner:
         out.append((b"", 0, None, 0, None, None, message))
         return 0
 
-    cdef Py_ssize_t _scan(self, data, bint final, list out, list broken, list results, matcher,
+    cdef Py_ssize_t _scan(self, bytes data, bint final, list out, list broken, list results, matcher,
                           tuple verdicts) except -1:
         cdef bytes buf
         cdef const unsigned char *p
@@ -257,10 +262,7 @@ cdef class Cmex50Scanner:
         cdef Py_ssize_t n, pos = 0, have, size, long_forms = 0
         cdef int status, verdict
         cdef _Parsed parsed
-        if self._buf:
-            buf = self._buf + bytes(data)
-        else:
-            buf = <bytes>data if PyBytes_CheckExact(data) else bytes(data)
+        buf = self._buf + data if self._buf else data
         p = <const unsigned char *>PyBytes_AS_STRING(buf)
         n = PyBytes_GET_SIZE(buf)
         while pos < n:
@@ -309,7 +311,7 @@ cdef class Cmex50Scanner:
                 if parsed.container >= 0:  # the container record is the last occurrence rfind finds
                     body = body[: parsed.container - 4] + bytes((_LONG_FORM,)) + telegram
                 else:
-                    body = long_form(body, telegram)
+                    body = _long_form(body, telegram)
             if broken is None:
                 if parsed.address >= 0:
                     address = _bcd4(p + pos + parsed.address)

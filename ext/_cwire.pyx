@@ -114,27 +114,7 @@ cdef enum:
 cdef enum:
     _MAX_TELEGRAM = 256  # the longest telegram or stripped frame: L is one byte, plus L itself
 
-cdef uint16_t _TABLE[256]
-
-
-cdef void _fill_table() noexcept:
-    cdef int byte, bit
-    cdef uint32_t crc
-    for byte in range(256):
-        crc = <uint32_t>byte << 8
-        for bit in range(8):
-            crc = ((crc << 1) ^ 0x3D65) if crc & 0x8000 else (crc << 1)
-        _TABLE[byte] = <uint16_t>(crc & 0xFFFF)
-
-
-_fill_table()
-
-
-cdef inline uint16_t _crc_update(uint16_t crc, const unsigned char *p, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t i
-    for i in range(n):
-        crc = <uint16_t>((crc << 8) ^ _TABLE[(crc >> 8) ^ p[i]])
-    return crc
+include "_crc.pxi"
 
 
 cdef inline bint _crc_ok(const unsigned char *p, Py_ssize_t n) noexcept nogil:

@@ -14,6 +14,7 @@ import random
 import subprocess
 import sys
 from pathlib import Path
+from collections.abc import Callable
 from types import ModuleType
 
 import pytest
@@ -109,10 +110,18 @@ def _scan_of(scanner, chunks: list[bytes], m) -> tuple[list, list, list[int], in
     return records, broken, results, long_forms, (scanner.frames_out, scanner.bad_frames, scanner.skipped_bytes)
 
 
-def _matcher(vectors: list[dict]):
-    # Half the manufacturers present, so the filter accepts and rejects.
+def _matcher(vectors: list[dict], stream: ModuleType | None = None):
+    # Half the manufacturers present, so the filter accepts and rejects; the Matcher of the
+    # scanner twin's own wire twin (the domain of scan), or the selected one.
     codes = sorted({manufacturer_code_of(v["telegram_bytes"]) for v in vectors})
-    return wire.Matcher(frozenset(codes[::2]), frozenset(), frozenset(), 0)
+    kind = wire.Matcher if stream is None else _wire_of(stream).Matcher
+    return kind(frozenset(codes[::2]), frozenset(), frozenset(), 0)
+
+
+def _wire_of(stream: ModuleType) -> ModuleType:
+    """The wire twin a scanner twin goes with: _pywire for _pystream, _cwire for _cstream."""
+    twin = stream.__name__.rpartition(".")[2]
+    return importlib.import_module(f"wmbus_stream.wire.{'_pywire' if twin == '_pystream' else '_cwire'}")
 
 
 def manufacturer_code_of(telegram: bytes) -> int:
@@ -141,9 +150,9 @@ def test_twins_give_the_same_frames_counts_and_errors_however_the_bytes_arrive(s
 
 def test_scan_gives_what_the_check_stage_gives_for_the_same_frames(stream, vectors) -> None:
     data = b"".join(_frames(vectors))
-    m = _matcher(vectors)
+    m = _matcher(vectors, stream)
     expected = check_all(map(Received._make, stream.Cmex50Scanner(RECEIVER).frames(data, True)),
-                         Settings(m, RECEIVER, 0))
+                         Settings(_matcher(vectors), RECEIVER, 0))
     assert expected.results[0] > 50 and sum(expected.results[1:]) > 50 and expected.long_form >= 2
     counts = _frames_of(stream.Cmex50Scanner(RECEIVER), [data])[1]
     for chunks in _chunkings(data):
@@ -171,9 +180,9 @@ def test_twins_agree_on_noise_and_mutated_frames(vectors, data: st.DataObject) -
     stream += bytes(data.draw(st.lists(st.sampled_from([0x68, 0x16, 0x08, 0x72, 0x0D, 0x00, 0xFF]), max_size=60)))
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
     chunks = [bytes(stream[a:b]) for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
-    m = _matcher(vectors)
     assert _frames_of(compiled.Cmex50Scanner(), chunks) == _frames_of(pure.Cmex50Scanner(), chunks)
-    assert _scan_of(compiled.Cmex50Scanner(), chunks, m) == _scan_of(pure.Cmex50Scanner(), chunks, m)
+    assert (_scan_of(compiled.Cmex50Scanner(), chunks, _matcher(vectors, compiled))
+            == _scan_of(pure.Cmex50Scanner(), chunks, _matcher(vectors, pure)))
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -193,9 +202,9 @@ def test_twins_agree_on_frames_with_a_right_checksum_around_mutated_records(vect
     if not 3 <= len(body) <= 255:
         return
     chunks = [cmex50.wrap(bytes(body))]
-    m = _matcher(vectors)
     assert _frames_of(compiled.Cmex50Scanner(), chunks) == _frames_of(pure.Cmex50Scanner(), chunks)
-    assert _scan_of(compiled.Cmex50Scanner(), chunks, m) == _scan_of(pure.Cmex50Scanner(), chunks, m)
+    assert (_scan_of(compiled.Cmex50Scanner(), chunks, _matcher(vectors, compiled))
+            == _scan_of(pure.Cmex50Scanner(), chunks, _matcher(vectors, pure)))
 
 
 def test_the_selected_scanner_is_the_compiled_one_unless_forced_pure() -> None:
@@ -210,7 +219,7 @@ def test_crc_loop_and_rssi_codes_agree_with_the_wire_core(stream, vectors) -> No
     for frame in frames:
         total ^= wire.crc16(frame)
     assert stream.crc_loop(frames) == total == stream.crc_loop([bytearray(f) for f in frames])
-    assert [stream.rssi_dbm(c) for c in (None, 0, 1, 28, 62, 63, 64)] == [None, None, -128, -74, -6, -6, -6]
+    assert [stream.rssi_dbm(c) for c in (None, 0, 1, 28, 62, 63, 64, 255)] == [None, None, -128, -74, -6, -6, -6, -6]
 
 
 def test_x25_twins_agree_and_match_the_reference_check_value(stream) -> None:
@@ -219,9 +228,7 @@ def test_x25_twins_agree_and_match_the_reference_check_value(stream) -> None:
     rng = random.Random(9)
     for _ in range(500):
         data = rng.randbytes(rng.randrange(0, 300))
-        assert stream.x25(data) == stream.x25(bytearray(data)) == pure.x25(data)
-    with pytest.raises(TypeError):
-        stream.x25(5)
+        assert stream.x25(data) == stream.x25(bytearray(data)) == stream.x25(memoryview(data)) == pure.x25(data)
 
 
 @pytest.mark.parametrize("protocol", ["cmex50", "hex"])
@@ -262,3 +269,83 @@ def test_the_check_stage_and_the_pipeline_import_no_receiver_adapter() -> None:
             "bad = sorted(m for m in sys.modules if m.startswith('wmbus_stream.receivers')); "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# Edges of the declared domain (wire.domain): each argument of each public scanner function
+# gets every one of these; both twins must accept the same ones with the same result and
+# refuse the rest with the same error type and message.
+EDGES: list[object] = [
+    0, 1, 255, 256, -1, 2**70, True, False, 1.0, None, "62001772", "6200177", b"", b"\x68",
+    bytearray(b"\x68\x03"), memoryview(b"\x68\x03\x03"), memoryview(b"abcd")[::2],
+    memoryview(bytes(4)).cast("B", (2, 2)), memoryview(bytes(4)).cast("H"), [1, 2], (b"a",), [b"a", 5],
+    ("Accepted",) * 8, ("Accepted",) * 7, ["Accepted"] * 8,
+]
+
+
+def _outcome(call: Callable[[], object]) -> tuple[object, ...]:
+    """What a call gives: its result, or the type and message of what it raised."""
+    try:
+        return ("ok", call())
+    except Exception as exc:  # the outcome under test, whatever it is
+        return (type(exc), str(exc))
+
+
+def _domain_calls(stream: ModuleType, matcher: object, edge: object) -> list[Callable[[], object]]:
+    """One call per argument of each public scanner function, that argument set to ``edge``."""
+    scanner = stream.Cmex50Scanner
+    return [
+        lambda: stream.x25(edge), lambda: stream.crc_loop(edge), lambda: stream.crc_loop([b"\x01", edge]),
+        lambda: stream.rssi_dbm(edge), lambda: scanner(edge).receiver_address,
+        lambda: scanner().frames(edge, True), lambda: scanner().frames(b"\x68\x03", edge),
+        lambda: scanner().scan(edge, True, matcher, VERDICTS), lambda: scanner().scan(b"", edge, matcher, VERDICTS),
+        lambda: scanner().scan(b"", True, edge, VERDICTS), lambda: scanner().scan(b"", True, matcher, edge),
+    ]
+
+
+def test_twins_accept_and_refuse_the_same_domain_with_the_same_errors(vectors) -> None:
+    if no_extensions():
+        pytest.skip("WMBUS_STREAM_NO_EXTENSIONS=1")
+    pure = importlib.import_module("wmbus_stream.wire._pystream")
+    compiled = importlib.import_module("wmbus_stream.wire._cstream")
+    for edge in EDGES:
+        c = [_outcome(f) for f in _domain_calls(compiled, _matcher(vectors, compiled), edge)]
+        p = [_outcome(f) for f in _domain_calls(pure, _matcher(vectors, pure), edge)]
+        assert c == p, edge
+
+
+@pytest.mark.parametrize("call, error", [
+    (lambda s: s.x25([1, 2]), "data must be bytes, bytearray or memoryview, not list"),
+    (lambda s: s.x25(memoryview(b"abcd")[::2]), "data must be a 1-D C-contiguous memoryview"),
+    (lambda s: s.crc_loop([b"\x01", 5]), "frames[1] must be bytes, bytearray or memoryview, not int"),
+    (lambda s: s.crc_loop(5), "frames must be a sequence such as a list, not int"),
+    (lambda s: s.rssi_dbm(-1), "code is -1, outside 0..255"),
+    (lambda s: s.rssi_dbm(256), "code is 256, outside 0..255"),
+    (lambda s: s.rssi_dbm(2**70), "outside 0..255"),
+    (lambda s: s.rssi_dbm(True), "code must be an int, not bool"),
+    (lambda s: s.rssi_dbm(1.0), "code must be an int, not float"),
+    (lambda s: s.Cmex50Scanner("6200177"), "receiver_address '6200177' is not 8 digits"),
+    (lambda s: s.Cmex50Scanner().frames(None, True), "data must be bytes, bytearray or memoryview, not NoneType"),
+    (lambda s: s.Cmex50Scanner().frames(b"", 1), "final must be a bool, not int"),
+    (lambda s: s.Cmex50Scanner().scan(b"", True, None, VERDICTS), "matcher must be a Matcher of the same twin"),
+    (lambda s: s.Cmex50Scanner().scan(b"", True, _wire_of(s).Matcher((), (), (), 0), VERDICTS[:-1]), "verdicts has 7 names"),
+])
+def test_arguments_outside_the_domain_are_refused_by_name(stream, call, error: str) -> None:
+    with pytest.raises((TypeError, ValueError)) as refused:
+        call(stream)
+    assert error in str(refused.value)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=400), cut=st.integers(0, 400), form=st.sampled_from([bytes, bytearray, memoryview]))
+def test_twins_agree_on_random_bytes_in_every_bytes_like_form(vectors, data: bytes, cut: int, form: type) -> None:
+    if no_extensions():
+        pytest.skip("WMBUS_STREAM_NO_EXTENSIONS=1")
+    pure = importlib.import_module("wmbus_stream.wire._pystream")
+    compiled = importlib.import_module("wmbus_stream.wire._cstream")
+    head, tail = form(data[:cut]), form(data[cut:])
+    for twin in (compiled, pure):  # each twin, given the form, gives what the pure twin gives for bytes
+        assert twin.x25(head) == pure.x25(data[:cut])
+        assert twin.crc_loop([head, tail]) == pure.crc_loop([data[:cut], data[cut:]])
+        scanner, reference = twin.Cmex50Scanner(), pure.Cmex50Scanner()
+        assert (scanner.frames(head, False) + scanner.frames(tail, True)
+                == reference.frames(data[:cut], False) + reference.frames(data[cut:], True))

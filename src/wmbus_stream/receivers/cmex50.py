@@ -25,7 +25,7 @@ from .. import wire
 from ..core.check import VERDICTS, Batch, Settings
 from ..core.received import Received
 from ..errors import LengthError
-from ..wire._pystream import MAX_FRAME, rssi_dbm
+from ..wire import MAX_FRAME, rssi_dbm
 from ._settings import check_setting
 from .base import FramerStats
 

@@ -20,16 +20,17 @@ the frame's own C..data bytes, except that a telegram longer than ``CONTAINER_MA
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from ..errors import ChecksumError, FrameError
-from ._pywire import CONTAINER_MAX, FORMAT_NONE, LONG_FORM, crc16, parse_cmex50
+from . import domain
+from ._pywire import CONTAINER_MAX, FORMAT_NONE, LONG_FORM, Matcher, crc16, parse_cmex50
 
-__all__ = ["Cmex50Scanner", "crc_loop", "rssi_dbm", "long_form", "x25", "MAX_FRAME"]
+__all__ = ["Cmex50Scanner", "crc_loop", "rssi_dbm", "x25"]
 
 START = 0x68
 MIN_LENGTH = 3  # C, A, CI: the least a long frame holds
-MAX_FRAME = 255 + 6
 
 # One frame as the fields of core.received.Received: (data, frame_format, rssi_dbm, mode,
 # receiver_address, wired, error).
@@ -40,7 +41,9 @@ Record = tuple[bytes, str, int, str, int | None, str | None, bytes | None]
 
 
 def rssi_dbm(code: int | None) -> int | None:
-    """dBm of a CMeX50 RSSI code: 0 (or no record) unknown, 1..62 -> 2*code-130, 63 -> -6."""
+    """dBm of a CMeX50 RSSI code: 0 (or no record) unknown, 1..62 -> 2*code-130, 63.. -> -6."""
+    if code is not None:
+        code = domain.integer(code, "code", 0, domain.RSSI_CODE_MAX)
     if not code:
         return None
     if code >= 63:
@@ -48,7 +51,7 @@ def rssi_dbm(code: int | None) -> int | None:
     return 2 * code - 130
 
 
-def long_form(body: bytes, telegram: bytes) -> bytes:
+def _long_form(body: bytes, telegram: bytes) -> bytes:
     """``body`` with its container record (and fill byte) replaced by the 0F long form."""
     start = body.rfind(b"\x0d\xfd\x3b" + bytes((len(telegram),)) + telegram)
     return body if start < 0 else body[:start] + bytes((LONG_FORM,)) + telegram
@@ -67,19 +70,19 @@ def _x25_table() -> tuple[int, ...]:
 _X25 = _x25_table()
 
 
-def x25(data: bytes | bytearray) -> int:
+def x25(data: domain.Data) -> int:
     """CRC-16/X-25 (reflected 0x1021, init and final xor 0xFFFF): the iM871A HCI frame check."""
     crc = 0xFFFF
-    for byte in data:
+    for byte in domain.data(data):
         crc = (crc >> 8) ^ _X25[(crc ^ byte) & 0xFF]
     return crc ^ 0xFFFF
 
 
-def crc_loop(frames: list[bytes]) -> int:
+def crc_loop(frames: Sequence[domain.Data]) -> int:
     """CRC-16 of every frame (the yardstick the benchmark compares the pipeline with)."""
     total = 0
-    for frame in frames:
-        total ^= crc16(frame)
+    for i, frame in enumerate(domain.frames(frames)):
+        total ^= crc16(domain.data(frame, f"frames[{i}]"))
     return total
 
 
@@ -87,6 +90,7 @@ class Cmex50Scanner:
     """Sans-IO scanner of a cmex50 byte stream; keeps the framer counters."""
 
     def __init__(self, receiver_address: str | None = None) -> None:
+        domain.receiver_address(receiver_address)
         self.receiver_address = receiver_address
         self.frames_out = 0
         self.bad_frames = 0
@@ -99,13 +103,13 @@ class Cmex50Scanner:
         """The bytes held while waiting for the rest of a frame."""
         return self._buf
 
-    def frames(self, data: bytes, final: bool) -> list[Frame]:
+    def frames(self, data: domain.Data, final: bool) -> list[Frame]:
         """Frame ``data`` (after what is held); ``final`` ends the stream and empties the scanner."""
         out: list[Any] = []
-        self._scan(data, final, out, None, ())
+        self._scan(domain.data(data), domain.flag(final, "final"), out, None, ())
         return out
 
-    def scan(self, data: bytes, final: bool, matcher: Any,
+    def scan(self, data: domain.Data, final: bool, matcher: Matcher,
              verdicts: tuple[str, ...]) -> tuple[list[Record], list[str], list[int], int]:
         """Frame, check and filter ``data``: (records, broken kinds, count per verdict code, long forms).
 
@@ -113,6 +117,10 @@ class Cmex50Scanner:
         frame (``frame``); ``long_form`` counts accepted telegrams longer than CONTAINER_MAX.
         ``verdicts`` names the verdict codes of ``matcher.verdict``.
         """
+        data = domain.data(data)
+        final = domain.flag(final, "final")
+        matcher = domain.matcher(matcher, Matcher)
+        verdicts = domain.verdict_names(verdicts)
         checked: list[Any] = [[], [], [0] * len(verdicts), 0]
         self._scan(data, final, checked, matcher, verdicts)
         records, broken, results, long_forms = checked
@@ -139,7 +147,7 @@ class Cmex50Scanner:
             out[1].append(FrameError.kind)
 
     def _scan(self, data: bytes, final: bool, out: list[Any], matcher: Any, verdicts: tuple[str, ...]) -> None:
-        buf = self._buf + data if self._buf else bytes(data)
+        buf = self._buf + data if self._buf else data
         n = len(buf)
         pos = 0
         while pos < n:
@@ -180,7 +188,7 @@ class Cmex50Scanner:
             pos += size
             self.frames_out += 1
             if len(telegram) > CONTAINER_MAX:
-                body = long_form(body, telegram)
+                body = _long_form(body, telegram)
             if matcher is None:
                 address = address if address is not None else self.receiver_address
                 out.append((telegram, FORMAT_NONE, rssi_dbm(code), 0, address, body, None))

@@ -25,6 +25,13 @@ modes)``                                           ``0..DEVICE_TYPE_MAX``, ``0..
 ``Matcher.verdict(telegram, mode)``                ``0..MODE_MASK``
 ``check_batch(frames, frame_format, matcher,       a sequence of bytes-like; ``FORMAT_NONE..FORMAT_B``;
 mode=0)``                                          the same twin's Matcher; ``0..MODE_MASK``
+``x25(data)``                                      bytes-like
+``crc_loop(frames)``                               a sequence of bytes-like
+``rssi_dbm(code)``                                 None or ``0..RSSI_CODE_MAX``
+``Cmex50Scanner(receiver_address=None)``           None or 8 digits 0-9/A-F
+``Cmex50Scanner.frames(data, final)``              bytes-like; a ``bool``
+``Cmex50Scanner.scan(data, final, matcher,         bytes-like; a ``bool``; the same twin's Matcher;
+verdicts)``                                        a tuple of one ``str`` per result code
 =================================================  =============================================
 
 What the bytes say (a CRC, an L-field, a telegram too short for its header) is not the domain:
@@ -42,8 +49,9 @@ from .modes import C1A, C1B, S1, T1
 __all__ = [
     "OK", "CRC", "LENGTH", "HEADER", "FILTER_MANUFACTURER", "FILTER_DEVICE_TYPE", "FILTER_ID",
     "FILTER_MODE", "FORMAT_NONE", "FORMAT_A", "FORMAT_B", "MANUFACTURER_MASK", "DEVICE_TYPE_MAX",
-    "ID_MAX", "MODE_MASK", "WIRED_ADDRESS_MAX", "CONTAINER_MAX", "LONG_FORM",
+    "ID_MAX", "MODE_MASK", "WIRED_ADDRESS_MAX", "CONTAINER_MAX", "LONG_FORM", "RSSI_CODE_MAX", "MAX_FRAME",
     "Data", "type_name", "data", "integer", "codes", "crc_range", "frames", "matcher", "rssi", "receiver_address",
+    "flag", "verdict_names",
 ]
 
 Data: TypeAlias = bytes | bytearray | memoryview  # what a bytes-like argument may be
@@ -72,6 +80,9 @@ WIRED_ADDRESS_MAX = 0xFF
 # the end), its own L-field giving its length.
 CONTAINER_MAX = 0xBF
 LONG_FORM = 0x0F
+
+RSSI_CODE_MAX = 0xFF  # a CMeX50 RSSI record (01 FD 71) holds its code in one byte
+MAX_FRAME = 255 + 6  # the longest wired long frame: 68 L L 68, L bytes (C to data), CS, 16
 
 
 _HEX_DIGITS = frozenset(hexdigits)
@@ -154,3 +165,19 @@ def receiver_address(value: object) -> bytes | None:
     if len(value) != 8 or not _HEX_DIGITS.issuperset(value):
         raise ValueError(f"receiver_address {value!r} is not 8 digits (0-9, A-F)")
     return bytes.fromhex(value)[::-1]
+
+
+def flag(value: object, name: str) -> bool:
+    """``value`` when it is a ``bool``; an int or any other truthy object is a TypeError."""
+    if type(value) is not bool:
+        raise TypeError(f"{name} must be a bool, not {type_name(value)}")
+    return value
+
+
+def verdict_names(value: object) -> tuple[str, ...]:
+    """``value`` when it is a tuple naming each result code ``OK..FILTER_MODE`` with a ``str``."""
+    if type(value) is not tuple or not all(type(item) is str for item in value):
+        raise TypeError(f"verdicts must be a tuple of str, not {type_name(value)}")
+    if len(value) != FILTER_MODE + 1:
+        raise ValueError(f"verdicts has {len(value)} names, not one per result code ({FILTER_MODE + 1})")
+    return value
