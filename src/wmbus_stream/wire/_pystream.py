@@ -8,7 +8,7 @@ be trusted: the frame is reported broken once and the scan resumes after its fir
 a candidate starting inside a reported broken frame is not reported again ("covered").
 A frame whose checksum is right but whose records are not a receiver frame is broken and
 consumed whole. Every byte is part of a frame, of a reported broken frame, or counted in
-``skipped_bytes``; between calls at most one unfinished candidate (< ``MAX_FRAME`` bytes)
+``skipped_bytes``; between calls at most one unfinished candidate (< ``domain.MAX_FRAME`` bytes)
 is held.
 
 ``frames`` gives each frame as the fields of ``core.received.Received``; ``scan`` checks and
