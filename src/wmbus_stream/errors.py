@@ -20,8 +20,7 @@ __all__ = [
     "Problem",
     "ExtensionMissingError",
     "GatewayIOError",
-    "ReceiverLostError",
-    "PushError",
+    "ReportError",
 ]
 
 from dataclasses import dataclass
@@ -109,9 +108,11 @@ class GatewayIOError(WmbusStreamError, OSError):
     """Something outside the process (port, server, disk) failed."""
 
 
-class ReceiverLostError(GatewayIOError):
-    """The receiver's serial port disappeared or stopped answering."""
+class ReportError(WmbusStreamError, ValueError):
+    """A report body is malformed; ``line`` is 1-based, ``reason`` says what is wrong."""
 
+    def __init__(self, line: int, reason: str):
+        super().__init__(f"line {line}: {reason}")
+        self.line = line
+        self.reason = reason
 
-class PushError(GatewayIOError):
-    """A report push was not acknowledged by the head-end system."""

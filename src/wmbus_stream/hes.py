@@ -76,14 +76,13 @@ from email.message import Message
 from typing import Any, BinaryIO, Protocol
 
 from . import __version__
-from .errors import FrameError
+from .errors import FrameError, ReportError
 from .io.connections import DeadlineReader, Late, source_of
 from .wire import LONG_FORM, check_telegram, parse_header
 from .wire.header import manufacturer_letters
 
 __all__ = [
     "ReportLine",
-    "ReportError",
     "parse_line",
     "parse_report",
     "parse_wired",
@@ -164,15 +163,6 @@ class ReportLine:
     access_number: int | None
     digest: str
     long_form: bool = False  # the telegram followed 0F (192+ bytes), not a 0D FD 3B container
-
-
-class ReportError(ValueError):
-    """A report body is malformed; ``line`` is 1-based, ``reason`` says what is wrong."""
-
-    def __init__(self, line: int, reason: str):
-        super().__init__(f"line {line}: {reason}")
-        self.line = line
-        self.reason = reason
 
 
 def _access_number(telegram: bytes, ci: int) -> int | None:

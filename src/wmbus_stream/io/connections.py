@@ -13,10 +13,12 @@ import socket
 import time
 from typing import Any
 
+from ..errors import WmbusStreamError
+
 __all__ = ["Late", "DeadlineReader", "source_of"]
 
 
-class Late(Exception):
+class Late(WmbusStreamError):
     """A client did not send what it owed before its deadline."""
 
 

@@ -15,6 +15,7 @@ from http.cookies import CookieError, SimpleCookie
 from typing import Any
 from urllib.parse import parse_qsl, quote
 
+from ..errors import WmbusStreamError
 from .auth import Session
 
 __all__ = ["BadRequest", "Part", "Request", "Response", "json_response", "error_response", "redirect"]
@@ -23,7 +24,7 @@ MAX_PARTS = 8
 MAX_FIELDS = 200
 
 
-class BadRequest(ValueError):
+class BadRequest(WmbusStreamError, ValueError):
     """The request is malformed; answered 400 with the reason."""
 
 
