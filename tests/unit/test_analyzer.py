@@ -9,10 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from wmbus_stream.core.analyzer import ACCEPTED, CSV_HEADER, DAY, Analyzer, MeterRow
+from wmbus_stream.core.analyzer import CSV_HEADER, Analyzer, MeterRow
+from wmbus_stream.core.check import VERDICTS
 from wmbus_stream.io.store import Store
 
 T0 = 1_790_000_000.0
+ACCEPTED = VERDICTS[0]  # the verdict the pipeline records for a telegram it keeps
+DAY = 24 * 3600.0
 ELV, KAM = b"\x96\x15", b"\x2d\x2c"  # ELV, KAM manufacturer codes (LSB first)
 
 

@@ -65,11 +65,6 @@ class Line:
     value: str | None = None
     bad: bool = False
 
-    @property
-    def is_entry(self) -> bool:
-        """True for a ``key=value`` line that was read without a problem."""
-        return self.key is not None and not self.bad
-
 
 @dataclass(frozen=True, slots=True)
 class Properties:

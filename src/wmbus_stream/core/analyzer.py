@@ -38,10 +38,8 @@ from dataclasses import dataclass
 from ..wire.header import device_type_name, manufacturer_letters
 from .latest import meter_id
 
-__all__ = ["ACCEPTED", "CSV_HEADER", "Analyzer", "MeterRow", "Totals"]
+__all__ = ["CSV_HEADER", "Analyzer", "MeterRow", "Totals"]
 
-ACCEPTED = "Accepted"
-DAY = 24 * 3600.0
 _DUMP_VERSION = 1
 # Leading characters a spreadsheet may take as the start of a formula (OWASP CSV injection).
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")

@@ -40,7 +40,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -156,9 +155,6 @@ def user_agent(config: Config) -> str:
             f" Application/{_token(__version__)} Serial/{serial}")
 
 
-_default_user_agent = user_agent
-
-
 def _one_line(text: str) -> str:
     """The result text: one line of printable ASCII (see ``text.printable``), at most RESULT_TEXT_MAX."""
     return printable(" ".join(text.split()), RESULT_TEXT_MAX - 3)
@@ -174,27 +170,18 @@ def run_sync(
     manager: ConfigManager,
     config: Config,
     *,
-    fetch: Callable[..., bytes] = http_fetch,
-    notify: Callable[..., None] = http_notify,
-    files_dir: Path | None = None,
-    user_agent: str | None = None,
-    limits: SyncLimits | None = None,
     stop_event: threading.Event | None = None,
     sleep: Callable[[float], object] | None = None,
-    clock: Callable[[], float] = time.monotonic,
     rand: Callable[[], float] = random.random,
 ) -> SyncResult:
     """Run one sync for the gateway whose configuration file ``manager`` manages.
 
     ``config`` is the running configuration (server URL, CA, retries, timeout); the new one
-    is built on the file's content. ``files_dir`` must be the manager's files folder (the
-    default). ``limits`` defaults to ``SyncLimits.for_config(config)``.
+    is built on the file's content; the limits are ``SyncLimits.for_config(config)``.
     """
-    started_wall, started = time.time(), clock()
-    limits = limits if limits is not None else SyncLimits.for_config(config)
-    agent = user_agent or _default_user_agent(config)
-    if files_dir is not None and Path(files_dir) != manager.files_directory:
-        raise ValueError(f"files_dir must be {manager.files_directory}")
+    started_wall, started = time.time(), time.monotonic()
+    limits = SyncLimits.for_config(config)
+    agent = user_agent(config)
     ca_file = str(config.sync_ca_file) if config.sync_ca_file else None
     url, username, password = split_credentials(config.sync_url) if config.sync_url else ("", None, None)
     reach = trust.Reach.of(config)
@@ -213,11 +200,11 @@ def run_sync(
         full = _one_line(f"{code} {detail}") if detail and detail != reason else None
         result = SyncResult(code, text, sync_id, started_wall, 0.0, notify_url=notify_url, detail=full, **kw)
         if notify_url:
-            notified, error = _notify(notify_url, result.body(), config, limits, notify, stop_event, sleep, clock,
+            notified, error = _notify(notify_url, result.body(), config, limits, stop_event, sleep,
                                       rand, ca_file=ca_file, user_agent=agent, check=reach.refused,
                                       **credentials(notify_url))
             result = _replace(result, notified=notified, notify_error=error)
-        result = _replace(result, duration=round(clock() - started, 3))
+        result = _replace(result, duration=round(time.monotonic() - started, 3))
         (log.info if result.ok else log.warning)("sync: %s", result.summary())
         return result
 
@@ -228,8 +215,8 @@ def run_sync(
                                     " configuration server: use https:// (or the owner sets"
                                     " configuration.server.allow.http=true)")
     try:
-        data = fetch(url, max_bytes=limits.cad_bytes, timeouts=limits.timeouts, ca_file=ca_file,
-                     user_agent=agent, username=username, password=password, check=reach.refused)
+        data = http_fetch(url, max_bytes=limits.cad_bytes, timeouts=limits.timeouts, ca_file=ca_file,
+                          user_agent=agent, username=username, password=password, check=reach.refused)
     except HttpError as exc:
         return finish(RESULT_ERROR, f"cannot fetch the .cad file: {exc.public}",
                       detail=f"cannot fetch the .cad file: {exc}")
@@ -275,8 +262,10 @@ def run_sync(
             return refuse("stopped before all files were downloaded")
         left = limits.total_bytes - total
         try:
-            content = fetch(item.url, max_bytes=min(limits.file_bytes, left), timeouts=limits.timeouts,
-                            ca_file=ca_file, user_agent=agent, check=reach.refused, **credentials(item.url))
+            own = credentials(item.url)
+            content = http_fetch(item.url, max_bytes=min(limits.file_bytes, left), timeouts=limits.timeouts,
+                                 ca_file=ca_file, user_agent=agent, check=reach.refused,
+                                 username=own["username"], password=own["password"])
         except HttpError as exc:
             extra = " (all files together)" if left < limits.file_bytes else ""
             return refuse(f"{label}: download failed: {exc.public}{extra}", f"{label}: download failed: {exc}{extra}")
@@ -302,11 +291,12 @@ def _replace(result: SyncResult, **changes: Any) -> SyncResult:
     return SyncResult(**data)
 
 
-def _notify(url: str, body: str, config: Config, limits: SyncLimits, notify: Callable[..., None],
+def _notify(url: str, body: str, config: Config, limits: SyncLimits,
             stop_event: threading.Event | None, sleep: Callable[[float], object] | None,
-            clock: Callable[[], float], rand: Callable[[], float], **request: Any) -> tuple[bool, str | None]:
-    """POST the result (``request``: the keywords of ``notify.notify``); retried under the push's
+            rand: Callable[[], float], **request: Any) -> tuple[bool, str | None]:
+    """POST the result (``request``: the keywords of ``io.notify.notify``); retried under the push's
     policy (``retry``: backoff with jitter, within ``limits.notify_seconds``) while a retry may help."""
+    clock = time.monotonic
     deadline = clock() + limits.notify_seconds
     policy = retry.Policy(max(1, config.push_retries), deadline, clock, rand)
     error: str | None = None
@@ -317,7 +307,7 @@ def _notify(url: str, body: str, config: Config, limits: SyncLimits, notify: Cal
         timeouts = Timeouts(min(limits.timeouts.connect, left), min(limits.timeouts.read, left),
                             min(limits.timeouts.total, left))
         try:
-            notify(url, body, timeouts=timeouts, **request)
+            http_notify(url, body, timeouts=timeouts, **request)
             return True, None
         except HttpError as exc:
             error = str(exc)
