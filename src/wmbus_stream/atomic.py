@@ -67,14 +67,12 @@ def write_atomic(
     path: str | os.PathLike[str],
     data: str | bytes,
     mode: int = 0o600,
-    *,
-    encoding: str = "utf-8",
 ) -> Path:
     """Replace ``path`` with ``data`` atomically and durably; returns the path written."""
     # Replace the file a symlink points to, not the symlink itself, so that a config path
     # that is a link into a data partition keeps working after a write.
     target = Path(os.path.realpath(path))
-    payload = data.encode(encoding) if isinstance(data, str) else bytes(data)
+    payload = data.encode() if isinstance(data, str) else bytes(data)
     tmp = _temp_name(target)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), mode)

@@ -45,7 +45,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .atomic import clean_stale, fsync_directory, write_atomic
+from .atomic import PRIVATE, clean_stale, fsync_directory, write_atomic
 
 __all__ = [
     "JOURNAL_NAME",
@@ -159,11 +159,11 @@ def _in_use(path: str) -> bool:
     return False
 
 
-def write_staged(path: Path, data: bytes, mode: int = 0o600) -> None:
+def write_staged(path: Path, data: bytes) -> None:
     """Write a new staged file completely and durably (its folder is fsynced by ``commit``)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), mode)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), PRIVATE)
     try:
-        os.fchmod(fd, mode)
+        os.fchmod(fd, PRIVATE)
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]

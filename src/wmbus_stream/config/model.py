@@ -417,7 +417,6 @@ def to_text(
 def save(
     path: str | os.PathLike[str],
     source: Config | Mapping[str, str],
-    mode: int = 0o600,
 ) -> None:
     """Validate and atomically write a configuration, keeping the old file's comments."""
     from ..atomic import write_atomic
@@ -428,4 +427,4 @@ def save(
         template = properties.read(path)
     except OSError:
         template = None
-    write_atomic(path, to_text(config, template=template), mode)
+    write_atomic(path, to_text(config, template=template))

@@ -185,6 +185,9 @@ def _serve_restore(host: Controlled, command: str, rfile: BinaryIO | io.Buffered
             "history": result.number}
 
 
+_TRANSFER_SECONDS = 300.0  # a backup or restore over the control socket may wait this long on each socket operation
+
+
 def _connect(state_directory: Path, timeout: float) -> socket.socket | None:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
@@ -203,9 +206,9 @@ def _read_line(reader: BinaryIO) -> dict[str, Any]:
     return json.loads(line)
 
 
-def request_backup(state_directory: Path, dest: BinaryIO, timeout: float = 300.0) -> dict[str, Any] | None:
+def request_backup(state_directory: Path, dest: BinaryIO) -> dict[str, Any] | None:
     """Have the running gateway write a backup to ``dest``; None when no gateway runs."""
-    sock = _connect(state_directory, timeout)
+    sock = _connect(state_directory, _TRANSFER_SECONDS)
     if sock is None:
         return None
     with sock, sock.makefile("rb") as reader:
@@ -223,10 +226,9 @@ def request_backup(state_directory: Path, dest: BinaryIO, timeout: float = 300.0
         return header
 
 
-def request_restore(state_directory: Path, source: Path, keep_serial: bool,
-                    timeout: float = 300.0) -> dict[str, Any] | None:
+def request_restore(state_directory: Path, source: Path, keep_serial: bool) -> dict[str, Any] | None:
     """Have the running gateway restore the archive at ``source``; None when no gateway runs."""
-    sock = _connect(state_directory, timeout)
+    sock = _connect(state_directory, _TRANSFER_SECONDS)
     if sock is None:
         return None
     size = source.stat().st_size

@@ -221,5 +221,5 @@ def error_response(status: int, error: str, reason: str, *, key: str | None = No
     return json_response(value, status, headers)
 
 
-def redirect(location: str, status: int = 303) -> Response:
-    return Response(status, b"", "text/plain", [("Location", quote(location, safe="/?=&;%:+,.-_~"))])
+def redirect(location: str) -> Response:
+    return Response(303, b"", "text/plain", [("Location", quote(location, safe="/?=&;%:+,.-_~"))])
