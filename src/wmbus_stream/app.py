@@ -54,7 +54,7 @@ from .wire.filters import matcher
 if TYPE_CHECKING:
     from .web import WebServer
 
-__all__ = ["ANALYZER_META", "Gateway", "STORE_FILE", "settings_of"]
+__all__ = ["ANALYZER_META", "Gateway", "settings_of"]
 
 log = logging.getLogger("wmbus_stream.gateway")
 

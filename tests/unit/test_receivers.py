@@ -369,7 +369,7 @@ def test_cmex50_seed_frame() -> None:
 def test_im871a_reference_frame() -> None:
     frame = bytes.fromhex("A5C20318" "44AE4C4455223368077A55000000041389E20100023B0000" "9A" "51B0")
     assert im871a.encode(IPERL, rssi=0x9A) == frame
-    assert im871a.x25(b"123456789") == 0x906E
+    assert wire.x25(b"123456789") == 0x906E
     f = framer("im871a", radio_mode="T1")
     # wmbusmeters' approximation gives -45.5 dBm; we truncate toward zero.
     assert run(f, [frame]) == [Received(IPERL, wire.FORMAT_NONE, -45, T1, None)]
@@ -400,7 +400,7 @@ def test_rtlwmbus_reference_lines() -> None:
 
 
 def test_cmex50_rssi_codes() -> None:
-    assert [cmex50.rssi_dbm(c) for c in (None, 0, 1, 28, 62, 63)] == [None, None, -128, -74, -6, -6]
+    assert [wire.rssi_dbm(c) for c in (None, 0, 1, 28, 62, 63)] == [None, None, -128, -74, -6, -6]
 
 
 def test_cmex50_frame_without_receiver_records_uses_the_configured_address() -> None:

@@ -210,8 +210,8 @@ def cmd_sync_now(args: argparse.Namespace) -> int:
 
 def _remember(folder: Path, answer: dict[str, object]) -> None:
     """Keep the result for ``status`` when no gateway runs (it reads it at its start)."""
-    from ..app import STORE_FILE
     from ..io.store import Store
+    from ..state.backup import STORE_FILE
     from ..sync.runner import LAST_SYNC_META
 
     try:

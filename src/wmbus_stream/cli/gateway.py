@@ -69,7 +69,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 def _analyzer_of(config: Config, config_path: str) -> tuple[Analyzer | None, str | None]:
     """The analyzer of the running gateway, else the one saved in the state, and where it came from."""
     from ..core.analyzer import Analyzer
-    from ..app import ANALYZER_META, STORE_FILE
+    from ..app import ANALYZER_META
+    from ..state.backup import STORE_FILE
 
     analyzer = Analyzer(0.0)
     answer = control.request(control.locate(config_path), "analyzer", timeout=10)

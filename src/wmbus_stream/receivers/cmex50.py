@@ -25,11 +25,11 @@ from .. import wire
 from ..core.check import VERDICTS, Batch, Settings
 from ..core.received import Received
 from ..errors import LengthError
-from ..wire import MAX_FRAME, rssi_dbm
+from ..wire import MAX_FRAME
 from ._settings import check_setting
 from .base import FramerStats
 
-__all__ = ["Cmex50Framer", "encode", "wrap", "rssi_dbm"]
+__all__ = ["Cmex50Framer", "encode", "wrap"]
 
 START = 0x68
 STOP = 0x16

@@ -36,7 +36,7 @@ from ..core.received import Received
 from ._engine import BinaryFramer, Decoded
 from ._settings import check_setting, mode_mask_of
 
-__all__ = ["Im871aFramer", "encode", "frame", "x25", "rssi_dbm", "rssi_raw", "LINK_MODES"]
+__all__ = ["Im871aFramer", "encode", "frame", "rssi_dbm", "rssi_raw", "LINK_MODES"]
 
 SOF = 0xA5
 DEVMGMT, RADIOLINK, RADIOLINKTEST, HWTEST = 1, 2, 3, 4

@@ -38,7 +38,7 @@ from ..errors import BackupError
 from .archive import BackupLimits
 from .databases import HISTORY_SCHEMA, STORE_SCHEMA, check_database, copy_database
 
-__all__ = ["STORE_FILE", "BackupError", "BackupLimits", "backup", "restore"]
+__all__ = ["STORE_FILE", "backup", "restore"]
 
 log = logging.getLogger("wmbus_stream.config")
 
