@@ -102,18 +102,21 @@ ensure_binfmt() {
     arch-test "$arch" >/dev/null 2>&1 || die "cannot run $arch binaries here (binfmt $qemu); see docs/image.md"
 }
 
-# apt_for DEBARCH: sets APT_FOR to apt-get options of a private apt state for DEBARCH
+# apt_for DEBARCH[+firmware]: sets APT_FOR to apt-get options of a private apt state for DEBARCH
 # (own lists, empty dpkg status), so foreign packages can be downloaded without
 # `dpkg --add-architecture` on the host (multiarch breaks on any mirror skew and
 # upgrades host packages to keep them in lockstep). SOURCES gets the sources.list lines,
-# the security suite left out when "$root/no-security" exists (see apt_update_for).
+# the security suite left out when "$root/no-security" exists (see apt_update_for);
+# DEBARCH+firmware adds Debian's non-free-firmware component (raspi-firmware).
 apt_for() {
-    local arch=$1 root="$WMBUS_IMAGE_CACHE/apt-$1" keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+    local arch=${1%+firmware} root="$WMBUS_IMAGE_CACHE/apt-$1" keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+    local components=main
+    [ "$arch" = "$1" ] || components="main non-free-firmware"
     mkdir -p "$root/lists/partial" "$root/archives/partial" "$root/parts" "$root/prefs"
     [ -e "$root/status" ] || : > "$root/status"
-    SOURCES=("deb $WMBUS_IMAGE_MIRROR $WMBUS_IMAGE_SUITE main"
-             "deb $WMBUS_IMAGE_MIRROR $WMBUS_IMAGE_SUITE-updates main")
-    [ -e "$root/no-security" ] || SOURCES+=("deb $WMBUS_IMAGE_SECURITY_MIRROR $WMBUS_IMAGE_SUITE-security main")
+    SOURCES=("deb $WMBUS_IMAGE_MIRROR $WMBUS_IMAGE_SUITE $components"
+             "deb $WMBUS_IMAGE_MIRROR $WMBUS_IMAGE_SUITE-updates $components")
+    [ -e "$root/no-security" ] || SOURCES+=("deb $WMBUS_IMAGE_SECURITY_MIRROR $WMBUS_IMAGE_SUITE-security $components")
     printf '%s\n' "${SOURCES[@]}" | sed "s|^deb |deb [arch=$arch signed-by=$keyring] |" > "$root/sources.list"
     APT_FOR=(
         -o "APT::Architecture=$arch" -o "APT::Architectures=$arch" -o "APT::Sandbox::User=root"

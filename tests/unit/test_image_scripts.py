@@ -7,7 +7,9 @@ script's argument checking, its configuration check and the plan it prints.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,9 +20,17 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = REPO / "image"
-ENTRY_POINTS = ["build", "build-wheels", "test-wheels", "boot-test"]
-ALL_SCRIPTS = [*ENTRY_POINTS, "lib/common.sh", "lib/customize-rootfs", "lib/boot-check"]
+ENTRY_POINTS = ["build", "build-wheels", "test-wheels", "fleet-keys"]
+ALL_SCRIPTS = [
+    *ENTRY_POINTS,
+    "lib/common.sh",
+    "lib/disk.sh",
+    "lib/customize-rootfs",
+    "rootfs/etc/initramfs-tools/scripts/local-bottom/wmbus-data",
+    "rootfs/etc/initramfs-tools/hooks/wmbus-data",
+]
 EXAMPLES = IMAGE / "examples"
+VERSION = re.search(r'__version__ = "(.+)"', (REPO / "src/wmbus_stream/__init__.py").read_text()).group(1)  # type: ignore[union-attr]
 
 pytestmark = pytest.mark.skipif(
     not (IMAGE / "build").is_file() or shutil.which("bash") is None,
@@ -102,20 +112,59 @@ def test_build_plan_from_the_example_configuration(arch: str, tmp_path: Path) ->
     )
     assert result.returncode == 0, result.stderr
     plan = result.stdout
-    assert "wmbus-stream-" in plan and f"-{arch} image" in plan
+    assert f"wmbus-stream-{VERSION}-{arch} appliance" in plan
     assert "--variant=minbase" in plan and "merged-usr" in plan and "no docs, man pages, locales" in plan
-    assert "root locked" in plan and "1 SSH key(s)" in plan
-    assert "/etc/wmbus-stream/stream.cfg" in plan and "/var/lib/wmbus-stream" in plan
-    assert "dialout" in plan and "wmbus-stream.service" in plan
-    for name in ("70-wmbus-receivers.rules", "50-wmbus-flash.conf"):
+    assert "root locked" in plan and "1 fleet SSH key(s)" in plan
+    kernel = "linux-image-arm64" if arch == "arm64" else "linux-image-armmp"
+    assert kernel in plan and "rauc-service" in plan and "MODULES=list" in plan
+    assert "read-only root: squashfs" in plan and "/var/lib/wmbus-stream" in plan
+    assert f"compatible=wmbus-stream-{arch}" in plan and "3 boot tries" in plan and "ready within 300s" in plan
+    rpi_table = "gpt" if arch == "arm64" else "dos"
+    assert f"wmbus-stream-{VERSION}-{arch}.img: gpt esp" in plan
+    assert (
+        f"wmbus-stream-{VERSION}-{arch}-rpi.img: {rpi_table} esp" in plan and "Raspberry Pi firmware + U-Boot" in plan
+    )
+    assert f"wmbus-stream-{VERSION}-{arch}.raucb (verity, signed)" in plan
+    for name in (
+        "70-wmbus-receivers.rules",
+        "50-wmbus-flash.conf",
+        "50-wmbus-watchdog.conf",
+        "local-bottom/wmbus-data",
+    ):
         assert name in plan
-    assert ".rootfs.tar" in plan and ".ext4" in plan and ".manifest.txt" in plan
     assert not out.exists()
+    one = run(
+        [
+            "build",
+            "--dry-run",
+            "--arch",
+            arch,
+            "--config",
+            str(EXAMPLES / "gateway.cfg"),
+            "--out",
+            str(out),
+            "--board",
+            "generic",
+            "--test-bundles",
+        ],
+        tmp_path,
+    )
+    assert one.returncode == 0, one.stderr
+    assert "-rpi.img" not in one.stdout and "-broken.raucb" in one.stdout and "-foreign.raucb" in one.stdout
 
 
 def test_build_refuses_an_invalid_configuration_with_exit_3(tmp_path: Path) -> None:
     result = run(
-        ["build", "--dry-run", "--arch", "arm64", "--config", str(EXAMPLES / "invalid.cfg"), "--out", str(tmp_path / "o")],
+        [
+            "build",
+            "--dry-run",
+            "--arch",
+            "arm64",
+            "--config",
+            str(EXAMPLES / "invalid.cfg"),
+            "--out",
+            str(tmp_path / "o"),
+        ],
         tmp_path,
     )
     assert result.returncode == 3, result.stdout + result.stderr
@@ -126,43 +175,154 @@ def test_build_refuses_an_invalid_configuration_with_exit_3(tmp_path: Path) -> N
 @pytest.mark.parametrize(
     ("lines", "problem"),
     [
-        (["gateway.serial=00000161"], "no way to log in"),
-        (["image.admin.password=short", "gateway.serial=00000161"], "shorter than 8"),
-        (["image.admin.ssh.key=not a key", "gateway.serial=00000161"], "not an OpenSSH public key"),
-        (["image.admin.password=long-enough-1", "image.colour=red"], "unknown image key image.colour"),
-        (["image.admin.password=long-enough-1", "state.directory=/data/wmbus"], "state.directory"),
-        (["image.admin.password=long-enough-1", "image.admin.user=root"], "reserved"),
+        (["gateway.serial=00000161"], "set per gateway"),
+        (["image.admin.password=long-enough-1"], "per gateway now"),
+        (["image.hostname=gw1"], "per gateway now"),
+        (["image.admin.ssh.key=not a key"], "not an OpenSSH public key"),
+        (["image.colour=red"], "unknown image key image.colour"),
+        (["state.directory=/data/wmbus"], "state.directory"),
+        (["image.admin.user=root"], "reserved"),
+        (["image.boot.tries=9"], "image.boot.tries: '9' is not a number from 1 to 5"),
+        (["image.update.ready.seconds=5"], "from 30 to 3600"),
     ],
 )
 def test_build_refuses_image_settings_it_cannot_honour(lines: list[str], problem: str, tmp_path: Path) -> None:
     cfg = tmp_path / "gw.cfg"
     cfg.write_text("\n".join(lines) + "\n")
-    result = run(["build", "--dry-run", "--arch", "arm64", "--config", str(cfg), "--out", str(tmp_path / "o")], tmp_path)
+    result = run(
+        ["build", "--dry-run", "--arch", "arm64", "--config", str(cfg), "--out", str(tmp_path / "o")], tmp_path
+    )
     assert result.returncode == 3, result.stdout + result.stderr
     assert problem in result.stderr
+    assert "nothing built" in result.stderr
 
 
 def test_build_argument_errors(tmp_path: Path) -> None:
     cfg = str(EXAMPLES / "gateway.cfg")
-    assert run(["build", "--dry-run", "--arch", "amd64", "--config", cfg, "--out", str(tmp_path)], tmp_path).returncode == 2
+    base = ["build", "--dry-run", "--arch", "arm64", "--config", cfg, "--out", str(tmp_path / "o")]
+    assert (
+        run(["build", "--dry-run", "--arch", "amd64", "--config", cfg, "--out", str(tmp_path)], tmp_path).returncode
+        == 2
+    )
     assert run(["build", "--dry-run", "--arch", "arm64", "--out", str(tmp_path)], tmp_path).returncode == 2
     inside = run(["build", "--dry-run", "--arch", "arm64", "--config", cfg, "--out", str(REPO / "out")], tmp_path)
     assert inside.returncode == 2 and "outside the checkout" in inside.stderr
+    for extra, message in [
+        (["--board", "beaglebone"], "unknown --board 'beaglebone' (generic or rpi)"),
+        (["--slot-size", "100"], "from 192 to 4096"),
+        (["--data-size", "lots"], "from 128 to 65536"),
+        (["--keys", str(tmp_path / "none")], "make one with image/fleet-keys"),
+    ]:
+        bad = run([*base, *extra], tmp_path)
+        assert bad.returncode == 2 and message in bad.stderr, bad.stderr
 
 
-@pytest.mark.skipif(shutil.which("mkfs.ext4") is None or shutil.which("debugfs") is None, reason="no e2fsprogs")
-def test_boot_test_plan_reads_the_configuration_inside_the_image(tmp_path: Path) -> None:
-    root = tmp_path / "root"
-    (root / "etc" / "wmbus-stream").mkdir(parents=True)
-    (root / "etc" / "wmbus-stream" / "stream.cfg").write_text("gateway.serial=12345678\n")
-    img = tmp_path / "tiny.ext4"
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(root), str(img), "4M"], check=True, capture_output=True)
-    result = run(["boot-test", "--dry-run", "--image", str(img)], tmp_path)
+def disk_sh(script: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    """Runs SCRIPT with image/lib/common.sh and disk.sh sourced (the image build's own functions)."""
+    prelude = f"set -euo pipefail; source {IMAGE}/lib/common.sh; source {IMAGE}/lib/disk.sh; "
+    return subprocess.run(["bash", "-c", prelude + script], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.skipif(shutil.which("sfdisk") is None, reason="no sfdisk (fdisk package)")
+@pytest.mark.parametrize("table", ["gpt", "dos"])
+def test_disk_assembly_puts_each_file_system_at_its_partition(table: str, tmp_path: Path) -> None:
+    parts = {name: os.urandom(1 << 16) for name in ("esp", "slot", "data")}
+    for name, content in parts.items():
+        (tmp_path / name).write_bytes(content)
+    result = disk_sh(f"assemble_disk disk.img {table} esp slot data 2 3 4 && sfdisk -J disk.img", tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "qemu-system-aarch64 -M virt" in result.stdout
-    assert "started: serial 12345678" in result.stdout
-    assert "systemd.journald.forward_to_console=1" in result.stdout
-    assert "image/lib/boot-check" in result.stdout and "boot-check: done, 0 problems" in result.stdout
+    partitions = json.loads(result.stdout)["partitiontable"]["partitions"]
+    assert [p["size"] * 512 for p in partitions] == [2 << 20, 3 << 20, 3 << 20, 4 << 20]
+    uuids = disk_sh(f"for r in esp rootfs_a rootfs_b data; do part_uuid {table} $r; done", tmp_path).stdout.split()
+    if table == "gpt":
+        assert [p["uuid"].lower() for p in partitions] == uuids
+        assert [p["name"] for p in partitions] == ["esp", "rootfs_a", "rootfs_b", "data"]
+    else:
+        assert uuids == ["3d9a5c11-01", "3d9a5c11-02", "3d9a5c11-03", "3d9a5c11-04"]
+        assert partitions[0]["type"] == "c" and partitions[0].get("bootable") is True
+    disk = (tmp_path / "disk.img").read_bytes()
+    for part, name in zip(partitions, ["esp", "slot", None, "data"], strict=True):
+        start = part["start"] * 512
+        if name is None:  # slot B ships empty: the first update writes it
+            assert disk[start : start + (1 << 16)] == bytes(1 << 16)
+        else:
+            assert disk[start : start + (1 << 16)] == parts[name]
+
+
+@pytest.mark.parametrize(("table", "tries"), [("gpt", 3), ("dos", 1)])
+def test_grub_script_boots_each_slot_its_tries_from_its_partition(table: str, tries: int, tmp_path: Path) -> None:
+    result = disk_sh(f"grub_cfg {table} {tries} ttyAMA0 > grub.cfg", tmp_path)
+    assert result.returncode == 0, result.stderr
+    cfg = (tmp_path / "grub.cfg").read_text()
+    if shutil.which("grub-script-check"):
+        check = subprocess.run(["grub-script-check", str(tmp_path / "grub.cfg")], capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout + check.stderr
+    for slot in "AB":
+        for i in range(tries):
+            assert f'[ "${slot}_TRY" = "{i}" ]; then set {slot}_TRY={i + 1}; set slot={slot}' in cfg
+        assert f'"${slot}_TRY" = "{tries}"' not in cfg
+    pp = "gpt" if table == "gpt" else "msdos"
+    uuid = disk_sh(f"part_uuid {table} rootfs_a; part_uuid {table} rootfs_b", tmp_path).stdout.split()
+    assert f"linux ($bootdisk,{pp}2)/boot/vmlinuz root=PARTUUID={uuid[0]} $cmdline rauc.slot=A" in cfg
+    assert f"linux ($bootdisk,{pp}3)/boot/vmlinuz root=PARTUUID={uuid[1]} $cmdline rauc.slot=B" in cfg
+    assert "save_env --file $envfile A_TRY B_TRY" in cfg and 'set cmdline="ro rootfstype=squashfs ' in cfg
+
+
+def test_grubenv_is_a_grub_environment_block_with_only_slot_a_good(tmp_path: Path) -> None:
+    assert disk_sh("grubenv_file grubenv", tmp_path).returncode == 0
+    block = (tmp_path / "grubenv").read_bytes()
+    assert len(block) == 1024 and block.startswith(b"# GRUB Environment Block\n")
+    lines = block.rstrip(b"#").decode().splitlines()[1:]
+    assert lines == ["ORDER=A B", "A_OK=1", "A_TRY=0", "B_OK=0", "B_TRY=0"]
+    if shutil.which("grub-editenv"):
+        listed = subprocess.run(["grub-editenv", str(tmp_path / "grubenv"), "list"], capture_output=True, text=True)
+        assert listed.stdout.splitlines() == lines
+
+
+def test_rauc_udev_fstab_and_grub_agree_on_names(tmp_path: Path) -> None:
+    out = disk_sh(
+        "rauc_system_conf arm64; echo ===; udev_slot_rules; echo ===; root_fstab; echo ===; grub_cfg gpt 3 ttyAMA0",
+        tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    rauc, udev, fstab, grub = out.stdout.split("===\n")
+    links = set(re.findall(r'SYMLINK\+="(disk/wmbus/\w+)"', udev))
+    assert links == {"disk/wmbus/esp", "disk/wmbus/rootfs_a", "disk/wmbus/rootfs_b", "disk/wmbus/data"}
+    for device in re.findall(r"^device=/dev/(\S+)", rauc, re.M):
+        assert device in links
+    assert re.findall(r"^bootname=(\w)", rauc, re.M) == ["A", "B"]
+    assert re.findall(r"--id (\w) ", grub) == ["A", "B"]
+    assert "grubenv=/boot/efi/EFI/BOOT/grubenv" in rauc and "set envfile=($root)/EFI/BOOT/grubenv" in grub
+    assert "/dev/disk/wmbus/esp  /boot/efi  vfat" in fstab and "statusfile=/data/rauc/status" in rauc
+    assert "bundle-formats=-plain" in rauc and "check-purpose=codesign" in rauc
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl")
+def test_fleet_keys_are_private_and_chain_to_the_ca(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    result = run(["fleet-keys", "--out", str(keys), "--name", "test fleet"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert keys.stat().st_mode & 0o777 == 0o700
+    for name, mode in [
+        ("ca.key.pem", 0o600),
+        ("signing.key.pem", 0o600),
+        ("ca.cert.pem", 0o644),
+        ("signing.cert.pem", 0o644),
+    ]:
+        assert (keys / name).stat().st_mode & 0o777 == mode, name
+    verify = subprocess.run(
+        ["openssl", "verify", "-CAfile", str(keys / "ca.cert.pem"), str(keys / "signing.cert.pem")],
+        capture_output=True,
+        text=True,
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    text = subprocess.run(
+        ["openssl", "x509", "-in", str(keys / "signing.cert.pem"), "-noout", "-text"], capture_output=True, text=True
+    ).stdout
+    assert "Code Signing" in text and "CA:FALSE" in text
+    again = run(["fleet-keys", "--out", str(keys)], tmp_path)
+    assert again.returncode == 2 and "never overwritten" in again.stderr
+    assert (keys / "ca.key.pem").stat().st_size > 0
 
 
 def test_cibuildwheel_configuration_for_hosted_ci() -> None:
