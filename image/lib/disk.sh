@@ -79,6 +79,8 @@ compatible=wmbus-stream-$1
 bootloader=grub
 grubenv=/boot/efi/EFI/BOOT/grubenv
 statusfile=/data/rauc/status
+# The root is read-only: bundles are mounted under /run.
+mount-prefix=/run/rauc
 bundle-formats=-plain
 
 [keyring]

@@ -176,7 +176,7 @@ def test_build_refuses_an_invalid_configuration_with_exit_3(tmp_path: Path) -> N
     ("lines", "problem"),
     [
         (["gateway.serial=00000161"], "set per gateway"),
-        (["image.admin.password=long-enough-1"], "per gateway now"),
+        (["image.admin.password=long-enough-1"], "the same password"),
         (["image.hostname=gw1"], "per gateway now"),
         (["image.admin.ssh.key=not a key"], "not an OpenSSH public key"),
         (["image.colour=red"], "unknown image key image.colour"),
