@@ -21,6 +21,7 @@ __all__ = [
     "ExtensionMissingError",
     "GatewayIOError",
     "ReportError",
+    "UpdateError",
 ]
 
 from dataclasses import dataclass
@@ -116,3 +117,6 @@ class ReportError(WmbusStreamError, ValueError):
         self.line = line
         self.reason = reason
 
+
+class UpdateError(WmbusStreamError):
+    """An update command cannot do what was asked (rauc refused, no other good slot); the message says why."""

@@ -22,7 +22,8 @@ SOURCE = Path(__file__).resolve().parents[2] / "src" / PACKAGE
 # Top to bottom. A unit imports units of its own layer or of lower ones, never of a higher one.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("cli", "__main__"),                  # commands
-    ("app", "pusher", "bench", "bench_service"),  # the composition root, its push policy; benchmarks
+    ("app", "pusher", "bench", "bench_service", "appliance"),  # the composition root, its push policy; benchmarks;
+                                          # the appliance's provisioning and A/B updates
     ("web", "sync", "state", "io", "hes", "_signals"),  # what touches the world
     ("host",),                            # what web/ and the control socket see of the gateway: a Protocol, values
     ("config", "atomic", "journal"),      # the configuration model and validation; atomic files, the journal
@@ -32,9 +33,10 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "text"),                   # leaves
 )
 
-# web/ and sync/ are built and wired by the composition root only (cli calls it).
+# web/ and sync/ are built and wired by the composition root only (cli calls it). appliance/
+# writes the web UI password with web.auth's writer, as ``wmbus-stream passwd`` does.
 COMPOSED = ("web", "sync")
-COMPOSITION_ROOTS = ("app", "cli")
+COMPOSITION_ROOTS = ("app", "cli", "appliance")
 
 # Units that take plain values and return plain values: they import nothing that touches the
 # world and read no clock (time is a parameter).

@@ -3,8 +3,8 @@
 Exit codes: 0 ok, 1 failure (file, server, push), 2 usage, 3 invalid configuration.
 One module per command group: ``capture`` (decode, replay), ``bench``, ``config`` (config
 check/show/set/export/import/history/revert, sync now), ``state`` (config backup/restore),
-``run`` (run, receive, systemd-unit), ``gateway`` (push now, status, analyzer, passwd) and
-``demo``. They are imported by ``build_parser``, after ``main`` has held the signals.
+``run`` (run, receive, systemd-unit), ``gateway`` (push now, status, analyzer, passwd),
+``appliance`` (provision, update status/install/rollback/confirm) and ``demo``. They are imported by ``build_parser``, after ``main`` has held the signals.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ __all__ = ["build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every command, in the order ``--help`` lists them."""
-    from . import bench, capture, config, demo, gateway, run
+    from . import appliance, bench, capture, config, demo, gateway, run
 
     parser = argparse.ArgumentParser(prog="wmbus-stream", description="Wireless M-Bus stream-mode gateway")
     parser.add_argument("--version", action="version", version=f"wmbus-stream {__version__} {implementation()}")
@@ -40,13 +40,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_receive(sub)
     run.add_systemd_unit(sub)
     gateway.add_passwd(sub)
+    appliance.add_provision(sub)
+    appliance.add_update(sub)
     demo.add_demo(sub)
     return parser
 
 
 def _command_name(args: argparse.Namespace) -> str:
     """The command words of ``args`` (``config set``), for error lines."""
-    words = [getattr(args, "command", None), getattr(args, "config_command", None)]
+    words = [getattr(args, "command", None), getattr(args, "config_command", None),
+             getattr(args, "update_command", None)]
     return " ".join(w for w in words if isinstance(w, str))
 
 

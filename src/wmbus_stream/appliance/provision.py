@@ -1,0 +1,448 @@
+"""First-boot and every-boot provisioning of the appliance: serial, drop-in, logins, network, host name.
+
+Strategy: ``provision`` first works out everything it will write (``prepare``: the drop-in
+checked, merged into the gateway's stream.cfg and validated by the configuration model, the
+login password hashed) and only then writes (``apply``), so a drop-in with one problem
+applies nothing. A refused drop-in stays on the boot partition for the installer to fix; the
+reason goes to the console and to ``wmbus-stream-provision-error.txt`` beside it; the device
+still comes up as it would without one. An applied drop-in is deleted (it holds secrets).
+What the drop-in asked for that lives outside the data partition (sshd's password login, the
+shadow entry, the network file, the host name) is kept in ``DATA/provision/settings.cfg`` and
+written again on every boot under /run. Running it twice changes nothing.
+
+Every path is under a root of ``Roots`` so the unit tier runs it on a temporary tree; what only
+a real root may do (bind-mounting the shadow copy, setting the host name, changing owners) is
+done when ``--sys /``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import socket
+import subprocess
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..atomic import write_atomic
+from ..config import model, properties
+from ..errors import ConfigError, GatewayIOError, Problem
+from ..web.auth import DEFAULT_USER, PASSWORD_FILE, generate_password, write_password
+from . import dropin, serial
+
+__all__ = ["DROPIN", "DONE", "ERROR", "NETWORK_FILE", "PASSWORD_NOTE", "SETTINGS_FILE", "SSHD_FILE", "SHADOW_COPY",
+           "Outcome", "Plan", "Roots", "apply", "authorized_keys", "merged_config", "network_file", "prepare",
+           "provision", "shadow_with"]
+
+DROPIN = "wmbus-stream.cfg"
+ERROR = "wmbus-stream-provision-error.txt"
+DONE = "wmbus-stream-provisioned.txt"
+PASSWORD_NOTE = "wmbus-stream-password.txt"
+SETTINGS_FILE = "provision/settings.cfg"  # under DATA
+RUN = "run/wmbus-stream"  # under SYS: sshd's Include glob is /run/wmbus-stream/sshd*.conf
+SSHD_FILE = f"{RUN}/sshd-password.conf"
+SHADOW_COPY = f"{RUN}/shadow"
+NETWORK_FILE = "run/systemd/network/10-wmbus-provisioned.network"
+PASSWORD_LOGIN = "provision.ssh.password.hash"  # the settings file's key for the admin's SHA-512 crypt hash
+
+
+@dataclass(frozen=True, slots=True)
+class Roots:
+    """Where provisioning reads and writes; the defaults are the appliance's own paths."""
+
+    boot: Path = Path("/boot/efi")
+    sys: Path = Path("/")
+    data: Path = Path("/data")
+    config: Path = Path("/etc/wmbus-stream/stream.cfg")
+    state: Path = Path("/var/lib/wmbus-stream")
+    defaults: Path = Path("/usr/share/wmbus-stream/stream.cfg")
+    admin: str = "admin"
+    service_user: str = "wmbus-stream"
+
+    def system(self, path: str) -> Path:
+        """``path`` (absolute on the device) under the system root."""
+        return self.sys / path.lstrip("/")
+
+    @property
+    def real(self) -> bool:
+        """Whether this runs on the device itself (``--sys /``): only then are mounts and the host name touched."""
+        return os.path.realpath(self.sys) == "/"
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Plan:
+    """Everything one run writes, worked out and checked before anything is written."""
+
+    serial: str
+    source: str
+    config_text: str | None  # the new stream.cfg; None leaves the file as it is
+    settings: dict[str, str]  # DATA/provision/settings.cfg after this run
+    ssh_keys: tuple[str, ...] = ()
+    web_password: str | None = None
+    applied: tuple[str, ...] = ()  # the drop-in's keys, when one is applied
+    notes: tuple[str, ...] = ()
+
+    @property
+    def hostname(self) -> str:
+        return self.settings.get("provision.hostname") or f"wmbus-{self.serial}"
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What a run did: the serial and where it came from, the drop-in applied or refused, files written."""
+
+    serial: str
+    source: str
+    hostname: str
+    applied: tuple[str, ...] = ()
+    refused: list[Problem] = field(default_factory=list)
+    web_password_made: bool = False
+    written: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+# -- pure: text in, text out ------------------------------------------------------------------
+
+
+def merged_config(base: Mapping[str, str], stream: Mapping[str, str], serial_number: str) -> dict[str, str]:
+    """The provisioned stream.cfg values: the current (or baked default) file's, the drop-in's over them, the serial."""
+    values = {**base, **stream}
+    values["gateway.serial"] = serial_number
+    return values
+
+
+def authorized_keys(existing: str, keys: tuple[str, ...]) -> str:
+    """``existing`` authorized_keys text with each of ``keys`` appended unless it is there already."""
+    present = {" ".join(line.split()[:2]) for line in existing.splitlines() if line.strip()}
+    lines = [line for line in existing.splitlines() if line.strip()]
+    lines += [key for key in keys if " ".join(key.split()[:2]) not in present]
+    return "".join(f"{line}\n" for line in lines)
+
+
+def shadow_with(shadow: str, user: str, password_hash: str) -> str:
+    """``/etc/shadow`` text with ``user``'s password field set to ``password_hash``; ValueError if no such user."""
+    out, found = [], False
+    for line in shadow.splitlines():
+        fields = line.split(":")
+        if fields[0] == user and len(fields) >= 2:
+            fields[1], found = password_hash, True
+        out.append(":".join(fields))
+    if not found:
+        raise ValueError(f"no user {user!r} in the shadow file")
+    return "".join(f"{line}\n" for line in out)
+
+
+SSHD_PASSWORD_LOGIN = (
+    "# Written by wmbus-stream provision at every boot: the drop-in's provision.ssh.password turned\n"
+    "# password login on (sshd takes the first value it reads; 50-wmbus.conf includes this first).\n"
+    "PasswordAuthentication yes\n"
+)
+
+
+def network_file(settings: Mapping[str, str]) -> str | None:
+    """The systemd-networkd file of a static address (and name servers), or None to keep DHCP alone."""
+    address = settings.get("provision.network.address", "")
+    dns = [server for server in settings.get("provision.network.dns", "").split(",") if server]
+    if not address and not dns:
+        return None
+    lines = ["# Written by wmbus-stream provision at every boot from /data/provision/settings.cfg.",
+             "[Match]", "Name=en* eth*", "", "[Network]"]
+    if address:
+        lines.append(f"Address={address}")
+        if settings.get("provision.network.gateway"):
+            lines.append(f"Gateway={settings['provision.network.gateway']}")
+    else:
+        lines.append("DHCP=yes")
+    lines += [f"DNS={server}" for server in dns]
+    return "\n".join(lines) + "\n"
+
+
+def _stamp(now: float) -> str:
+    return dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def done_text(plan: Plan, now: float) -> str:
+    """``wmbus-stream-provisioned.txt``: serial, its source, when, and which keys were applied (no values)."""
+    return (f"# wmbus-stream provisioning applied {DROPIN} and deleted it (it held secrets).\n"
+            f"serial={plan.serial}\nsource={plan.source}\ntime={_stamp(now)}\nhostname={plan.hostname}\n"
+            f"keys={','.join(plan.applied)}\n")
+
+
+def error_text(problems: list[Problem], now: float) -> str:
+    """``wmbus-stream-provision-error.txt``: why the drop-in was refused, one problem a line."""
+    return (f"wmbus-stream provisioning refused {DROPIN} at {_stamp(now)}: nothing in it was applied.\n"
+            f"Fix these lines and boot again ({DROPIN} stays until it is applied):\n"
+            + "".join(f"{problem}\n" for problem in problems))
+
+
+def password_text(password: str, plan: Plan) -> str:
+    """``wmbus-stream-password.txt``: the web UI password made for this gateway."""
+    return (f"wmbus-stream gateway {plan.serial} (host {plan.hostname}): web UI login\n"
+            f"user: {DEFAULT_USER}\npassword: {password}\n"
+            "Read it, then delete this file: it is the only copy in clear. Change it with `wmbus-stream passwd`.\n")
+
+
+# -- reading --------------------------------------------------------------------------------
+
+
+def _values(path: Path) -> tuple[dict[str, str], properties.Properties | None, list[Problem]]:
+    """A configuration-like file's values, the document (a template for rewriting it) and its problems."""
+    try:
+        document = properties.read(path)
+    except FileNotFoundError:
+        return {}, None, []
+    return dict(document.values), document, [model.private(p) for p in document.problems]
+
+
+def _read_dropin(roots: Roots) -> bytes | None:
+    """The drop-in's bytes, None when there is none; ConfigError for a folder or device by its name."""
+    try:
+        return properties.read_bytes(roots.boot / DROPIN)
+    except FileNotFoundError:
+        return None
+
+
+def hash_login_password(password: str, openssl: str = "openssl") -> str:
+    """A SHA-512 crypt hash of ``password`` by ``openssl passwd -6 -stdin`` (the format /etc/shadow takes)."""
+    try:
+        done = subprocess.run([openssl, "passwd", "-6", "-stdin"], input=password + "\n", capture_output=True,
+                              text=True, timeout=60, check=False)
+    except OSError as exc:
+        raise GatewayIOError(f"cannot run {openssl} to hash the login password: {exc.strerror or exc}") from None
+    hashed = done.stdout.strip()
+    if done.returncode != 0 or not hashed.startswith("$6$"):
+        raise GatewayIOError(f"{openssl} passwd -6 failed: {done.stderr.strip() or 'no hash printed'}")
+    return hashed
+
+
+def prepare(roots: Roots, found: dropin.DropIn, *, hasher: Callable[[str], str] = hash_login_password) -> Plan:
+    """Check the drop-in against the current files and work out every write; ConfigError when it is refused."""
+    current, current_doc, problems = _values(roots.config)
+    base, template, configured = current, current_doc, current.get("gateway.serial")
+    where = roots.config
+    if current_doc is None:  # first boot: the image's baked default configuration
+        base, template, problems = _values(roots.defaults)
+        configured, where = None, roots.defaults
+    if not problems:
+        try:
+            model.parse(base)
+        except ConfigError as exc:
+            problems = exc.problems
+    stored, _, _ = _values(roots.data / SETTINGS_FILE)
+    if problems and found.stream:
+        raise ConfigError([Problem(p.key, p.value, f"{p.allowed} (in {where}, which the drop-in's keys go into)")
+                           for p in problems])
+    chosen = serial.choose(found.stream.get("gateway.serial"), configured, roots.sys)
+    if chosen is None:
+        raise GatewayIOError("no serial: no drop-in gateway.serial, no provisioned stream.cfg, device tree, DMI,"
+                             " wired MAC address or machine id")
+    number, source = chosen
+    config_text: str | None = None
+    notes: list[str] = []
+    if problems:
+        notes.append(f"{where} is invalid, left as it is: " + "; ".join(map(str, problems)))
+    else:
+        config = model.parse(merged_config(base, found.stream, number))  # ConfigError names each key
+        config_text = model.to_text(config, template=template)
+    settings = {**stored, **found.settings}
+    network = dropin.network_problems(settings)
+    if network:
+        raise ConfigError(network)
+    if found.ssh_password is not None:  # last: every check has passed
+        settings[PASSWORD_LOGIN] = hasher(found.ssh_password) if found.ssh_password else ""
+    settings = {key: value for key, value in settings.items() if value}
+    return Plan(number, source, config_text, settings, found.ssh_keys, found.web_password, found.given, tuple(notes))
+
+
+# -- writing --------------------------------------------------------------------------------
+
+
+def _accounts(roots: Roots) -> dict[str, tuple[int, int, str]]:
+    """name -> (uid, gid, home) from SYS/etc/passwd."""
+    found = {}
+    try:
+        text = roots.system("etc/passwd").read_text(encoding="utf-8")
+    except OSError:
+        return {}
+    for line in text.splitlines():
+        fields = line.split(":")
+        if len(fields) >= 7 and fields[2].isdigit() and fields[3].isdigit():
+            found[fields[0]] = (int(fields[2]), int(fields[3]), fields[5])
+    return found
+
+
+def _own(path: Path, user: str, roots: Roots) -> None:
+    """Give ``path`` to ``user`` (as SYS/etc/passwd knows it) when running as root; else leave it."""
+    account = _accounts(roots).get(user)
+    if account is not None and os.geteuid() == 0:
+        os.chown(path, account[0], account[1], follow_symlinks=False)
+
+
+def _write(path: Path, text: str, mode: int, written: list[Path]) -> None:
+    """Write ``text`` atomically unless the file already holds it (a second run writes nothing)."""
+    try:
+        if path.read_text(encoding="utf-8") == text and path.stat().st_mode & 0o777 == mode:
+            return
+    except (OSError, UnicodeDecodeError):
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        write_atomic(path, text, mode)
+    except PermissionError:
+        # vfat (the boot partition, umask=0077) refuses a chmod its mount options cannot show;
+        # its files are 0700 to root alone whatever is asked.
+        write_atomic(path, text, 0o700)
+    written.append(path)
+
+
+def _remove(path: Path, written: list[Path]) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return
+    written.append(path)
+
+
+def _home(roots: Roots) -> Path:
+    """The admin's home (from SYS/etc/passwd, else /home/ADMIN), made from /etc/skel when missing."""
+    account = _accounts(roots).get(roots.admin)
+    home = roots.system(account[2] if account else f"/home/{roots.admin}")
+    if not home.exists():
+        skel = roots.system("etc/skel")
+        if skel.is_dir():
+            shutil.copytree(skel, home, symlinks=True)
+        else:
+            home.mkdir(parents=True)
+        home.chmod(0o700)
+        for path in [home, *home.rglob("*")]:
+            _own(path, roots.admin, roots)
+    return home
+
+
+def _mounted(point: str) -> bool:
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8") as mounts:
+            return any(line.split()[4] == point for line in mounts if len(line.split()) > 4)
+    except OSError:
+        return False
+
+
+def _password_login(roots: Roots, settings: Mapping[str, str], written: list[Path]) -> None:
+    """sshd's Include file and the shadow copy with the admin's hash, bound over /etc/shadow on a real root."""
+    hashed = settings.get(PASSWORD_LOGIN, "")
+    copy, conf = roots.system(SHADOW_COPY), roots.system(SSHD_FILE)
+    if roots.real and _mounted("/etc/shadow"):
+        subprocess.run(["umount", "/etc/shadow"], check=True, timeout=60)  # a second run in one boot
+    if not hashed:
+        _remove(conf, written)
+        _remove(copy, written)
+        return
+    original = roots.system("etc/shadow")
+    text = shadow_with(original.read_text(encoding="utf-8"), roots.admin, hashed)
+    copy.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = original.stat()
+    _write(copy, text, info.st_mode & 0o777, written)
+    if os.geteuid() == 0:
+        os.chown(copy, info.st_uid, info.st_gid)
+    _write(conf, SSHD_PASSWORD_LOGIN, 0o644, written)
+    if roots.real:
+        subprocess.run(["mount", "--bind", str(copy), "/etc/shadow"], check=True, timeout=60)
+
+
+def console(roots: Roots, lines: list[str]) -> None:
+    """Write lines to SYS/dev/console (the screen and the serial console of the device); silent when there is none."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(roots.system("dev/console"), flags)
+    except OSError:
+        return
+    try:
+        os.write(fd, "".join(f"wmbus-stream: {line}\n" for line in lines).encode("utf-8", "replace"))
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def apply(roots: Roots, plan: Plan, now: float) -> Outcome:
+    """Write what ``plan`` holds, then what every boot writes; returns what was done."""
+    outcome = Outcome(plan.serial, plan.source, plan.hostname, plan.applied, notes=list(plan.notes))
+    written = outcome.written
+    if plan.config_text is not None:
+        roots.config.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+        _write(roots.config, plan.config_text, 0o600, written)
+        for path in (roots.config.parent, roots.config):
+            _own(path, roots.service_user, roots)
+    settings_path = roots.data / SETTINGS_FILE
+    settings_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _write(settings_path, properties.render(plan.settings, header=("provisioning settings (wmbus-stream provision)",)),
+           0o600, written)
+    home = _home(roots)
+    if plan.ssh_keys:
+        ssh = home / ".ssh"
+        ssh.mkdir(mode=0o700, exist_ok=True)
+        keys = ssh / "authorized_keys"
+        existing = keys.read_text(encoding="utf-8") if keys.exists() else ""
+        _write(keys, authorized_keys(existing, plan.ssh_keys), 0o600, written)
+        for path in (ssh, keys):
+            _own(path, roots.admin, roots)
+    _password_login(roots, plan.settings, written)
+    text = network_file(plan.settings)
+    if text is None:
+        _remove(roots.system(NETWORK_FILE), written)
+    else:
+        _write(roots.system(NETWORK_FILE), text, 0o644, written)
+    if roots.real:
+        socket.sethostname(plan.hostname)
+    _web_password(roots, plan, outcome)
+    if plan.applied:
+        _remove(roots.boot / DROPIN, written)
+        _write(roots.boot / DONE, done_text(plan, now), 0o600, written)
+        _remove(roots.boot / ERROR, written)
+    elif not (roots.boot / DROPIN).exists():
+        _remove(roots.boot / ERROR, written)  # the installer took the refused file away
+    return outcome
+
+
+def _web_password(roots: Roots, plan: Plan, outcome: Outcome) -> None:
+    """The drop-in's web password, else a random one when none is set yet (shown on the console, in BOOT)."""
+    password = plan.web_password
+    if password is None:
+        if (roots.state / PASSWORD_FILE).exists():
+            return
+        password = generate_password()
+        outcome.web_password_made = True
+    path = write_password(roots.state, DEFAULT_USER, password)
+    outcome.written.append(path)
+    for owned in (roots.state, path):
+        _own(owned, roots.service_user, roots)
+    if outcome.web_password_made:
+        _write(roots.boot / PASSWORD_NOTE, password_text(password, plan), 0o600, outcome.written)
+        console(roots, [f"web UI password for {DEFAULT_USER}: {password}",
+                        f"(also in {PASSWORD_NOTE} on the boot partition: read it, then delete it)"])
+    else:
+        _remove(roots.boot / PASSWORD_NOTE, outcome.written)  # an older random one: no longer the password
+
+
+def provision(roots: Roots, now: float, *, hasher: Callable[[str], str] = hash_login_password) -> Outcome:
+    """One provisioning run: the drop-in applied (or refused with its reasons), then every boot's files."""
+    refused: list[Problem] = []
+    plan = None
+    try:
+        data = _read_dropin(roots)
+        if data is not None:
+            plan = prepare(roots, dropin.parse(data), hasher=hasher)
+    except ConfigError as exc:
+        refused = exc.problems
+    if plan is None:
+        plan = prepare(roots, dropin.DropIn(), hasher=hasher)
+    if refused:
+        error = error_text(refused, now)
+        _write(roots.boot / ERROR, error, 0o600, [])
+        console(roots, error.splitlines())
+    outcome = apply(roots, plan, now)
+    outcome.refused = refused
+    console(roots, [f"gateway serial {outcome.serial} (from {outcome.source}), host name {outcome.hostname}"])
+    return outcome
