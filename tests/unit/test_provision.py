@@ -1,0 +1,409 @@
+"""``wmbus-stream provision`` on a temporary device tree: serial order and mapping, the drop-in, every file it writes.
+
+The tree is real files: a boot partition folder, a system root with etc/passwd, etc/shadow,
+etc/skel, dev/console (a plain file standing for the console) and fake sysfs/procfs files
+(inputs only), a data partition, the configuration and state folders. The login password is
+hashed by the real ``openssl passwd -6``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from wmbus_stream.appliance import dropin, provision, serial
+from wmbus_stream.config import model
+from wmbus_stream.errors import ConfigError
+from wmbus_stream.web.auth import PASSWORD_FILE, Credential, verify_password
+
+WMBUS = Path(sys.executable).with_name("wmbus-stream")
+
+
+def ed25519_line(public: bytes, comment: str) -> str:
+    """An OpenSSH ed25519 public key line for a 32-byte public key (the wire format ssh-keygen writes)."""
+    blob = b"".join(len(part).to_bytes(4, "big") + part for part in (b"ssh-ed25519", public))
+    return f"ssh-ed25519 {base64.b64encode(blob).decode()} {comment}"
+
+
+KEY = ed25519_line(bytes(range(32)), "installer@laptop")
+KEY2 = ed25519_line(bytes(range(32, 64)), "ops")
+SSH_PASSWORD = "correct-horse-7"
+WEB_PASSWORD = "battery-staple-99"
+HES_PASSWORD = "hes-secret-123"
+
+needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
+
+
+def write(path: Path, text: str, mode: int = 0o644) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    path.chmod(mode)
+    return path
+
+
+@pytest.fixture
+def roots(tmp_path: Path) -> provision.Roots:
+    """A device on first boot: DMI serial, one wired and one wireless interface, the image's baked stream.cfg."""
+    system = tmp_path / "sys"
+    write(system / "etc/passwd", "root:x:0:0:root:/root:/bin/sh\nadmin:x:1000:1000::/home/admin:/bin/bash\n"
+                                 "wmbus-stream:x:999:999::/var/lib/wmbus-stream:/usr/sbin/nologin\n")
+    write(system / "etc/shadow", "root:*:19000:0:99999:7:::\nadmin:!:19000:0:99999:7:::\n", 0o640)
+    write(system / "etc/skel/.profile", "# skel\n")
+    write(system / "dev/console", "")
+    write(system / "sys/class/dmi/id/product_serial", "QEMU-0042\n", 0o400)
+    for name, index, mac, wireless in (("lo", 1, "00:00:00:00:00:00", False), ("wlan0", 2, "b8:27:eb:00:00:01", True),
+                                       ("eth0", 3, "52:54:00:12:34:56", False)):
+        net = system / "sys/class/net" / name
+        write(net / "address", mac + "\n")
+        write(net / "ifindex", f"{index}\n")
+        if name != "lo":
+            (net / "device").mkdir()
+        if wireless:
+            (net / "wireless").mkdir()
+    defaults = write(tmp_path / "share/stream.cfg", "# baked into the image\nreceiver.protocol=simulator\n"
+                                                   "receiver.port=-\n")
+    (tmp_path / "boot").mkdir()
+    return provision.Roots(boot=tmp_path / "boot", sys=system, data=tmp_path / "data",
+                           config=tmp_path / "etc-wmbus-stream/stream.cfg", state=tmp_path / "state",
+                           defaults=defaults)
+
+
+def dropin_text(*extra: str) -> str:
+    return "\n".join([
+        "# written by the installer",
+        "gateway.serial=00000161",
+        "receiving.server.url=https://hes.example.net/in",
+        "receiving.server.username=gw161",
+        f"receiving.server.password={HES_PASSWORD}",
+        f"provision.ssh.key={KEY}",
+        f"provision.ssh.key={KEY2}",
+        f"provision.ssh.password={SSH_PASSWORD}",
+        f"provision.web.password={WEB_PASSWORD}",
+        "provision.hostname=meter-gw-161",
+        "provision.network.address=192.168.7.20/24",
+        "provision.network.gateway=192.168.7.1",
+        "provision.network.dns=192.168.7.1",
+        "provision.network.dns=9.9.9.9, 2620:fe::fe",
+        *extra]) + "\n"
+
+
+def snapshot(*folders: Path) -> dict[str, tuple[bytes, int, int]]:
+    """Every file under ``folders``: content, mode and modification time."""
+    found = {}
+    for folder in folders:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                info = path.stat()
+                found[str(path)] = (path.read_bytes(), info.st_mode, info.st_mtime_ns)
+    return found
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+# -- the serial ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("raw", "digits"), [
+    ("161", "00000161"), ("1234567890", "34567890"), ("00000000123", "00000123"),
+    ("10000000abcdef12", f"{0x10000000abcdef12 % 10**8:08d}"),  # a Raspberry Pi serial: hex
+    ("52:54:00:12:34:56", f"{0x525400123456 % 10**8:08d}"),  # a MAC is hex even when it has only digits
+    ("QEMU-0042", f"{int.from_bytes(hashlib.sha256(b'QEMU-0042').digest(), 'big') % 10**8:08d}"),
+])
+def test_a_hardware_serial_becomes_8_digits(raw: str, digits: str) -> None:
+    assert serial.eight_digits(raw) == digits
+
+
+def test_the_serial_comes_from_the_first_source_in_the_documented_order(roots: provision.Roots) -> None:
+    system = roots.sys
+    write(system / "proc/device-tree/serial-number", "10000000abcdef12\0")
+    write(system / "etc/machine-id", "4f1c0c3b8e2b4a8d9c7e6f5a4b3c2d1e\n")
+    assert serial.choose("00000161", "00000777", system) == ("00000161", "drop-in")
+    assert serial.choose(None, "00000777", system) == ("00000777", "configuration")
+    assert serial.choose(None, serial.UNSET, system) == (serial.eight_digits("10000000abcdef12"), "device-tree")
+    (system / "proc/device-tree/serial-number").unlink()
+    assert serial.choose(None, None, system) == (serial.eight_digits("QEMU-0042"), "dmi")
+    (system / "sys/class/dmi/id/product_serial").unlink()
+    assert serial.choose(None, None, system) == (serial.eight_digits("52:54:00:12:34:56"), "mac")
+    shutil.rmtree(system / "sys/class/net")
+    assert serial.choose(None, None, system) == (serial.eight_digits("4f1c0c3b8e2b4a8d9c7e6f5a4b3c2d1e"), "machine-id")
+    (system / "etc/machine-id").write_text("")  # empty until systemd fills it
+    assert serial.choose(None, None, system) is None
+
+
+@pytest.mark.parametrize("placeholder", ["", "0", "Not Specified", "To be filled by O.E.M.", "Default string",
+                                         "  System Serial Number ", "00000000", "None"])
+def test_dmi_placeholders_give_no_serial(roots: provision.Roots, placeholder: str) -> None:
+    write(roots.sys / "sys/class/dmi/id/product_serial", placeholder + "\n")
+    assert serial.dmi_serial(roots.sys) is None
+    assert serial.choose(None, None, roots.sys) == (serial.eight_digits("52:54:00:12:34:56"), "mac")
+
+
+def test_the_mac_is_the_wired_interface_with_the_lowest_ifindex(roots: provision.Roots) -> None:
+    net = roots.sys / "sys/class/net"
+    assert serial.first_wired_mac(roots.sys) == "52:54:00:12:34:56"  # not lo (no device), not wlan0 (wireless)
+    write(net / "eth1/address", "52:54:00:AB:CD:EF\n")
+    write(net / "eth1/ifindex", "2\n")
+    (net / "eth1/device").mkdir()
+    assert serial.first_wired_mac(roots.sys) == "52:54:00:ab:cd:ef"
+
+
+# -- the drop-in ------------------------------------------------------------------------------
+
+
+def test_a_complete_drop_in_parses_with_repeated_keys() -> None:
+    found = dropin.parse(dropin_text().encode())
+    assert found.stream == {"gateway.serial": "00000161", "receiving.server.url": "https://hes.example.net/in",
+                            "receiving.server.username": "gw161", "receiving.server.password": HES_PASSWORD}
+    assert found.ssh_keys == (KEY, KEY2)
+    assert (found.ssh_password, found.web_password) == (SSH_PASSWORD, WEB_PASSWORD)
+    assert found.settings == {"provision.hostname": "meter-gw-161", "provision.network.address": "192.168.7.20/24",
+                              "provision.network.gateway": "192.168.7.1",
+                              "provision.network.dns": "192.168.7.1,9.9.9.9,2620:fe::fe"}
+    assert SSH_PASSWORD not in repr(found) and WEB_PASSWORD not in repr(found)
+
+
+def test_every_problem_of_a_drop_in_is_named_with_what_is_allowed_and_no_secret_shows() -> None:
+    text = "\n".join([
+        "provision.ssh.keys=ssh-ed25519 AAAA",  # a typo of a key
+        "provision.ssh.key=ssh-ed25519 bm90IGEga2V5",  # base64, but not an ed25519 key blob
+        "provision.ssh.key=ecdsa AAAA",
+        "provision.web.password=short-1",
+        "provision.ssh.password=abc",
+        "provision.hostname=wmbus_161",
+        "provision.network.address=192.168.7.20",
+        "provision.network.dns=8.8.8.8,dns.example",
+        "provision.hostname=twice",
+    ]) + "\n"
+    with pytest.raises(ConfigError) as caught:
+        dropin.parse(text.encode())
+    problems = {p.key: p for p in caught.value.problems}
+    assert set(problems) == {"provision.ssh.keys", "provision.ssh.key", "provision.web.password",
+                             "provision.ssh.password", "provision.hostname", "provision.network.address",
+                             "provision.network.dns"}
+    assert "did you mean 'provision.ssh.key'?" in problems["provision.ssh.keys"].allowed
+    assert [p.allowed for p in caught.value.problems if p.key == "provision.ssh.key"] == [
+        dropin.BY_NAME["provision.ssh.key"].allowed + " (the key data is not a ssh-ed25519 key)",
+        dropin.BY_NAME["provision.ssh.key"].allowed + " (it does not start with a key type)"]
+    assert problems["provision.web.password"].value == "********"
+    assert "at least 10 characters" in problems["provision.web.password"].allowed
+    assert problems["provision.ssh.password"].value == "********"
+    assert problems["provision.network.address"].allowed.endswith("(the /prefix length is missing)")
+    assert "'dns.example' is not an IP address" in problems["provision.network.dns"].allowed
+    message = str(caught.value)
+    assert "short-1" not in message and "abc'" not in message
+    assert sorted(p.allowed for p in caught.value.problems if p.key == "provision.hostname") == sorted([
+        dropin.BY_NAME["provision.hostname"].allowed, "one definition per key (first set on line 6)"])
+
+
+def test_network_settings_must_go_together() -> None:
+    assert dropin.network_problems({"provision.network.gateway": "192.168.7.1"})[0].allowed.startswith(
+        "a gateway together with provision.network.address")
+    [problem] = dropin.network_problems({"provision.network.address": "2001:db8::20/64",
+                                         "provision.network.gateway": "192.168.7.1"})
+    assert problem.key == "provision.network.gateway" and "same family" in problem.allowed
+    assert dropin.network_problems({"provision.network.address": "192.168.7.20/24",
+                                    "provision.network.gateway": "192.168.7.1"}) == []
+
+
+# -- provisioning runs --------------------------------------------------------------------------
+
+
+def test_first_boot_without_a_drop_in_makes_a_serial_a_configuration_and_its_own_web_password(
+        roots: provision.Roots) -> None:
+    outcome = provision.provision(roots, 1_700_000_000.0)
+    number = serial.eight_digits("QEMU-0042")
+    assert (outcome.serial, outcome.source, outcome.hostname) == (number, "dmi", f"wmbus-{number}")
+    config = model.load(roots.config)
+    assert config.gateway_serial == number and config.receiver_protocol == "simulator"
+    assert roots.config.read_text().startswith("# baked into the image\n")  # the baked file's comments are kept
+    assert mode(roots.config) == 0o600
+    note = roots.boot / provision.PASSWORD_NOTE
+    assert mode(note) == 0o600 and outcome.web_password_made
+    password = next(line.split(": ", 1)[1] for line in note.read_text().splitlines() if line.startswith("password: "))
+    credential = Credential.parse((roots.state / PASSWORD_FILE).read_text())
+    assert verify_password(credential, "admin", password) and mode(roots.state / PASSWORD_FILE) == 0o600
+    shown = (roots.sys / "dev/console").read_text()
+    assert f"wmbus-stream: web UI password for admin: {password}\n" in shown
+    assert f"wmbus-stream: gateway serial {number} (from dmi), host name wmbus-{number}\n" in shown
+    assert not (roots.sys / provision.SSHD_FILE).exists() and not (roots.sys / provision.NETWORK_FILE).exists()
+    assert not (roots.boot / provision.DONE).exists() and not (roots.boot / provision.ERROR).exists()
+    assert (roots.sys / "home/admin/.profile").read_text() == "# skel\n" and mode(roots.sys / "home/admin") == 0o700
+
+
+def test_two_devices_from_one_image_get_different_serials_and_passwords(roots: provision.Roots, tmp_path: Path) -> None:
+    other = tmp_path / "second"
+    shutil.copytree(tmp_path, other, symlinks=True)
+    second = provision.Roots(**{name: (other / Path(getattr(roots, name)).relative_to(tmp_path))
+                                for name in ("boot", "sys", "data", "config", "state", "defaults")})
+    write(second.sys / "sys/class/dmi/id/product_serial", "QEMU-0043\n")
+    first, then = provision.provision(roots, 0.0), provision.provision(second, 0.0)
+    assert first.serial != then.serial
+    assert (roots.boot / provision.PASSWORD_NOTE).read_text() != (second.boot / provision.PASSWORD_NOTE).read_text()
+
+
+@needs_openssl
+def test_a_drop_in_is_applied_whole_then_deleted(roots: provision.Roots) -> None:
+    write(roots.boot / provision.DROPIN, dropin_text())
+    outcome = provision.provision(roots, 1_700_000_000.0)
+    assert (outcome.serial, outcome.source, outcome.hostname) == ("00000161", "drop-in", "meter-gw-161")
+    assert outcome.refused == [] and not outcome.web_password_made
+    config = model.load(roots.config)
+    assert config.gateway_serial == "00000161" and config.push_credentials == ("gw161", HES_PASSWORD)
+    assert config.push_endpoint == "https://hes.example.net/in" and config.receiver_protocol == "simulator"
+    assert not (roots.boot / provision.DROPIN).exists()
+    done = (roots.boot / provision.DONE).read_text()
+    assert "serial=00000161\nsource=drop-in\ntime=2023-11-14T22:13:20Z\nhostname=meter-gw-161\n" in done
+    assert "keys=gateway.serial,receiving.server.url," in done
+    for secret in (SSH_PASSWORD, WEB_PASSWORD, HES_PASSWORD):
+        assert secret not in done and secret not in (roots.sys / "dev/console").read_text()
+    keys = roots.sys / "home/admin/.ssh/authorized_keys"
+    assert keys.read_text() == f"{KEY}\n{KEY2}\n" and mode(keys) == 0o600 and mode(keys.parent) == 0o700
+    assert verify_password(Credential.parse((roots.state / PASSWORD_FILE).read_text()), "admin", WEB_PASSWORD)
+    assert not (roots.boot / provision.PASSWORD_NOTE).exists()
+    assert (roots.sys / provision.NETWORK_FILE).read_text().splitlines()[1:] == [
+        "[Match]", "Name=en* eth*", "", "[Network]", "Address=192.168.7.20/24", "Gateway=192.168.7.1",
+        "DNS=192.168.7.1", "DNS=9.9.9.9", "DNS=2620:fe::fe"]
+    assert "\nPasswordAuthentication yes\n" in (roots.sys / provision.SSHD_FILE).read_text()
+    shadow = (roots.sys / provision.SHADOW_COPY).read_text().splitlines()
+    assert shadow[0] == "root:*:19000:0:99999:7:::" and mode(roots.sys / provision.SHADOW_COPY) == 0o640
+    user, hashed, *rest = shadow[1].split(":")
+    assert (user, rest) == ("admin", ["19000", "0", "99999", "7", "", "", ""])
+    salt = hashed.split("$")[2]
+    again = subprocess.run(["openssl", "passwd", "-6", "-salt", salt, SSH_PASSWORD], capture_output=True, text=True,
+                           check=True).stdout.strip()
+    assert hashed == again  # the admin logs in with the drop-in's password
+    assert (roots.sys / "etc/shadow").read_text().splitlines()[1] == "admin:!:19000:0:99999:7:::"  # the image's own
+    for secret_file in (roots.config, roots.data / provision.SETTINGS_FILE, roots.boot / provision.DONE):
+        assert mode(secret_file) == 0o600, secret_file
+
+
+@needs_openssl
+def test_a_second_boot_writes_nothing_and_keeps_the_serial(roots: provision.Roots) -> None:
+    write(roots.boot / provision.DROPIN, dropin_text())
+    provision.provision(roots, 0.0)
+    before = snapshot(roots.boot, roots.sys, roots.data, roots.config.parent, roots.state)
+    write(roots.sys / "sys/class/dmi/id/product_serial", "ANOTHER-BOARD\n")  # the serial no longer comes from here
+    before.pop(str(roots.sys / "sys/class/dmi/id/product_serial"))
+    (roots.sys / "dev/console").write_text("")
+    outcome = provision.provision(roots, 100.0)
+    assert (outcome.serial, outcome.source, outcome.hostname) == ("00000161", "configuration", "meter-gw-161")
+    assert outcome.written == []
+    after = snapshot(roots.boot, roots.sys, roots.data, roots.config.parent, roots.state)
+    after.pop(str(roots.sys / "sys/class/dmi/id/product_serial"))
+    before.pop(str(roots.sys / "dev/console"))
+    after.pop(str(roots.sys / "dev/console"))
+    assert after == before
+
+
+@needs_openssl
+def test_every_boot_writes_the_run_files_again_from_the_data_partition(roots: provision.Roots) -> None:
+    write(roots.boot / provision.DROPIN, dropin_text())
+    provision.provision(roots, 0.0)
+    first = {name: (roots.sys / name).read_text() for name in (provision.NETWORK_FILE, provision.SSHD_FILE,
+                                                               provision.SHADOW_COPY)}
+    shutil.rmtree(roots.sys / "run")  # /run is a tmpfs: a reboot empties it
+    provision.provision(roots, 0.0)
+    assert {name: (roots.sys / name).read_text() for name in first} == first
+
+
+@needs_openssl
+def test_an_empty_value_turns_password_login_and_the_static_address_off_again(roots: provision.Roots) -> None:
+    write(roots.boot / provision.DROPIN, dropin_text())
+    provision.provision(roots, 0.0)
+    write(roots.boot / provision.DROPIN, "provision.ssh.password=\nprovision.network.address=\n"
+                                        "provision.network.gateway=\nprovision.network.dns=\n")
+    outcome = provision.provision(roots, 0.0)
+    assert outcome.refused == [] and outcome.hostname == "meter-gw-161"  # what it did not name stays
+    for gone in (provision.SSHD_FILE, provision.SHADOW_COPY, provision.NETWORK_FILE):
+        assert not (roots.sys / gone).exists(), gone
+    assert (roots.sys / "home/admin/.ssh/authorized_keys").read_text() == f"{KEY}\n{KEY2}\n"
+
+
+@pytest.mark.parametrize(("old", "new", "key", "allowed"), [
+    ("", "provision.ssh.pasword=x", "provision.ssh.pasword", "did you mean 'provision.ssh.password'?"),
+    ("", "radio.mode=T2", "radio.mode", "S1 T1"),
+    ("gateway.serial=00000161", "gateway.serial=161", "gateway.serial", "exactly 8 digits"),
+    ("gateway=192.168.7.1", "gateway=2001:db8::1", "provision.network.gateway", "same family"),
+])
+def test_an_invalid_drop_in_applies_nothing_and_says_why(roots: provision.Roots, old: str, new: str, key: str,
+                                                         allowed: str) -> None:
+    text = dropin_text().replace(old, new) if old else dropin_text(new)
+    write(roots.boot / provision.DROPIN, text)
+    outcome = provision.provision(roots, 1_700_000_000.0)
+    assert [p.key for p in outcome.refused] == [key] and allowed in outcome.refused[0].allowed
+    assert outcome.applied == () and outcome.source == "dmi"  # it came up as without a drop-in
+    config = model.load(roots.config)
+    assert config.push_url is None and config.gateway_serial == outcome.serial
+    assert not (roots.sys / "home/admin/.ssh/authorized_keys").exists()
+    assert not (roots.sys / provision.SSHD_FILE).exists() and not (roots.sys / provision.NETWORK_FILE).exists()
+    assert (roots.boot / provision.DROPIN).read_text() == text  # kept for the installer
+    error = roots.boot / provision.ERROR
+    assert mode(error) == 0o600
+    assert error.read_text().splitlines()[0] == ("wmbus-stream provisioning refused wmbus-stream.cfg at"
+                                                 " 2023-11-14T22:13:20Z: nothing in it was applied.")
+    assert f"{key}: invalid value" in error.read_text()
+    console = (roots.sys / "dev/console").read_text()
+    assert f"wmbus-stream: {key}: invalid value" in console
+    for secret in (SSH_PASSWORD, WEB_PASSWORD, HES_PASSWORD):
+        assert secret not in error.read_text() and secret not in console
+
+
+@needs_openssl
+def test_the_fixed_drop_in_is_applied_at_the_next_boot(roots: provision.Roots) -> None:
+    write(roots.boot / provision.DROPIN, dropin_text("radio.mode=T2"))
+    first = provision.provision(roots, 0.0)
+    assert first.refused and first.web_password_made
+    write(roots.boot / provision.DROPIN, dropin_text())
+    outcome = provision.provision(roots, 0.0)
+    assert (outcome.serial, outcome.source, outcome.refused) == ("00000161", "drop-in", [])
+    assert not (roots.boot / provision.ERROR).exists() and not (roots.boot / provision.PASSWORD_NOTE).exists()
+    assert verify_password(Credential.parse((roots.state / PASSWORD_FILE).read_text()), "admin", WEB_PASSWORD)
+
+
+def test_a_broken_provisioned_configuration_is_left_alone_and_refuses_stream_keys(roots: provision.Roots) -> None:
+    write(roots.config, "gateway.serial=00000555\nradio.mode=T9\n", 0o600)
+    write(roots.boot / provision.DROPIN, "receiving.server.url=https://hes.example.net/in\n")
+    outcome = provision.provision(roots, 0.0)
+    assert [p.key for p in outcome.refused] == ["radio.mode"] and str(roots.config) in outcome.refused[0].allowed
+    assert roots.config.read_text() == "gateway.serial=00000555\nradio.mode=T9\n"
+    assert outcome.serial == "00000555" and any("is invalid, left as it is" in note for note in outcome.notes)
+
+
+def test_the_command_exits_0_then_3_for_a_refused_drop_in(roots: provision.Roots) -> None:
+    args = [str(WMBUS), "provision", "--boot", str(roots.boot), "--sys", str(roots.sys), "--data", str(roots.data),
+            "--config", str(roots.config), "--state", str(roots.state), "--defaults", str(roots.defaults)]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    number = serial.eight_digits("QEMU-0042")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"gateway serial {number} (from dmi), host name wmbus-{number}\n")
+    assert "made a web UI password for admin" in done.stdout and "password: " not in done.stdout
+    write(roots.boot / provision.DROPIN, "provision.hostname=-bad-\n")
+    done = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3 and "Traceback" not in done.stderr
+    assert "provision.hostname: invalid value '-bad-'; allowed: letters, digits and '-'" in done.stderr
+    assert os.path.exists(roots.boot / provision.ERROR)
+
+
+@needs_openssl
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving files to other users needs root")
+def test_as_root_the_files_belong_to_who_reads_them(roots: provision.Roots) -> None:
+    """The service user (999 in this tree's passwd) reads its configuration and web password; admin its keys."""
+    write(roots.boot / provision.DROPIN, dropin_text())
+    provision.provision(roots, 0.0)
+    for path in (roots.config, roots.config.parent, roots.state / PASSWORD_FILE, roots.state):
+        assert (path.stat().st_uid, path.stat().st_gid) == (999, 999), path
+    for path in (roots.sys / "home/admin", roots.sys / "home/admin/.ssh", roots.sys / "home/admin/.ssh/authorized_keys"):
+        assert (path.stat().st_uid, path.stat().st_gid) == (1000, 1000), path
+    copy = roots.sys / provision.SHADOW_COPY
+    assert (copy.stat().st_uid, copy.stat().st_gid) == ((roots.sys / "etc/shadow").stat().st_uid,
+                                                        (roots.sys / "etc/shadow").stat().st_gid)
