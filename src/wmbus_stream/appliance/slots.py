@@ -158,19 +158,26 @@ def install(tools: Tools, bundle: str, timeout: float = 3600) -> Status:
     return status(tools)
 
 
-def rollback(tools: Tools) -> Slot:
-    """Make the other slot the one the next boot starts, when it is good; UpdateError otherwise."""
+def rollback(tools: Tools) -> tuple[Slot, str]:
+    """Boot the other, good slot next (or, while an installed update waits for its reboot, the running one again).
+
+    Returns the slot the next boot starts and what it means; UpdateError when there is none to go to.
+    """
     current = status(tools)
-    other = current.other_slot
-    if other is None:
+    booted, other = current.booted_slot, current.other_slot
+    if booted is None or other is None:
         raise UpdateError(f"no other slot to roll back to (booted slot {current.booted or 'unknown'})")
-    if other.boot_status != "good":
+    if current.primary == other.name:  # installed, not booted yet: stay on what runs
+        target, which, meaning = booted, "booted", f"the update waiting in slot {other.bootname} is not started"
+    elif other.boot_status != "good":
         raise UpdateError(f"slot {other.bootname} is marked {other.boot_status}: it failed to boot or was never"
                           " confirmed, so there is nothing good to roll back to")
-    done = _run([tools.rauc, "status", "mark-active", "other"])
+    else:
+        target, which, meaning = other, "other", f"slot {booted.bootname} is left"
+    done = _run([tools.rauc, "status", "mark-active", which])
     if done.returncode != 0:
-        raise UpdateError(f"rauc could not activate slot {other.bootname}: {_rauc_error(done)}")
-    return other
+        raise UpdateError(f"rauc could not activate slot {target.bootname}: {_rauc_error(done)}")
+    return target, meaning
 
 
 def installation_id(slot: Slot) -> str:

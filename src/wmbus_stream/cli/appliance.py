@@ -53,7 +53,7 @@ def cmd_provision(args: argparse.Namespace) -> int:
 def _tools(args: argparse.Namespace) -> Tools:
     from ..appliance.slots import Tools
 
-    return Tools.from_environment(args.rauc, args.systemctl)
+    return Tools.from_environment(args.rauc, getattr(args, "systemctl", None))
 
 
 def cmd_update_status(args: argparse.Namespace) -> int:
@@ -85,8 +85,8 @@ def cmd_update_rollback(args: argparse.Namespace) -> int:
     """Make the other slot the one the next boot starts, when it is good."""
     from ..appliance import slots
 
-    other = slots.rollback(_tools(args))
-    print(f"slot {other.bootname} ({other.name}) is activated; reboot to start slot {other.bootname}")
+    target, meaning = slots.rollback(_tools(args))
+    print(f"slot {target.bootname} ({target.name}) is activated ({meaning}); reboot to start slot {target.bootname}")
     return EXIT_OK
 
 
@@ -130,34 +130,50 @@ def add_provision(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                     " drop-in wmbus-stream.cfg applied and deleted (or refused whole, with the reasons beside it);"
                     " SSH keys, SSH password login, the web UI password, the network and the host name."
                     " Every path can point into a test tree. See docs/provisioning.md.")
-    p.add_argument("--boot", default="/boot/efi", help="the boot partition (default /boot/efi)")
-    p.add_argument("--defaults", default="/usr/share/wmbus-stream/stream.cfg",
-                   help="the image's baked configuration, copied on first boot (default %(default)s)")
-    p.add_argument("--config", default=DEFAULT_CONFIG, help="the provisioned configuration (default %(default)s)")
-    p.add_argument("--state", default="/var/lib/wmbus-stream", help="the gateway's state folder (default %(default)s)")
-    p.add_argument("--sys", default="/", help="the system root: /etc, /home, /run, /sys, /proc, /dev under it;"
-                                             " mounts and the host name are set only for / (default /)")
-    p.add_argument("--data", default="/data", help="the data partition (default /data)")
-    p.add_argument("--admin", default="admin", help="the login user (default admin)")
-    p.add_argument("--service-user", default="wmbus-stream", help="the user the gateway runs as (default %(default)s)")
+    p.add_argument("--boot", metavar="DIR", default="/boot/efi", help="the boot partition (default %(default)s)")
+    p.add_argument("--defaults", metavar="FILE", default="/usr/share/wmbus-stream/stream.cfg",
+                   help="the image's baked configuration, the base of the first boot's stream.cfg (default %(default)s)")
+    p.add_argument("--config", metavar="FILE", default=DEFAULT_CONFIG,
+                   help="the provisioned configuration (default %(default)s)")
+    p.add_argument("--state", metavar="DIR", default="/var/lib/wmbus-stream",
+                   help="the gateway's state folder, for the web UI password (default %(default)s)")
+    p.add_argument("--sys", metavar="DIR", default="/",
+                   help="the system root: etc/, home/, run/, sys/, proc/, dev/console under it; /etc/shadow is bound"
+                        " and the host name set only when it is / (default %(default)s)")
+    p.add_argument("--data", metavar="DIR", default="/data",
+                   help="the data partition, where the settings that outlive /run are kept (default %(default)s)")
+    p.add_argument("--admin", metavar="USER", default="admin", help="the login user (default %(default)s)")
+    p.add_argument("--service-user", metavar="USER", default="wmbus-stream",
+                   help="the user the gateway runs as, owner of its files (default %(default)s)")
     p.set_defaults(func=cmd_provision)
 
 
 def add_update(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``update status|install|rollback|confirm``."""
+    from ..appliance.slots import RAUC_ENV, SYSTEMCTL_ENV
+
     p = sub.add_parser("update", help="A/B updates through RAUC: status, install BUNDLE, rollback, confirm",
                        description="Signed A/B updates of the appliance through RAUC. See docs/provisioning.md.")
     tools = argparse.ArgumentParser(add_help=False)
-    tools.add_argument("--rauc", help="the rauc program (default: $WMBUS_STREAM_RAUC, else rauc on PATH)")
-    tools.add_argument("--systemctl", help="the systemctl program (default: $WMBUS_STREAM_SYSTEMCTL, else systemctl)")
+    tools.add_argument("--rauc", metavar="PROGRAM", help=f"the rauc program (default: ${RAUC_ENV}, else rauc)")
     commands = p.add_subparsers(dest="update_command", metavar="COMMAND", required=True)
-    s = commands.add_parser("status", parents=[tools], help="the booted and activated slot, each slot's state and version")
+    s = commands.add_parser("status", parents=[tools], help="the booted and activated slot, each slot's state and version",
+                            description="Which slot runs, which one the next boot starts, and each slot's state,"
+                                        " boot status (good or bad) and installed version, from rauc status.")
     s.add_argument("--json", action="store_true", help="JSON instead of text")
     s.set_defaults(func=cmd_update_status)
-    i = commands.add_parser("install", parents=[tools], help="install a signed bundle into the other slot")
+    i = commands.add_parser("install", parents=[tools], help="install a signed bundle into the other slot",
+                            description="Install a bundle into the slot that is not running and make it the one the"
+                                        " next boot starts. rauc refuses a bundle the fleet's key did not sign (its"
+                                        " reason is shown as it gives it). Reboot to start the new slot; it is"
+                                        " marked good once the gateway is ready (update confirm).")
     i.add_argument("bundle", metavar="BUNDLE", help="a .raucb bundle signed with the fleet's key")
     i.set_defaults(func=cmd_update_install)
-    r = commands.add_parser("rollback", parents=[tools], help="boot the other slot next, when it is good")
+    r = commands.add_parser("rollback", parents=[tools],
+                            help="boot the other slot next when it is good (or cancel an update not booted yet)",
+                            description="Make the other slot the one the next boot starts, when its boot status is"
+                                        " good. While an installed update waits for its reboot, make the running"
+                                        " slot the next one again instead.")
     r.set_defaults(func=cmd_update_rollback)
     c = commands.add_parser("confirm", parents=[tools],
                             help="mark the booted slot good once wmbus-stream.service is ready, else reboot",
@@ -166,7 +182,10 @@ def add_update(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                                         " confirmed before for its current installation (or one without a good"
                                         " slot to go back to) is marked good anyway; a fresh slot is not, and the"
                                         " device reboots so the bootloader can fall back after its tries.")
-    c.add_argument("--within", type=_seconds, default=DEFAULT_WITHIN,
-                   help=f"seconds to wait for the service (default {DEFAULT_WITHIN:g})")
-    c.add_argument("--data", default="/data", help="the data partition, for DATA/rauc/confirmed-SLOT (default /data)")
+    c.add_argument("--within", metavar="SECONDS", type=_seconds, default=DEFAULT_WITHIN,
+                   help=f"how long to wait for the service (default {DEFAULT_WITHIN:g})")
+    c.add_argument("--data", metavar="DIR", default="/data",
+                   help="the data partition, for DATA/rauc/confirmed-SLOT (default %(default)s)")
+    c.add_argument("--systemctl", metavar="PROGRAM",
+                   help=f"the systemctl program (default: ${SYSTEMCTL_ENV}, else systemctl)")
     c.set_defaults(func=cmd_update_confirm)
