@@ -471,6 +471,57 @@ def test_receive_serves_until_sigterm(gw: ConfigFile, tmp_path: Path) -> None:
 
 
 # -------------------------------------------------------------------------------------------
+# the appliance: provision, update (tests/unit/test_provision.py and test_update_slots.py have the rest)
+
+DOUBLES = Path(__file__).resolve().parents[1] / "doubles"
+
+
+@covers("provision")
+def test_provision_outputs(tmp_path: Path) -> None:
+    (tmp_path / "boot").mkdir()
+    (tmp_path / "sys/etc").mkdir(parents=True)
+    (tmp_path / "sys/etc/machine-id").write_text("4f1c0c3b8e2b4a8d9c7e6f5a4b3c2d1e\n")
+    args = ["provision", "--boot", str(tmp_path / "boot"), "--sys", str(tmp_path / "sys"), "--data",
+            str(tmp_path / "data"), "--config", str(tmp_path / "cfg/stream.cfg"), "--state", str(tmp_path / "state"),
+            "--defaults", str(tmp_path / "none.cfg")]
+    run = wmbus(*args)
+    assert run.code == 0 and run.err == "", run
+    assert re.match(r"gateway serial \d{8} \(from machine-id\), host name wmbus-\d{8}\n", run.out), run
+    assert run.out.endswith(" file(s) written or removed\n")
+    assert wmbus(*args).out.endswith("\nnothing to change\n")
+    (tmp_path / "boot/wmbus-stream.cfg").write_text("provision.colour=blue\n")
+    run = wmbus(*args)
+    assert run.code == 3 and "provision.colour: invalid value 'blue'; allowed: a provisioning key" in run.err, run
+
+
+@covers("update status", "update install", "update rollback", "update confirm")
+def test_update_outputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    slot = {"class": "rootfs", "type": "raw", "parent": None, "mountpoint": None, "boot_status": "good",
+            "slot_status": {"bundle": {"compatible": None}}}
+    status = {"compatible": "wmbus-stream-arm64", "variant": "", "booted": "A", "boot_primary": "rootfs.0", "slots": [
+        {"rootfs.1": {**slot, "device": "/dev/vda3", "bootname": "B", "state": "inactive"}},
+        {"rootfs.0": {**slot, "device": "/dev/vda2", "bootname": "A", "state": "booted"}}]}
+    (tmp_path / "rauc.json").write_text(json.dumps({"status": status}))
+    (tmp_path / "systemctl.json").write_text(json.dumps({"answers": ["active"]}))
+    monkeypatch.setenv("WMBUS_STREAM_RAUC", str(DOUBLES / "rauc"))
+    monkeypatch.setenv("WMBUS_STREAM_SYSTEMCTL", str(DOUBLES / "systemctl"))
+    monkeypatch.setenv("RAUC_DOUBLE_STATE", str(tmp_path / "rauc.json"))
+    monkeypatch.setenv("SYSTEMCTL_DOUBLE_STATE", str(tmp_path / "systemctl.json"))
+    run = wmbus("update", "status")
+    assert run.code == 0 and run.err == "" and run.out.startswith("booted:    slot A\n"), run
+    assert json.loads(wmbus("update", "status", "--json").out)["activated"] == "A"
+    (tmp_path / "b.raucb").write_bytes(b"bundle")
+    run = wmbus("update", "install", str(tmp_path / "b.raucb"))
+    assert run.code == 0 and run.out.endswith("; reboot to start slot B\n") and "installing" in run.err, run
+    run = wmbus("update", "rollback")
+    assert run.code == 0 and run.out.startswith("slot A (rootfs.0) is activated"), run
+    run = wmbus("update", "confirm", "--within", "0", "--data", str(tmp_path / "data"))
+    assert run.code == 0 and run.out == "slot A marked good: wmbus-stream.service is ready\n", run
+    run = wmbus("update", "confirm", "--within", "-1")
+    assert run.code == 2 and "argument --within: '-1' is not a number of seconds" in run.err, run
+
+
+# -------------------------------------------------------------------------------------------
 # demo, systemd-unit, passwd, a closed pipe
 
 
