@@ -168,6 +168,12 @@ def test_rollback_activates_the_other_slot_only_when_it_is_good(double: Double) 
     assert done.returncode == 0
     assert done.stdout == "slot A (rootfs.0) is activated (slot B is left); reboot to start slot A\n"
     assert double.calls("rauc")[-1] == "status mark-active other" and double.status()["boot_primary"] == "rootfs.0"
+    unconfirmed = fresh_status()  # running A, not confirmed yet: rauc names B the next slot already
+    unconfirmed["slots"][1]["rootfs.0"]["boot_status"] = "bad"  # type: ignore[index]
+    double.set(unconfirmed | {"boot_primary": "rootfs.1"}, ["active"])
+    done = double.run("rollback")
+    assert done.returncode == 0 and done.stdout.startswith("slot B (rootfs.1) is activated (slot A is left)")
+    assert double.calls("rauc")[-1] == "status mark-active other"
     double.set(fresh_status(other_good=False), ["active"])
     done = double.run("rollback")
     assert done.returncode == 1 and "slot B is marked bad" in done.stderr and "nothing good to roll back to" in done.stderr
@@ -295,7 +301,7 @@ class RealRauc:
             with open(root / name, "wb") as image:
                 image.truncate(1 << 20)
         subprocess.run(["grub-editenv", str(root / "grubenv"), "create"], check=True)
-        subprocess.run(["grub-editenv", str(root / "grubenv"), "set", "ORDER=A B", "A_OK=1", "B_OK=1", "A_TRY=1",
+        subprocess.run(["grub-editenv", str(root / "grubenv"), "set", "ORDER=A B", "A_OK=1", "B_OK=1", "A_TRY=0",
                         "B_TRY=0"], check=True)
         for name in ("fleet", "other"):
             subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(root / f"{name}.key"),
@@ -386,7 +392,9 @@ def test_real_rauc_installs_a_fleet_signed_bundle_and_refuses_another_key(real_r
 
 
 def test_real_rauc_confirm_marks_the_booted_slot_good(real_rauc: RealRauc, double: Double) -> None:
-    assert real_rauc.grubenv()["A_TRY"] == "1"
+    subprocess.run(["grub-editenv", str(real_rauc.root / "grubenv"), "set", "A_TRY=1"], check=True)  # GRUB's try
+    shown = json.loads(real_rauc.run("status", "--json").stdout)
+    assert (shown["activated"], shown["slots"][0]["boot_status"]) == ("B", "bad")  # until confirmed
     done = real_rauc.run("confirm", "--within", "0", "--data", str(double.data), "--systemctl",
                          str(DOUBLES / "systemctl"), env={"SYSTEMCTL_DOUBLE_STATE": str(double.systemctl_state)})
     assert done.returncode == 0 and done.stdout == "slot A marked good: wmbus-stream.service is ready\n"

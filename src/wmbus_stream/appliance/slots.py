@@ -161,13 +161,17 @@ def install(tools: Tools, bundle: str, timeout: float = 3600) -> Status:
 def rollback(tools: Tools) -> tuple[Slot, str]:
     """Boot the other, good slot next (or, while an installed update waits for its reboot, the running one again).
 
+    The running slot is good once confirmed; while it is not (GRUB counted a try that mark-good
+    has not cleared yet), rauc already names the other slot as the next one, and that is a
+    rollback to it, not an update waiting.
+
     Returns the slot the next boot starts and what it means; UpdateError when there is none to go to.
     """
     current = status(tools)
     booted, other = current.booted_slot, current.other_slot
     if booted is None or other is None:
         raise UpdateError(f"no other slot to roll back to (booted slot {current.booted or 'unknown'})")
-    if current.primary == other.name:  # installed, not booted yet: stay on what runs
+    if current.primary == other.name and booted.boot_status == "good":  # installed, not booted yet: stay
         target, which, meaning = booted, "booted", f"the update waiting in slot {other.bootname} is not started"
     elif other.boot_status != "good":
         raise UpdateError(f"slot {other.bootname} is marked {other.boot_status}: it failed to boot or was never"
