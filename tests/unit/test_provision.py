@@ -407,3 +407,21 @@ def test_as_root_the_files_belong_to_who_reads_them(roots: provision.Roots) -> N
     copy = roots.sys / provision.SHADOW_COPY
     assert (copy.stat().st_uid, copy.stat().st_gid) == ((roots.sys / "etc/shadow").stat().st_uid,
                                                         (roots.sys / "etc/shadow").stat().st_gid)
+
+
+@needs_openssl
+def test_the_example_drop_in_of_docs_provisioning_md_is_applied_as_written(roots: provision.Roots) -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs/provisioning.md").read_text(encoding="utf-8")
+    example = text.split("A complete example (`tests/unit/test_provision.py` applies it as written):\n\n```\n", 1)[1]
+    write(roots.boot / provision.DROPIN, example.split("```", 1)[0])
+    outcome = provision.provision(roots, 0.0)
+    assert outcome.refused == [] and (outcome.serial, outcome.hostname) == ("00000161", "gw-161-north")
+    assert len((roots.sys / "home/admin/.ssh/authorized_keys").read_text().splitlines()) == 2
+    assert model.load(roots.config).push_endpoint == "https://hes.example.net/wmbus/in"
+
+
+def test_the_docs_examples_of_the_8_digit_rule_hold() -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs/provisioning.md").read_text(encoding="utf-8")
+    for raw, digits in (("161", "00000161"), ("1234567890", "34567890"), ("10000000abcdef12", "89246994"),
+                        ("52:54:00:12:34:56", "31923542")):
+        assert f"`{raw}` → `{digits}`" in text and serial.eight_digits(raw) == digits

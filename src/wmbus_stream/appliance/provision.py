@@ -441,7 +441,7 @@ def provision(roots: Roots, now: float, *, hasher: Callable[[str], str] = hash_l
     if refused:
         error = error_text(refused, now)
         _write(roots.boot / ERROR, error, 0o600, [])
-        console(roots, error.splitlines())
+        console(roots, [line.removeprefix("wmbus-stream ") for line in error.splitlines()])
     outcome = apply(roots, plan, now)
     outcome.refused = refused
     console(roots, [f"gateway serial {outcome.serial} (from {outcome.source}), host name {outcome.hostname}"])
