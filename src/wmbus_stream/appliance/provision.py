@@ -33,8 +33,9 @@ from ..web.auth import DEFAULT_USER, PASSWORD_FILE, generate_password, write_pas
 from . import dropin, serial
 
 __all__ = ["DROPIN", "DONE", "ERROR", "NETWORK_FILE", "PASSWORD_NOTE", "SETTINGS_FILE", "SSHD_FILE", "SHADOW_COPY",
-           "Outcome", "Plan", "Roots", "apply", "authorized_keys", "merged_config", "network_file", "prepare",
-           "provision", "shadow_with"]
+           "Outcome", "Plan", "Roots", "apply", "authorized_keys", "console", "done_text", "error_text",
+           "hash_login_password", "merged_config", "network_file", "password_text", "prepare", "provision",
+           "shadow_with"]
 
 DROPIN = "wmbus-stream.cfg"
 ERROR = "wmbus-stream-provision-error.txt"
@@ -414,16 +415,17 @@ def _web_password(roots: Roots, plan: Plan, outcome: Outcome) -> None:
             return
         password = generate_password()
         outcome.web_password_made = True
+        # The note first: should it fail, no hash is stored either, and the next boot makes another.
+        _write(roots.boot / PASSWORD_NOTE, password_text(password, plan), 0o600, outcome.written)
+    else:
+        _remove(roots.boot / PASSWORD_NOTE, outcome.written)  # an older random one: no longer the password
     path = write_password(roots.state, DEFAULT_USER, password)
     outcome.written.append(path)
     for owned in (roots.state, path):
         _own(owned, roots.service_user, roots)
     if outcome.web_password_made:
-        _write(roots.boot / PASSWORD_NOTE, password_text(password, plan), 0o600, outcome.written)
         console(roots, [f"web UI password for {DEFAULT_USER}: {password}",
                         f"(also in {PASSWORD_NOTE} on the boot partition: read it, then delete it)"])
-    else:
-        _remove(roots.boot / PASSWORD_NOTE, outcome.written)  # an older random one: no longer the password
 
 
 def provision(roots: Roots, now: float, *, hasher: Callable[[str], str] = hash_login_password) -> Outcome:
