@@ -425,3 +425,11 @@ def test_the_docs_examples_of_the_8_digit_rule_hold() -> None:
     for raw, digits in (("161", "00000161"), ("1234567890", "34567890"), ("10000000abcdef12", "89246994"),
                         ("52:54:00:12:34:56", "31923542")):
         assert f"`{raw}` → `{digits}`" in text and serial.eight_digits(raw) == digits
+
+
+def test_the_images_example_drop_in_is_valid(roots: provision.Roots) -> None:
+    """image/examples/drop-in.cfg, the file an installer starts from, passes the checks it documents."""
+    example = Path(__file__).resolve().parents[2] / "image/examples/drop-in.cfg"
+    found = dropin.parse(example.read_bytes())
+    assert found.stream["gateway.serial"] == "00000161" and len(found.ssh_keys) == 1
+    assert provision.prepare(roots, found).serial == "00000161"
