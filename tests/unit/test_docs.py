@@ -45,3 +45,14 @@ def test_fleet_md_lists_every_key_under_what_a_sync_may_do_with_it() -> None:
         [row] = [line for line in text.splitlines() if line.startswith(f"| {label} |")]
         documented = re.findall(r"`([a-z0-9._-]+)`", row.split("|")[2])
         assert documented == [key.name for key in KEYS if key.sync == kind], f"docs/fleet.md row {label!r}"
+
+
+def test_provisioning_md_documents_every_provision_key() -> None:
+    """docs/provisioning.md's table of the drop-in's keys lists exactly appliance/dropin.py's keys, in its order."""
+    import re
+
+    from wmbus_stream.appliance.dropin import PROVISION_KEYS
+
+    rows = re.findall(r"^\| `(provision\.[a-z.]+)` \|", (DOCS / "provisioning.md").read_text(encoding="utf-8"),
+                      re.MULTILINE)
+    assert rows == [key.name for key in PROVISION_KEYS]

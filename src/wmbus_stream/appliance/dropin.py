@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from ..config import model, properties
 from ..config.keys import MASK
 from ..errors import ConfigError, Problem
-from ..web.auth import DEFAULT_USER, password_problem
+from ..web.auth import COMMON_PASSWORDS, DEFAULT_USER, password_problem
 
 __all__ = ["DropIn", "PROVISION_KEYS", "ProvisionKey", "SETTINGS", "network_problems", "parse"]
 
@@ -66,7 +66,7 @@ def login_password(text: str) -> str | None:
     low, high = LOGIN_PASSWORD_LENGTH
     if not low <= len(text) <= high:
         raise ValueError(f"it has {len(text)} characters")
-    if text.lower() in ("admin", "password", "changeme", "12345678", "raspberry", "wmbus-stream"):
+    if text.lower() in COMMON_PASSWORDS or text.lower() == "raspberry":
         raise ValueError("it is too easy to guess")
     return text
 
@@ -132,7 +132,8 @@ PROVISION_KEYS: tuple[ProvisionKey, ...] = (
                  "an OpenSSH public key line: TYPE BASE64 [COMMENT], TYPE one of " + ", ".join(SSH_KEY_TYPES),
                  "A key that may log in as the admin user over SSH (repeat the key for several).", repeatable=True),
     ProvisionKey("provision.ssh.password", login_password,
-                 f"{LOGIN_PASSWORD_LENGTH[0]} to {LOGIN_PASSWORD_LENGTH[1]} characters, or empty to turn it off",
+                 f"{LOGIN_PASSWORD_LENGTH[0]} to {LOGIN_PASSWORD_LENGTH[1]} characters, not a common password,"
+                 " or empty to turn it off",
                  "The admin user's login password; also turns SSH password login on.", secret=True),
     ProvisionKey("provision.web.password", web_password,
                  "at least 10 characters, at least 4 different ones, not a common password",
