@@ -246,6 +246,10 @@ def test_waiting_asks_until_the_service_is_active_or_the_bound_is_reached(double
     waits.clear()
     assert slots.wait_active(tools, 3, interval=2, clock=lambda: now[0], sleep=sleep) is False
     assert waits == [2, 1]
+    double.set(fresh_status(), ["activating", "failed", "active"])  # systemd gave up: no use waiting on
+    waits.clear()
+    assert slots.wait_active(tools, 300, interval=2, clock=lambda: now[0], sleep=sleep) is False
+    assert waits == [2]
 
 
 def test_a_missing_rauc_is_named(double: Double, tmp_path: Path) -> None:

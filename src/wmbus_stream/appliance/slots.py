@@ -213,13 +213,18 @@ def decide(ready: bool, confirmed_before: bool, fallback: bool) -> Decision:
 
 def wait_active(tools: Tools, within: float, *, unit: str = SERVICE, interval: float = 2.0,
                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> bool:
-    """Whether ``unit`` is active (for Type=notify: READY=1 was sent) at some check within ``within`` seconds."""
+    """Whether ``unit`` is active (for Type=notify: READY=1 was sent) at some check within ``within`` seconds.
+
+    ``failed`` ends the wait at once: with Restart=on-failure a unit is ``activating`` between
+    its restarts, and ``failed`` only once systemd gave up on it.
+    """
     deadline = clock() + within
     while True:
-        if _run([tools.systemctl, "is-active", unit]).stdout.strip() == "active":
+        answer = _run([tools.systemctl, "is-active", unit]).stdout.strip()
+        if answer == "active":
             return True
         left = deadline - clock()
-        if left <= 0:
+        if left <= 0 or answer == "failed":
             return False
         sleep(min(interval, left))
 
