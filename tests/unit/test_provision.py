@@ -273,6 +273,8 @@ def test_a_drop_in_is_applied_whole_then_deleted(roots: provision.Roots) -> None
     assert (roots.sys / provision.NETWORK_FILE).read_text().splitlines()[1:] == [
         "[Match]", "Name=en* eth*", "", "[Network]", "Address=192.168.7.20/24", "Gateway=192.168.7.1",
         "DNS=192.168.7.1", "DNS=9.9.9.9", "DNS=2620:fe::fe"]
+    assert mode((roots.sys / provision.NETWORK_FILE).parent) == 0o755  # networkd reads it as systemd-network
+    assert mode(roots.sys / provision.NETWORK_FILE) == 0o644
     assert "\nPasswordAuthentication yes\n" in (roots.sys / provision.SSHD_FILE).read_text()
     shadow = (roots.sys / provision.SHADOW_COPY).read_text().splitlines()
     assert shadow[0] == "root:*:19000:0:99999:7:::" and mode(roots.sys / provision.SHADOW_COPY) == 0o640

@@ -298,6 +298,13 @@ def _write(path: Path, text: str, mode: int, written: list[Path]) -> None:
     written.append(path)
 
 
+def _folder(path: Path, mode: int) -> None:
+    """Make ``path`` when missing, with ``mode`` whatever the umask (the unit runs with 0077)."""
+    if not path.is_dir():
+        path.mkdir(parents=True)
+        path.chmod(mode)
+
+
 def _remove(path: Path, written: list[Path]) -> None:
     try:
         path.unlink()
@@ -342,7 +349,7 @@ def _password_login(roots: Roots, settings: Mapping[str, str], written: list[Pat
         return
     original = roots.system("etc/shadow")
     text = shadow_with(original.read_text(encoding="utf-8"), roots.admin, hashed)
-    copy.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _folder(copy.parent, 0o700)
     info = original.stat()
     _write(copy, text, info.st_mode & 0o777, written)
     if os.geteuid() == 0:
@@ -372,18 +379,18 @@ def apply(roots: Roots, plan: Plan, now: float) -> Outcome:
     outcome = Outcome(plan.serial, plan.source, plan.hostname, plan.applied, notes=list(plan.notes))
     written = outcome.written
     if plan.config_text is not None:
-        roots.config.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+        _folder(roots.config.parent, 0o750)
         _write(roots.config, plan.config_text, 0o600, written)
         for path in (roots.config.parent, roots.config):
             _own(path, roots.service_user, roots)
     settings_path = roots.data / SETTINGS_FILE
-    settings_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _folder(settings_path.parent, 0o700)
     _write(settings_path, properties.render(plan.settings, header=("provisioning settings (wmbus-stream provision)",)),
            0o600, written)
     home = _home(roots)
     if plan.ssh_keys:
         ssh = home / ".ssh"
-        ssh.mkdir(mode=0o700, exist_ok=True)
+        _folder(ssh, 0o700)
         keys = ssh / "authorized_keys"
         existing = keys.read_text(encoding="utf-8") if keys.exists() else ""
         _write(keys, authorized_keys(existing, plan.ssh_keys), 0o600, written)
@@ -394,6 +401,7 @@ def apply(roots: Roots, plan: Plan, now: float) -> Outcome:
     if text is None:
         _remove(roots.system(NETWORK_FILE), written)
     else:
+        _folder(roots.system(NETWORK_FILE).parent, 0o755)  # networkd reads it as systemd-network
         _write(roots.system(NETWORK_FILE), text, 0o644, written)
     if roots.real:
         socket.sethostname(plan.hostname)
