@@ -3,7 +3,8 @@
 The tree is real files: a boot partition folder, a system root with etc/passwd, etc/shadow,
 etc/skel, dev/console (a plain file standing for the console) and fake sysfs/procfs files
 (inputs only), a data partition, the configuration and state folders. The login password is
-hashed by the real ``openssl passwd -6``.
+hashed by the real ``openssl passwd -6``. What only a real root does (the bind mount over
+/etc/shadow, the host name) runs as root in mount and host-name namespaces of its own.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import base64
 import hashlib
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -435,3 +437,30 @@ def test_the_images_example_drop_in_is_valid(roots: provision.Roots) -> None:
     found = dropin.parse(example.read_bytes())
     assert found.stream["gateway.serial"] == "00000161" and len(found.ssh_keys) == 1
     assert provision.prepare(roots, found).serial == "00000161"
+
+
+@needs_openssl
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                    reason="needs root and unshare: a private mount and host-name namespace stands for the device")
+def test_on_a_real_root_the_shadow_copy_is_bound_and_the_host_name_set(tmp_path: Path) -> None:
+    """``--sys /`` in namespaces of its own: /run a fresh tmpfs, /dev/console a file; nothing outside changes."""
+    for folder in ("boot", "data", "etc", "state"):
+        (tmp_path / folder).mkdir()
+    console = write(tmp_path / "console", "")
+    write(tmp_path / "boot" / provision.DROPIN, f"provision.ssh.password={SSH_PASSWORD}\n"
+                                                "provision.hostname=ns-test-host\n")
+    run = (f"{WMBUS} provision --sys / --admin root --boot {tmp_path / 'boot'} --data {tmp_path / 'data'}"
+           f" --config {tmp_path / 'etc/stream.cfg'} --state {tmp_path / 'state'} --defaults {tmp_path / 'none.cfg'}")
+    script = (f"mount -t tmpfs tmpfs /run && mount --bind {console} /dev/console && {run} >/dev/null && {run} >/dev/null"
+              " && grep -c ' /etc/shadow ' /proc/self/mountinfo && grep '^root:' /etc/shadow && hostname")
+    shadow_before, host_before = Path("/etc/shadow").read_text(), socket.gethostname()
+    done = subprocess.run(["unshare", "-m", "-u", "sh", "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    mounts, root_line, hostname = done.stdout.splitlines()
+    assert mounts == "1"  # the second run replaced the first run's bind, it did not stack another
+    salt = root_line.split(":")[1].split("$")[2]
+    expected = subprocess.run(["openssl", "passwd", "-6", "-salt", salt, SSH_PASSWORD], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    assert root_line.split(":")[1] == expected and hostname == "ns-test-host"
+    assert (Path("/etc/shadow").read_text(), socket.gethostname()) == (shadow_before, host_before)
+    assert "host name ns-test-host" in console.read_text()
