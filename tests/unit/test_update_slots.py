@@ -254,7 +254,9 @@ def test_waiting_asks_until_the_service_is_active_or_the_bound_is_reached(double
 
 def test_a_missing_rauc_is_named(double: Double, tmp_path: Path) -> None:
     done = double.run("status", "--rauc", str(tmp_path / "no-rauc"))
-    assert done.returncode == 1 and f"{tmp_path / 'no-rauc'} is not installed" in done.stderr
+    assert done.returncode == 1 and done.stderr == (f"wmbus-stream: cannot run {tmp_path / 'no-rauc'}: No such file or"
+                                                    " directory (is it installed? WMBUS_STREAM_RAUC names another"
+                                                    " program)\n")
 
 
 # -- real rauc 1.8 ---------------------------------------------------------------------------

@@ -126,9 +126,10 @@ def parse_status(text: str) -> Status:
 def _run(command: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
     try:
         return subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
-    except FileNotFoundError:
-        raise UpdateError(f"{command[0]} is not installed (set {RAUC_ENV} or {SYSTEMCTL_ENV} for another path)") \
-            from None
+    except OSError as exc:  # not installed, not executable
+        name = SYSTEMCTL_ENV if os.path.basename(command[0]).startswith("systemctl") else RAUC_ENV
+        raise UpdateError(f"cannot run {command[0]}: {exc.strerror or exc} (is it installed? {name} names another"
+                          " program)") from None
     except subprocess.TimeoutExpired:
         raise UpdateError(f"{' '.join(command)} did not finish within {timeout:.0f} s") from None
 
