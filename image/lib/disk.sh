@@ -63,7 +63,7 @@ root_fstab() {
     cat <<'EOF'
 # The root is a read-only squashfs slot (mounted by the initrd, with /data and its binds:
 # /etc/initramfs-tools/scripts/local-bottom/wmbus-data). Installed by image/build.
-/dev/disk/wmbus/esp  /boot/efi  vfat   umask=0077,noatime,nofail,x-systemd.device-timeout=30s  0  2
+/dev/disk/wmbus/esp  /boot/efi  vfat   umask=0077,noatime,nofail,x-systemd.device-timeout=2min  0  2
 tmpfs                /tmp       tmpfs  nosuid,nodev,size=64m                                    0  0
 tmpfs                /var/tmp   tmpfs  nosuid,nodev,size=16m                                    0  0
 EOF
