@@ -7,6 +7,7 @@ script's argument checking, its configuration check and the plan it prints.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -14,13 +15,15 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = REPO / "image"
-ENTRY_POINTS = ["build", "build-wheels", "test-wheels", "fleet-keys"]
+ENTRY_POINTS = ["build", "build-wheels", "test-wheels", "fleet-keys", "build-deb", "test-deb"]
+MAINTAINER_SCRIPTS = ["deb/postinst", "deb/prerm", "deb/postrm"]
 ALL_SCRIPTS = [
     *ENTRY_POINTS,
     "lib/common.sh",
@@ -28,9 +31,12 @@ ALL_SCRIPTS = [
     "lib/customize-rootfs",
     "rootfs/etc/initramfs-tools/scripts/local-bottom/wmbus-data",
     "rootfs/etc/initramfs-tools/hooks/wmbus-data",
+    *MAINTAINER_SCRIPTS,
 ]
 EXAMPLES = IMAGE / "examples"
 VERSION = re.search(r'__version__ = "(.+)"', (REPO / "src/wmbus_stream/__init__.py").read_text()).group(1)  # type: ignore[union-attr]
+# The Debian spelling image/build-deb gives it (pre-releases sort before the release).
+DEB_VERSION = re.sub(r"\.?(a|b|rc|dev)(\d*)", r"~\1\2", VERSION, count=1).replace(".post", "+post")
 
 pytestmark = pytest.mark.skipif(
     not (IMAGE / "build").is_file() or shutil.which("bash") is None,
@@ -94,7 +100,9 @@ def test_build_wheels_plan(tmp_path: Path) -> None:
     assert not (tmp_path / "wheels").exists()
     one = run(["build-wheels", "--dry-run", "--arch", "armv7l", str(tmp_path / "w")], tmp_path)
     assert one.returncode == 0 and "aarch64" not in one.stdout
-    assert run(["build-wheels", "--arch", "x86_64", str(tmp_path / "w")], tmp_path).returncode == 2
+    native = run(["build-wheels", "--dry-run", "--arch", "x86_64", str(tmp_path / "w")], tmp_path)
+    assert native.returncode == 0 and "amd64: native" in native.stdout and "sysroot" not in native.stdout
+    assert run(["build-wheels", "--arch", "i386", str(tmp_path / "w")], tmp_path).returncode == 2
 
 
 def test_test_wheels_plan(tmp_path: Path) -> None:
@@ -330,3 +338,157 @@ def test_cibuildwheel_configuration_for_hosted_ci() -> None:
     assert config["build"].startswith("cp311-")
     assert set(config["linux"]["archs"]) == {"x86_64", "aarch64", "armv7l"}
     assert "tests/unit" in config["test-command"]
+
+
+@pytest.mark.parametrize("script", MAINTAINER_SCRIPTS)
+def test_maintainer_scripts_are_posix_sh(script: str) -> None:
+    text = (IMAGE / script).read_text()
+    assert text.startswith("#!/bin/sh\n") and "set -e\n" in text
+    assert os.access(IMAGE / script, os.X_OK)
+    result = subprocess.run(["sh", "-n", str(IMAGE / script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_build_deb_plan(tmp_path: Path) -> None:
+    result = run(["build-deb", "--dry-run", "--arch", "arm64", "--arch", "x86_64", str(tmp_path / "wheels")], tmp_path)
+    assert result.returncode == 0, result.stderr
+    plan = result.stdout
+    assert "for: amd64 arm64" in plan
+    assert "wmbus_stream-" in plan and "_aarch64.whl (not there yet)" in plan and "_x86_64.whl (not there yet)" in plan
+    for path in (
+        "/usr/lib/wmbus-stream/wheels",
+        "/lib/systemd/system/wmbus-stream.service",
+        "/lib/udev/rules.d/70-wmbus-receivers.rules",
+        "/usr/share/wmbus-stream/stream.cfg.example",
+    ):
+        assert path in plan
+    assert "dpkg-deb --root-owner-group --build" in plan and f"wmbus-stream_{DEB_VERSION}_arm64.deb" in plan
+    assert "stream.cfg only when absent" in plan and "pip install --no-index" in plan
+    assert "purge removes them and the user" in plan
+    assert not (tmp_path / "wheels").exists()
+    named = run(["build-deb", "--dry-run", "--arch", "armhf", "--version", f"{DEB_VERSION}+gw2", str(tmp_path)], tmp_path)
+    assert named.returncode == 0 and f"wmbus-stream_{DEB_VERSION}+gw2_armhf.deb" in named.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        (["--arch", "i386", "W"], "unsupported --arch 'i386' (amd64, arm64 or armhf)"),
+        (["--arch"], "--arch needs a value"),
+        (["--version", "not a version", "W"], "is not a Debian version"),
+        (["--arch", "arm64"], "WHEELDIR is required"),
+        (["W", "V"], "only one WHEELDIR"),
+    ],
+)
+def test_build_deb_argument_errors(args: list[str], problem: str, tmp_path: Path) -> None:
+    result = run(["build-deb", "--dry-run", *args], tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert problem in result.stderr and "--help" in result.stderr
+
+
+def test_build_deb_without_wheels_says_which_to_build(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    result = run(["build-deb", str(tmp_path / "empty")], tmp_path)
+    assert result.returncode == 2
+    assert f"no wmbus_stream {VERSION} wheel" in result.stderr and "image/build-wheels" in result.stderr
+
+
+def test_test_deb_plan(tmp_path: Path) -> None:
+    result = run(["test-deb", "--dry-run", "--arch", "amd64", "--arch", "arm64", str(tmp_path)], tmp_path)
+    assert result.returncode == 0, result.stderr
+    plan = result.stdout
+    assert f"{DEB_VERSION}, upgrade to {DEB_VERSION}+test1" in plan
+    assert "debroot-arm64" in plan and "python3 python3-venv adduser" in plan
+    assert f"apt-get install ./wmbus-stream_{DEB_VERSION}_arm64.deb" in plan
+    assert f"wmbus-stream_{DEB_VERSION}+test1_amd64.deb" in plan
+    assert "apt-get remove (config and state kept)" in plan and "listing before install = after purge" in plan
+    arm = next(line for line in plan.splitlines() if line.startswith("  arm64: ") and "root" in line)
+    if shutil.which("dpkg"):
+        host = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True).stdout.strip()
+        assert ("qemu-user" in arm) == (host != "arm64")
+    assert run(["test-deb", "--dry-run", "--arch", "mips", str(tmp_path)], tmp_path).returncode == 2
+    assert run(["test-deb", "--dry-run"], tmp_path).returncode == 2
+
+
+def _dependency_wheel(directory: Path, name: str) -> None:
+    """Write a minimal wheel of NAME: build-deb reads only its file name."""
+    dist = f"{name}-1.0.dist-info"
+    files = {
+        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n",
+        f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    with zipfile.ZipFile(directory / f"{name}-1.0-py3-none-any.whl", "w") as whl:
+        for path, text in files.items():
+            whl.writestr(path, text)
+        whl.writestr(f"{dist}/RECORD", "".join(f"{p},,\n" for p in [*files, f"{dist}/RECORD"]))
+
+
+@pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="no dpkg-deb (not a Debian machine)")
+@pytest.mark.skipif(importlib.util.find_spec("setuptools") is None, reason="no setuptools to build the wheel with")
+def test_build_deb_packages_a_wheel_built_here(tmp_path: Path) -> None:
+    """A real .deb from a wheel of this checkout: its files, control fields and maintainer scripts."""
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "setup.py", "README.md", "MANIFEST.in"):
+        shutil.copy(REPO / name, source / name)
+    shutil.copytree(REPO / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.egg-info"))
+    wheels = tmp_path / "wheels"
+    pip_wheel = ["pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(wheels)]
+    built = subprocess.run(
+        [sys.executable, "-m", *pip_wheel, str(source)],
+        env={**os.environ, "WMBUS_STREAM_NO_EXTENSIONS": "1", "PIP_CONFIG_FILE": os.devnull},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert built.returncode == 0, built.stderr
+    (wheel,) = wheels.glob("wmbus_stream-*-py3-none-any.whl")
+
+    build_deb = ["build-deb", "--no-lintian", "--arch", "amd64", "--out", str(tmp_path / "out"), str(wheels)]
+    refused = run(build_deb, tmp_path)
+    assert refused.returncode == 1
+    assert "no wheel for x86_64 of the runtime dependencies" in refused.stderr
+    assert all(name in refused.stderr for name in ("cronsim", "pyserial", "urllib3", "prometheus_client"))
+    assert not list((tmp_path / "out").glob("*.deb"))
+
+    for name in ("cronsim", "pyserial", "urllib3", "prometheus_client"):
+        _dependency_wheel(wheels, name)
+    result = run(build_deb, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "pure Python" in result.stderr
+    deb = tmp_path / "out" / f"wmbus-stream_{DEB_VERSION}_amd64.deb"
+    assert result.stdout.strip().splitlines()[0] == str(deb)
+
+    info = subprocess.run(["dpkg-deb", "-f", str(deb)], capture_output=True, text=True, check=True).stdout
+    assert "Package: wmbus-stream\n" in info and f"Version: {DEB_VERSION}\n" in info and "Architecture: amd64\n" in info
+    assert "Depends: python3 (>= 3.11), python3-venv, adduser\n" in info  # a pure wheel: any 3.11+
+    listing = subprocess.run(["dpkg-deb", "-c", str(deb)], capture_output=True, text=True, check=True).stdout
+    entries = {line.split()[5]: line.split()[:2] for line in listing.splitlines()}
+    for path in (
+        f"./usr/lib/wmbus-stream/wheels/{wheel.name}",
+        "./usr/lib/wmbus-stream/wheels/pyserial-1.0-py3-none-any.whl",
+        "./lib/systemd/system/wmbus-stream.service",
+        "./lib/udev/rules.d/70-wmbus-receivers.rules",
+        "./usr/share/wmbus-stream/stream.cfg.example",
+        "./usr/share/doc/wmbus-stream/copyright",
+        "./usr/share/doc/wmbus-stream/changelog.gz",
+    ):
+        assert entries[path] == ["-rw-r--r--", "root/root"], path
+    assert "./usr/bin/wmbus-stream -> /opt/wmbus-stream/bin/wmbus-stream" in listing
+    assert not any(p.startswith(("./etc", "./opt", "./var")) for p in entries)  # made by postinst, not shipped
+
+    tree = tmp_path / "tree"
+    subprocess.run(["dpkg-deb", "-R", str(deb), str(tree)], check=True)
+    unit = (tree / "lib/systemd/system/wmbus-stream.service").read_text()
+    assert unit == (REPO / "src/wmbus_stream/data/wmbus-stream.service").read_text()
+    assert not (tree / "DEBIAN/conffiles").exists()
+    scripts = [tree / "DEBIAN" / s for s in ("postinst", "prerm", "postrm")]
+    for script in scripts:
+        assert script.stat().st_mode & 0o777 == 0o755
+        assert script.read_text() == (IMAGE / "deb" / script.name).read_text()
+        assert subprocess.run(["sh", "-n", str(script)], capture_output=True).returncode == 0
+    if shutil.which("shellcheck"):
+        checked = subprocess.run(["shellcheck", "-S", "warning", *map(str, scripts)], capture_output=True, text=True)
+        assert checked.returncode == 0, checked.stdout
+    md5sums = (tree / "DEBIAN/md5sums").read_text()
+    assert f"usr/lib/wmbus-stream/wheels/{wheel.name}" in md5sums and "DEBIAN" not in md5sums
