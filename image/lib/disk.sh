@@ -80,7 +80,7 @@ bootloader=grub
 grubenv=/boot/efi/EFI/BOOT/grubenv
 statusfile=/data/rauc/status
 # The root is read-only: bundles are mounted under /run.
-mount-prefix=/run/rauc
+mountprefix=/run/rauc
 bundle-formats=-plain
 
 [keyring]
