@@ -182,3 +182,17 @@ assemble_disk() {
     dd if="$slot" of="$img" bs=4M oflag=seek_bytes seek=$((starts[1] * 512)) conv=notrunc,sparse status=none
     dd if="$data" of="$img" bs=4M oflag=seek_bytes seek=$((starts[3] * 512)) conv=notrunc,sparse status=none
 }
+
+# rauc_bundle SQUASHFS OUT.raucb CERT KEY DEBARCH VERSION BUILD WORKDIR: a signed RAUC bundle
+# (verity format) that installs SQUASHFS into the other root slot of a DEBARCH gateway.
+rauc_bundle() {
+    local slot=$1 out=$2 cert=$3 key=$4 arch=$5 version=$6 build=$7 content=$8
+    rm -rf "$content" && mkdir -p "$content"
+    ln "$slot" "$content/rootfs.squashfs" 2>/dev/null || cp "$slot" "$content/rootfs.squashfs"
+    printf '[update]\ncompatible=wmbus-stream-%s\nversion=%s\ndescription=wmbus-stream %s %s (%s)\nbuild=%s\n\n[bundle]\nformat=verity\n\n[image.rootfs]\nfilename=rootfs.squashfs\n' \
+        "$arch" "$version" "$version" "$arch" "$(basename "$out" .raucb)" "$build" > "$content/manifest.raucm"
+    rm -f "$out"
+    rauc bundle --cert="$cert" --key="$key" "$content" "$out" > "$content.log" 2>&1 \
+        || { cat "$content.log" >&2; die "rauc bundle failed"; }
+    rm -rf "$content" "$content.log"
+}

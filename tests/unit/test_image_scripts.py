@@ -366,7 +366,9 @@ def test_build_deb_plan(tmp_path: Path) -> None:
     assert "stream.cfg only when absent" in plan and "pip install --no-index" in plan
     assert "purge removes them and the user" in plan
     assert not (tmp_path / "wheels").exists()
-    named = run(["build-deb", "--dry-run", "--arch", "armhf", "--version", f"{DEB_VERSION}+gw2", str(tmp_path)], tmp_path)
+    named = run(
+        ["build-deb", "--dry-run", "--arch", "armhf", "--version", f"{DEB_VERSION}+gw2", str(tmp_path)], tmp_path
+    )
     assert named.returncode == 0 and f"wmbus-stream_{DEB_VERSION}+gw2_armhf.deb" in named.stdout
 
 
@@ -433,7 +435,9 @@ def _dependency_wheel(directory: Path, name: str) -> None:
 
 
 @pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="no dpkg-deb (not a Debian machine)")
-@pytest.mark.skipif(not _can_build_wheels(), reason="no setuptools >= 77 (pyproject's build backend) to build the wheel")
+@pytest.mark.skipif(
+    not _can_build_wheels(), reason="no setuptools >= 77 (pyproject's build backend) to build the wheel"
+)
 def test_build_deb_packages_a_wheel_built_here(tmp_path: Path) -> None:
     """A real .deb from a wheel of this checkout: its files, control fields and maintainer scripts."""
     source = tmp_path / "source"
@@ -501,3 +505,39 @@ def test_build_deb_packages_a_wheel_built_here(tmp_path: Path) -> None:
         assert checked.returncode == 0, checked.stdout
     md5sums = (tree / "DEBIAN/md5sums").read_text()
     assert f"usr/lib/wmbus-stream/wheels/{wheel.name}" in md5sums and "DEBIAN" not in md5sums
+
+
+@pytest.mark.skipif(
+    not all(shutil.which(tool) for tool in ("rauc", "mksquashfs", "openssl")),
+    reason="no rauc, squashfs-tools or openssl",
+)
+def test_rauc_takes_the_image_config_and_verifies_the_fleets_bundles_only(tmp_path: Path) -> None:
+    """Debian's rauc reads the generated system.conf, accepts a bundle signed under the fleet CA, refuses another CA's."""
+    for fleet in ("fleet", "foreign"):
+        assert run(["fleet-keys", "--out", str(tmp_path / fleet), "--name", fleet], tmp_path).returncode == 0
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "payload").write_bytes(os.urandom(1 << 16))  # rauc refuses a 4 KiB squashfs
+    subprocess.run(["mksquashfs", "root", "slot.squashfs", "-quiet", "-noappend"], cwd=tmp_path, check=True)
+    for fleet in ("fleet", "foreign"):
+        made = disk_sh(
+            f"rauc_bundle slot.squashfs {fleet}.raucb {fleet}/signing.cert.pem {fleet}/signing.key.pem"
+            f" arm64 9.8.7 test-build {tmp_path}/content-{fleet}",
+            tmp_path,
+        )
+        assert made.returncode == 0, made.stderr
+    conf = disk_sh("rauc_system_conf arm64", tmp_path).stdout
+    conf = conf.replace("path=/etc/rauc/keyring.pem", f"path={tmp_path}/fleet/ca.cert.pem")
+    conf = conf.replace("statusfile=/data/rauc/status", f"statusfile={tmp_path}/rauc.status")
+    (tmp_path / "system.conf").write_text(conf)
+
+    def info(bundle: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["rauc", f"--conf={tmp_path}/system.conf", "info", bundle], cwd=tmp_path, capture_output=True, text=True
+        )
+
+    good = info("fleet.raucb")
+    assert good.returncode == 0, good.stderr
+    assert "Compatible: \t'wmbus-stream-arm64'" in good.stdout and "Version:    \t'9.8.7'" in good.stdout
+    assert "rootfs.squashfs" in good.stdout and "verity" in good.stdout
+    foreign = info("foreign.raucb")
+    assert foreign.returncode != 0 and "signature verification failed" in foreign.stderr
