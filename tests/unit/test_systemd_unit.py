@@ -25,7 +25,7 @@ def test_the_unit_allows_usb_dongles_and_the_on_board_serial_ports_of_radio_hats
                     reason="systemd-analyze is not installed (Debian package systemd; scripts/test installs it)")
 def test_systemd_analyze_scores_the_unit_at_most_3() -> None:
     """Issue #11: it scored 6.6 (MEDIUM). Offline scoring reads the file; docs/install.md has
-    the figure measured in the booted image (image/boot-test), which is the same."""
+    the figure measured in a booted ARM image, which is the same."""
     result = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--no-pager", str(UNIT)],
                             capture_output=True, text=True, timeout=60)
     found = re.search(r"Overall exposure level for wmbus-stream\.service: (\d+\.\d)", result.stdout)
