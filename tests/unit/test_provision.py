@@ -41,6 +41,9 @@ SSH_PASSWORD = "correct-horse-7"
 WEB_PASSWORD = "battery-staple-99"
 HES_PASSWORD = "hes-secret-123"
 
+BAKED = "# baked into the image\nreceiving.server.url=https://hes.fleet.example/in\nreceiver.protocol=simulator\n" \
+        "receiver.port=-\n"
+
 needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
 
 
@@ -70,8 +73,7 @@ def roots(tmp_path: Path) -> provision.Roots:
             (net / "device").mkdir()
         if wireless:
             (net / "wireless").mkdir()
-    defaults = write(tmp_path / "share/stream.cfg", "# baked into the image\nreceiver.protocol=simulator\n"
-                                                   "receiver.port=-\n")
+    defaults = write(tmp_path / "share/stream.cfg", BAKED)
     (tmp_path / "boot").mkdir()
     return provision.Roots(boot=tmp_path / "boot", sys=system, data=tmp_path / "data",
                            config=tmp_path / "etc-wmbus-stream/stream.cfg", state=tmp_path / "state",
@@ -347,7 +349,7 @@ def test_an_invalid_drop_in_applies_nothing_and_says_why(roots: provision.Roots,
     assert [p.key for p in outcome.refused] == [key] and allowed in outcome.refused[0].allowed
     assert outcome.applied == () and outcome.source == "dmi"  # it came up as without a drop-in
     config = model.load(roots.config)
-    assert config.push_url is None and config.gateway_serial == outcome.serial
+    assert config.push_url == "https://hes.fleet.example/in" and config.gateway_serial == outcome.serial
     assert not (roots.sys / "home/admin/.ssh/authorized_keys").exists()
     assert not (roots.sys / provision.SSHD_FILE).exists() and not (roots.sys / provision.NETWORK_FILE).exists()
     assert (roots.boot / provision.DROPIN).read_text() == text  # kept for the installer
@@ -461,10 +463,11 @@ def test_on_a_real_root_the_shadow_copy_is_bound_and_the_host_name_set(tmp_path:
     for folder in ("boot", "data", "etc", "state"):
         (tmp_path / folder).mkdir()
     console = write(tmp_path / "console", "")
+    write(tmp_path / "defaults.cfg", BAKED)
     write(tmp_path / "boot" / provision.DROPIN, f"provision.ssh.password={SSH_PASSWORD}\n"
                                                 "provision.hostname=ns-test-host\n")
     run = (f"{WMBUS} provision --sys / --admin root --boot {tmp_path / 'boot'} --data {tmp_path / 'data'}"
-           f" --config {tmp_path / 'etc/stream.cfg'} --state {tmp_path / 'state'} --defaults {tmp_path / 'none.cfg'}")
+           f" --config {tmp_path / 'etc/stream.cfg'} --state {tmp_path / 'state'} --defaults {tmp_path / 'defaults.cfg'}")
     script = (f"mount -t tmpfs tmpfs /run && mount --bind {console} /dev/console && {run} >/dev/null && {run} >/dev/null"
               " && grep -c ' /etc/shadow ' /proc/self/mountinfo && grep '^root:' /etc/shadow && hostname")
     shadow_before, host_before = Path("/etc/shadow").read_text(), socket.gethostname()

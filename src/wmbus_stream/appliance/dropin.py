@@ -3,8 +3,9 @@
 The drop-in is a stream.cfg file (config/properties.py's format) that may also hold the
 ``provision.*`` keys of ``PROVISION_KEYS``; ``provision.ssh.key`` and
 ``provision.network.dns`` may be repeated. ``parse`` checks every line and every value
-before anything is applied and raises one ``ConfigError`` listing every problem (the key,
-the value, secrets masked, and what is allowed). The stream.cfg keys are checked by the
+before anything is applied: ``read`` collects every problem (the key, the value, and what is
+allowed) and ``parse`` raises them as one ``ConfigError``. ``masked`` makes a problem fit to
+print: only the value of a key known not to be secret shows, and never a URL's user info. The stream.cfg keys are checked by the
 configuration model itself once they are merged into the gateway's file (provision.py).
 """
 
@@ -19,11 +20,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..config import model, properties
+from ..config.keys import BY_NAME as STREAM_KEYS
 from ..config.keys import MASK
 from ..errors import ConfigError, Problem
 from ..web.auth import COMMON_PASSWORDS, DEFAULT_USER, password_problem
+from .serial import UNSET
 
-__all__ = ["DropIn", "PROVISION_KEYS", "ProvisionKey", "SETTINGS", "network_problems", "parse"]
+__all__ = ["DropIn", "FIXED", "PROVISION_KEYS", "ProvisionKey", "SETTINGS", "masked", "network_problems", "parse",
+           "read"]
 
 PREFIX = "provision."
 SSH_KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
@@ -56,6 +60,8 @@ def ssh_public_key(text: str) -> str:
     size = int.from_bytes(blob[:4], "big")
     if len(blob) < 4 + size or blob[4:4 + size] != parts[0].encode():
         raise ValueError(f"the key data is not a {parts[0]} key")
+    if parts[0] == "ssh-ed25519" and blob[4 + size:] != (32).to_bytes(4, "big") + blob[-32:]:
+        raise ValueError("the ed25519 key data is cut short or too long (it holds 32 bytes)")
     return " ".join(parts)
 
 
@@ -101,7 +107,18 @@ def interface_address(text: str) -> str | None:
         raise ValueError("") from None
     if address.network.prefixlen == address.max_prefixlen and address.version == 4:
         raise ValueError("a /32 leaves no network to reach a gateway on")
+    if address.network.prefixlen == 0:
+        raise ValueError("a /0 prefix takes in every address")
+    _usable(address.ip)
     return str(address)
+
+
+def _usable(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
+    """ValueError for an address no interface or router can have (loopback, multicast, unspecified)."""
+    for bad, what in ((address.is_loopback, "a loopback address"), (address.is_multicast, "a multicast address"),
+                      (address.is_unspecified, "the unspecified address")):
+        if bad:
+            raise ValueError(f"it is {what}")
 
 
 def ip_address(text: str) -> str | None:
@@ -109,9 +126,11 @@ def ip_address(text: str) -> str | None:
     if text == "":
         return None
     try:
-        return str(ipaddress.ip_address(text))
+        address = ipaddress.ip_address(text)
     except ValueError:
         raise ValueError("") from None
+    _usable(address)
+    return str(address)
 
 
 def dns_servers(text: str) -> tuple[str, ...]:
@@ -163,10 +182,20 @@ class DropIn:
     ssh_password: str | None = None  # None: not given; "": password login off again
     web_password: str | None = None
     given: tuple[str, ...] = ()  # every key the file sets, in file order (no values: they may be secret)
+    problems: tuple[Problem, ...] = ()  # why it is refused; empty when it may be applied
 
     def __repr__(self) -> str:
         return f"DropIn(given={self.given!r})"
 
+
+# stream.cfg keys the appliance fixes itself, and why a drop-in may not set them.
+FIXED = {"state.directory": "not set by a drop-in: the appliance keeps its state on the data partition,"
+                            " at /var/lib/wmbus-stream"}
+_UNSET_SERIAL = ("exactly 8 digits other than 00000000 (00000000 counts as no serial: leave the line out to take"
+                 " the serial from the hardware)")
+_FILE_KEYS = frozenset({"<file>", "--admin"})  # problems whose value is a path or an option, not a line of the file
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s]*@")
+NOT_UTF8 = Problem("<file>", "not UTF-8 text", "UTF-8 text: save it as UTF-8")
 
 SETTINGS = ("provision.hostname", "provision.network.address", "provision.network.gateway", "provision.network.dns")
 
@@ -200,41 +229,83 @@ def _text(value: object) -> str:
     return ",".join(value) if isinstance(value, tuple) else str(value)
 
 
+def _public(name: str) -> bool:
+    """Whether ``name`` is a key known not to hold a secret (its value may be printed)."""
+    if name in _FILE_KEYS:
+        return True
+    key = STREAM_KEYS.get(name) or BY_NAME.get(name)
+    return key is not None and not key.secret
+
+
+def _no_userinfo(text: str) -> str:
+    return _USERINFO.sub(lambda match: f"{match.group(1)}{MASK}@", text)
+
+
+def masked(problem: Problem) -> Problem:
+    """``problem`` fit for the console and the error file: an unknown or secret key's value masked, URL user info too."""
+    value = _no_userinfo(problem.value) if _public(problem.key) else (MASK if problem.value else "")
+    return Problem(problem.key, value, _no_userinfo(problem.allowed))
+
+
+def _utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def parse(data: bytes) -> DropIn:
     """Check a drop-in's bytes; ConfigError lists every problem (nothing is applied from a file with one)."""
+    found = read(data)
+    if found.problems:
+        raise ConfigError(list(found.problems))
+    return found
+
+
+def read(data: bytes) -> DropIn:
+    """Check a drop-in's bytes: what it asks for, and every problem of it (a file with one is not applied)."""
+    if not _utf8(data):  # no line of it is shown: a misread secret would be shown in clear
+        return DropIn(problems=(NOT_UTF8,))
     entries, problems = _entries(properties.parse(data))
     stream: dict[str, str] = {}
     checked: dict[str, list[object]] = {}
     for name, value in entries:
         if not name.startswith(PREFIX):
+            if name in FIXED:
+                problems.append(Problem(name, value, FIXED[name]))
+            elif name == "gateway.serial" and value == UNSET:
+                problems.append(Problem(name, value, _UNSET_SERIAL))
             stream[name] = value
             continue
         key = BY_NAME.get(name)
         if key is None:
-            shown = MASK if value and any(word in name for word in ("pass", "secret", "token")) else value
-            problems.append(Problem(name, shown, _closest(name)))
+            problems.append(Problem(name, value, _closest(name)))
             continue
         try:
-            checked.setdefault(name, []).append(key.parse(value))
+            result = key.parse(value)
         except ValueError as exc:
             detail = str(exc)
-            shown = MASK if key.secret and value else value
-            problems.append(Problem(name, shown, f"{key.allowed} ({detail})" if detail else key.allowed))
-    if problems:
-        raise ConfigError(problems)
+            problems.append(Problem(name, value, f"{key.allowed} ({detail})" if detail else key.allowed))
+            continue
+        checked.setdefault(name, []).append(result)
     settings = {name: _text(checked[name][0]) for name in SETTINGS if name in checked}
     if "provision.network.dns" in checked:
         servers = [server for group in checked["provision.network.dns"] for server in _text(group).split(",") if server]
         settings["provision.network.dns"] = ",".join(dict.fromkeys(servers))
+    keys: dict[str, str] = {}  # the same key with another comment is one key
+    for line in map(str, checked.get("provision.ssh.key", [])):
+        keys.setdefault(" ".join(line.split()[:2]), line)
     ssh_password = checked.get("provision.ssh.password", [None])[0]
     web = checked.get("provision.web.password", [None])[0]
     return DropIn(
         stream=stream,
         settings=settings,
-        ssh_keys=tuple(dict.fromkeys(str(key) for key in checked.get("provision.ssh.key", []))),
+        ssh_keys=tuple(keys.values()),
         ssh_password=None if "provision.ssh.password" not in checked else _text(ssh_password),
         web_password=None if web is None else str(web),
         given=tuple(dict.fromkeys(name for name, _ in entries)),
+        problems=tuple(masked(problem) for problem in problems),
     )
 
 
@@ -246,7 +317,11 @@ def network_problems(settings: dict[str, str]) -> list[Problem]:
     if not address:
         return [Problem("provision.network.gateway", gateway,
                         "a gateway together with provision.network.address (DHCP gives its own)")]
-    if ipaddress.ip_address(gateway).version != ipaddress.ip_interface(address).version:
+    router, interface = ipaddress.ip_address(gateway), ipaddress.ip_interface(address)
+    if router.version != interface.version:
         return [Problem("provision.network.gateway", gateway,
                         f"an IP address of the same family as provision.network.address {address}")]
+    if router == interface.ip or (router not in interface.network and not router.is_link_local):
+        return [Problem("provision.network.gateway", gateway,
+                        f"another address in the network of provision.network.address {address}")]
     return []

@@ -47,6 +47,7 @@ SSHD_FILE = f"{RUN}/sshd-password.conf"
 SHADOW_COPY = f"{RUN}/shadow"
 NETWORK_FILE = "run/systemd/network/10-wmbus-provisioned.network"
 PASSWORD_LOGIN = "provision.ssh.password.hash"  # the settings file's key for the admin's SHA-512 crypt hash
+SERIAL = "provision.serial"  # the settings file's key for the serial provisioning chose (kept across boots)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +85,7 @@ class Plan:
     web_password: str | None = None
     applied: tuple[str, ...] = ()  # the drop-in's keys, when one is applied
     notes: tuple[str, ...] = ()
+    broken: tuple[Problem, ...] = ()  # why stream.cfg cannot be written (left as it is)
 
     @property
     def hostname(self) -> str:
@@ -99,6 +101,7 @@ class Outcome:
     hostname: str
     applied: tuple[str, ...] = ()
     refused: list[Problem] = field(default_factory=list)
+    broken: list[Problem] = field(default_factory=list)  # why stream.cfg was not written (no drop-in to blame)
     web_password_made: bool = False
     written: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -188,19 +191,27 @@ def password_text(password: str, plan: Plan) -> str:
 # -- reading --------------------------------------------------------------------------------
 
 
-def _values(path: Path) -> tuple[dict[str, str], properties.Properties | None, list[Problem]]:
-    """A configuration-like file's values, the document (a template for rewriting it) and its problems."""
+def _values(path: Path, *, missing: bool = False) -> tuple[dict[str, str], properties.Properties | None, list[Problem]]:
+    """A configuration-like file's values, the document (a template for rewriting it) and its problems.
+
+    A file that is not there has no values, and no problem unless ``missing`` makes it one.
+    """
     try:
         document = properties.read(path)
     except FileNotFoundError:
-        return {}, None, []
+        return {}, None, [Problem("<file>", str(path), "an existing file")] if missing else []
+    except OSError as exc:
+        return {}, None, [Problem("<file>", str(path), f"a readable file ({exc.strerror or exc})")]
     return dict(document.values), document, [model.private(p) for p in document.problems]
 
 
 def _read_dropin(roots: Roots) -> bytes | None:
-    """The drop-in's bytes, None when there is none; ConfigError for a folder or device by its name."""
+    """The drop-in's bytes, None when there is none; ConfigError for a link, a folder or a device by its name."""
+    path = roots.boot / DROPIN
+    if path.is_symlink():  # never read through it: it could point at any file of the device
+        raise ConfigError(Problem(DROPIN, "a symbolic link", "a regular file (a link is not followed)"))
     try:
-        return properties.read_bytes(roots.boot / DROPIN)
+        return properties.read_bytes(path)
     except FileNotFoundError:
         return None
 
@@ -218,54 +229,125 @@ def hash_login_password(password: str, openssl: str = "openssl") -> str:
     return hashed
 
 
+def _base(roots: Roots) -> tuple[dict[str, str], properties.Properties | None, Path, str | None, list[Problem], str]:
+    """The values the drop-in's keys go into: (values, template, file, its serial, its problems, a note).
+
+    The provisioned stream.cfg when it is valid; on first boot the baked defaults; a
+    provisioned file that lost required keys (cut short by a power cut, empty) is rebuilt from
+    the defaults with its own values over them, so it keeps its serial.
+    """
+    current, document, problems = _values(roots.config)
+    if document is not None and not problems:
+        problems = _problems(current)
+        if not problems:
+            return current, document, roots.config, current.get("gateway.serial"), [], ""
+        if all(problem.allowed == model.REQUIRED for problem in problems):
+            values, template, defaults_problems = _values(roots.defaults, missing=True)
+            rebuilt = {**values, **current}
+            defaults_problems = defaults_problems or _problems(rebuilt)
+            note = (f"{roots.config} lacked {', '.join(p.key for p in problems)} (cut short?): rebuilt from"
+                    f" {roots.defaults}, keeping its own values")
+            return rebuilt, template, roots.defaults, current.get("gateway.serial"), defaults_problems, note
+    if document is not None or problems:
+        return current, document, roots.config, current.get("gateway.serial"), problems, ""
+    values, template, problems = _values(roots.defaults, missing=True)
+    return values, template, roots.defaults, None, problems or _problems(values), ""
+
+
+def _problems(values: Mapping[str, str]) -> list[Problem]:
+    """What ``wmbus-stream config check`` says of a file holding ``values`` (empty when it would run)."""
+    try:
+        model.require(model.parse(values))
+    except ConfigError as exc:
+        return exc.problems
+    return []
+
+
+def _account_problems(roots: Roots, found: dropin.DropIn) -> list[Problem]:
+    """Why the drop-in's SSH keys or login password cannot go to the admin user (no such user, no shadow entry)."""
+    if not found.ssh_keys and not found.ssh_password:
+        return []
+    passwd, shadow = roots.system("etc/passwd"), roots.system("etc/shadow")
+    wanted = "provision.ssh.key/provision.ssh.password"
+    try:
+        accounts = _accounts(roots, strict=True)
+    except (OSError, UnicodeDecodeError) as exc:
+        return [Problem("--admin", roots.admin, f"a user of a readable UTF-8 {passwd}, for {wanted} ({_why(exc)})")]
+    if roots.admin not in accounts:
+        return [Problem("--admin", roots.admin, f"a user of {passwd}, for {wanted} (there is no such user)")]
+    if not found.ssh_password:
+        return []
+    try:
+        shadow_with(shadow.read_text(encoding="utf-8"), roots.admin, "x")
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return [Problem("--admin", roots.admin,
+                        f"a user of a readable UTF-8 {shadow}, for provision.ssh.password ({_why(exc)})")]
+    return []
+
+
+def _why(exc: Exception) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return "it is not UTF-8 text"
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return str(exc)
+
+
 def prepare(roots: Roots, found: dropin.DropIn, *, hasher: Callable[[str], str] = hash_login_password) -> Plan:
-    """Check the drop-in against the current files and work out every write; ConfigError when it is refused."""
-    current, current_doc, problems = _values(roots.config)
-    base, template, configured = current, current_doc, current.get("gateway.serial")
-    where = roots.config
-    if current_doc is None:  # first boot: the image's baked default configuration
-        base, template, problems = _values(roots.defaults)
-        configured, where = None, roots.defaults
-    if not problems:
-        try:
-            model.parse(base)
-        except ConfigError as exc:
-            problems = exc.problems
+    """Check the drop-in against the current files and work out every write; ConfigError when it is refused.
+
+    Without a drop-in a configuration that cannot be written is not an error of this call: the
+    plan leaves stream.cfg alone and names why in ``broken``.
+    """
+    refused = list(found.problems)
+    base, template, where, configured, broken, note = _base(roots)
+    notes = [note] if note else []
     stored, _, _ = _values(roots.data / SETTINGS_FILE)
-    if problems and found.stream:
-        raise ConfigError([Problem(p.key, p.value, f"{p.allowed} (in {where}, which the drop-in's keys go into)")
-                           for p in problems])
-    chosen = serial.choose(found.stream.get("gateway.serial"), configured, roots.sys)
+    if broken and found.given:
+        refused += [Problem(p.key, p.value, f"{p.allowed} (in {where}, which the drop-in's keys go into)")
+                    for p in broken]
+    chosen = serial.choose(found.stream.get("gateway.serial"), configured, roots.sys, stored.get(SERIAL))
     if chosen is None:
         raise GatewayIOError("no serial: no drop-in gateway.serial, no provisioned stream.cfg, device tree, DMI,"
                              " wired MAC address or machine id")
     number, source = chosen
     config_text: str | None = None
-    notes: list[str] = []
-    if problems:
-        notes.append(f"{where} is invalid, left as it is: " + "; ".join(map(str, problems)))
-    else:
-        config = model.parse(merged_config(base, found.stream, number))  # ConfigError names each key
-        config_text = model.to_text(config, template=template)
-    settings = {**stored, **found.settings}
-    network = dropin.network_problems(settings)
-    if network:
-        raise ConfigError(network)
+    if not broken:
+        merged = merged_config(base, found.stream, number)
+        problems = _problems(merged)
+        if problems and found.given:
+            refused += problems
+        elif problems:
+            broken = problems
+        else:
+            config_text = model.to_text(model.parse(merged), template=template)
+    if broken and not found.given:
+        notes.append(f"{where} is invalid, left as it is: " + "; ".join(str(dropin.masked(p)) for p in broken))
+    settings = {**stored, **found.settings, SERIAL: number}
+    if found.settings.get("provision.network.address") == "" and "provision.network.gateway" not in found.settings:
+        settings["provision.network.gateway"] = ""  # back to DHCP: its router goes too
+    refused += dropin.network_problems(settings)
+    refused += _account_problems(roots, found)
+    if refused:
+        raise ConfigError([dropin.masked(problem) for problem in refused])
     if found.ssh_password is not None:  # last: every check has passed
         settings[PASSWORD_LOGIN] = hasher(found.ssh_password) if found.ssh_password else ""
     settings = {key: value for key, value in settings.items() if value}
-    return Plan(number, source, config_text, settings, found.ssh_keys, found.web_password, found.given, tuple(notes))
+    return Plan(number, source, config_text, settings, found.ssh_keys, found.web_password, found.given, tuple(notes),
+                tuple(dropin.masked(problem) for problem in broken) if not found.given else ())
 
 
 # -- writing --------------------------------------------------------------------------------
 
 
-def _accounts(roots: Roots) -> dict[str, tuple[int, int, str]]:
-    """name -> (uid, gid, home) from SYS/etc/passwd."""
+def _accounts(roots: Roots, *, strict: bool = False) -> dict[str, tuple[int, int, str]]:
+    """name -> (uid, gid, home) from SYS/etc/passwd; empty when unreadable unless ``strict`` (then the error)."""
     found = {}
     try:
         text = roots.system("etc/passwd").read_text(encoding="utf-8")
-    except OSError:
+    except (OSError, UnicodeDecodeError):
+        if strict:
+            raise
         return {}
     for line in text.splitlines():
         fields = line.split(":")
@@ -337,18 +419,28 @@ def _mounted(point: str) -> bool:
         return False
 
 
-def _password_login(roots: Roots, settings: Mapping[str, str], written: list[Path]) -> None:
-    """sshd's Include file and the shadow copy with the admin's hash, bound over /etc/shadow on a real root."""
+def _password_login(roots: Roots, settings: Mapping[str, str], written: list[Path], notes: list[str]) -> None:
+    """sshd's Include file and the shadow copy with the admin's hash, bound over /etc/shadow on a real root.
+
+    A stored hash that cannot be applied (the user or the shadow file gone) leaves keys-only
+    login and a note: it must not stop every later boot.
+    """
     hashed = settings.get(PASSWORD_LOGIN, "")
     copy, conf = roots.system(SHADOW_COPY), roots.system(SSHD_FILE)
     if roots.real and _mounted("/etc/shadow"):
         subprocess.run(["umount", "/etc/shadow"], check=True, timeout=60)  # a second run in one boot
-    if not hashed:
+    original = roots.system("etc/shadow")
+    text = None
+    if hashed:
+        try:
+            text = shadow_with(original.read_text(encoding="utf-8"), roots.admin, hashed)
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            notes.append(f"the stored login password of {roots.admin} is not applied ({_why(exc)}):"
+                         " SSH takes keys only")
+    if text is None:
         _remove(conf, written)
         _remove(copy, written)
         return
-    original = roots.system("etc/shadow")
-    text = shadow_with(original.read_text(encoding="utf-8"), roots.admin, hashed)
     _folder(copy.parent, 0o700)
     info = original.stat()
     _write(copy, text, info.st_mode & 0o777, written)
@@ -376,7 +468,8 @@ def console(roots: Roots, lines: list[str]) -> None:
 
 def apply(roots: Roots, plan: Plan, now: float) -> Outcome:
     """Write what ``plan`` holds, then what every boot writes; returns what was done."""
-    outcome = Outcome(plan.serial, plan.source, plan.hostname, plan.applied, notes=list(plan.notes))
+    outcome = Outcome(plan.serial, plan.source, plan.hostname, plan.applied, notes=list(plan.notes),
+                      broken=list(plan.broken))
     written = outcome.written
     if plan.config_text is not None:
         _folder(roots.config.parent, 0o750)
@@ -396,7 +489,7 @@ def apply(roots: Roots, plan: Plan, now: float) -> Outcome:
         _write(keys, authorized_keys(existing, plan.ssh_keys), 0o600, written)
         for path in (ssh, keys):
             _own(path, roots.admin, roots)
-    _password_login(roots, plan.settings, written)
+    _password_login(roots, plan.settings, written, outcome.notes)
     text = network_file(plan.settings)
     if text is None:
         _remove(roots.system(NETWORK_FILE), written)
@@ -410,7 +503,7 @@ def apply(roots: Roots, plan: Plan, now: float) -> Outcome:
         _remove(roots.boot / DROPIN, written)
         _write(roots.boot / DONE, done_text(plan, now), 0o600, written)
         _remove(roots.boot / ERROR, written)
-    elif not (roots.boot / DROPIN).exists():
+    elif not os.path.lexists(roots.boot / DROPIN):
         _remove(roots.boot / ERROR, written)  # the installer took the refused file away
     return outcome
 
@@ -443,7 +536,7 @@ def provision(roots: Roots, now: float, *, hasher: Callable[[str], str] = hash_l
     try:
         data = _read_dropin(roots)
         if data is not None:
-            plan = prepare(roots, dropin.parse(data), hasher=hasher)
+            plan = prepare(roots, dropin.read(data), hasher=hasher)
     except ConfigError as exc:
         refused = exc.problems
     if plan is None:
@@ -452,6 +545,8 @@ def provision(roots: Roots, now: float, *, hasher: Callable[[str], str] = hash_l
         error = error_text(refused, now)
         _write(roots.boot / ERROR, error, 0o600, [])
         console(roots, [line.removeprefix("wmbus-stream ") for line in error.splitlines()])
+    if plan.broken:
+        console(roots, [f"{roots.config} is not written: " + "; ".join(map(str, plan.broken))])
     outcome = apply(roots, plan, now)
     outcome.refused = refused
     console(roots, [f"gateway serial {outcome.serial} (from {outcome.source}), host name {outcome.hostname}"])

@@ -1,7 +1,8 @@
 """The gateway serial of a provisioned device: where it comes from, in a fixed order, and its 8 digits.
 
 Order (the first source that gives one wins): the drop-in's ``gateway.serial``; the serial of
-the already provisioned stream.cfg (so it stays the same across boots); the device tree's
+the already provisioned stream.cfg, then the one provisioning kept on the data partition (so
+it stays the same across boots even when stream.cfg lost its line); the device tree's
 ``serial-number`` (Raspberry Pi); the DMI product serial (SMBIOS type 1; qemu's ``-smbios
 type=1,serial=...``); the first wired MAC address (lowest ifindex); the machine id. A hardware
 value becomes 8 digits by ``eight_digits``. Every path is read under ``sys_root`` so the unit
@@ -14,17 +15,19 @@ import hashlib
 import re
 from pathlib import Path
 
-__all__ = ["SOURCES", "UNSET", "choose", "device_tree_serial", "dmi_serial", "eight_digits", "first_wired_mac",
+__all__ = ["SOURCES", "UNSET", "choose", "given", "device_tree_serial", "dmi_serial", "eight_digits", "first_wired_mac",
            "machine_id"]
 
 UNSET = "00000000"  # the default gateway.serial: no serial yet
-SOURCES = ("drop-in", "configuration", "device-tree", "dmi", "mac", "machine-id")
+SOURCES = ("drop-in", "configuration", "provisioned", "device-tree", "dmi", "mac", "machine-id")
 # What firmware writes when it has no serial to give (compared without case and surrounding blanks).
 _PLACEHOLDERS = frozenset({
     "", "0", "none", "n/a", "na", "unknown", "not specified", "not available", "not applicable",
     "to be filled by o.e.m.", "to be filled by oem", "default string", "system serial number",
-    "chassis serial number", "serial number", "0123456789", "123456789", "1234567890", "xxxxxxxx",
+    "chassis serial number", "serial number", "systemserialnumber", "to be filled by o.e.m", "xxxxxxxx",
+    "xxxxxxxxxx", "invalid", "empty", "uninitialized",
 })
+_NO_MAC = frozenset({"00:00:00:00:00:00", "ff:ff:ff:ff:ff:ff"})
 
 
 def eight_digits(text: str) -> str:
@@ -81,7 +84,7 @@ def first_wired_mac(sys_root: Path) -> str | None:
         if address is None or index is None or not index.strip().isdigit():
             continue
         mac = _meaningful(address)
-        if mac is not None and re.fullmatch(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}", mac.lower()):
+        if mac is not None and mac.lower() not in _NO_MAC and re.fullmatch(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}", mac.lower()):
             found.append((int(index.strip()), mac.lower()))
     return min(found)[1] if found else None
 
@@ -92,12 +95,19 @@ def machine_id(sys_root: Path) -> str | None:
     return None if raw is None else _meaningful(raw)
 
 
-def choose(dropin: str | None, configured: str | None, sys_root: Path) -> tuple[str, str] | None:
+def given(value: str | None) -> bool:
+    """Whether ``value`` is a serial (8 digits, not the unset ``00000000``)."""
+    return bool(value) and re.fullmatch(r"[0-9]{8}", value or "") is not None and value != UNSET
+
+
+def choose(dropin: str | None, configured: str | None, sys_root: Path,
+           provisioned: str | None = None) -> tuple[str, str] | None:
     """(8-digit serial, its source) from the first source in ``SOURCES`` that gives one; None if none does."""
     if dropin:
         return dropin, "drop-in"
-    if configured and re.fullmatch(r"[0-9]{8}", configured) and configured != UNSET:
-        return configured, "configuration"
+    for value, source in ((configured, "configuration"), (provisioned, "provisioned")):
+        if given(value):
+            return str(value), source
     for source, read in (("device-tree", device_tree_serial), ("dmi", dmi_serial), ("mac", first_wired_mac),
                          ("machine-id", machine_id)):
         value = read(sys_root)

@@ -41,13 +41,18 @@ def cmd_provision(args: argparse.Namespace) -> int:
     for note in outcome.notes:
         print(f"wmbus-stream provision: {note}", file=sys.stderr)
     print(f"{len(outcome.written)} file(s) written or removed" if outcome.written else "nothing to change")
+    if outcome.broken:
+        print(f"wmbus-stream provision: {roots.config} is not written, it would not pass `config check`:",
+              file=sys.stderr)
+        for problem in outcome.broken:
+            print(problem, file=sys.stderr)
     if outcome.refused:
         print(f"wmbus-stream provision: refused {roots.boot / provision.DROPIN}, nothing in it was applied"
               f" (the reasons are in {roots.boot / provision.ERROR}):", file=sys.stderr)
         for problem in outcome.refused:
             print(problem, file=sys.stderr)
         return EXIT_CONFIG
-    return EXIT_OK
+    return EXIT_CONFIG if outcome.broken else EXIT_OK
 
 
 def _tools(args: argparse.Namespace) -> Tools:

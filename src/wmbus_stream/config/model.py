@@ -336,13 +336,13 @@ def loads(data: bytes | str) -> Config:
     return config
 
 
-_REQUIRED = "a value: the gateway cannot run without this key unless sync.enabled=true (was the file cut short?)"
+REQUIRED = "a value: the gateway cannot run without this key unless sync.enabled=true (was the file cut short?)"
 
 
 def _missing(config: Config, before: Config | None = None) -> list[Problem]:
     if config.sync_enabled:  # the configuration server delivers the rest (configuration.server.url is checked)
         return []
-    return [Problem(key.name, "", _REQUIRED) for key in KEYS
+    return [Problem(key.name, "", REQUIRED) for key in KEYS
             if key.required and not config.raw[key.name] and (before is None or before.raw[key.name])]
 
 
