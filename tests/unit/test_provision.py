@@ -382,7 +382,7 @@ def test_a_broken_provisioned_configuration_is_left_alone_and_refuses_stream_key
     outcome = provision.provision(roots, 0.0)
     assert [p.key for p in outcome.refused] == ["radio.mode"] and str(roots.config) in outcome.refused[0].allowed
     assert roots.config.read_text() == "gateway.serial=00000555\nradio.mode=T9\n"
-    assert outcome.serial == "00000555" and any("is invalid, left as it is" in note for note in outcome.notes)
+    assert outcome.serial == "00000555" and [p.key for p in outcome.broken] == ["radio.mode"]
 
 
 def test_the_command_exits_0_then_3_for_a_refused_drop_in(roots: provision.Roots) -> None:
@@ -481,3 +481,214 @@ def test_on_a_real_root_the_shadow_copy_is_bound_and_the_host_name_set(tmp_path:
     assert root_line.split(":")[1] == expected and hostname == "ns-test-host"
     assert (Path("/etc/shadow").read_text(), socket.gethostname()) == (shadow_before, host_before)
     assert "host name ns-test-host" in console.read_text()
+
+
+# -- what the outside test found (each a class of fault) ----------------------------------------
+
+
+def provision_command(roots: provision.Roots, *extra: str) -> subprocess.CompletedProcess[str]:
+    args = [str(WMBUS), "provision", "--boot", str(roots.boot), "--sys", str(roots.sys), "--data", str(roots.data),
+            "--config", str(roots.config), "--state", str(roots.state), "--defaults", str(roots.defaults), *extra]
+    return subprocess.run(args, capture_output=True, text=True, timeout=120)
+
+
+def refused_whole(roots: provision.Roots, done: subprocess.CompletedProcess[str], text: str, expected: str) -> None:
+    """The drop-in was refused: exit 3, no traceback, it stays, the error file and the console name ``expected``."""
+    assert done.returncode == 3 and "Traceback" not in done.stderr, done.stderr
+    assert expected in done.stderr
+    assert (roots.boot / provision.DROPIN).read_bytes() == text.encode("utf-8", "surrogateescape")
+    assert expected in (roots.boot / provision.ERROR).read_text()
+    assert expected in (roots.sys / "dev/console").read_text()
+    assert not (roots.boot / provision.DONE).exists()
+
+
+@pytest.mark.parametrize(("drop", "defaults", "expected"), [
+    ("receiving.server.url=\n", BAKED, "receiving.server.url: invalid value ''; allowed: a value"),
+    ("provision.hostname=gw-1\n", None, "--defaults: invalid value"),
+    ("provision.hostname=gw-1\n", "receiver.protocol=hex\n", "receiving.server.url: invalid value ''"),
+])
+def test_a_drop_in_whose_merged_configuration_config_check_refuses_writes_nothing_of_it(
+        roots: provision.Roots, drop: str, defaults: str | None, expected: str) -> None:
+    if defaults is None:
+        roots.defaults.unlink()
+    else:
+        write(roots.defaults, defaults)
+    write(roots.boot / provision.DROPIN, drop)
+    done = provision_command(roots)
+    refused_whole(roots, done, drop, expected)
+    assert not roots.config.exists() or model.check_file(roots.config) == []
+    assert "provision.hostname" not in (roots.data / provision.SETTINGS_FILE).read_text()
+
+
+@pytest.mark.parametrize("content", ["", "# cut\ngateway.serial=00000555\n", "gateway.serial=00000555\nreceiver.protocol=hex\n"])
+def test_an_empty_or_cut_short_provisioned_configuration_is_rebuilt_from_the_defaults(
+        roots: provision.Roots, content: str) -> None:
+    first = provision.provision(roots, 0.0)
+    write(roots.config, content, 0o600)
+    outcome = provision.provision(roots, 0.0)
+    expected = "00000555" if content else first.serial
+    assert outcome.serial == expected and outcome.broken == []
+    assert model.check_file(roots.config) == [] and model.load(roots.config).gateway_serial == expected
+
+
+def test_a_configuration_that_is_a_folder_is_an_error_not_a_traceback(roots: provision.Roots) -> None:
+    roots.config.mkdir(parents=True)
+    write(roots.boot / provision.DROPIN, "receiving.server.url=https://hes.example.net/in\n")
+    done = provision_command(roots)
+    refused_whole(roots, done, "receiving.server.url=https://hes.example.net/in\n", "(this is a folder)")
+    assert roots.config.is_dir() and list(roots.config.iterdir()) == []
+
+
+def test_no_secret_shows_in_the_error_file_or_on_the_console(roots: provision.Roots) -> None:
+    text = ("provision.web.pasword=Typo-Secret-771\nreceiving.server.url=https://gw:UrlPw-1@hes.example/in\n"
+            "receiving.server.url=https://gw:UrlPw-2@hes.example/in\nsome.token.thing=Other-Secret-3\n"
+            "a line without equals Line-Secret-4\n")
+    write(roots.boot / provision.DROPIN, text)
+    done = provision_command(roots)
+    assert done.returncode == 3
+    shown = done.stderr + (roots.boot / provision.ERROR).read_text() + (roots.sys / "dev/console").read_text()
+    for secret in ("Typo-Secret-771", "UrlPw-1", "UrlPw-2", "Other-Secret-3", "Line-Secret-4", "gw:"):
+        assert secret not in shown, secret
+    assert "provision.web.pasword: invalid value '********'" in shown and "https://********@hes.example/in" in shown
+
+
+def test_a_drop_in_that_is_not_utf8_is_refused_in_one_line_without_its_text(roots: provision.Roots) -> None:
+    raw = "provision.web.password=Hemlig-l\xf6sen-9\n".encode("latin-1")
+    (roots.boot / provision.DROPIN).write_bytes(raw)
+    done = provision_command(roots)
+    error = (roots.boot / provision.ERROR).read_text()
+    assert done.returncode == 3 and "Hemlig" not in error + done.stderr
+    assert error.splitlines()[2:] == ["<file>: invalid value 'not UTF-8 text'; allowed: UTF-8 text: save it as UTF-8"]
+
+
+def test_a_drop_in_that_is_a_symbolic_link_is_not_read(roots: provision.Roots, tmp_path: Path) -> None:
+    target = write(tmp_path / "elsewhere.cfg", "provision.hostname=from-the-link\n")
+    (roots.boot / provision.DROPIN).symlink_to(target)
+    outcome = provision.provision(roots, 0.0)
+    assert [str(p) for p in outcome.refused] == [
+        "wmbus-stream.cfg: invalid value 'a symbolic link'; allowed: a regular file (a link is not followed)"]
+    assert outcome.hostname.startswith("wmbus-") and (roots.boot / provision.DROPIN).is_symlink()
+    provision.provision(roots, 0.0)
+    assert (roots.boot / provision.ERROR).exists()  # the refusal stays while the link does
+    (roots.boot / provision.DROPIN).unlink()
+    target.unlink()
+    (roots.boot / provision.DROPIN).symlink_to(target)  # a dangling one too
+    assert provision.provision(roots, 0.0).refused and (roots.boot / provision.ERROR).exists()
+
+
+@needs_openssl
+@pytest.mark.parametrize(("admin", "shadow", "expected"), [
+    ("nosuchuser", "keep", "--admin: invalid value 'nosuchuser'"),
+    ("admin", "latin1", "it is not UTF-8 text"),
+    ("admin", "missing", "No such file or directory"),
+])
+def test_an_account_that_cannot_take_the_password_refuses_the_drop_in_before_any_write(
+        roots: provision.Roots, admin: str, shadow: str, expected: str) -> None:
+    if shadow == "latin1":
+        (roots.sys / "etc/shadow").write_bytes("admin:!:19000:0:99999:7:::\nj\xf6rg:!:1:::::\n".encode("latin-1"))
+    elif shadow == "missing":
+        (roots.sys / "etc/shadow").unlink()
+    text = dropin_text()
+    write(roots.boot / provision.DROPIN, text)
+    done = provision_command(roots, "--admin", admin)
+    refused_whole(roots, done, text, expected)
+    assert not (roots.sys / "home" / admin / ".ssh").exists() and not (roots.sys / provision.SSHD_FILE).exists()
+    assert provision.PASSWORD_LOGIN not in (roots.data / provision.SETTINGS_FILE).read_text()
+
+
+@needs_openssl
+def test_a_stored_password_that_cannot_be_applied_does_not_stop_later_boots(roots: provision.Roots) -> None:
+    write(roots.boot / provision.DROPIN, f"provision.ssh.password={SSH_PASSWORD}\n")
+    provision.provision(roots, 0.0)
+    assert (roots.sys / provision.SSHD_FILE).exists()
+    (roots.sys / "etc/shadow").unlink()
+    outcome = provision.provision(roots, 0.0)
+    assert any("login password of admin is not applied" in note for note in outcome.notes)
+    assert not (roots.sys / provision.SSHD_FILE).exists() and not (roots.sys / provision.SHADOW_COPY).exists()
+
+
+def test_the_serial_stays_when_the_configuration_lost_its_line(roots: provision.Roots) -> None:
+    write(roots.boot / provision.DROPIN, "gateway.serial=00000161\n")
+    assert provision.provision(roots, 0.0).serial == "00000161"
+    text = roots.config.read_text()
+    write(roots.config, "".join(line for line in text.splitlines(keepends=True) if "gateway.serial" not in line), 0o600)
+    outcome = provision.provision(roots, 0.0)
+    assert (outcome.serial, outcome.source) == ("00000161", "provisioned")
+    assert model.load(roots.config).gateway_serial == "00000161"
+
+
+def test_a_drop_in_serial_of_zeros_is_refused(roots: provision.Roots) -> None:
+    write(roots.boot / provision.DROPIN, "gateway.serial=00000000\n")
+    outcome = provision.provision(roots, 0.0)
+    assert [p.key for p in outcome.refused] == ["gateway.serial"] and "counts as no serial" in str(outcome.refused[0])
+
+
+@pytest.mark.parametrize(("raw", "digits"), [("1234567890", "34567890"), ("0123456789", "23456789")])
+def test_a_dmi_serial_of_plain_digits_is_a_serial(roots: provision.Roots, raw: str, digits: str) -> None:
+    write(roots.sys / "sys/class/dmi/id/product_serial", raw + "\n")
+    assert serial.choose(None, None, roots.sys) == (digits, "dmi")
+
+
+@pytest.mark.parametrize("placeholder", ["XXXXXXXXXX", "To be filled by O.E.M", "SystemSerialNumber", "INVALID",
+                                         "empty"])
+def test_more_dmi_placeholders_give_no_serial(roots: provision.Roots, placeholder: str) -> None:
+    write(roots.sys / "sys/class/dmi/id/product_serial", placeholder + "\n")
+    assert serial.dmi_serial(roots.sys) is None
+
+
+def test_an_uninitialized_machine_id_and_broadcast_or_zero_macs_give_no_serial(roots: provision.Roots) -> None:
+    write(roots.sys / "etc/machine-id", "uninitialized\n")
+    assert serial.machine_id(roots.sys) is None
+    write(roots.sys / "sys/class/net/eth0/address", "ff:ff:ff:ff:ff:ff\n")
+    assert serial.first_wired_mac(roots.sys) is None
+    write(roots.sys / "sys/class/net/eth0/address", "00:00:00:00:00:00\n")
+    assert serial.first_wired_mac(roots.sys) is None
+
+
+def test_a_key_the_appliance_fixes_is_refused_with_the_reason(roots: provision.Roots) -> None:
+    write(roots.boot / provision.DROPIN, "state.directory=/tmp/elsewhere\n")
+    outcome = provision.provision(roots, 0.0)
+    assert [p.key for p in outcome.refused] == ["state.directory"]
+    assert "/var/lib/wmbus-stream" in outcome.refused[0].allowed
+
+
+def test_a_duplicate_key_does_not_hide_the_other_problems(roots: provision.Roots) -> None:
+    write(roots.boot / provision.DROPIN, "gateway.serial=00000161\ngateway.serial=00000162\nradio.mode=T9\n"
+                                         "provision.hostname=-bad-\nprovision.network.gateway=10.0.0.1\n")
+    outcome = provision.provision(roots, 0.0)
+    assert sorted(p.key for p in outcome.refused) == ["gateway.serial", "provision.hostname",
+                                                      "provision.network.gateway", "radio.mode"]
+
+
+def test_ssh_key_data_is_checked_and_a_key_is_added_once(roots: provision.Roots) -> None:
+    blob = base64.b64decode(KEY.split()[1])
+    cut = f"ssh-ed25519 {base64.b64encode(blob[:-4]).decode()} cut"
+    with pytest.raises(ConfigError, match="cut short"):
+        dropin.parse(f"provision.ssh.key={cut}\n".encode())
+    with pytest.raises(ConfigError, match="not a ssh-rsa key"):
+        dropin.parse(f"provision.ssh.key=ssh-rsa {KEY.split()[1]}\n".encode())
+    other = KEY.rsplit(" ", 1)[0] + " same-key-other-comment"
+    assert dropin.parse(f"provision.ssh.key={KEY}\nprovision.ssh.key={other}\n".encode()).ssh_keys == (KEY,)
+
+
+@pytest.mark.parametrize(("lines", "key"), [
+    ("provision.network.address=10.0.0.5/0", "provision.network.address"),
+    ("provision.network.address=127.0.0.5/8", "provision.network.address"),
+    ("provision.network.address=224.0.0.5/24", "provision.network.address"),
+    ("provision.network.address=0.0.0.0/24", "provision.network.address"),
+    ("provision.network.address=10.0.0.5/24\nprovision.network.gateway=10.0.1.1", "provision.network.gateway"),
+    ("provision.network.address=10.0.0.5/24\nprovision.network.gateway=10.0.0.5", "provision.network.gateway"),
+])
+def test_unusable_static_network_values_are_refused(roots: provision.Roots, lines: str, key: str) -> None:
+    write(roots.boot / provision.DROPIN, lines + "\n")
+    assert [p.key for p in provision.provision(roots, 0.0).refused] == [key]
+
+
+def test_an_empty_address_alone_goes_back_to_dhcp(roots: provision.Roots) -> None:
+    write(roots.boot / provision.DROPIN, "provision.network.address=10.0.0.5/24\nprovision.network.gateway=10.0.0.1\n")
+    provision.provision(roots, 0.0)
+    assert (roots.sys / provision.NETWORK_FILE).exists()
+    write(roots.boot / provision.DROPIN, "provision.network.address=\n")
+    outcome = provision.provision(roots, 0.0)
+    assert outcome.refused == [] and not (roots.sys / provision.NETWORK_FILE).exists()
+    assert "gateway" not in (roots.data / provision.SETTINGS_FILE).read_text()

@@ -87,6 +87,13 @@ def test_rauc_1_8_json_status_is_read() -> None:
         "slot B (rootfs.1): inactive, boot status good, 0.2.0, installed 2026-12-02T13:15:57Z\n")
 
 
+@pytest.mark.parametrize("bootname", ["../../etc/x", "A/B", "", "A.1", "Ä"])
+def test_a_boot_name_that_is_not_letters_and_digits_never_names_a_file(tmp_path: Path, bootname: str) -> None:
+    with pytest.raises(UpdateError, match="allowed: letters A-Z, a-z and digits"):
+        slots.marker_path(tmp_path, slots.Slot("rootfs.0", bootname, "booted", "good"))
+    assert slots.marker_path(tmp_path, slots.Slot("rootfs.0", "B2", "booted", "good")) == tmp_path / "rauc/confirmed-B2"
+
+
 @pytest.mark.parametrize("text", ["", "not json", '{"slots": 3}', '{"compatible": "x"}', "[]"])
 def test_output_that_is_not_rauc_status_is_an_update_error(text: str) -> None:
     with pytest.raises(UpdateError, match="not its JSON status"):

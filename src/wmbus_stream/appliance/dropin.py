@@ -193,7 +193,7 @@ FIXED = {"state.directory": "not set by a drop-in: the appliance keeps its state
                             " at /var/lib/wmbus-stream"}
 _UNSET_SERIAL = ("exactly 8 digits other than 00000000 (00000000 counts as no serial: leave the line out to take"
                  " the serial from the hardware)")
-_FILE_KEYS = frozenset({"<file>", "--admin"})  # problems whose value is a path or an option, not a line of the file
+_FILE_KEYS = frozenset({"<file>", "--admin", "--defaults"})  # problems whose value is a path or an option, not a line of the file
 _USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s]*@")
 NOT_UTF8 = Problem("<file>", "not UTF-8 text", "UTF-8 text: save it as UTF-8")
 

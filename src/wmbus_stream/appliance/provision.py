@@ -191,15 +191,16 @@ def password_text(password: str, plan: Plan) -> str:
 # -- reading --------------------------------------------------------------------------------
 
 
-def _values(path: Path, *, missing: bool = False) -> tuple[dict[str, str], properties.Properties | None, list[Problem]]:
+def _values(path: Path, *, option: str = "") -> tuple[dict[str, str], properties.Properties | None, list[Problem]]:
     """A configuration-like file's values, the document (a template for rewriting it) and its problems.
 
-    A file that is not there has no values, and no problem unless ``missing`` makes it one.
+    A file that is not there has no values, and no problem unless it is the one ``option`` names.
     """
     try:
         document = properties.read(path)
     except FileNotFoundError:
-        return {}, None, [Problem("<file>", str(path), "an existing file")] if missing else []
+        return {}, None, [Problem(option, str(path), "an existing file: the image's baked configuration")] \
+            if option else []
     except OSError as exc:
         return {}, None, [Problem("<file>", str(path), f"a readable file ({exc.strerror or exc})")]
     return dict(document.values), document, [model.private(p) for p in document.problems]
@@ -242,7 +243,7 @@ def _base(roots: Roots) -> tuple[dict[str, str], properties.Properties | None, P
         if not problems:
             return current, document, roots.config, current.get("gateway.serial"), [], ""
         if all(problem.allowed == model.REQUIRED for problem in problems):
-            values, template, defaults_problems = _values(roots.defaults, missing=True)
+            values, template, defaults_problems = _values(roots.defaults, option="--defaults")
             rebuilt = {**values, **current}
             defaults_problems = defaults_problems or _problems(rebuilt)
             note = (f"{roots.config} lacked {', '.join(p.key for p in problems)} (cut short?): rebuilt from"
@@ -250,7 +251,7 @@ def _base(roots: Roots) -> tuple[dict[str, str], properties.Properties | None, P
             return rebuilt, template, roots.defaults, current.get("gateway.serial"), defaults_problems, note
     if document is not None or problems:
         return current, document, roots.config, current.get("gateway.serial"), problems, ""
-    values, template, problems = _values(roots.defaults, missing=True)
+    values, template, problems = _values(roots.defaults, option="--defaults")
     return values, template, roots.defaults, None, problems or _problems(values), ""
 
 
@@ -321,8 +322,6 @@ def prepare(roots: Roots, found: dropin.DropIn, *, hasher: Callable[[str], str] 
             broken = problems
         else:
             config_text = model.to_text(model.parse(merged), template=template)
-    if broken and not found.given:
-        notes.append(f"{where} is invalid, left as it is: " + "; ".join(str(dropin.masked(p)) for p in broken))
     settings = {**stored, **found.settings, SERIAL: number}
     if found.settings.get("provision.network.address") == "" and "provision.network.gateway" not in found.settings:
         settings["provision.network.gateway"] = ""  # back to DHCP: its router goes too

@@ -18,6 +18,7 @@ from __future__ import annotations
 import enum
 import json
 import os
+import re
 import subprocess
 import time
 from collections.abc import Callable
@@ -191,7 +192,14 @@ def installation_id(slot: Slot) -> str:
 
 
 def marker_path(data: Path, slot: Slot) -> Path:
-    """``DATA/rauc/confirmed-BOOTNAME``: the installation id this slot was last confirmed for."""
+    """``DATA/rauc/confirmed-BOOTNAME``: the installation id this slot was last confirmed for.
+
+    The boot name comes from rauc's configuration; it goes into a file name only when it is
+    letters and digits (never a path such as ``../x``).
+    """
+    if not re.fullmatch(r"[A-Za-z0-9]+", slot.bootname):
+        raise UpdateError(f"rauc names slot {slot.name} with boot name {slot.bootname!r}; allowed: letters A-Z, a-z"
+                          " and digits (it names the file DATA/rauc/confirmed-BOOTNAME)")
     return data / "rauc" / f"confirmed-{slot.bootname}"
 
 
