@@ -692,3 +692,32 @@ def test_an_empty_address_alone_goes_back_to_dhcp(roots: provision.Roots) -> Non
     outcome = provision.provision(roots, 0.0)
     assert outcome.refused == [] and not (roots.sys / provision.NETWORK_FILE).exists()
     assert "gateway" not in (roots.data / provision.SETTINGS_FILE).read_text()
+
+
+def test_authorized_keys_that_are_not_utf8_refuse_new_keys_without_a_traceback(roots: provision.Roots) -> None:
+    keys = roots.sys / "home/admin/.ssh/authorized_keys"
+    keys.parent.mkdir(parents=True)
+    keys.write_bytes(b"ssh-ed25519 AAAA j\xf6rg\n")
+    text = f"provision.ssh.key={KEY}\n"
+    write(roots.boot / provision.DROPIN, text)
+    refused_whole(roots, provision_command(roots), text, "is readable UTF-8 text, for provision.ssh.key")
+    assert keys.read_bytes() == b"ssh-ed25519 AAAA j\xf6rg\n"
+
+
+@pytest.mark.skipif(not _namespaces(), reason="needs root and unshare: a read-only bind mount of the boot folder")
+def test_a_read_only_boot_partition_still_shows_the_console_lines_and_applies_a_drop_in_once(
+        roots: provision.Roots) -> None:
+    write(roots.boot / provision.DROPIN, "provision.hostname=gw-ro\nradio.mode=C1A\n")
+    run = " ".join([str(WMBUS), "provision", "--boot", str(roots.boot), "--sys", str(roots.sys), "--data",
+                    str(roots.data), "--config", str(roots.config), "--state", str(roots.state), "--defaults",
+                    str(roots.defaults)])
+    script = (f"mount --bind {roots.boot} {roots.boot} && mount -o remount,ro,bind {roots.boot} && {run} && {run}"
+              f" && echo second >> {roots.sys / 'dev/console'} && sed -i s/C1A/T1/ {roots.config} && {run}")
+    done = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    console = (roots.sys / "dev/console").read_text()
+    assert "wmbus-stream: web UI password for admin: " in console and "host name gw-ro" in console
+    assert "cannot write on the boot partition" in done.stderr
+    assert "was applied at an earlier boot and is not applied again" in done.stderr
+    assert (roots.boot / provision.DROPIN).exists()
+    assert model.load(roots.config).radio_mode == "T1"  # the later change was not overwritten by the old drop-in

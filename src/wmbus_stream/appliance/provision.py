@@ -18,12 +18,13 @@ done when ``--sys /``.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 import shutil
 import socket
 import subprocess
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..atomic import write_atomic
@@ -47,6 +48,7 @@ SSHD_FILE = f"{RUN}/sshd-password.conf"
 SHADOW_COPY = f"{RUN}/shadow"
 NETWORK_FILE = "run/systemd/network/10-wmbus-provisioned.network"
 PASSWORD_LOGIN = "provision.ssh.password.hash"  # the settings file's key for the admin's SHA-512 crypt hash
+APPLIED = "provision.applied.sha256"  # the settings file's key for the SHA-256 of the drop-in last applied
 SERIAL = "provision.serial"  # the settings file's key for the serial provisioning chose (kept across boots)
 
 
@@ -276,6 +278,13 @@ def _account_problems(roots: Roots, found: dropin.DropIn) -> list[Problem]:
         return [Problem("--admin", roots.admin, f"a user of a readable UTF-8 {passwd}, for {wanted} ({_why(exc)})")]
     if roots.admin not in accounts:
         return [Problem("--admin", roots.admin, f"a user of {passwd}, for {wanted} (there is no such user)")]
+    keys = roots.system(accounts[roots.admin][2]) / ".ssh/authorized_keys"
+    if found.ssh_keys and keys.exists():
+        try:
+            keys.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            return [Problem("--admin", roots.admin,
+                            f"a user whose {keys} is readable UTF-8 text, for provision.ssh.key ({_why(exc)})")]
     if not found.ssh_password:
         return []
     try:
@@ -499,12 +508,22 @@ def apply(roots: Roots, plan: Plan, now: float) -> Outcome:
         socket.sethostname(plan.hostname)
     _web_password(roots, plan, outcome)
     if plan.applied:
-        _remove(roots.boot / DROPIN, written)
-        _write(roots.boot / DONE, done_text(plan, now), 0o600, written)
-        _remove(roots.boot / ERROR, written)
+        _on_boot(outcome, lambda: _remove(roots.boot / DROPIN, written))
+        _on_boot(outcome, lambda: _write(roots.boot / DONE, done_text(plan, now), 0o600, written))
+        _on_boot(outcome, lambda: _remove(roots.boot / ERROR, written))
     elif not os.path.lexists(roots.boot / DROPIN):
-        _remove(roots.boot / ERROR, written)  # the installer took the refused file away
+        _on_boot(outcome, lambda: _remove(roots.boot / ERROR, written))  # the installer took the refused file away
     return outcome
+
+
+def _on_boot(outcome: Outcome, write: Callable[[], None]) -> bool:
+    """Run a write on the boot partition; a read-only or full one is a note, not a failure of the boot."""
+    try:
+        write()
+    except OSError as exc:
+        outcome.notes.append(f"cannot write on the boot partition: {exc.strerror or exc} ({exc.filename})")
+        return False
+    return True
 
 
 def _web_password(roots: Roots, plan: Plan, outcome: Outcome) -> None:
@@ -515,10 +534,11 @@ def _web_password(roots: Roots, plan: Plan, outcome: Outcome) -> None:
             return
         password = generate_password()
         outcome.web_password_made = True
-        # The note first: should it fail, no hash is stored either, and the next boot makes another.
-        _write(roots.boot / PASSWORD_NOTE, password_text(password, plan), 0o600, outcome.written)
-    else:
-        _remove(roots.boot / PASSWORD_NOTE, outcome.written)  # an older random one: no longer the password
+        # A boot partition that takes no note (read-only) leaves the console as the one place it shows.
+        _on_boot(outcome, lambda: _write(roots.boot / PASSWORD_NOTE, password_text(str(password), plan), 0o600,
+                                         outcome.written))
+    else:  # an older random one: no longer the password
+        _on_boot(outcome, lambda: _remove(roots.boot / PASSWORD_NOTE, outcome.written))
     path = write_password(roots.state, DEFAULT_USER, password)
     outcome.written.append(path)
     for owned in (roots.state, path):
@@ -532,21 +552,30 @@ def provision(roots: Roots, now: float, *, hasher: Callable[[str], str] = hash_l
     """One provisioning run: the drop-in applied (or refused with its reasons), then every boot's files."""
     refused: list[Problem] = []
     plan = None
+    again = False
+    stored, _, _ = _values(roots.data / SETTINGS_FILE)
     try:
         data = _read_dropin(roots)
-        if data is not None:
+        digest = "" if data is None else hashlib.sha256(data).hexdigest()
+        again = bool(digest) and stored.get(APPLIED) == digest  # applied, but the boot partition kept it
+        if data is not None and not again:
             plan = prepare(roots, dropin.read(data), hasher=hasher)
+            plan = replace(plan, settings={**plan.settings, APPLIED: digest})
     except ConfigError as exc:
         refused = exc.problems
     if plan is None:
         plan = prepare(roots, dropin.DropIn(), hasher=hasher)
     if refused:
         error = error_text(refused, now)
-        _write(roots.boot / ERROR, error, 0o600, [])
         console(roots, [line.removeprefix("wmbus-stream ") for line in error.splitlines()])
     if plan.broken:
         console(roots, [f"{roots.config} is not written: " + "; ".join(map(str, plan.broken))])
     outcome = apply(roots, plan, now)
+    if refused:
+        _on_boot(outcome, lambda: _write(roots.boot / ERROR, error, 0o600, []))
+    if again:
+        outcome.notes.append(f"{DROPIN} was applied at an earlier boot and is not applied again; delete it")
+        _on_boot(outcome, lambda: _remove(roots.boot / DROPIN, outcome.written))
     outcome.refused = refused
     console(roots, [f"gateway serial {outcome.serial} (from {outcome.source}), host name {outcome.hostname}"])
     return outcome
