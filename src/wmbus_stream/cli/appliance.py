@@ -2,7 +2,8 @@
 
 ``provision`` is what ``wmbus-stream-provision.service`` runs at every boot; ``update confirm`` is
 what ``wmbus-stream-confirm.service`` runs once the gateway service has started. Exit codes:
-0 ok, 1 failure, 3 a drop-in refused (the device still came up as it would without one).
+0 ok, 1 failure, 3 a drop-in refused or a stream.cfg that would not pass `config check` left unwritten (the device
+still came up as it would without the drop-in).
 """
 
 from __future__ import annotations
