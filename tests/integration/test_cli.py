@@ -481,9 +481,10 @@ def test_provision_outputs(tmp_path: Path) -> None:
     (tmp_path / "boot").mkdir()
     (tmp_path / "sys/etc").mkdir(parents=True)
     (tmp_path / "sys/etc/machine-id").write_text("4f1c0c3b8e2b4a8d9c7e6f5a4b3c2d1e\n")
+    (tmp_path / "defaults.cfg").write_text("receiving.server.url=https://hes.example.net/in\n")
     args = ["provision", "--boot", str(tmp_path / "boot"), "--sys", str(tmp_path / "sys"), "--data",
             str(tmp_path / "data"), "--config", str(tmp_path / "cfg/stream.cfg"), "--state", str(tmp_path / "state"),
-            "--defaults", str(tmp_path / "none.cfg")]
+            "--defaults", str(tmp_path / "defaults.cfg")]
     run = wmbus(*args)
     assert run.code == 0 and run.err == "", run
     assert re.match(r"gateway serial \d{8} \(from machine-id\), host name wmbus-\d{8}\n", run.out), run
@@ -491,7 +492,7 @@ def test_provision_outputs(tmp_path: Path) -> None:
     assert wmbus(*args).out.endswith("\nnothing to change\n")
     (tmp_path / "boot/wmbus-stream.cfg").write_text("provision.colour=blue\n")
     run = wmbus(*args)
-    assert run.code == 3 and "provision.colour: invalid value 'blue'; allowed: a provisioning key" in run.err, run
+    assert run.code == 3 and "provision.colour: invalid value '********'; allowed: a provisioning key" in run.err, run  # unknown: masked
 
 
 @covers("update status", "update install", "update rollback", "update confirm")
