@@ -242,19 +242,35 @@ def _base(roots: Roots) -> tuple[dict[str, str], properties.Properties | None, P
     current, document, problems = _values(roots.config)
     if document is not None and not problems:
         problems = _problems(current)
-        if not problems:
-            return current, document, roots.config, current.get("gateway.serial"), [], ""
-        if all(problem.allowed == model.REQUIRED for problem in problems):
-            values, template, defaults_problems = _values(roots.defaults, option="--defaults")
-            rebuilt = {**values, **current}
-            defaults_problems = defaults_problems or _problems(rebuilt)
-            note = (f"{roots.config} lacked {', '.join(p.key for p in problems)} (cut short?): rebuilt from"
-                    f" {roots.defaults}, keeping its own values")
-            return rebuilt, template, roots.defaults, current.get("gateway.serial"), defaults_problems, note
+    cut = _complete_lines(roots.config) if problems and document is not None and document.lines else None
+    if cut is not None:  # a power cut in the middle of a line: the lines before it are what is left
+        current, document = dict(cut.values), cut
+        problems = [model.private(p) for p in cut.problems] or _problems(current)
+    if document is not None and not problems:
+        note = f"{roots.config} ended in a line cut short: rewritten without it" if cut is not None else ""
+        return current, document, roots.config, current.get("gateway.serial"), [], note
+    if document is not None and all(problem.allowed == model.REQUIRED for problem in problems):
+        values, template, defaults_problems = _values(roots.defaults, option="--defaults")
+        rebuilt = {**values, **current}
+        defaults_problems = defaults_problems or _problems(rebuilt)
+        note = (f"{roots.config} lacked {', '.join(p.key for p in problems)} (cut short?): rebuilt from"
+                f" {roots.defaults}, keeping its own values")
+        return rebuilt, template, roots.defaults, current.get("gateway.serial"), defaults_problems, note
     if document is not None or problems:
         return current, document, roots.config, current.get("gateway.serial"), problems, ""
     values, template, problems = _values(roots.defaults, option="--defaults")
     return values, template, roots.defaults, None, problems or _problems(values), ""
+
+
+def _complete_lines(path: Path) -> properties.Properties | None:
+    """The file's lines up to its last newline, when it ends in an unfinished one; else None."""
+    try:
+        data = properties.read_bytes(path)
+    except (OSError, ConfigError):
+        return None
+    if data.endswith(b"\n"):
+        return None
+    return properties.parse(data[:data.rfind(b"\n") + 1])
 
 
 def _problems(values: Mapping[str, str]) -> list[Problem]:
