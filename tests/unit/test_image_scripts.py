@@ -22,7 +22,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = REPO / "image"
-ENTRY_POINTS = ["build", "build-wheels", "test-wheels", "fleet-keys", "build-deb", "test-deb"]
+ENTRY_POINTS = ["build", "build-wheels", "test-wheels", "fleet-keys", "build-deb", "test-deb", "vm-test"]
 MAINTAINER_SCRIPTS = ["deb/postinst", "deb/prerm", "deb/postrm"]
 ALL_SCRIPTS = [
     *ENTRY_POINTS,
@@ -331,6 +331,33 @@ def test_fleet_keys_are_private_and_chain_to_the_ca(tmp_path: Path) -> None:
     again = run(["fleet-keys", "--out", str(keys)], tmp_path)
     assert again.returncode == 2 and "never overwritten" in again.stderr
     assert (keys / "ca.key.pem").stat().st_size > 0
+
+
+def test_vm_test_plan(tmp_path: Path) -> None:
+    (tmp_path / "wmbus-stream-0.1.0-arm64.img").write_bytes(b"")
+    result = run(["vm-test", "--dry-run", "--image-dir", str(tmp_path), "--only", "power_cuts"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    plan = result.stdout
+    assert "found: wmbus-stream-0.1.0-arm64.img" in plan and "tests: power_cuts" in plan
+    assert "-bios /usr/share/qemu-efi-aarch64/QEMU_EFI.fd" in plan and "no -kernel/-initrd" in plan
+    assert f"WMBUS_STREAM_APPLIANCE_DIR={tmp_path}" in plan and "-k test_power_cuts" in plan and "nice -n 10" in plan
+    for pkg in ("qemu-system-arm", "qemu-efi-aarch64", "u-boot-qemu", "mtools", "e2fsprogs", "openssh-client"):
+        assert pkg in plan
+    unknown = run(["vm-test", "--dry-run", "--image-dir", str(tmp_path), "--only", "nope"], tmp_path)
+    assert unknown.returncode == 2 and "allowed: boot_from_firmware" in unknown.stderr
+    missing = run(["vm-test", "--dry-run", "--image-dir", str(tmp_path / "absent")], tmp_path)
+    assert missing.returncode == 2 and "no such folder" in missing.stderr
+    assert run(["vm-test", "--dry-run"], tmp_path).returncode == 2
+
+
+def test_appliance_tier_is_skipped_without_its_folder(tmp_path: Path) -> None:
+    """The default run collects tests/appliance and skips every test there, saying how to run them: nothing boots."""
+    env = {k: v for k, v in os.environ.items() if k != "WMBUS_STREAM_APPLIANCE_DIR"}
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", "tests/appliance"],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert " skipped" in result.stdout and " passed" not in result.stdout and "error" not in result.stdout
+    assert "set WMBUS_STREAM_APPLIANCE_DIR" in result.stdout
 
 
 def test_cibuildwheel_configuration_for_hosted_ci() -> None:
