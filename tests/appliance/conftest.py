@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from vm import ENV_DIR, FIRMWARE, Artifacts, Disk, VM, drop_in, missing_tools, ssh_key
+from vm import (DROP_IN, ENV_DIR, FIRMWARE, LOCAL_GRUB_CFG, LOCAL_GRUB_TEXT, Artifacts, Disk, VM, drop_in, missing_tools,
+                ssh_key)
 
 TIMES_ENV = "WMBUS_STREAM_APPLIANCE_TIMES"
 REPO = Path(__file__).resolve().parents[2]
@@ -119,7 +120,8 @@ GatewayFactory = Callable[..., VM]
 @pytest.fixture
 def gateway(artifacts: Artifacts, test_key: tuple[Path, str], tmp_path: Path) -> Iterator[GatewayFactory]:
     """Make a gateway: a sparse copy of the image, a drop-in on its ESP (BASE_SETTINGS, the settings given, the
-    test key unless ``key=False``; none at all with ``drop_in_text=""``), a VM (not started) on it."""
+    test key unless ``key=False``; none at all with ``drop_in_text=""``), the journal forwarded to the console
+    (LOCAL_GRUB_CFG), a VM (not started) on it."""
     made: list[VM] = []
 
     def make(name: str, settings: Sequence[tuple[str, str]] = (), *, firmware: str = "edk2",
@@ -133,8 +135,11 @@ def gateway(artifacts: Artifacts, test_key: tuple[Path, str], tmp_path: Path) ->
             if key:
                 lines.append(("provision.ssh.key", test_key[1]))
             drop_in_text = drop_in(lines)
+        if disk.esp_read(LOCAL_GRUB_CFG) is not None:
+            raise AssertionError(f"{artifacts.image} already has {LOCAL_GRUB_CFG}; the tests would replace it")
+        disk.esp_write(LOCAL_GRUB_CFG, LOCAL_GRUB_TEXT, tmp_path)
         if drop_in_text:
-            disk.esp_write("wmbus-stream.cfg", drop_in_text, tmp_path)
+            disk.esp_write(DROP_IN, drop_in_text, tmp_path)
         vm = VM(disk, tmp_path, name=name, firmware=firmware, smbios_serial=smbios, key=test_key[0] if key else None,
                 extra_disks=extra_disks)
         made.append(vm)

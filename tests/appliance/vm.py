@@ -69,6 +69,12 @@ BOOT_DEADLINE = float(os.environ.get("WMBUS_STREAM_APPLIANCE_BOOT_DEADLINE", "90
 START_LINE = re.compile(r"wmbus-stream \S+ \((?:compiled|pure)\) started: serial (\d{8})")
 PASSWORD_LINE = re.compile(r"wmbus-stream: web UI password for admin: (\S+)")
 SLOT_LINE = re.compile(r"Kernel command line:.*\brauc\.slot=([AB])\b")
+GRUB_SLOT = re.compile(r"wmbus-stream: slot ([AB]) \(ORDER=")  # the ESP's grub.cfg echoes its choice every boot
+# The ESP's grub.cfg sources EFI/BOOT/local.cfg ("per board or for a test") for extra kernel
+# arguments: the tests have the journal forwarded to the serial console, where the service's
+# start line is then read (the image itself keeps the console quiet).
+LOCAL_GRUB_CFG = "EFI/BOOT/local.cfg"
+LOCAL_GRUB_TEXT = 'set extra_cmdline="systemd.journald.forward_to_console=1"\n'
 FIRMWARE_BANNER = re.compile(r"^(?:UEFI firmware \(version|U-Boot \d{4}\.\d{2})")  # once per boot, EDK2 or U-Boot
 _ANSI = re.compile(r"\x1b\[[0-9;?=]*[A-Za-z]|\x1b[()][A-Z0-9]")
 _SMBIOS_VALUE = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -182,20 +188,21 @@ class Disk:
     def _esp(self) -> str:
         return f"{self.path}@@{self.partition('esp').start}"
 
-    def esp_names(self) -> set[str]:
-        """The file names in the ESP's root folder."""
-        out = run(["mdir", "-b", "-i", self._esp(), "::/"], env=_mtools_env()).stdout
+    def esp_names(self, folder: str = "") -> set[str]:
+        """The file names in a folder of the ESP (its root by default)."""
+        out = run(["mdir", "-b", "-i", self._esp(), f"::/{folder}"], env=_mtools_env()).stdout
         return {line.rstrip("/").rsplit("/", 1)[-1] for line in out.splitlines() if line.strip()}
 
     def esp_read(self, name: str) -> str | None:
-        """A file of the ESP's root folder as text, None when it is not there."""
-        if name not in self.esp_names():
+        """A file of the ESP (path from its root) as text, None when it is not there."""
+        folder, _, base = name.rpartition("/")
+        if base not in self.esp_names(folder):
             return None
         return run(["mtype", "-i", self._esp(), f"::/{name}"], env=_mtools_env()).stdout
 
     def esp_write(self, name: str, text: str, workdir: Path) -> None:
-        """Write ``text`` as ``name`` in the ESP's root folder (replacing a file of that name)."""
-        local = workdir / f"esp-{name}"
+        """Write ``text`` as ``name`` (path from the ESP's root, folders existing) on the ESP, replacing it."""
+        local = workdir / f"esp-{name.replace('/', '_')}"
         local.write_text(text, encoding="utf-8")
         local.chmod(0o600)
         run(["mcopy", "-o", "-i", self._esp(), local, f"::/{name}"], env=_mtools_env())
@@ -256,7 +263,7 @@ class DataCheck:
     fsck_full: int  # e2fsck -fn status (0 = clean)
     fsck_output: str
     integrity: str  # PRAGMA integrity_check of the state database ("ok")
-    pending: dict[str, float] = field(default_factory=dict)  # meter_id -> received_at of every pending row
+    pending: dict[str, float] = field(default_factory=dict)  # meter_id -> latest received_at of its pending rows
 
 
 def check_data(disk: Disk, workdir: Path, *, after_crash: bool) -> DataCheck:
@@ -280,7 +287,9 @@ def check_data(disk: Disk, workdir: Path, *, after_crash: bool) -> DataCheck:
         raise HarnessError(f"no {DATA_STATE}/{STORE} on the data partition; {DATA_STATE} holds:\n{listing}")
     with contextlib.closing(sqlite3.connect(db_file)) as db:
         integrity = "; ".join(row[0] for row in db.execute("PRAGMA integrity_check"))
-        pending = {str(m): float(t) for m, t in db.execute("SELECT meter_id, received_at FROM meters")}
+        pending: dict[str, float] = {}
+        for meter, received in db.execute("SELECT meter_id, received_at FROM meters"):
+            pending[str(meter)] = max(pending.get(str(meter), 0.0), float(received))
     part.unlink()
     return DataCheck(preen, full.returncode, full.stdout + full.stderr, integrity, pending)
 
@@ -585,8 +594,8 @@ class VM:
         out = self.ssh(f"sudo {WMBUS} analyzer --csv --all").stdout
         seen: dict[str, float] = {}
         for row in csv.DictReader(io.StringIO(out)):
-            if row["verdict"] == "Accepted":
-                seen[row["id"]] = _epoch(row["last_seen"])
+            if row["verdict"] == "Accepted":  # one ID under two manufacturers: the later counts
+                seen[row["id"]] = max(seen.get(row["id"], 0.0), _epoch(row["last_seen"]))
         return seen
 
     def pending_in_guest(self) -> set[str]:
