@@ -208,6 +208,8 @@ def test_update_a_to_b_keeps_pending_readings(artifacts: Artifacts, gateway: Gat
         clock.lap("rebooted, service started")
         assert vm.booted_slot() == "B"
         assert vm.rauc_status().get("booted") == "B"
+        poll(lambda: rauc_slot(vm.rauc_status(), "B").get("boot_status") == "good", 600,
+             "slot B marked good (wmbus-stream-confirm after the service got ready)")
         status = vm.guest_json(f"sudo {WMBUS} update status --json")
         assert status.get("booted") == "B", f"update status --json: {status}"
         after = vm.pending_in_guest()

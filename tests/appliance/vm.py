@@ -408,8 +408,8 @@ class VM:
         argv = self.command()
         (self.workdir / f"{self.name}-qemu-{self.boots}.cmd").write_text(shlex.join(argv) + "\n")
         self._qmp_path().unlink(missing_ok=True)
-        self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=(self.workdir / f"{self.name}-qemu-{self.boots}.stderr").open("wb"))
+        with (self.workdir / f"{self.name}-qemu-{self.boots}.stderr").open("wb") as stderr:
+            self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
         self.boots += 1
 
     def running(self) -> bool:
@@ -677,10 +677,11 @@ class Hes:
         pw = self.workdir / "hes-password"
         pw.write_text(self.password + "\n")
         pw.chmod(0o600)
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "wmbus_stream", "receive", "--listen", f"127.0.0.1:{self.port}", "--db", str(self.db),
-             "--username", self.USER, "--password-file", str(pw)],
-            stdout=(self.workdir / "hes.log").open("w"), stderr=subprocess.STDOUT, text=True)
+        with (self.workdir / "hes.log").open("w") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "wmbus_stream", "receive", "--listen", f"127.0.0.1:{self.port}", "--db",
+                 str(self.db), "--username", self.USER, "--password-file", str(pw)],
+                stdout=log, stderr=subprocess.STDOUT, text=True)
         end = time.monotonic() + 60
         while "receiving reports on" not in (self.workdir / "hes.log").read_text():
             if self.process.poll() is not None or time.monotonic() >= end:
