@@ -10,6 +10,7 @@ from __future__ import annotations
 import calendar
 import hashlib
 import json
+import os
 import random
 import re
 import time
@@ -28,8 +29,10 @@ CONFIG = "/etc/wmbus-stream/stream.cfg"
 BUNDLES = "/run/vmtest-bundles"  # where the second (bundle) disk is mounted in the guest
 # The contract: a fresh slot that does not reach ready is tried this many times, then the other boots.
 TRIES = 3
-# A broken slot takes up to wmbus-stream-confirm's --within (300 s) per try, after its boot.
-ROLLBACK_DEADLINE = TRIES * (BOOT_DEADLINE + 300) + BOOT_DEADLINE
+# A broken slot takes up to wmbus-stream-confirm's --within per try, after its boot: image/build's
+# image.update.ready.seconds (default 300; an image built with another value says so here).
+READY_SECONDS = float(os.environ.get("WMBUS_STREAM_APPLIANCE_READY_SECONDS", "300"))
+ROLLBACK_DEADLINE = TRIES * (BOOT_DEADLINE + READY_SECONDS) + BOOT_DEADLINE
 SEED = 13  # the power-cut instants; printed, so a failing run can be repeated
 # What the initramfs says when the data partition could not be checked or mounted.
 DATA_TROUBLE = re.compile(r"wmbus-data: .*(?:not mounted|cannot|returned)")
