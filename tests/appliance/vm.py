@@ -119,6 +119,8 @@ class Artifacts:
     bundle: Path | None
     broken: Path | None
     foreign: Path | None
+    tries: int  # image.boot.tries: boots of a new slot before GRUB gives it up
+    ready_seconds: float  # image.update.ready.seconds: the confirm unit's bound per boot
 
     @classmethod
     def find(cls, folder: Path) -> Artifacts:
@@ -137,7 +139,12 @@ class Artifacts:
             path = folder / name
             return path if path.is_file() else None
 
-        return cls(folder, image, version, one(f"{stem}.raucb"), one(f"{stem}-broken.raucb"), one(f"{stem}-foreign.raucb"))
+        manifest = folder / f"{stem}.manifest.txt"
+        boot = re.search(r"(\d+) tries per new slot, ready within (\d+)s", manifest.read_text() if manifest.is_file() else "")
+        if boot is None:
+            raise HarnessError(f"{manifest}: no 'N tries per new slot, ready within Ss' line (an image/build manifest?)")
+        return cls(folder, image, version, one(f"{stem}.raucb"), one(f"{stem}-broken.raucb"), one(f"{stem}-foreign.raucb"),
+                   int(boot.group(1)), float(boot.group(2)))
 
 
 # -------------------------------------------------------------------------------------------
