@@ -26,7 +26,8 @@ import pytest
 
 import wmbus_stream
 from wmbus_stream import wire
-from wmbus_stream.hes import JsonlStore, PostSummary, ReceiveServer, SqliteStore, add_arguments, parse_line, parse_report
+from wmbus_stream.hes import PostSummary, ReceiveServer, SqliteStore, parse_line, parse_report
+from wmbus_stream.hes.cli import add_arguments, main
 from wmbus_stream.io import push as client
 
 pytestmark = pytest.mark.integration
@@ -265,31 +266,18 @@ def test_on_post_summary(hes: ReceiveServer) -> None:
     assert seen[1].status == 400 and seen[1].error.startswith("line 1: ")
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "jsonl"])
-def test_file_stores_persist_and_keep_deduplicating(tmp_path: Path, kind: str) -> None:
-    path = str(tmp_path / ("hes.sqlite3" if kind == "sqlite" else "hes.jsonl"))
-
-    def open_store() -> SqliteStore | JsonlStore:
-        return SqliteStore(path) if kind == "sqlite" else JsonlStore(path)
-
-    store = open_store()
+def test_the_sqlite_file_persists_and_keeps_deduplicating(tmp_path: Path) -> None:
+    path = str(tmp_path / "hes.sqlite3")
+    store = SqliteStore(path)
     with ReceiveServer(store=store) as server:
         assert post(server, ("\n".join([line(), line(serial="00000162")]) + "\n").encode())[0] == 204
     store.close()
-    store = open_store()
+    store = SqliteStore(path)
     with ReceiveServer(store=store) as server:
         assert post(server, ("\n".join([line(serial="00000162"), line(serial="00000163")]) + "\n").encode())[0] == 204
         assert len(store.readings()) == 1
         assert [h.gateway for h in store.heard()] == ["00000161", "00000162", "00000163"]
     store.close()
-    if kind == "jsonl":
-        with open(path, "ab") as handle:
-            handle.write(b'{"type":"heard_by","dig')  # a torn append
-        store = JsonlStore(path)
-        assert len(store.heard()) == 3
-        store.close()
-        records = [json.loads(x) for x in Path(path).read_text().splitlines()]
-        assert [r["type"] for r in records] == ["reading", "heard_by", "heard_by", "heard_by"]
 
 
 def test_tls_server(tmp_path: Path) -> None:
@@ -311,13 +299,13 @@ def test_tls_server(tmp_path: Path) -> None:
 def test_cli_receive_prints_one_line_per_post(tmp_path: Path) -> None:
     secret = tmp_path / "password"
     secret.write_text("pw\n")
-    store = tmp_path / "hes.jsonl"
+    store = tmp_path / "hes.sqlite"
     src = os.path.dirname(os.path.dirname(wmbus_stream.__file__))
-    code = ("import argparse, sys; from wmbus_stream import hes; p = argparse.ArgumentParser(); hes.add_arguments(p);"
+    code = ("import argparse, sys; from wmbus_stream.hes import cli as hes; p = argparse.ArgumentParser(); hes.add_arguments(p);"
             " sys.exit(hes.main(p.parse_args(sys.argv[1:])))")
     env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
     with subprocess.Popen(
-        [sys.executable, "-c", code, "--listen", "127.0.0.1:0", "--jsonl", str(store), "--username", "gw",
+        [sys.executable, "-c", code, "--listen", "127.0.0.1:0", "--db", str(store), "--username", "gw",
          "--password-file", str(secret), "--path", "/in"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     ) as process:
@@ -337,14 +325,13 @@ def test_cli_receive_prints_one_line_per_post(tmp_path: Path) -> None:
         finally:
             if process.poll() is None:
                 process.kill()
-    with contextlib.closing(JsonlStore(str(store))) as kept:
+    with contextlib.closing(SqliteStore(str(store))) as kept:
         assert len(kept.readings()) == 1
 
 
 def test_cli_rejects_bad_options_as_usage_errors() -> None:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    from wmbus_stream.hes import main
 
     assert main(parser.parse_args(["--username", "gw"])) == 2
     with pytest.raises(SystemExit) as parsed:

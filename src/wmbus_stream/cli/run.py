@@ -23,7 +23,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_receive(args: argparse.Namespace) -> int:
     """Run the reference HES receiving server."""
-    from .. import hes
+    from ..hes import cli as hes
 
     setup_logging("info")
     return hes.main(args)
@@ -50,7 +50,7 @@ def add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def add_receive(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``receive``."""
     p = sub.add_parser("receive", help="reference HES receiving server")
-    from .. import hes
+    from ..hes import cli as hes
 
     hes.add_arguments(p)
     p.set_defaults(func=cmd_receive)

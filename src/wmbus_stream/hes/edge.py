@@ -1,4 +1,4 @@
-"""``wmbus-stream receive``: a reference head-end system (HES) that receives report pushes.
+"""The HTTP edge of the reference HES: report POSTs in, validated and stored before the answer.
 
 Strategy
 - A stdlib ``ThreadingHTTPServer`` (one thread per connection, HTTP/1.1 keep-alive) with a
@@ -37,9 +37,8 @@ Strategy
   report (at-least-once delivery) adds nothing.
 
 Invariants
-- All or nothing per POST: a body is stored in one transaction (SQLite) or one appended,
-  fsynced write (JSON lines, truncated back on failure), and the 2xx answer is sent only
-  after that returned. A 2xx therefore means durable, so the gateway may forget the lines.
+- All or nothing per POST: a body is stored in one transaction, and the 2xx answer is sent
+  only after it committed. A 2xx therefore means durable, so the gateway may forget the lines.
 - Credentials are compared in constant time and never logged.
 - Every answer goes through ``_reply`` (the busy ``503`` through ``_Server``), which counts
   each refusal by status, so the command line's summary counts every refused request.
@@ -47,71 +46,46 @@ Invariants
 
 from __future__ import annotations
 
-import argparse
 import base64
 import binascii
 import contextlib
-import hashlib
 import hmac
 import io
-import json
 import logging
-import os
 import queue
 import re
 import select
-import signal
 import socket
 import socketserver
-import sqlite3
 import ssl
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from email.message import Message
-from typing import Any, BinaryIO, Protocol
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Protocol
 
-from . import __version__
-from .errors import FrameError, ReportError
-from .io.connections import DeadlineReader, Late, source_of
-from .wire import LONG_FORM, check_telegram, parse_header
-from .wire.header import manufacturer_letters
+from .. import __version__
+from ..errors import ReportError
+from ..io.connections import DeadlineReader, Late, source_of
+from .report import ReportLine, ReportParser
+from .sqlite import SqliteStore
+from .store import Store
 
-__all__ = [
-    "ReportLine",
-    "parse_line",
-    "parse_report",
-    "parse_wired",
-    "Reading",
-    "Heard",
-    "Store",
-    "SqliteStore",
-    "JsonlStore",
-    "open_store",
-    "ReceiveStats",
-    "PostSummary",
-    "ReceiveServer",
-    "add_arguments",
-    "main",
-    "DEFAULT_MAX_BODY",
-    "DEFAULT_MAX_CONNECTIONS",
-    "HEAD_SECONDS",
-    "check_credentials",
-    "ReportParser",
-]
+__all__ = ["DEFAULT_MAX_BODY", "DEFAULT_MAX_CONNECTIONS", "HEAD_SECONDS", "PostSummary", "ReceiveServer",
+           "ReceiveStats", "check_credentials", "default_per_address", "split_listen"]
 
 log = logging.getLogger("wmbus_stream.hes")
+
 
 DEFAULT_MAX_BODY = 256 * 1024 * 1024
 DEFAULT_MAX_CONNECTIONS = 64
 # The TLS handshake, and each request head with the idle keep-alive time before it.
 HEAD_SECONDS = 10.0
-# The longest report line accepted: a valid one has at most about 620 characters.
-MAX_REPORT_LINE = 1024
+# Validated lines are handed to the store's transaction in batches of this many.
+STAGE_LINES = 4096
 # A body is read and validated in pieces of at most this size.
 READ_SIZE = 64 * 1024
 # Longest chunk-size or trailer line accepted; real ones are a few bytes.
@@ -129,498 +103,6 @@ _HEX = re.compile(r"[0-9A-F]*")
 _LENGTH = re.compile(r"[0-9]{1,15}")
 # Headers that must come at most once: they decide the body's framing, the target or who is asking.
 _SINGLE_HEADERS = ("Content-Length", "Transfer-Encoding", "Host", "Authorization")
-
-# Optional receiver records of the wired telegram, in the only order allowed (spec section 2).
-_RECORDS: tuple[tuple[bytes, int, str], ...] = (
-    (b"\x0c\x78", 4, "receiver address 0C78"),
-    (b"\x02\x75", 2, "age 0275"),
-    (b"\x01\xfd\x71", 1, "RSSI 01FD71"),
-)
-_CONTAINER = b"\x0d\xfd\x3b"
-_LONG_FORM = bytes((LONG_FORM,))
-
-
-# --------------------------------------------------------------------------------------------
-# Report lines
-
-
-@dataclass(frozen=True, slots=True)
-class ReportLine:
-    """One validated report line and what the HES keeps of it."""
-
-    gateway: str
-    meter_id: str
-    date: str
-    wired: bytes
-    telegram: bytes
-    receiver: str | None
-    age_minutes: int | None
-    rssi_code: int | None
-    manufacturer: str
-    version: int
-    device_type: int
-    ci: int
-    access_number: int | None
-    digest: str
-    long_form: bool = False  # the telegram followed 0F (192+ bytes), not a 0D FD 3B container
-
-
-def _access_number(telegram: bytes, ci: int) -> int | None:
-    """The access number after a short (7A), long (72) or extended link layer (8C..8F) CI."""
-    index = {0x7A: 11, 0x72: 19, 0x8C: 12, 0x8D: 12, 0x8E: 12, 0x8F: 12}.get(ci)
-    return telegram[index] if index is not None and index < len(telegram) else None
-
-
-def parse_wired(wired: bytes) -> tuple[str | None, int | None, int | None, bytes, bool]:
-    """Check a report's wired RSP_UD telegram: (receiver address, age, RSSI code, wireless telegram, long form).
-
-    The telegram is in a ``0D FD 3B n`` container (n bytes, maybe a fill byte 0F/1F after
-    it) or, past 191 bytes, follows ``0F`` to the end (the long form). A container length of
-    0xC0 or more is read as a length too: gateways before the long form sent those.
-    """
-    if len(wired) < 15:
-        raise ValueError(f"wired telegram of {len(wired)} bytes is shorter than the 15-byte RSP_UD header")
-    if wired[0] != 0x08:
-        raise ValueError(f"wired C-field is 0x{wired[0]:02X}, not 0x08 (RSP_UD)")
-    if wired[2] != 0x72:
-        raise ValueError(f"wired CI-field is 0x{wired[2]:02X}, not 0x72")
-    found: dict[str, bytes] = {}
-    pos, next_record = 15, 0
-    while not wired.startswith(_CONTAINER, pos) and not wired.startswith(_LONG_FORM, pos):
-        match = next((i for i, (tag, _, _) in enumerate(_RECORDS) if wired.startswith(tag, pos)), None)
-        if match is None:
-            raise ValueError(
-                f"unexpected bytes {wired[pos:pos + 3].hex().upper()} at offset {pos};"
-                " expected 0C78, 0275, 01FD71, the container 0DFD3B or the long form 0F"
-            )
-        index = match
-        tag, size, name = _RECORDS[index]
-        if index < next_record:
-            raise ValueError(f"record {name} at offset {pos} is repeated or out of order")
-        value = wired[pos + len(tag) : pos + len(tag) + size]
-        if len(value) != size:
-            raise ValueError(f"record {name} at offset {pos} is cut short")
-        found[name] = value
-        pos += len(tag) + size
-        next_record = index + 1
-    long_form = wired.startswith(_LONG_FORM, pos)
-    if long_form:
-        telegram = wired[pos + 1 :]
-    else:
-        if pos + 4 > len(wired):
-            raise ValueError(f"container record at offset {pos} has no length byte")
-        n = wired[pos + 3]
-        telegram = wired[pos + 4 : pos + 4 + n]
-        rest = wired[pos + 4 + n :]
-        if len(telegram) != n:
-            raise ValueError(f"container says {n} bytes but only {len(telegram)} follow")
-        if rest and rest not in (b"\x0f", b"\x1f"):
-            raise ValueError(f"container says {n} bytes but {n + len(rest)} follow")
-    try:
-        check_telegram(telegram)
-    except FrameError as exc:
-        where = "after the long form 0F (it runs to the end of the line)" if long_form else "in the container"
-        raise ValueError(f"wireless telegram {where}: {exc}") from None
-    if telegram[2:4] + telegram[8:10] != wired[7:11]:
-        raise ValueError("manufacturer, version or device type of the wired header differ from the wireless telegram's")
-    if telegram[4:8] != wired[3:7]:
-        raise ValueError(
-            f"meter ID {wired[6]:02X}{wired[5]:02X}{wired[4]:02X}{wired[3]:02X} of the wired header differs from "
-            f"{telegram[7]:02X}{telegram[6]:02X}{telegram[5]:02X}{telegram[4]:02X} of the wireless telegram"
-        )
-    receiver = found.get(_RECORDS[0][2])
-    age = found.get(_RECORDS[1][2])
-    rssi = found.get(_RECORDS[2][2])
-    if rssi is not None and rssi[0] > 63:
-        raise ValueError(f"RSSI code {rssi[0]} is outside 0..63")
-    return (
-        receiver[::-1].hex().upper() if receiver is not None else None,
-        int.from_bytes(age, "little") if age is not None else None,
-        rssi[0] if rssi is not None else None,
-        telegram,
-        long_form,
-    )
-
-
-def parse_line(text: str) -> ReportLine:
-    """Validate one report line (without its line break); raises ValueError with the reason."""
-    fields = text.split(";")
-    if len(fields) != 5:
-        raise ValueError(f"{len(fields)} fields separated by ';', expected 5")
-    gateway, meter_id, date, count, hex_text = fields
-    if not _SERIAL.fullmatch(gateway):
-        raise ValueError(f"gateway serial {gateway[:20]!r} is not 8 digits")
-    if not _METER_ID.fullmatch(meter_id):
-        raise ValueError(f"meter id {meter_id[:20]!r} is not 8 hex digits")
-    if not _DATE.fullmatch(date):
-        raise ValueError(f"date {date[:30]!r} is not 'YYYY-MM-DD hh:mm:ss'")
-    try:
-        datetime.strptime(date, "%Y-%m-%d %H:%M:%S")
-    except ValueError:
-        raise ValueError(f"date {date!r} is not a valid date and time") from None
-    if count != "00":
-        raise ValueError(f"value data count {count[:10]!r} is not '00'")
-    if not hex_text:
-        raise ValueError("telegram is empty")
-    if not _HEX.fullmatch(hex_text):
-        raise ValueError("telegram is not uppercase hex (0-9, A-F)")
-    if len(hex_text) % 2:
-        raise ValueError(f"telegram has an odd number of hex digits ({len(hex_text)})")
-    wired = bytes.fromhex(hex_text)
-    receiver, age, rssi, telegram, long_form = parse_wired(wired)
-    _c, man, ident, version, device_type, ci = parse_header(telegram)
-    if ident != meter_id.upper():
-        raise ValueError(f"meter id {meter_id} differs from {ident} in the telegram")
-    return ReportLine(
-        gateway=gateway,
-        meter_id=ident,
-        date=date,
-        wired=wired,
-        telegram=telegram,
-        receiver=receiver,
-        age_minutes=age,
-        rssi_code=rssi,
-        manufacturer=manufacturer_letters(man),
-        version=version,
-        device_type=device_type,
-        ci=ci,
-        access_number=_access_number(telegram, ci),
-        digest=hashlib.sha256(telegram).hexdigest(),
-        long_form=long_form,
-    )
-
-
-class ReportParser:
-    """Validates a report body while it arrives: ``feed`` pieces, then ``finish``.
-
-    Lines end with LF (CRLF tolerated); the last line may lack its line break; an empty
-    body is a valid report of no lines. ``feed`` and ``finish`` raise ReportError for the
-    first bad line, at the piece that completes it (or makes it longer than a line can be).
-    """
-
-    def __init__(self) -> None:
-        self.lines: list[ReportLine] = []
-        self._partial = bytearray()
-
-    def feed(self, data: bytes) -> None:
-        """Validate the lines ``data`` completes; keep an unfinished last line for later."""
-        start = 0
-        while (end := data.find(b"\n", start)) >= 0:
-            if self._partial:
-                self._partial += data[start:end]
-                raw = bytes(self._partial)
-                self._partial.clear()
-            else:
-                raw = data[start:end]
-            self._line(raw)
-            start = end + 1
-        self._partial += data[start:]
-        if len(self._partial) > MAX_REPORT_LINE:
-            raise ReportError(len(self.lines) + 1, f"longer than {MAX_REPORT_LINE} bytes (a report line is about 600)")
-
-    def finish(self) -> list[ReportLine]:
-        """The validated lines, once the body has ended."""
-        if self._partial:
-            self._line(bytes(self._partial))
-            self._partial.clear()
-        return self.lines
-
-    def _line(self, raw: bytes) -> None:
-        number = len(self.lines) + 1
-        if raw.endswith(b"\r"):
-            raw = raw[:-1]
-        if not raw:
-            raise ReportError(number, "empty line")
-        if len(raw) > MAX_REPORT_LINE:
-            raise ReportError(number, f"longer than {MAX_REPORT_LINE} bytes (a report line is about 600)")
-        try:
-            text = raw.decode("ascii")
-        except UnicodeDecodeError:
-            raise ReportError(number, "not ASCII") from None
-        if not text.isprintable():
-            raise ReportError(number, "control character in the line")
-        try:
-            self.lines.append(parse_line(text))
-        except ValueError as exc:
-            raise ReportError(number, str(exc)) from None
-
-
-def parse_report(body: bytes) -> list[ReportLine]:
-    """Validate a whole report body (see ReportParser); raises ReportError for the first bad line."""
-    parser = ReportParser()
-    parser.feed(body)
-    return parser.finish()
-
-
-# --------------------------------------------------------------------------------------------
-# Storage
-
-
-@dataclass(frozen=True, slots=True)
-class Reading:
-    """One distinct wireless telegram, whichever gateways heard it."""
-
-    digest: str
-    manufacturer: str
-    meter_id: str
-    version: int
-    device_type: int
-    ci: int
-    access_number: int | None
-    telegram: bytes
-    first_heard: str
-    first_gateway: str
-    stored_at: str
-
-
-@dataclass(frozen=True, slots=True)
-class Heard:
-    """One gateway's reception of a reading."""
-
-    digest: str
-    gateway: str
-    date: str
-    rssi_code: int | None
-    receiver: str | None
-    age_minutes: int | None
-    stored_at: str
-
-
-class Store(Protocol):
-    """Where accepted lines go; ``add`` is all or nothing and durable when it returns."""
-
-    def add(self, lines: Sequence[ReportLine]) -> tuple[int, int]:
-        """Store lines; returns (new readings, new heard_by rows)."""
-        ...
-
-    def readings(self) -> list[Reading]:
-        """All readings, oldest first."""
-        ...
-
-    def heard(self) -> list[Heard]:
-        """All heard_by rows, oldest first."""
-        ...
-
-    def close(self) -> None:
-        """Release the file or database."""
-        ...
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS reading (
-    id INTEGER PRIMARY KEY,
-    digest TEXT NOT NULL UNIQUE,          -- SHA-256 of the wireless telegram: the dedup key
-    manufacturer TEXT NOT NULL,
-    meter_id TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    device_type INTEGER NOT NULL,
-    ci INTEGER NOT NULL,
-    access_number INTEGER,
-    telegram BLOB NOT NULL,
-    first_heard TEXT NOT NULL,
-    first_gateway TEXT NOT NULL,
-    stored_at TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS reading_meter ON reading (manufacturer, meter_id);
-CREATE TABLE IF NOT EXISTS heard_by (
-    id INTEGER PRIMARY KEY,
-    reading_id INTEGER NOT NULL REFERENCES reading (id),
-    gateway TEXT NOT NULL,
-    heard_at TEXT NOT NULL,
-    rssi_code INTEGER,
-    receiver TEXT,
-    age_minutes INTEGER,
-    stored_at TEXT NOT NULL,
-    UNIQUE (reading_id, gateway, heard_at)
-);
-"""
-
-
-class SqliteStore:
-    """Readings and heard_by rows in SQLite (``:memory:`` by default); one writer at a time."""
-
-    def __init__(self, path: str = ":memory:"):
-        self.path = path
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        if path != ":memory:":
-            # A 2xx promises durability, so a commit must survive a power cut.
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
-
-    def add(self, lines: Sequence[ReportLine]) -> tuple[int, int]:
-        """Store lines in one transaction; returns (new readings, new heard_by rows)."""
-        stored_at = _now()
-        new_readings = new_heard = 0
-        with self._lock:
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                for line in lines:
-                    cur = db.execute(
-                        "INSERT OR IGNORE INTO reading (digest, manufacturer, meter_id, version, device_type, ci,"
-                        " access_number, telegram, first_heard, first_gateway, stored_at)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (line.digest, line.manufacturer, line.meter_id, line.version, line.device_type, line.ci,
-                         line.access_number, line.telegram, line.date, line.gateway, stored_at),
-                    )
-                    new_readings += cur.rowcount
-                    (reading_id,) = db.execute("SELECT id FROM reading WHERE digest = ?", (line.digest,)).fetchone()
-                    cur = db.execute(
-                        "INSERT OR IGNORE INTO heard_by (reading_id, gateway, heard_at, rssi_code, receiver,"
-                        " age_minutes, stored_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (reading_id, line.gateway, line.date, line.rssi_code, line.receiver, line.age_minutes, stored_at),
-                    )
-                    new_heard += cur.rowcount
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        return new_readings, new_heard
-
-    def readings(self) -> list[Reading]:
-        """All readings, oldest first."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT digest, manufacturer, meter_id, version, device_type, ci, access_number, telegram,"
-                " first_heard, first_gateway, stored_at FROM reading ORDER BY id"
-            ).fetchall()
-        return [
-            Reading(digest=row[0], manufacturer=row[1], meter_id=row[2], version=row[3], device_type=row[4], ci=row[5],
-                    access_number=row[6], telegram=bytes(row[7]), first_heard=row[8], first_gateway=row[9],
-                    stored_at=row[10])
-            for row in rows
-        ]
-
-    def heard(self) -> list[Heard]:
-        """All heard_by rows, oldest first."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT r.digest, h.gateway, h.heard_at, h.rssi_code, h.receiver, h.age_minutes, h.stored_at"
-                " FROM heard_by h JOIN reading r ON r.id = h.reading_id ORDER BY h.id"
-            ).fetchall()
-        return [Heard(*row) for row in rows]
-
-    def close(self) -> None:
-        """Close the database."""
-        with self._lock:
-            self._db.close()
-
-
-class JsonlStore:
-    """Readings and heard_by rows as JSON lines appended to one file, indexed in memory.
-
-    A torn last line (power cut during an append) is cut off when the file is opened.
-    """
-
-    def __init__(self, path: str):
-        self.path = path
-        self._lock = threading.Lock()
-        self._readings: dict[str, Reading] = {}
-        self._heard: list[Heard] = []
-        self._heard_keys: set[tuple[str, str, str]] = set()
-        self._file: BinaryIO = open(path, "a+b")  # noqa: SIM115  (kept open for appends)
-        self._load()
-
-    def _load(self) -> None:
-        self._file.seek(0)
-        data = self._file.read()
-        end = data.rfind(b"\n") + 1
-        if end != len(data):
-            log.warning("%s: cutting off a torn last line of %d bytes", self.path, len(data) - end)
-            self._file.truncate(end)
-            os.fsync(self._file.fileno())
-        for number, raw in enumerate(data[:end].splitlines(), 1):
-            try:
-                record = json.loads(raw)
-                kind = record.pop("type")
-                if kind == "reading":
-                    record["telegram"] = bytes.fromhex(record["telegram"])
-                    reading = Reading(**record)
-                    self._readings[reading.digest] = reading
-                elif kind == "heard_by":
-                    heard = Heard(**record)
-                    self._heard.append(heard)
-                    self._heard_keys.add((heard.digest, heard.gateway, heard.date))
-            except (ValueError, KeyError, TypeError) as exc:
-                raise ValueError(f"{self.path} line {number} is not a record of this store: {exc}") from None
-
-    def add(self, lines: Sequence[ReportLine]) -> tuple[int, int]:
-        """Append the new records in one fsynced write; returns (new readings, new heard_by rows)."""
-        stored_at = _now()
-        with self._lock:
-            readings: dict[str, Reading] = {}
-            heard: list[Heard] = []
-            heard_keys: set[tuple[str, str, str]] = set()
-            out: list[bytes] = []
-            for line in lines:
-                if line.digest not in self._readings and line.digest not in readings:
-                    reading = Reading(line.digest, line.manufacturer, line.meter_id, line.version, line.device_type,
-                                      line.ci, line.access_number, line.telegram, line.date, line.gateway, stored_at)
-                    readings[line.digest] = reading
-                    record: dict[str, Any] = {"type": "reading", **_fields(reading)}
-                    record["telegram"] = line.telegram.hex().upper()
-                    out.append(json.dumps(record, separators=(",", ":")).encode() + b"\n")
-                key = (line.digest, line.gateway, line.date)
-                if key not in self._heard_keys and key not in heard_keys:
-                    row = Heard(line.digest, line.gateway, line.date, line.rssi_code, line.receiver, line.age_minutes, stored_at)
-                    heard.append(row)
-                    heard_keys.add(key)
-                    out.append(json.dumps({"type": "heard_by", **_fields(row)}, separators=(",", ":")).encode() + b"\n")
-            if out:
-                self._file.seek(0, os.SEEK_END)
-                start = self._file.tell()
-                try:
-                    self._file.write(b"".join(out))
-                    self._file.flush()
-                    os.fsync(self._file.fileno())
-                except BaseException:
-                    # All or nothing: take back whatever part of this body reached the file.
-                    with contextlib.suppress(OSError):
-                        self._file.truncate(start)
-                        self._file.flush()
-                    raise
-            self._readings.update(readings)
-            self._heard.extend(heard)
-            self._heard_keys |= heard_keys
-        return len(readings), len(heard)
-
-    def readings(self) -> list[Reading]:
-        """All readings, oldest first."""
-        with self._lock:
-            return list(self._readings.values())
-
-    def heard(self) -> list[Heard]:
-        """All heard_by rows, oldest first."""
-        with self._lock:
-            return list(self._heard)
-
-    def close(self) -> None:
-        """Close the file."""
-        with self._lock:
-            self._file.close()
-
-
-def _fields(value: Reading | Heard) -> dict[str, Any]:
-    return {name: getattr(value, name) for name in value.__slots__}
-
-
-def open_store(db: str | None = None, jsonl: str | None = None) -> SqliteStore | JsonlStore:
-    """The store the command line asks for: a JSON-lines file, an SQLite file, or SQLite in memory."""
-    if db and jsonl:
-        raise ValueError("choose either an SQLite database or a JSON-lines file, not both")
-    if jsonl:
-        return JsonlStore(jsonl)
-    return SqliteStore(db or ":memory:")
-
-
-# --------------------------------------------------------------------------------------------
-# HTTP server
 
 
 @dataclass(frozen=True, slots=True)
@@ -999,7 +481,7 @@ def default_per_address(max_connections: int) -> int:
     return max(1, max_connections // 2)
 
 
-def _split_listen(listen: str) -> tuple[str, int]:
+def split_listen(listen: str) -> tuple[str, int]:
     """``host:port``, ``[v6]:port`` or ``port`` -> (host, port)."""
     text = listen.strip()
     if text.isdigit():
@@ -1216,15 +698,14 @@ class ReceiveServer:
         secret_ok = hmac.compare_digest(secret, want_secret)
         return bool(sep) and user_ok and secret_ok
 
-    def _tell(self, handler: _Handler, status: int, error: str | None, lines: Sequence[ReportLine] = (),
+    def _tell(self, handler: _Handler, status: int, error: str | None, lines: int = 0, gateways: tuple[str, ...] = (),
               new: int = 0) -> None:
         """Report what became of a POST to ``on_post`` (the command line's log)."""
         if self.on_post is None or handler.command != "POST":
             return
-        gateways = tuple(dict.fromkeys(line.gateway for line in lines))
         path = handler.path.split("?", 1)[0]
         try:
-            self.on_post(PostSummary(handler.client_address[0], path, status, len(lines), new, gateways, error))
+            self.on_post(PostSummary(handler.client_address[0], path, status, lines, new, gateways, error))
         except Exception:  # a broken observer must not turn a stored POST into an error
             log.exception("on_post callback failed")
 
@@ -1271,185 +752,58 @@ class ReceiveServer:
         else:
             pieces = _length_pieces(handler.rfile, int(length or 0))
         parser = ReportParser()
+        ingest = self.store.begin()
+        gateways: dict[str, None] = {}
+
+        def stage(lines: list[ReportLine]) -> None:
+            gateways.update(dict.fromkeys(line.gateway for line in lines))
+            ingest.stage(lines)
+
         try:
-            for piece in pieces:
-                parser.feed(piece)
-        except _TooLarge:
-            refuse(413, "body too large", f"body larger than {self.max_body} bytes\n")
-            return
-        except _BadBody as exc:
-            refuse(400, f"bad body framing ({exc})", f"bad request body: {exc}\n")
-            return
-        except ReportError as exc:
-            refuse(400, str(exc), f"{exc}\n")  # the rest of the body is not waited for
-            return
-        except (_Cut, TimeoutError, OSError) as exc:
-            log.info("POST from %s: body not received (%s); nothing stored", client, exc)
-            handler.close_connection = True
-            return
-        try:
-            lines = parser.finish()
-        except ReportError as exc:
-            log.info("POST %s from %s: 400 %s; nothing stored", request_path, client, exc)
-            self._tell(handler, 400, str(exc))
-            self._reply(handler, 400, f"{exc}\n")  # the body has ended: the connection stays usable
-            return
-        try:
-            new_readings, new_heard = self.store.add(lines)
-        except Exception as exc:  # noqa: BLE001  (the gateway keeps the report and retries)
-            log.error("POST from %s: storing %d lines failed: %s", client, len(lines), exc)
-            self._tell(handler, 500, f"storage failed: {exc}")
-            self._reply(handler, 500, f"storage failed: {exc}\n")
-            return
-        long_form = sum(line.long_form for line in lines)
-        self._count(posts=1, lines=len(lines), readings=new_readings, heard=new_heard, long_form=long_form)
+            try:
+                for piece in pieces:
+                    parser.feed(piece)
+                    if len(parser.lines) >= STAGE_LINES:
+                        stage(parser.take())
+                stage(parser.finish())
+            except _TooLarge:
+                refuse(413, "body too large", f"body larger than {self.max_body} bytes\n")
+                return
+            except _BadBody as exc:
+                refuse(400, f"bad body framing ({exc})", f"bad request body: {exc}\n")
+                return
+            except ReportError as exc:
+                if parser.ended:
+                    log.info("POST %s from %s: 400 %s; nothing stored", request_path, client, exc)
+                    self._tell(handler, 400, str(exc))
+                    self._reply(handler, 400, f"{exc}\n")  # the body has ended: the connection stays usable
+                else:
+                    refuse(400, str(exc), f"{exc}\n")  # the rest of the body is not waited for
+                return
+            except (_Cut, TimeoutError, OSError) as exc:
+                log.info("POST from %s: body not received (%s); nothing stored", client, exc)
+                handler.close_connection = True
+                return
+            try:
+                new_readings, new_heard = ingest.commit()
+            except Exception as exc:  # noqa: BLE001  (the gateway keeps the report and retries)
+                log.error("POST from %s: storing %d lines failed: %s", client, parser.count, exc)
+                self._tell(handler, 500, f"storage failed: {exc}")
+                self._reply(handler, 500, f"storage failed: {exc}\n")
+                return
+        finally:
+            ingest.abort()  # nothing is left staged after a commit; after a refusal, this drops it
+        count = parser.count
+        self._count(posts=1, lines=count, readings=new_readings, heard=new_heard, long_form=parser.long_form)
         # Reported before the answer, so a log reader sees POSTs in the order clients saw them.
-        self._tell(handler, self.ok_status, None, lines, new_readings)
+        self._tell(handler, self.ok_status, None, count, tuple(gateways), new_readings)
         if self.ok_status == 204:
             self._reply(handler, 204)
         else:
-            self._reply(handler, 200, f"OK {len(lines)} lines, {new_readings} new readings\n")
+            self._reply(handler, 200, f"OK {count} lines, {new_readings} new readings\n")
 
 
 def _expects_continue(handler: _Handler) -> bool:
     """Whether the client waits for ``100 Continue`` before sending its body."""
     return handler.request_version != "HTTP/1.0" and handler.headers.get("Expect", "").strip().lower() == "100-continue"
-
-
-# --------------------------------------------------------------------------------------------
-# Command line
-
-
-def _listen_option(text: str) -> str:
-    """``--listen`` checked when the options are parsed, so a bad address is a usage error (exit 2)."""
-    try:
-        _split_listen(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT, [IPv6]:PORT or PORT") from None
-    return text
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``wmbus-stream receive``."""
-    parser.add_argument("--listen", default="127.0.0.1:8081", metavar="HOST:PORT", type=_listen_option,
-                        help="address to listen on (default 127.0.0.1:8081; [::]:PORT for IPv6)")
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument("--db", metavar="FILE", help="SQLite database for readings (default: in memory only)")
-    where.add_argument("--jsonl", metavar="FILE", help="append readings as JSON lines to FILE instead")
-    parser.add_argument("--username", help="HTTP basic auth user the gateways push as (required unless --no-auth)")
-    secret = parser.add_mutually_exclusive_group()
-    secret.add_argument("--password", help="basic-auth password (visible in ps; prefer --password-file)")
-    secret.add_argument("--password-file", metavar="FILE", help="file whose first line is the password")
-    parser.add_argument("--no-auth", action="store_true",
-                        help="accept reports without credentials from anyone who can reach the port")
-    parser.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate (PEM, chain)")
-    parser.add_argument("--tls-key", metavar="FILE", help="private key of --tls-cert (if not in the same file)")
-    parser.add_argument("--path", default=None, help="accept reports only at this path (default: any path)")
-    parser.add_argument("--max-body-mib", type=int, default=DEFAULT_MAX_BODY // (1024 * 1024), metavar="MIB",
-                        help="largest accepted body in MiB (default 256)")
-    parser.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS, metavar="N",
-                        help=f"connections served at once; more are answered 503 (default {DEFAULT_MAX_CONNECTIONS})")
-    parser.add_argument("--max-per-address", type=int, default=None, metavar="N",
-                        help="connections one client address (an IPv6 /64) may hold at once; more are answered 503"
-                             " (default half of --max-connections; behind a proxy, every client is the proxy)")
-    parser.add_argument("--ok-status", type=int, choices=(200, 204), default=204,
-                        help="status of an accepted POST (default 204)")
-
-
-def main(args: argparse.Namespace) -> int:
-    """Run the receiving server until SIGINT/SIGTERM; 0 on a clean stop, 1 on failure (a file, the address), 2 on bad options."""
-    try:
-        host, port = _split_listen(args.listen)
-        password = args.password
-        if args.password_file:
-            with open(args.password_file, "rb") as handle:
-                first = handle.readline()
-            try:
-                password = first.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError:
-                raise ValueError(f"--password-file {args.password_file}: the first line is not UTF-8 text") from None
-            if not password.strip():
-                raise ValueError(f"--password-file {args.password_file} holds no password on its first line"
-                                 " (it is empty or blank); write the password the gateways push with")
-        if (args.username is None) != (password is None):
-            raise ValueError("--username and --password (or --password-file) go together")
-        check_credentials(args.username, password)
-        if args.no_auth and args.username is not None:
-            raise ValueError("--no-auth and --username exclude each other")
-        if args.username is None and not args.no_auth:
-            raise ValueError(
-                "refusing to start without authentication: give --username and --password-file (or --password),"
-                " or --no-auth to accept reports from anyone who can reach the port")
-        if args.tls_key and not args.tls_cert:
-            raise ValueError("--tls-key needs --tls-cert")
-        if args.max_body_mib < 1:
-            raise ValueError("--max-body-mib must be at least 1")
-        if args.max_connections < 1:
-            raise ValueError("--max-connections must be at least 1")
-        if args.max_per_address is not None and not 1 <= args.max_per_address <= args.max_connections:
-            raise ValueError(f"--max-per-address must be 1 to --max-connections ({args.max_connections})")
-        if args.path is not None and not args.path.startswith("/"):
-            raise ValueError("--path must start with '/'")
-    except ValueError as exc:
-        print(f"wmbus-stream receive: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"wmbus-stream receive: cannot read {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
-    try:
-        store = open_store(args.db, args.jsonl)
-    except (OSError, sqlite3.Error) as exc:
-        print(f"wmbus-stream receive: cannot open {args.db or args.jsonl}: {exc}", file=sys.stderr)
-        return 1
-
-    def show(post: PostSummary) -> None:
-        stamp = datetime.now().strftime("%Y-%m-%d %H:%M:%S")
-        if post.error is None:
-            who = ",".join(post.gateways) or "-"
-            print(f"{stamp} {post.client} POST {post.path}: {post.lines} lines, {post.new_readings} new readings,"
-                  f" gateway {who}", flush=True)
-        else:
-            print(f"{stamp} {post.client} POST {post.path}: refused {post.status}: {post.error}", file=sys.stderr, flush=True)
-
-    try:
-        server = ReceiveServer(
-            host, port, store=store, username=args.username, password=password, tls_cert=args.tls_cert,
-            tls_key=args.tls_key, path=args.path, max_body=args.max_body_mib * 1024 * 1024,
-            max_connections=args.max_connections, per_address=args.max_per_address, ok_status=args.ok_status, on_post=show,
-        )
-    except (ValueError, OSError, ssl.SSLError) as exc:  # the certificate or key files
-        store.close()
-        print(f"wmbus-stream receive: {exc}", file=sys.stderr)
-        return 1
-    try:
-        server.start()
-    except OSError as exc:
-        store.close()
-        print(f"wmbus-stream receive: cannot listen on {args.listen}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
-    if args.db or args.jsonl:
-        where = f"SQLite {args.db}" if args.db else f"JSON lines {args.jsonl}"
-    else:
-        where = "memory only (use --db or --jsonl to keep them)"
-    auth = "basic auth" if args.username else "NO AUTHENTICATION: anyone who can reach the port can post reports"
-    print(f"receiving reports on {server.url} ({auth}); readings stored in {where}", flush=True)
-
-    stop = threading.Event()
-    previous: dict[signal.Signals, Any] = {}
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(ValueError):  # not in the main thread
-            previous[signum] = signal.signal(signum, lambda *_: stop.set())
-    try:
-        while not stop.wait(0.5):
-            pass
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        server.stop()
-        store.close()
-    stats = server.stats
-    by_status = "".join(f"{', ' if i else ' ('}{status}: {count}" for i, (status, count) in enumerate(stats.refused))
-    print(f"stopped: {stats.posts} POSTs, {stats.lines} lines, {stats.readings} new readings, {stats.rejected} refused"
-          f"{by_status + ')' if by_status else ''}, {stats.busy} connections turned away as busy", flush=True)
-    return 0
 

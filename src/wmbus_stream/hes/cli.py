@@ -1,0 +1,154 @@
+"""``wmbus-stream receive``: the reference HES's command line."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import sqlite3
+import ssl
+import sys
+import threading
+from datetime import datetime
+from typing import Any
+
+from .edge import DEFAULT_MAX_BODY, DEFAULT_MAX_CONNECTIONS, PostSummary, ReceiveServer, check_credentials, split_listen
+from .sqlite import SqliteStore
+from .store import Store
+
+__all__ = ["add_arguments", "main", "open_store"]
+
+
+def open_store(where: str | None) -> Store:
+    """The store ``--db`` names: an SQLite file, or memory for None."""
+    return SqliteStore(where or ":memory:")
+
+
+def _listen_option(text: str) -> str:
+    """``--listen`` checked when the options are parsed, so a bad address is a usage error (exit 2)."""
+    try:
+        split_listen(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT, [IPv6]:PORT or PORT") from None
+    return text
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``wmbus-stream receive``."""
+    parser.add_argument("--listen", default="127.0.0.1:8081", metavar="HOST:PORT", type=_listen_option,
+                        help="address to listen on (default 127.0.0.1:8081; [::]:PORT for IPv6)")
+    parser.add_argument("--db", metavar="FILE|URL", help="SQLite database file for readings (default: in memory only)")
+    parser.add_argument("--username", help="HTTP basic auth user the gateways push as (required unless --no-auth)")
+    secret = parser.add_mutually_exclusive_group()
+    secret.add_argument("--password", help="basic-auth password (visible in ps; prefer --password-file)")
+    secret.add_argument("--password-file", metavar="FILE", help="file whose first line is the password")
+    parser.add_argument("--no-auth", action="store_true",
+                        help="accept reports without credentials from anyone who can reach the port")
+    parser.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate (PEM, chain)")
+    parser.add_argument("--tls-key", metavar="FILE", help="private key of --tls-cert (if not in the same file)")
+    parser.add_argument("--path", default=None, help="accept reports only at this path (default: any path)")
+    parser.add_argument("--max-body-mib", type=int, default=DEFAULT_MAX_BODY // (1024 * 1024), metavar="MIB",
+                        help="largest accepted body in MiB (default 256)")
+    parser.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS, metavar="N",
+                        help=f"connections served at once; more are answered 503 (default {DEFAULT_MAX_CONNECTIONS})")
+    parser.add_argument("--max-per-address", type=int, default=None, metavar="N",
+                        help="connections one client address (an IPv6 /64) may hold at once; more are answered 503"
+                             " (default half of --max-connections; behind a proxy, every client is the proxy)")
+    parser.add_argument("--ok-status", type=int, choices=(200, 204), default=204,
+                        help="status of an accepted POST (default 204)")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the receiving server until SIGINT/SIGTERM; 0 on a clean stop, 1 on failure (a file, the address), 2 on bad options."""
+    try:
+        host, port = split_listen(args.listen)
+        password = args.password
+        if args.password_file:
+            with open(args.password_file, "rb") as handle:
+                first = handle.readline()
+            try:
+                password = first.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError:
+                raise ValueError(f"--password-file {args.password_file}: the first line is not UTF-8 text") from None
+            if not password.strip():
+                raise ValueError(f"--password-file {args.password_file} holds no password on its first line"
+                                 " (it is empty or blank); write the password the gateways push with")
+        if (args.username is None) != (password is None):
+            raise ValueError("--username and --password (or --password-file) go together")
+        check_credentials(args.username, password)
+        if args.no_auth and args.username is not None:
+            raise ValueError("--no-auth and --username exclude each other")
+        if args.username is None and not args.no_auth:
+            raise ValueError(
+                "refusing to start without authentication: give --username and --password-file (or --password),"
+                " or --no-auth to accept reports from anyone who can reach the port")
+        if args.tls_key and not args.tls_cert:
+            raise ValueError("--tls-key needs --tls-cert")
+        if args.max_body_mib < 1:
+            raise ValueError("--max-body-mib must be at least 1")
+        if args.max_connections < 1:
+            raise ValueError("--max-connections must be at least 1")
+        if args.max_per_address is not None and not 1 <= args.max_per_address <= args.max_connections:
+            raise ValueError(f"--max-per-address must be 1 to --max-connections ({args.max_connections})")
+        if args.path is not None and not args.path.startswith("/"):
+            raise ValueError("--path must start with '/'")
+    except ValueError as exc:
+        print(f"wmbus-stream receive: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"wmbus-stream receive: cannot read {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    try:
+        store = open_store(args.db)
+    except (OSError, sqlite3.Error) as exc:
+        print(f"wmbus-stream receive: cannot open {args.db}: {exc}", file=sys.stderr)
+        return 1
+
+    def show(post: PostSummary) -> None:
+        stamp = datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+        if post.error is None:
+            who = ",".join(post.gateways) or "-"
+            print(f"{stamp} {post.client} POST {post.path}: {post.lines} lines, {post.new_readings} new readings,"
+                  f" gateway {who}", flush=True)
+        else:
+            print(f"{stamp} {post.client} POST {post.path}: refused {post.status}: {post.error}", file=sys.stderr, flush=True)
+
+    try:
+        server = ReceiveServer(
+            host, port, store=store, username=args.username, password=password, tls_cert=args.tls_cert,
+            tls_key=args.tls_key, path=args.path, max_body=args.max_body_mib * 1024 * 1024,
+            max_connections=args.max_connections, per_address=args.max_per_address, ok_status=args.ok_status, on_post=show,
+        )
+    except (ValueError, OSError, ssl.SSLError) as exc:  # the certificate or key files
+        store.close()
+        print(f"wmbus-stream receive: {exc}", file=sys.stderr)
+        return 1
+    try:
+        server.start()
+    except OSError as exc:
+        store.close()
+        print(f"wmbus-stream receive: cannot listen on {args.listen}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    where = f"SQLite {args.db}" if args.db else "memory only (use --db to keep them)"
+    auth = "basic auth" if args.username else "NO AUTHENTICATION: anyone who can reach the port can post reports"
+    print(f"receiving reports on {server.url} ({auth}); readings stored in {where}", flush=True)
+
+    stop = threading.Event()
+    previous: dict[signal.Signals, Any] = {}
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(ValueError):  # not in the main thread
+            previous[signum] = signal.signal(signum, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        server.stop()
+        store.close()
+    stats = server.stats
+    by_status = "".join(f"{', ' if i else ' ('}{status}: {count}" for i, (status, count) in enumerate(stats.refused))
+    print(f"stopped: {stats.posts} POSTs, {stats.lines} lines, {stats.readings} new readings, {stats.rejected} refused"
+          f"{by_status + ')' if by_status else ''}, {stats.busy} connections turned away as busy", flush=True)
+    return 0
+
