@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from .report import ReportLine
-from .store import Heard, Reading, utc_now
+from .store import Heard, Publication, Reading, Reception, utc_now
 
 __all__ = ["SqliteStore"]
 
@@ -135,6 +135,18 @@ class SqliteStore:
                 " FROM heard_by h JOIN reading r ON r.id = h.reading_id ORDER BY h.id"
             ).fetchall()
         return [Heard(*row) for row in rows]
+
+    def pending(self, limit: int) -> list[Publication]:
+        """Up to ``limit`` oldest outbox rows, in order."""
+        raise NotImplementedError("the outbox lands with hes.publish")
+
+    def published(self, outbox_ids: Sequence[int]) -> None:
+        """Remove published rows from the outbox."""
+        raise NotImplementedError("the outbox lands with hes.publish")
+
+    def receptions(self, since: str, until: str) -> Iterator[Reception]:
+        """Every reception with ``since <= heard_at < until``."""
+        raise NotImplementedError("receptions land with hes.coverage")
 
     def close(self) -> None:
         """Close the database."""

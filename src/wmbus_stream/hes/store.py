@@ -9,14 +9,14 @@ gets an outbox row, drained in order by the MQTT publisher (``hes.publish``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
 from .report import ReportLine
 
-__all__ = ["Heard", "Ingest", "Reading", "Store", "rssi_dbm", "utc_now"]
+__all__ = ["Heard", "Ingest", "Publication", "Reading", "Reception", "Store", "rssi_dbm", "utc_now"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +47,27 @@ class Heard:
     receiver: str | None
     age_minutes: int | None
     stored_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    """A new reading waiting in the outbox, with the receptions known when it was taken."""
+
+    outbox_id: int
+    reading: Reading
+    heard: tuple[Heard, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Reception:
+    """One reception as the coverage report reads it."""
+
+    manufacturer: str
+    meter_id: str
+    device_type: int
+    gateway: str
+    heard_at: str
+    rssi_code: int | None
 
 
 class Ingest(Protocol):
@@ -82,6 +103,18 @@ class Store(Protocol):
 
     def heard(self) -> list[Heard]:
         """All receptions, oldest first."""
+        ...
+
+    def pending(self, limit: int) -> list[Publication]:
+        """Up to ``limit`` oldest outbox rows, in order; [] when none, or while another instance drains them."""
+        ...
+
+    def published(self, outbox_ids: Sequence[int]) -> None:
+        """Remove published rows from the outbox (durable when it returns)."""
+        ...
+
+    def receptions(self, since: str, until: str) -> Iterator[Reception]:
+        """Every reception with ``since <= heard_at < until`` (``YYYY-MM-DD hh:mm:ss``), in no set order."""
         ...
 
     def close(self) -> None:
