@@ -120,3 +120,7 @@ class ReportError(WmbusStreamError, ValueError):
 
 class UpdateError(WmbusStreamError):
     """An update command cannot do what was asked (rauc refused, no other good slot); the message says why."""
+
+
+class HesError(WmbusStreamError, ValueError):
+    """The reference HES cannot do what was asked (its credentials file, store or broker); the message says why."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from wmbus_stream.web.auth import MAX_KDF_MEMORY, SCRYPT_N, SCRYPT_P, SCRYPT_R, Credential, hash_password, verify_password
+from wmbus_stream.io.passwords import MAX_KDF_MEMORY, SCRYPT_N, SCRYPT_P, SCRYPT_R, Credential, hash_password, verify_password
 
 PASSWORD = "k7d-Wq2m-Test-Pass"
 

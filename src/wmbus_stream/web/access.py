@@ -18,8 +18,9 @@ import socket
 import threading
 from urllib.parse import urlsplit
 
-from .auth import BasicCache, Credential, PasswordChecks, Session
-from .listener import RequestHandler
+from ..io.passwords import BasicCache, Credential
+from .auth import PasswordChecks, Session
+from ..io.listener import RequestHandler
 from .pages.layout import simple_page
 from .pages.login import login_page, no_password
 from .request import BadRequest, Request, Response, error_response

@@ -1,14 +1,14 @@
 """The web server: the gateway's UI, API and metrics behind one dispatch with every check in one place.
 
 Strategy
-    ``listener`` accepts connections (caps, TLS, deadlines) and hands each request to
+    ``io.listener`` accepts connections (caps, TLS, deadlines, a strict head) and hands each request to
     ``WebServer.serve`` on the connection's own thread. A body must arrive at
     ``MIN_BODY_RATE`` after a grace; a late client gets 408 and is closed. Nothing here runs
     on the receiver thread: pages read the gateway's state through its locked accessors and
     the pipeline never waits for the web server.
 
-    Every request goes through ``WebServer._answer`` in this order: framing (one
-    Content-Length of ASCII digits, no Transfer-Encoding; 400/411 and close), Host (one of
+    Every request goes through ``WebServer._answer`` in this order: framing (no
+    Transfer-Encoding, 411 and close; the listener has checked the rest of the head), Host (one of
     the names the gateway answers to, so a DNS-rebinding page is refused 421), route
     lookup, authentication (401 before anything else; a password check waits its turn in
     ``auth.PasswordChecks``), same-origin check for state-changing methods, body length
@@ -26,12 +26,8 @@ authentication; no handler error reaches the client as a traceback.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import re
-import socket
 import ssl
-import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -39,9 +35,9 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ..io.connections import Late
+from ..io.listener import Listener, RequestHandler
 from .access import Access, own_names
 from .auth import PASSWORD_FILE, LoginLimiter, PasswordStore, Session, Sessions
-from .listener import Listener, RequestHandler
 from .pages.layout import error_page
 from .request import BadRequest, Request, Response, error_response
 from .routing import Registrar, Routes
@@ -90,7 +86,6 @@ class WebServer:
         self.requests_total = 0
         self.started_at = time.time()
         self._server: Listener | None = None
-        self._thread: threading.Thread | None = None
         self.routes = Routes()
         for register in registrars:
             register(self.routes, self)
@@ -103,12 +98,10 @@ class WebServer:
 
     # -- life cycle -------------------------------------------------------------------------
 
+    name = "wmbus-stream"  # the Server header: no version
+
     def start(self) -> WebServer:
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        self._server = Listener((self.host, self.requested_port), self, family)
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name="web", daemon=True)
-        self._thread.start()
+        self._server = Listener((self.host, self.requested_port), self).start("web")
         if self.passwords.credential() is None:
             log.warning("web UI on %s: no administrator password yet; set one with 'wmbus-stream passwd'", self.url)
         else:
@@ -120,14 +113,7 @@ class WebServer:
         if server is None:
             return
         self.access.close()
-        server.shutdown()
-        with server.connections_lock:
-            for conn in list(server.connections):
-                with contextlib.suppress(OSError):
-                    conn.shutdown(socket.SHUT_RDWR)
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join(5)
+        server.stop(grace=0)
         self._server = None
 
     @property
@@ -158,6 +144,9 @@ class WebServer:
         return self.access.session_cookie(session)
 
     # -- the request path -------------------------------------------------------------------
+
+    def refused(self, status: int, reason: str) -> None:
+        """The listener's own refusals (busy, late or bad heads) are in its log and its ``refused_total``."""
 
     def serve(self, handler: RequestHandler) -> None:
         """Answer one request read by ``handler`` (called on the connection's thread)."""
@@ -241,6 +230,7 @@ class WebServer:
             return self._error(req, 413, "too_large", f"the body may have at most {limit} bytes; nothing was changed",
                                close=True)
         seconds = BODY_GRACE + length / MIN_BODY_RATE
+        handler.continue_body()
         handler.reader.start(seconds)
         chunks, got = [], 0
         try:
@@ -299,20 +289,10 @@ class WebServer:
 
 
 def _framing(handler: RequestHandler) -> Response | None:
-    """Refuse a request whose body length is not one plain Content-Length; else set ``body_length``."""
-    plain = "text/plain; charset=utf-8"
-    if handler.headers.get_all("Transfer-Encoding"):
-        if handler.headers.get_all("Content-Length"):
-            return Response(400, b"send Content-Length or Transfer-Encoding, not both\n", plain, close=True)
-        return Response(411, b"send a Content-Length, not a chunked body\n", plain, close=True)
-    lengths = handler.headers.get_all("Content-Length") or []
-    if len(lengths) > 1:
-        return Response(400, b"send one Content-Length header, not several\n", plain, close=True)
-    text = lengths[0].strip() if lengths else "0"
-    if not re.fullmatch(r"[0-9]{1,12}", text):
-        return Response(400, b"Content-Length must be a number of bytes in ASCII digits (at most 12)\n", plain,
-                        close=True)
-    handler.body_length = int(text)
+    """Refuse a chunked body (the listener has refused an ambiguous head); else set ``body_length``."""
+    if handler.headers.get("Transfer-Encoding") is not None:
+        return Response(411, b"send a Content-Length, not a chunked body\n", "text/plain; charset=utf-8", close=True)
+    handler.body_length = int(handler.headers.get("Content-Length", "0").strip(" \t"))
     return None
 
 
