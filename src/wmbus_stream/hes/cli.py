@@ -9,9 +9,12 @@ import sqlite3
 import ssl
 import sys
 import threading
+from pathlib import Path
 from datetime import datetime
 from typing import Any
 
+from ..errors import HesError
+from .credentials import GatewayFile
 from .edge import DEFAULT_MAX_BODY, DEFAULT_MAX_CONNECTIONS, PostSummary, ReceiveServer, check_credentials, split_listen
 from .sqlite import SqliteStore
 from .store import Store
@@ -38,7 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--listen", default="127.0.0.1:8081", metavar="HOST:PORT", type=_listen_option,
                         help="address to listen on (default 127.0.0.1:8081; [::]:PORT for IPv6)")
     parser.add_argument("--db", metavar="FILE|URL", help="SQLite database file for readings (default: in memory only)")
-    parser.add_argument("--username", help="HTTP basic auth user the gateways push as (required unless --no-auth)")
+    parser.add_argument("--gateways", metavar="FILE", type=Path,
+                        help="per-gateway credentials (written by 'receive credentials add'): each gateway pushes as"
+                             " its serial and may report only its own lines")
+    parser.add_argument("--username", help="one basic-auth user all gateways push as (instead of --gateways)")
     secret = parser.add_mutually_exclusive_group()
     secret.add_argument("--password", help="basic-auth password (visible in ps; prefer --password-file)")
     secret.add_argument("--password-file", metavar="FILE", help="file whose first line is the password")
@@ -56,32 +62,97 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              " (default half of --max-connections; behind a proxy, every client is the proxy)")
     parser.add_argument("--ok-status", type=int, choices=(200, 204), default=204,
                         help="status of an accepted POST (default 204)")
+    actions = parser.add_subparsers(dest="action", title="other actions (without one, the server runs)")
+    add_credentials(actions)
+
+
+def add_credentials(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``receive credentials add|remove|list``: the per-gateway credentials file."""
+    p = actions.add_parser("credentials", help="add, remove or list gateways of a --gateways file")
+    verbs = p.add_subparsers(dest="verb", required=True)
+    for verb, what in (("add", "add a gateway (or give it a new password) and print its password once"),
+                       ("remove", "remove a gateway"), ("list", "list the gateways")):
+        q = verbs.add_parser(verb, help=what)
+        q.add_argument("--gateways", metavar="FILE", type=Path, required=True, help="the credentials file")
+        if verb != "list":
+            q.add_argument("serial", help="the gateway's serial (8 digits), the user name it pushes as")
+        if verb == "add":
+            q.add_argument("--password-file", metavar="FILE",
+                           help="take the password (16 characters or more) from this file's first line"
+                                " instead of generating one")
+
+
+def credentials_main(args: argparse.Namespace) -> int:
+    """Change or list a gateways file; 0 done, 1 a file failed, 2 a bad serial, password or file line."""
+    try:
+        store = GatewayFile(args.gateways)
+        if args.verb == "list":
+            for serial in sorted(store.read()):
+                print(serial)
+            return 0
+        if args.verb == "remove":
+            if not store.remove(args.serial):
+                print(f"wmbus-stream receive credentials: gateway {args.serial} is not in {args.gateways}",
+                      file=sys.stderr)
+                return 1
+            print(f"removed gateway {args.serial}; a running receiver refuses it within a second")
+            return 0
+        given = None
+        if args.password_file:
+            given = _first_line(args.password_file)
+        password = store.add(args.serial, given)
+    except HesError as exc:
+        print(f"wmbus-stream receive credentials: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"wmbus-stream receive credentials: cannot use {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    if given is None:
+        print(f"gateway {args.serial}: user {args.serial}, password {password}")
+        print("set these as the gateway's HES user name and password; the password is shown only now")
+    else:
+        print(f"gateway {args.serial}: password taken from {args.password_file}")
+    return 0
+
+
+def _first_line(path: str) -> str:
+    """A password file's first line without its line break; HesError when it is empty or not UTF-8."""
+    with open(path, "rb") as handle:
+        first = handle.readline()
+    try:
+        password = first.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise HesError(f"--password-file {path}: the first line is not UTF-8 text") from None
+    if not password.strip():
+        raise HesError(f"--password-file {path} holds no password on its first line (it is empty or blank);"
+                       " write the password there")
+    return password
 
 
 def main(args: argparse.Namespace) -> int:
     """Run the receiving server until SIGINT/SIGTERM; 0 on a clean stop, 1 on failure (a file, the address), 2 on bad options."""
+    if args.action == "credentials":
+        return credentials_main(args)
+    credentials = None
     try:
         host, port = split_listen(args.listen)
-        password = args.password
-        if args.password_file:
-            with open(args.password_file, "rb") as handle:
-                first = handle.readline()
-            try:
-                password = first.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError:
-                raise ValueError(f"--password-file {args.password_file}: the first line is not UTF-8 text") from None
-            if not password.strip():
-                raise ValueError(f"--password-file {args.password_file} holds no password on its first line"
-                                 " (it is empty or blank); write the password the gateways push with")
+        password = _first_line(args.password_file) if args.password_file else args.password
         if (args.username is None) != (password is None):
             raise ValueError("--username and --password (or --password-file) go together")
         check_credentials(args.username, password)
-        if args.no_auth and args.username is not None:
-            raise ValueError("--no-auth and --username exclude each other")
-        if args.username is None and not args.no_auth:
+        if args.no_auth and (args.username is not None or args.gateways is not None):
+            raise ValueError("--no-auth excludes --username and --gateways")
+        if args.gateways is not None and args.username is not None:
+            raise ValueError("--gateways (a credential per gateway) and --username (one for all) exclude each other")
+        if args.username is None and args.gateways is None and not args.no_auth:
             raise ValueError(
-                "refusing to start without authentication: give --username and --password-file (or --password),"
-                " or --no-auth to accept reports from anyone who can reach the port")
+                "refusing to start without authentication: give --gateways FILE (per-gateway credentials), or"
+                " --username and --password-file, or --no-auth to accept reports from anyone who can reach the port")
+        if args.gateways is not None:
+            if not args.gateways.is_file():
+                raise ValueError(f"--gateways {args.gateways} is not a file; make it with"
+                                 f" 'wmbus-stream receive credentials add SERIAL --gateways {args.gateways}'")
+            credentials = GatewayFile(args.gateways)
         if args.tls_key and not args.tls_cert:
             raise ValueError("--tls-key needs --tls-cert")
         if args.max_body_mib < 1:
@@ -115,7 +186,8 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         server = ReceiveServer(
-            host, port, store=store, username=args.username, password=password, tls_cert=args.tls_cert,
+            host, port, store=store, username=args.username, password=password, credentials=credentials,
+            tls_cert=args.tls_cert,
             tls_key=args.tls_key, path=args.path, max_body=args.max_body_mib * 1024 * 1024,
             max_connections=args.max_connections, per_address=args.max_per_address, ok_status=args.ok_status, on_post=show,
         )
@@ -130,7 +202,12 @@ def main(args: argparse.Namespace) -> int:
         print(f"wmbus-stream receive: cannot listen on {args.listen}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     where = f"SQLite {args.db}" if args.db else "memory only (use --db to keep them)"
-    auth = "basic auth" if args.username else "NO AUTHENTICATION: anyone who can reach the port can post reports"
+    if credentials is not None:
+        auth = f"per-gateway credentials of {args.gateways}"
+    elif args.username:
+        auth = "basic auth"
+    else:
+        auth = "NO AUTHENTICATION: anyone who can reach the port can post reports"
     print(f"receiving reports on {server.url} ({auth}); readings stored in {where}", flush=True)
 
     stop = threading.Event()
