@@ -97,9 +97,9 @@ def command_paths() -> list[tuple[str, ...]]:
     """Every command of the parser as its words: ("decode",), ("config", "show"), ..."""
     def walk(parser: argparse.ArgumentParser, words: tuple[str, ...]) -> list[tuple[str, ...]]:
         subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-        if not subs:
-            return [words]
-        return [path for a in subs for name, child in a.choices.items() for path in walk(child, (*words, name))]
+        # A command with subcommands that also runs on its own (``receive``) is a command too.
+        own = [words] if not subs or (words and parser.get_default("func") and not all(a.required for a in subs)) else []
+        return own + [path for a in subs for name, child in a.choices.items() for path in walk(child, (*words, name))]
 
     return walk(cli.build_parser(), ())
 
@@ -435,6 +435,41 @@ def test_replay_prints_writes_or_pushes_the_report(gw: ConfigFile, tmp_path: Pat
     assert run.code == 0 and run.out == "" and "replay push: acknowledged" in run.err, run
     assert len(hes.lines()) == 12
     assert not gw.state.exists()  # a replay never touches the gateway's state
+
+
+@covers("receive credentials add", "receive credentials list", "receive credentials remove")
+def test_receive_takes_each_gateway_with_its_own_credential(gw: ConfigFile, tmp_path: Path) -> None:
+    gateways = tmp_path / "gateways"
+    added = wmbus("receive", "credentials", "add", "00000161", "--gateways", str(gateways))
+    assert added.code == 0 and "shown only now" in added.out, added
+    password = re.search(r"password (\S+)", added.out).group(1)
+    assert wmbus("receive", "credentials", "add", "00000162", "--gateways", str(gateways)).code == 0
+    assert wmbus("receive", "credentials", "list", "--gateways", str(gateways)).out == "00000161\n00000162\n"
+    port = free_port()
+    server = subprocess.Popen([str(WMBUS), "receive", "--listen", f"127.0.0.1:{port}", "--gateways", str(gateways)],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        assert "per-gateway credentials" in server.stdout.readline()
+        url = f"http://127.0.0.1:{port}/in"
+        gw.write({"receiving.server.url": url, "receiving.server.username": "00000162",
+                  "receiving.server.password": password})  # gateway 00000161's password under another serial
+        refused = wmbus("replay", "--config", str(gw.path), str(tmp_path / "capture.hex"), "--push")
+        assert refused.code != 0 and "401" in refused.out + refused.err, refused
+        gw.write({"receiving.server.url": url, "receiving.server.username": "00000161",
+                  "receiving.server.password": password})
+        assert wmbus("replay", "--config", str(gw.path), str(tmp_path / "capture.hex"), "--push").code == 0
+        assert "12 lines, 12 new readings, gateway 00000161" in server.stdout.readline()
+        removed = wmbus("receive", "credentials", "remove", "00000162", "--gateways", str(gateways))
+        assert removed.code == 0 and "removed gateway 00000162" in removed.out, removed
+        assert wmbus("receive", "credentials", "list", "--gateways", str(gateways)).out == "00000161\n"
+        server.send_signal(signal.SIGTERM)
+        out, err = server.communicate(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    assert server.returncode == 0 and out.startswith("stopped: 1 POSTs, 12 lines"), out + err
 
 
 @covers("receive")
