@@ -262,6 +262,7 @@ class ReceiveServer:
         self._stats = ReceiveStats()
         self._stats_lock = threading.Lock()
         self._server: Listener | None = None
+        self._stopping = False
 
     def start(self) -> ReceiveServer:
         """Bind and serve in a background thread."""
@@ -274,6 +275,7 @@ class ReceiveServer:
         server, self._server = self._server, None
         if server is None:
             return
+        self._stopping = True
         server.stop(grace)
         if self._owns_store:
             self.store.close()
@@ -419,6 +421,10 @@ class ReceiveServer:
                 refuse(413, "body too large", f"body larger than {self.max_body} bytes\n")
                 return
             except _BadBody as exc:
+                if self._stopping:  # cut by stop(): the client retries, nothing of it was stored
+                    log.info("POST from %s: cut by the receiver stopping; nothing stored", client)
+                    handler.close_connection = True
+                    return
                 refuse(400, f"bad body framing ({exc})", f"bad request body: {exc}\n")
                 return
             except _Forbidden as exc:
