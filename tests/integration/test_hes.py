@@ -11,6 +11,7 @@ import base64
 import contextlib
 import http.client
 import json
+import logging
 import os
 import select
 import signal
@@ -689,3 +690,36 @@ def test_cli_receive_cuts_stalled_heads_and_counts_every_refusal(tmp_path: Path)
             process.wait()
         process.stdout.close()
         process.stderr.close()
+
+
+@pytest.mark.parametrize("request_bytes, status, reason", [
+    (b"POST /stream\r\n\r\n", 400, b"bad request line"),
+    (b"POST /stream HTTP/2.0\r\nHost: x\r\n\r\n", 505, b"only HTTP/1.0 and HTTP/1.1"),
+    (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505, b"only HTTP/1.0 and HTTP/1.1"),
+    (b"POST /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n", 414, b"too long"),
+    (b"POST / HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * 70000 + b"\r\n\r\n", 431, b"too long"),
+    (b"POST / HTTP/1.1\r\nHost: x\r\n" + b"X-A: a\r\n" * 120 + b"\r\n", 431, b"too many headers"),
+    (b"POST / x HTTP/1.1\r\nHost: x\r\n\r\n", 400, b"bad request line"),
+    (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 400, b"bad request line"),
+    (b"POST / HTTP/1.1\r\nHost: x\r\n: x\r\nContent-Length: 0\r\n\r\n", 400, b"header name is empty"),
+    (b"POST / HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\nContent-Length: 0\r\n\r\n", 400, b"control character"),
+    (b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 400, b"needs a Host header"),
+    (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, b"HTTP/1.0 request"),
+])
+def test_what_the_parser_refuses_is_a_plain_counted_answer_never_a_traceback(
+        hes: ReceiveServer, caplog: pytest.LogCaptureFixture, request_bytes: bytes, status: int, reason: bytes) -> None:
+    with socket.create_connection(("127.0.0.1", hes.port), timeout=10) as sock:
+        sock.sendall(request_bytes)
+        answer = read_answer(sock)
+    assert answer.startswith(f"HTTP/1.1 {status} ".encode()) and reason in answer, answer[:300]
+    assert b"a" * 100 not in answer  # nothing of the input is echoed
+    assert hes.stats.refused == ((status, 1),) and hes.store.readings() == []
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
+
+
+def test_an_empty_line_before_the_request_line_is_ignored(hes: ReceiveServer) -> None:
+    body = (line() + "\n").encode()
+    with raw_request(hes.port, f"\nPOST / HTTP/1.1\nHost: x\nContent-Length: {len(body)}\nConnection: close\n",
+                     body) as sock:
+        assert read_answer(sock).startswith(b"HTTP/1.1 204 ")
+    assert len(hes.store.readings()) == 1

@@ -141,7 +141,7 @@ def main(args: argparse.Namespace) -> int:
             raise ValueError("--username and --password (or --password-file) go together")
         check_credentials(args.username, password)
         if args.no_auth and (args.username is not None or args.gateways is not None):
-            raise ValueError("--no-auth excludes --username and --gateways")
+            raise ValueError("--no-auth and --username or --gateways exclude each other")
         if args.gateways is not None and args.username is not None:
             raise ValueError("--gateways (a credential per gateway) and --username (one for all) exclude each other")
         if args.username is None and args.gateways is None and not args.no_auth:

@@ -51,6 +51,16 @@ log = logging.getLogger("wmbus_stream.http")
 # Headers that must come at most once: they decide the body's framing, the target or who is asking.
 _SINGLE_HEADERS = ("Content-Length", "Transfer-Encoding", "Host", "Authorization")
 _LENGTH = re.compile(r"[0-9]{1,12}")  # up to a terabyte
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 5.1: a field name
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # (tab is allowed in a value)
+# Answers to what http.server itself refuses, in words that echo nothing of the input.
+_STDLIB_REFUSALS = {
+    400: "bad request line: send METHOD /path HTTP/1.1",
+    414: "request target too long",
+    431: "a header line is too long or there are too many headers",
+    501: "method not supported",
+    505: "only HTTP/1.0 and HTTP/1.1 are served",
+}
 # After refusing a connection or a request early, read at most this much of what the client
 # sends, for at most this long, so it sees our answer instead of a connection reset.
 DRAIN_LIMIT = 4 * 1024 * 1024
@@ -77,9 +87,11 @@ class Dispatcher(Protocol):
         ...
 
 
-def head_problem(headers: Message) -> str | None:
+def head_problem(headers: Message, version: str = "HTTP/1.1") -> str | None:
     """What makes a request head ambiguous about its body, target or sender (request smuggling); None if nothing."""
     # (A multipart Content-Type without a body in the head is a defect of the email parser, not of the head.)
+    if any(isinstance(d, errors.InvalidHeaderDefect) for d in headers.defects):
+        return "a header name is empty or holds characters other than letters, digits and !#$%&'*+-.^_`|~"
     if any(isinstance(d, errors.MissingHeaderBodySeparatorDefect) for d in headers.defects) or headers.get_payload():
         return "a header line is not 'Name: value' (no space may come before the colon)"
     for name in _SINGLE_HEADERS:
@@ -88,6 +100,14 @@ def head_problem(headers: Message) -> str | None:
             return f"{name} is given {count} times; send it once"
     if any("\r" in value or "\n" in value for value in headers.values()):
         return "a header is folded onto a following line; send each header on one line"
+    if any(not _TOKEN.fullmatch(name) for name in headers.keys()):
+        return "a header name is empty or holds characters other than letters, digits and !#$%&'*+-.^_`|~"
+    if any(_CONTROL.search(value) for value in headers.values()):
+        return "a header value holds a control character (NUL, ...); send printable text"
+    if version != "HTTP/1.0" and headers.get("Host") is None:
+        return "an HTTP/1.1 request needs a Host header"
+    if version == "HTTP/1.0" and headers.get("Transfer-Encoding") is not None:
+        return "Transfer-Encoding in an HTTP/1.0 request; send a Content-Length"
     length = headers.get("Content-Length")
     if length is not None:
         if headers.get("Transfer-Encoding") is not None:
@@ -106,6 +126,7 @@ class RequestHandler(BaseHTTPRequestHandler):
     reader: DeadlineReader
     continued = False  # 100 Continue sent for the current request
     body_read, body_length = False, 0  # the dispatcher's, per request
+    raw_requestline: bytes
     # Until a request line is parsed (an answer to a late or broken first head needs them).
     requestline, request_version, command = "", "HTTP/1.1", ""
 
@@ -135,12 +156,15 @@ class RequestHandler(BaseHTTPRequestHandler):
 
     def parse_request(self) -> bool:
         try:
+            # RFC 9112 2.2: an empty line before the request line (a stray CRLF after a body) is ignored.
+            if self.raw_requestline in (b"\r\n", b"\n"):
+                self.raw_requestline = self.rfile.readline(65537)
             if not super().parse_request():
                 return False
         finally:
             self.reader.stop()
         self.continued = False
-        problem = head_problem(self.headers)
+        problem = head_problem(self.headers, self.request_version)
         if problem is not None:
             log.info("%s %s from %s: 400 %s", self.command, self.path[:200].encode("ascii", "backslashreplace").decode(),
                      self.client_address[0], problem)
@@ -175,7 +199,9 @@ class RequestHandler(BaseHTTPRequestHandler):
         """A malformed request line or head: a short plain answer (never an echo of the input), then close."""
         # parse_request leaves HTTP/0.9 (no status line, no headers) until it has read a version.
         self.request_version = self.protocol_version
-        self.refuse(code, "bad request\n")
+        reason = _STDLIB_REFUSALS.get(code, "bad request")
+        log.info("%s: %d %s", self.client_address[0], code, reason)
+        self.refuse(code, f"{reason}\n")
 
     def refuse(self, code: int, text: str, headers: dict[str, str] | None = None) -> None:
         """A plain-text answer that ends the connection, counted by the dispatcher."""
@@ -199,6 +225,8 @@ class RequestHandler(BaseHTTPRequestHandler):
 
     def drain(self) -> None:
         """Read (not keep) some of an unread body before closing, so the client sees the answer, not a reset."""
+        if getattr(self, "headers", None) is None:
+            return  # refused before its head was read: there is no body to speak of
         if self.expects_continue() and not self.continued:
             return  # the client waits for 100 Continue and sends no body: nothing to read
         with contextlib.suppress(OSError, ValueError, ssl.SSLError):
