@@ -20,6 +20,7 @@ __all__ = [
     "Problem",
     "ExtensionMissingError",
     "GatewayIOError",
+    "StoreError",
     "ReportError",
     "UpdateError",
 ]
@@ -107,6 +108,10 @@ class ExtensionMissingError(WmbusStreamError, ImportError):
 
 class GatewayIOError(WmbusStreamError, OSError):
     """Something outside the process (port, server, disk) failed."""
+
+
+class StoreError(GatewayIOError):
+    """The HES's database cannot be opened or written: server down, credentials refused, bad URL, no driver."""
 
 
 class ReportError(WmbusStreamError, ValueError):

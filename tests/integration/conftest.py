@@ -978,3 +978,9 @@ def stop_server(process: subprocess.Popen[bytes]) -> None:
 
 def basic_auth(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+# -------------------------------------------------------------------------------------------
+# PostgreSQL: the session's throwaway cluster and a database per test (pg_harness.py)
+
+from pg_harness import pg_cluster, pg_url  # noqa: E402,F401  (fixtures for every test module of this folder)
