@@ -16,15 +16,27 @@ from typing import Any
 from ..errors import HesError
 from .credentials import GatewayFile
 from .edge import DEFAULT_MAX_BODY, DEFAULT_MAX_CONNECTIONS, PostSummary, ReceiveServer, check_credentials, split_listen
+from .postgres import PostgresStore, is_postgres_url, masked
 from .sqlite import SqliteStore
 from .store import Store
 
-__all__ = ["add_arguments", "main", "open_store"]
+__all__ = ["add_arguments", "describe_store", "main", "open_store"]
 
 
-def open_store(where: str | None) -> Store:
-    """The store ``--db`` names: an SQLite file, or memory for None."""
+def open_store(where: str | None, *, outbox: bool = False) -> Store:
+    """The store ``--db`` names: a PostgreSQL URL, an SQLite file, or memory for None."""
+    if is_postgres_url(where):
+        assert where is not None
+        return PostgresStore(where, outbox=outbox)
     return SqliteStore(where or ":memory:")
+
+
+def describe_store(where: str | None) -> str:
+    """``--db`` as the banner and errors name it (a URL's password masked)."""
+    if is_postgres_url(where):
+        assert where is not None
+        return f"PostgreSQL {masked(where)}"
+    return f"SQLite {where}" if where else "memory only (use --db to keep them)"
 
 
 def _listen_option(text: str) -> str:
@@ -40,7 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``wmbus-stream receive``."""
     parser.add_argument("--listen", default="127.0.0.1:8081", metavar="HOST:PORT", type=_listen_option,
                         help="address to listen on (default 127.0.0.1:8081; [::]:PORT for IPv6)")
-    parser.add_argument("--db", metavar="FILE|URL", help="SQLite database file for readings (default: in memory only)")
+    parser.add_argument("--db", metavar="FILE|URL",
+                        help="where readings go: an SQLite file, or postgresql://USER:PASSWORD@HOST:PORT/DB for several"
+                             " receivers on one database (needs pip install 'wmbus-stream[hes]'; default: in memory only)")
     parser.add_argument("--gateways", metavar="FILE", type=Path,
                         help="per-gateway credentials (written by 'receive credentials add'): each gateway pushes as"
                              " its serial and may report only its own lines")
@@ -172,7 +186,10 @@ def main(args: argparse.Namespace) -> int:
     try:
         store = open_store(args.db)
     except (OSError, sqlite3.Error) as exc:
-        print(f"wmbus-stream receive: cannot open {args.db}: {exc}", file=sys.stderr)
+        if is_postgres_url(args.db):  # the message names the URL, its password masked
+            print(f"wmbus-stream receive: {exc}", file=sys.stderr)
+        else:
+            print(f"wmbus-stream receive: cannot open {args.db}: {exc}", file=sys.stderr)
         return 1
 
     def show(post: PostSummary) -> None:
@@ -201,7 +218,7 @@ def main(args: argparse.Namespace) -> int:
         store.close()
         print(f"wmbus-stream receive: cannot listen on {args.listen}: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    where = f"SQLite {args.db}" if args.db else "memory only (use --db to keep them)"
+    where = describe_store(args.db)
     if credentials is not None:
         auth = f"per-gateway credentials of {args.gateways}"
     elif args.username:
