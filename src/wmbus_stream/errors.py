@@ -110,10 +110,6 @@ class GatewayIOError(WmbusStreamError, OSError):
     """Something outside the process (port, server, disk) failed."""
 
 
-class StoreError(GatewayIOError):
-    """The HES's database cannot be opened or written: server down, credentials refused, bad URL, no driver."""
-
-
 class ReportError(WmbusStreamError, ValueError):
     """A report body is malformed; ``line`` is 1-based, ``reason`` says what is wrong."""
 
@@ -129,3 +125,7 @@ class UpdateError(WmbusStreamError):
 
 class HesError(WmbusStreamError, ValueError):
     """The reference HES cannot do what was asked (its credentials file, store or broker); the message says why."""
+
+
+class StoreError(HesError, GatewayIOError):
+    """The HES's database cannot be opened or written: server down, credentials refused, bad URL, no driver."""
