@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from gwkit import NGINX, stop_server, wait_for
+from gwkit import NGINX, caught, stop_server, wait_for
 
 __all__ = ["HES_EXAMPLE", "HesNginx", "Receiver", "free_port", "render_hes_example", "start_hes_nginx"]
 
@@ -80,7 +81,8 @@ class Receiver:
         def ready() -> bool:
             if self.proc.poll() is not None:
                 raise AssertionError(f"receiver exited ({self.proc.returncode}){self.tail()}")
-            return any("receiving reports on" in line for line in self.log())
+            # Ready once it says so and SIGTERM is handled (a stop then is a clean one).
+            return any("receiving reports on" in line for line in self.log()) and caught(self.proc.pid, signal.SIGTERM)
 
         wait_for(ready, f"receiver on port {self.port} ready", timeout, context=self.tail)
 

@@ -10,6 +10,7 @@ import http.client
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import textwrap
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from gwkit import SPEC_TELEGRAM, finishes, wait_for, with_id
+from gwkit import SPEC_TELEGRAM, caught, finishes, wait_for, with_id
 from pg_harness import PG_PASSWORD, PgCluster
 
 from wmbus_stream import wire
@@ -434,20 +435,20 @@ def test_receptions_are_those_of_the_window(store: PostgresStore) -> None:
 
 def test_a_wrong_password_a_server_that_is_down_and_a_bad_url_are_clear_one_liners(pg_cluster: PgCluster) -> None:
     wrong = pg_cluster.url(password="not-the-Secret")
-    with pytest.raises(StoreError) as caught:
+    with pytest.raises(StoreError) as raised:
         PostgresStore(wrong)
-    text = str(caught.value)
+    text = str(raised.value)
     assert "password authentication failed" in text and "not-the-Secret" not in text and "\n" not in text
     assert "postgresql://wmbus:***@127.0.0.1" in text
 
     with pytest.raises(StoreError, match=r"cannot connect to PostgreSQL postgresql://u:\*\*\*@127\.0\.0\.1:1/x: "
-                                         r".*(refused|failed)") as caught:
+                                         r".*(refused|failed)") as raised:
         PostgresStore("postgresql://u:pw-xyz@127.0.0.1:1/x")
-    assert "pw-xyz" not in str(caught.value) and "\n" not in str(caught.value)
+    assert "pw-xyz" not in str(raised.value) and "\n" not in str(raised.value)
 
-    with pytest.raises(StoreError, match="bad PostgreSQL URL") as caught:
+    with pytest.raises(StoreError, match="bad PostgreSQL URL") as raised:
         PostgresStore("postgresql://u:pw-xyz@[::1/x")
-    assert "pw-xyz" not in str(caught.value)
+    assert "pw-xyz" not in str(raised.value)
     with pytest.raises(StoreError, match="bad PostgreSQL URL"):
         PostgresStore("postgresql://127.0.0.1/x?no_such_option=1")
 
@@ -482,6 +483,7 @@ def test_receive_with_a_postgres_url_masks_the_password(pg_cluster: PgCluster, p
         assert proc.stdout is not None
         banner = next(line for line in proc.stdout if "receiving reports on" in line)
         assert f"readings stored in PostgreSQL {masked(pg_url)}" in banner and PG_PASSWORD not in banner, banner
+        wait_for(lambda: caught(proc.pid, signal.SIGTERM), "the receiver's SIGTERM handler")
     finally:
         proc.terminate()
         out, _ = proc.communicate(timeout=30)
