@@ -276,6 +276,33 @@ def test_threads_committing_overlapping_reports_at_once_store_each_reading_once(
         store.close()
 
 
+def test_the_pool_bounds_the_sessions_of_a_receiver(pg_url: str, pg_cluster: PgCluster) -> None:
+    """Six POSTs at once through a pool of two: all stored, never more than two sessions opened."""
+    store = PostgresStore(pg_url, pool=2)
+    results: list[tuple[int, int]] = []
+
+    def commit(number: int) -> None:
+        ingest = store.begin()
+        try:
+            ingest.stage(lines(GATEWAYS[number % 3], range(number * 3000 + 1, number * 3000 + 4001)))  # spilled
+            results.append(ingest.commit())
+        finally:
+            ingest.abort()
+
+    try:
+        workers = [threading.Thread(target=commit, args=(n,)) for n in range(6)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(120)
+        sessions = pg_cluster.sql("SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
+                                  " AND application_name = 'wmbus-stream receive'", db_name(pg_url), (db_name(pg_url),))
+        assert sessions[0][0] <= 2
+        assert len(results) == 6 and sum(r[0] for r in results) == len(store.readings()) == 3000 * 5 + 4000
+    finally:
+        store.close()
+
+
 _WORKER = textwrap.dedent("""
     import json, os, sys, time
     from wmbus_stream.hes import parse_report
