@@ -1,19 +1,22 @@
 """Issue 14's fleet, all real processes: three gateways -> the documented nginx -> two receivers -> one PostgreSQL.
 
 The three ``wmbus-stream run`` gateways (different serials) hear the same telegrams: the
-same CMeX50 frames are written to each one's receiver pty. They push over HTTPS with basic
-auth to nginx running docs/examples/nginx-hes.conf, which balances the POSTs over two
+same CMeX50 frames are written to each one's receiver pty. They push over HTTPS, each with
+its own credential (``receive --gateways``), to nginx running docs/examples/nginx-hes.conf, which balances the POSTs over two
 ``wmbus-stream receive --db postgresql://...`` processes sharing one database.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import http.client
+import ssl
 from pathlib import Path
 
 import pytest
 
-from gwkit import PROTOCOLS, ConfigFile, PtyReceiver, variant, vector_telegrams, wait_for
+from gwkit import PROTOCOLS, ConfigFile, PtyReceiver, run_cli, variant, vector_telegrams, wait_for
 from hes_harness import Receiver, free_port, start_hes_nginx
 from pg_harness import PgCluster
 
@@ -21,7 +24,9 @@ pytestmark = pytest.mark.integration
 
 CMEX50 = PROTOCOLS["cmex50"]
 SERIALS = ("00000171", "00000172", "00000173")
-PUSH_USER, PUSH_PASSWORD = "gw", "push-s3cret"
+
+def push_password(serial: str) -> str:
+    return f"push-s3cret-of-{serial}"
 
 
 def test_three_gateways_through_nginx_to_two_receivers_store_each_reading_once_and_a_retry_adds_nothing(
@@ -33,11 +38,14 @@ def test_three_gateways_through_nginx_to_two_receivers_store_each_reading_once_a
     def rows(sql: str) -> list[tuple]:
         return pg_cluster.sql(sql, database)
 
-    password_file = tmp_path / "push-password"
-    password_file.write_text(PUSH_PASSWORD + "\n")
+    credentials = tmp_path / "gateways"  # per-gateway credentials: each pushes as its serial
+    for serial in SERIALS:
+        (tmp_path / f"{serial}.password").write_text(push_password(serial) + "\n")
+        added = run_cli("receive", "credentials", "add", serial, "--gateways", str(credentials),
+                        "--password-file", str(tmp_path / f"{serial}.password"))
+        assert added.returncode == 0, added.stderr
     ports = (free_port(), free_port())
-    receivers = [Receiver(port, "--db", pg_url, "--username", PUSH_USER, "--password-file", str(password_file))
-                 for port in ports]
+    receivers = [Receiver(port, "--db", pg_url, "--gateways", str(credentials)) for port in ports]
     ptys = [PtyReceiver(tmp_path / f"tty{n}") for n in range(3)]
     try:
         with start_hes_nginx(tmp_path / "nginx", ports) as lb:
@@ -49,7 +57,7 @@ def test_three_gateways_through_nginx_to_two_receivers_store_each_reading_once_a
                 config = ConfigFile(tmp_path / f"gw{n}")
                 config.write({"gateway.serial": serial, "receiver.port": str(ptys[n].link),
                               "receiving.server.url": lb.url, "receiving.server.ca.file": str(lb.ca_file),
-                              "receiving.server.username": PUSH_USER, "receiving.server.password": PUSH_PASSWORD,
+                              "receiving.server.username": serial, "receiving.server.password": push_password(serial),
                               "receiving.server.push.cron": "*/2 * * * * *"})
                 gateways.append(gateway(config, wait=False))
             for gw in gateways:
@@ -81,6 +89,18 @@ def test_three_gateways_through_nginx_to_two_receivers_store_each_reading_once_a
             assert all(receiver.posts() for receiver in receivers), "nginx balanced nothing to one receiver" + context()
             assert sum(post.new_readings for post in posts) == len(telegrams)
             assert sum(post.lines for post in posts) == 3 * len(telegrams)
+
+            # The Authorization header passes nginx: a wrong password is the receivers' 401, nothing stored.
+            tls = ssl.create_default_context(cafile=str(lb.ca_file))
+            conn = http.client.HTTPSConnection("127.0.0.1", lb.port, timeout=10, context=tls)
+            try:
+                wrong = base64.b64encode(f"{SERIALS[1]}:{push_password(SERIALS[0])}".encode()).decode()
+                conn.request("POST", "/report", body=CMEX50.wired(variant(telegrams[0], 7)).hex().encode(),
+                             headers={"Authorization": f"Basic {wrong}", "Content-Type": "text/plain"})
+                assert conn.getresponse().status == 401
+            finally:
+                conn.close()
+            assert rows("SELECT count(*) FROM reading") == [(len(telegrams),)]
 
             # A retried report: its commits wait on a lock until the gateway has given up on the
             # first POST and sent the report again; then both commit, and the second adds nothing.
