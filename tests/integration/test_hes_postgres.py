@@ -431,8 +431,8 @@ def test_only_one_instance_drains_the_outbox_at_a_time(pg_url: str, pg_cluster: 
         locks = pg_cluster.sql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
                                " AND (classid::bigint << 32 | objid::bigint) = %s", db_name(pg_url), (DRAIN_LOCK,))
         assert locks == [(1,)]
-        first.close()  # its session ends, and the lock with it
-        assert len(second.pending(10)) == 5
+        first.close()  # its session ends (a moment later on the server), and the lock with it
+        assert len(wait_for(lambda: second.pending(10), "the second instance draining")) == 5
     finally:
         first.close()
         second.close()
