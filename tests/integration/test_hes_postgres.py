@@ -135,7 +135,7 @@ def test_an_aborted_post_stores_nothing_and_leaves_its_connection_clean(store: P
 
 
 def _terminate_others(cluster: PgCluster, url: str) -> int:
-    rows = cluster.sql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+    rows = cluster.sql("SELECT count(pg_terminate_backend(pid, 10000)) FROM pg_stat_activity"
                        " WHERE datname = %s AND pid <> pg_backend_pid()", db_name(url), (db_name(url),))
     return int(rows[0][0])
 
@@ -175,7 +175,7 @@ def test_a_connection_killed_inside_the_commit_stores_nothing(store: PostgresSto
         wait_for(lambda: pg_cluster.sql("SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
                                         " AND wait_event_type = 'Lock'", db_name(pg_url), (db_name(pg_url),))[0][0],
                  "the commit waiting for the lock")
-        pg_cluster.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s"
+        pg_cluster.sql("SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity WHERE datname = %s"
                        " AND wait_event_type = 'Lock'", db_name(pg_url), (db_name(pg_url),))
         worker.join(15)
         assert isinstance(outcome.get("error"), StoreError), outcome
