@@ -386,6 +386,33 @@ def test_a_database_of_a_newer_schema_is_refused(pg_url: str, pg_cluster: PgClus
         PostgresStore(pg_url)
 
 
+def test_a_role_without_create_runs_on_tables_its_owner_made(pg_url: str, pg_cluster: PgCluster) -> None:
+    """The least privileges an integrator grants a receiver (docs/hes-integration.md): no DDL once the tables exist."""
+    database = db_name(pg_url)
+    role = f"hes_{database}"
+    PostgresStore(pg_url).close()  # the owner's first start creates the tables
+    grants = [f"CREATE ROLE {role} LOGIN PASSWORD 'role-pw-1'", "REVOKE CREATE ON SCHEMA public FROM PUBLIC",
+              f'GRANT CONNECT, TEMPORARY ON DATABASE "{database}" TO {role}', f"GRANT USAGE ON SCHEMA public TO {role}",
+              f"GRANT SELECT, INSERT ON reading, heard_by, outbox TO {role}", f"GRANT DELETE ON outbox TO {role}",
+              f"GRANT SELECT ON wmbus_schema TO {role}"]
+    for statement in grants:
+        pg_cluster.sql(statement, database)
+    try:
+        store = PostgresStore(f"postgresql://{role}:role-pw-1@127.0.0.1:{pg_cluster.port}/{database}", outbox=True)
+        try:
+            assert store.add(lines(GATEWAYS[0], range(1, 6))) == (5, 5)
+            store.published([p.outbox_id for p in store.pending(2)])
+            assert len(store.pending(10)) == 3
+        finally:
+            store.close()
+        pg_cluster.sql("UPDATE wmbus_schema SET version = 0", database)  # an older schema needs its owner
+        with pytest.raises(StoreError, match="cannot create the tables in .*permission denied for schema public"):
+            PostgresStore(f"postgresql://{role}:role-pw-1@127.0.0.1:{pg_cluster.port}/{database}")
+    finally:
+        pg_cluster.drop_database(database)
+        pg_cluster.sql(f"DROP ROLE {role}")
+
+
 # -------------------------------------------------------------------------------------------
 # Outbox
 

@@ -337,20 +337,28 @@ class PostgresStore:
             raise StoreError(f"cannot connect to PostgreSQL {masked(self.url)}: {self._scrub(_one_line(exc))}") from None
 
     def _create_schema(self, conn: psycopg.Connection[Any]) -> None:
-        """The tables, created once whoever starts first; refuses a database of a newer schema."""
+        """The tables, created once whoever starts first; refuses a database of a newer schema.
+
+        A database already at this version gets no DDL, so a role with only SELECT/INSERT
+        (and DELETE on outbox) on tables its owner created can run the receiver.
+        """
         import psycopg
 
         try:
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
-                conn.execute(_SCHEMA)
-                row = conn.execute("SELECT max(version) FROM wmbus_schema").fetchone()
-                found = row[0] if row else None
-                if found is None:
-                    conn.execute("INSERT INTO wmbus_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
-                elif found > SCHEMA_VERSION:
+                found = None
+                row = conn.execute("SELECT to_regclass('wmbus_schema') IS NOT NULL").fetchone()
+                if row and row[0]:
+                    row = conn.execute("SELECT max(version) FROM wmbus_schema").fetchone()
+                    found = row[0] if row else None
+                if found is not None and found > SCHEMA_VERSION:
                     raise StoreError(f"the database {masked(self.url)} has schema version {found}; this wmbus-stream"
                                      f" knows up to {SCHEMA_VERSION}: upgrade wmbus-stream")
+                if found != SCHEMA_VERSION:
+                    conn.execute(_SCHEMA)
+                    if found is None:
+                        conn.execute("INSERT INTO wmbus_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
         except psycopg.Error as exc:
             raise StoreError(f"cannot create the tables in {masked(self.url)}: {self._scrub(_one_line(exc))}") from None
 
