@@ -7,9 +7,9 @@ Content-Length as the gateway does):
            nothing new), the same meters from a second gateway (receptions only);
   two      two new reports posted at once: to one receiver, then through nginx
            (upstream of two receivers, proxy_request_buffering off) to two.
-Per POST: wall seconds until the answer, CPU seconds of the receiver process(es) (utime +
+Per scenario: wall seconds until the last answer, CPU seconds of the receiver process(es) (utime +
 stime from /proc) and, when the database runs on this machine, of the PostgreSQL server
-processes. Figures go to docs/performance.md and docs/hes-integration.md.
+processes; and the CPU of PostgresStore.add alone, in this process. Figures go to docs/performance.md and docs/hes-integration.md.
 
     python scripts/bench_pg.py --db postgresql://USER:PASSWORD@HOST/DB [--lines 100000] [--rounds 3] [--json]
     python scripts/bench_pg.py --throwaway      # a temporary cluster (Debian's postgresql, as tests/integration)
@@ -233,10 +233,26 @@ def run(db: str, lines: int, rounds: int, local_db: bool) -> dict[str, Any]:
         if "postgres_cpu_s" in figures:
             figures["postgres_cpu_us_per_line"] = figures["postgres_cpu_s"] / readings * 1e6
         out["scenarios"][name] = figures
+    out["store_client_cpu_us_per_line"] = store_cost(db, a, lines)
     one = out["scenarios"]["one: new report"]["readings_per_wall_s"]
     two = out["scenarios"]["two reports at once, two receivers behind nginx"]["readings_per_wall_s"]
     out["second_instance_adds"] = two / one - 1
     return out
+
+
+def store_cost(db: str, body: bytes, lines: int) -> float:
+    """CPU µs per line of PostgresStore.add alone in this process (COPY rows, the commit's round trips), new lines."""
+    from wmbus_stream.hes import parse_report
+
+    parsed = parse_report(body)
+    empty(db)
+    store = PostgresStore(db)
+    try:
+        started = time.process_time()
+        store.add(parsed)
+        return (time.process_time() - started) / lines * 1e6
+    finally:
+        store.close()
 
 
 def table(result: dict[str, Any]) -> str:
@@ -248,6 +264,7 @@ def table(result: dict[str, Any]) -> str:
         pg = f"{f['postgres_cpu_us_per_line']:9.1f}" if "postgres_cpu_us_per_line" in f else f"{'-':>9s}"
         rows.append(f"{name:50s} {f['wall_s']:7.2f} {f['readings_per_wall_s']:11,.0f} {f['receiver_cpu_s']:10.2f}"
                     f" {f['readings_per_receiver_cpu_s']:10,.0f} {f['receiver_cpu_us_per_line']:10.1f} {pg}")
+    rows.append(f"PostgresStore.add alone: {result['store_client_cpu_us_per_line']:.1f} CPU µs per line in the receiver")
     rows.append(f"a second instance behind nginx adds {result['second_instance_adds']:.2f} of the first one's"
                 " throughput (readings per wall second)")
     return "\n".join(rows)
