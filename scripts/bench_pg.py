@@ -234,6 +234,7 @@ def run(db: str, lines: int, rounds: int, local_db: bool) -> dict[str, Any]:
             figures["postgres_cpu_us_per_line"] = figures["postgres_cpu_s"] / readings * 1e6
         out["scenarios"][name] = figures
     out["store_client_cpu_us_per_line"] = store_cost(db, a, lines)
+    out["database_alone"] = database_scaling(db, a, c, local_db)
     one = out["scenarios"]["one: new report"]["readings_per_wall_s"]
     two = out["scenarios"]["two reports at once, two receivers behind nginx"]["readings_per_wall_s"]
     out["second_instance_adds"] = two / one - 1
@@ -255,6 +256,32 @@ def store_cost(db: str, body: bytes, lines: int) -> float:
         store.close()
 
 
+def database_scaling(db: str, first: bytes, second: bytes, local_db: bool) -> dict[str, float]:
+    """The database alone: one report's PostgresStore.add, then two disjoint ones at once (threads, own sessions)."""
+    from wmbus_stream.hes import parse_report
+
+    reports = [parse_report(first), parse_report(second)]
+    store = PostgresStore(db)
+    try:
+        out: dict[str, float] = {}
+        for name, batch in (("one", reports[:1]), ("two", reports)):
+            empty(db)
+            pg_before = postgres_cpu() if local_db else 0.0
+            started = time.perf_counter()
+            threads = [threading.Thread(target=store.add, args=(lines,)) for lines in batch]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            out[f"{name}_wall_s"] = time.perf_counter() - started
+            if local_db:
+                out[f"{name}_postgres_cpu_s"] = postgres_cpu() - pg_before
+        out["second_commit_adds"] = 2 * out["one_wall_s"] / out["two_wall_s"] - 1
+        return out
+    finally:
+        store.close()
+
+
 def table(result: dict[str, Any]) -> str:
     rows = [f"{result['lines']:,} lines per report ({result['body_bytes'] / 1e6:.1f} MB), median of "
             f"{result['rounds']} rounds",
@@ -265,6 +292,9 @@ def table(result: dict[str, Any]) -> str:
         rows.append(f"{name:50s} {f['wall_s']:7.2f} {f['readings_per_wall_s']:11,.0f} {f['receiver_cpu_s']:10.2f}"
                     f" {f['readings_per_receiver_cpu_s']:10,.0f} {f['receiver_cpu_us_per_line']:10.1f} {pg}")
     rows.append(f"PostgresStore.add alone: {result['store_client_cpu_us_per_line']:.1f} CPU µs per line in the receiver")
+    alone = result["database_alone"]
+    rows.append(f"the database alone (PostgresStore.add in threads): one report {alone['one_wall_s']:.2f} s, two disjoint"
+                f" at once {alone['two_wall_s']:.2f} s: a second commit adds {alone['second_commit_adds']:.2f}")
     rows.append(f"a second instance behind nginx adds {result['second_instance_adds']:.2f} of the first one's"
                 " throughput (readings per wall second)")
     return "\n".join(rows)
