@@ -6,6 +6,7 @@ import base64
 import contextlib
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -139,7 +140,7 @@ def test_the_command_line_manages_the_file_and_serves_it(tmp_path: Path) -> None
     assert cli("credentials", "add", "12", "--gateways", gateways).returncode == 2
     assert "is not in" in cli("credentials", "remove", B, "--gateways", gateways).stderr
     missing = receive("--listen", "127.0.0.1:0", "--gateways", str(tmp_path / "none"))
-    assert missing.wait(30) == 2 and "credentials add SERIAL" in missing.communicate()[1]
+    assert missing.wait(30) == 1 and "credentials add SERIAL" in missing.communicate()[1]
     db = str(tmp_path / "hes.sqlite")
     with receive("--listen", "127.0.0.1:0", "--gateways", gateways, "--db", db) as process:
         try:
@@ -175,3 +176,20 @@ def test_a_receiver_refuses_both_kinds_of_credential(tmp_path: Path) -> None:
     assert refused.returncode == 2 and "line 1" in refused.stderr
     with pytest.raises(ValueError, match="not both"):
         ReceiveServer(username="gw", password="pw", credentials=GatewayFile(gateways))
+
+
+def test_an_empty_gateways_file_is_warned_about_and_a_busy_port_is_named(tmp_path: Path) -> None:
+    gateways = tmp_path / "gateways"
+    gateways.write_text("")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = cli("--listen", f"127.0.0.1:{port}", "--gateways", str(gateways))
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    assert "lists no gateway yet" in run.stderr and f"cannot listen on 127.0.0.1:{port}" in run.stderr, run.stderr
+    cert = tmp_path / "cert.pem"
+    cert.write_text("not a certificate\n")
+    run = cli("--listen", "127.0.0.1:0", "--no-auth", "--tls-cert", str(cert))
+    assert run.returncode == 1 and f"cannot use the TLS certificate {cert}" in run.stderr, run.stderr
+    assert "at most 4096" in cli("--no-auth", "--max-body-mib", "5000").stderr

@@ -162,11 +162,17 @@ def main(args: argparse.Namespace) -> int:
             raise ValueError(
                 "refusing to start without authentication: give --gateways FILE (per-gateway credentials), or"
                 " --username and --password-file, or --no-auth to accept reports from anyone who can reach the port")
+        if args.max_body_mib > 4096:
+            raise ValueError("--max-body-mib may be at most 4096 (a report of 1,000,000 meters is about 250 MiB)")
         if args.gateways is not None:
             if not args.gateways.is_file():
-                raise ValueError(f"--gateways {args.gateways} is not a file; make it with"
-                                 f" 'wmbus-stream receive credentials add SERIAL --gateways {args.gateways}'")
+                print(f"wmbus-stream receive: --gateways {args.gateways} is not a file; make it with"
+                      f" 'wmbus-stream receive credentials add SERIAL --gateways {args.gateways}'", file=sys.stderr)
+                return 1
             credentials = GatewayFile(args.gateways)
+            if not credentials.read():
+                print(f"wmbus-stream receive: warning: {args.gateways} lists no gateway yet: every push is refused 401"
+                      " until one is added with 'receive credentials add'", file=sys.stderr)
         if args.tls_key and not args.tls_cert:
             raise ValueError("--tls-key needs --tls-cert")
         if args.max_body_mib < 1:
@@ -210,7 +216,10 @@ def main(args: argparse.Namespace) -> int:
         )
     except (ValueError, OSError, ssl.SSLError) as exc:  # the certificate or key files
         store.close()
-        print(f"wmbus-stream receive: {exc}", file=sys.stderr)
+        files = " and ".join(f for f in (args.tls_cert, args.tls_key) if f)
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        print(f"wmbus-stream receive: cannot use the TLS certificate {files}: {reason}"
+              " (give PEM files: the certificate chain, and its key unless it is in the same file)", file=sys.stderr)
         return 1
     try:
         server.start()

@@ -128,7 +128,11 @@ class GatewayFile:
                     try:
                         self._entries = self.read()
                         self._cache = BasicCache(ttl=3600.0, limit=8192)
-                        log.info("%s: %d gateway credentials", self.path, len(self._entries))
+                        if self._entries:
+                            log.info("%s: %d gateway credentials", self.path, len(self._entries))
+                        else:
+                            log.warning("%s is %s: no gateway may push until one is added", self.path,
+                                        "gone" if stamp is None else "empty")
                     except HesError as exc:
                         log.error("%s; keeping the %d credentials read before", exc, len(self._entries))
                     self._stamp = stamp

@@ -378,7 +378,9 @@ class Listener(ThreadingHTTPServer):
 
     def server_close(self) -> None:
         super().server_close()
-        self.busy.close()
+        busy = getattr(self, "busy", None)  # (socketserver closes here when the bind failed, before it exists)
+        if busy is not None:
+            busy.close()
 
     def process_request(self, request: Any, client_address: Any) -> None:
         source = source_of(client_address[0])
