@@ -19,6 +19,7 @@ __all__ = [
     "BackupError",
     "Problem",
     "ExtensionMissingError",
+    "DependencyMissingError",
     "GatewayIOError",
     "StoreError",
     "ReportError",
@@ -129,3 +130,7 @@ class HesError(WmbusStreamError, ValueError):
 
 class StoreError(HesError, GatewayIOError):
     """The HES's database cannot be opened or written: server down, credentials refused, bad URL, no driver."""
+
+
+class DependencyMissingError(WmbusStreamError, ImportError):
+    """An optional package a chosen feature needs (paho-mqtt for ``--mqtt``) is not installed; the message says how."""

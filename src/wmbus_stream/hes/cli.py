@@ -13,22 +13,23 @@ from pathlib import Path
 from datetime import datetime
 from typing import Any
 
-from ..errors import HesError
+from ..errors import HesError, WmbusStreamError
 from .credentials import GatewayFile
 from .edge import DEFAULT_MAX_BODY, DEFAULT_MAX_CONNECTIONS, PostSummary, ReceiveServer, check_credentials, split_listen
 from .postgres import PostgresStore, is_postgres_url, masked
 from .sqlite import SqliteStore
+from .publish import Publisher, parse_mqtt_url
 from .store import Store
 
 __all__ = ["add_arguments", "describe_store", "main", "open_store"]
 
 
 def open_store(where: str | None, *, outbox: bool = False) -> Store:
-    """The store ``--db`` names: a PostgreSQL URL, an SQLite file, or memory for None."""
+    """The store ``--db`` names: a PostgreSQL URL, an SQLite file, or memory for None; ``outbox`` queues new readings for MQTT."""
     if is_postgres_url(where):
         assert where is not None
         return PostgresStore(where, outbox=outbox)
-    return SqliteStore(where or ":memory:")
+    return SqliteStore(where or ":memory:", outbox=outbox)
 
 
 def describe_store(where: str | None) -> str:
@@ -76,6 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              " (default half of --max-connections; behind a proxy, every client is the proxy)")
     parser.add_argument("--ok-status", type=int, choices=(200, 204), default=204,
                         help="status of an accepted POST (default 204)")
+    _add_mqtt_arguments(parser)
     actions = parser.add_subparsers(dest="action", title="other actions (without one, the server runs)")
     add_credentials(actions)
 
@@ -143,6 +145,27 @@ def _first_line(path: str) -> str:
     return password
 
 
+# -- MQTT fan-out (hes.publish) ----------------------------------------------------------------
+
+def _add_mqtt_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--mqtt`` and ``--mqtt-ca``: publish each new reading to a broker."""
+    parser.add_argument("--mqtt", metavar="URL",
+                        help="publish each new reading (QoS 1) to this broker: mqtt://[user:pass@]host[:port][/prefix]"
+                             " or mqtts://... for TLS (default prefix wmbus; needs pip install 'wmbus-stream[hes]')")
+    parser.add_argument("--mqtt-ca", metavar="FILE", help="CA certificate(s) (PEM) that sign an mqtts:// broker's certificate")
+
+
+def _publisher(args: argparse.Namespace, store: Store) -> Publisher | None:
+    """The MQTT publisher ``--mqtt`` asks for (not started yet); None without it."""
+    if not args.mqtt:
+        return None
+
+    def report(text: str) -> None:
+        print(f"{datetime.now().strftime('%Y-%m-%d %H:%M:%S')} {text}", file=sys.stderr, flush=True)
+
+    return Publisher(store, args.mqtt, ca_file=args.mqtt_ca, report=report)
+
+
 def main(args: argparse.Namespace) -> int:
     """Run the receiving server until SIGINT/SIGTERM; 0 on a clean stop, 1 on failure (a file, the address), 2 on bad options."""
     if args.action == "credentials":
@@ -183,6 +206,9 @@ def main(args: argparse.Namespace) -> int:
             raise ValueError(f"--max-per-address must be 1 to --max-connections ({args.max_connections})")
         if args.path is not None and not args.path.startswith("/"):
             raise ValueError("--path must start with '/'")
+        mqtt = parse_mqtt_url(args.mqtt) if args.mqtt else None
+        if args.mqtt_ca and (mqtt is None or not mqtt.tls):
+            raise ValueError("--mqtt-ca needs --mqtt with an mqtts:// URL")
     except ValueError as exc:
         print(f"wmbus-stream receive: {exc}", file=sys.stderr)
         return 2
@@ -190,12 +216,18 @@ def main(args: argparse.Namespace) -> int:
         print(f"wmbus-stream receive: cannot read {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     try:
-        store = open_store(args.db)
+        store = open_store(args.db, outbox=mqtt is not None)
     except (OSError, sqlite3.Error) as exc:
         if is_postgres_url(args.db):  # the message names the URL, its password masked
             print(f"wmbus-stream receive: {exc}", file=sys.stderr)
         else:
             print(f"wmbus-stream receive: cannot open {args.db}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        publisher = _publisher(args, store)
+    except (ValueError, WmbusStreamError) as exc:  # paho missing, the CA file
+        store.close()
+        print(f"wmbus-stream receive: {exc}", file=sys.stderr)
         return 1
 
     def show(post: PostSummary) -> None:
@@ -204,6 +236,8 @@ def main(args: argparse.Namespace) -> int:
             who = ",".join(post.gateways) or "-"
             print(f"{stamp} {post.client} POST {post.path}: {post.lines} lines, {post.new_readings} new readings,"
                   f" gateway {who}", flush=True)
+            if publisher is not None and post.new_readings:
+                publisher.wake()
         else:
             print(f"{stamp} {post.client} POST {post.path}: refused {post.status}: {post.error}", file=sys.stderr, flush=True)
 
@@ -234,6 +268,9 @@ def main(args: argparse.Namespace) -> int:
         auth = "basic auth"
     else:
         auth = "NO AUTHENTICATION: anyone who can reach the port can post reports"
+    if publisher is not None:
+        publisher.start()
+        where += f", new ones published to MQTT {publisher.target.display}"
     print(f"receiving reports on {server.url} ({auth}); readings stored in {where}", flush=True)
 
     stop = threading.Event()
@@ -248,10 +285,14 @@ def main(args: argparse.Namespace) -> int:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         server.stop()
+        if publisher is not None:
+            publisher.stop()
         store.close()
     stats = server.stats
     by_status = "".join(f"{', ' if i else ' ('}{status}: {count}" for i, (status, count) in enumerate(stats.refused))
     print(f"stopped: {stats.posts} POSTs, {stats.lines} lines, {stats.readings} new readings, {stats.rejected} refused"
           f"{by_status + ')' if by_status else ''}, {stats.busy} connections turned away as busy", flush=True)
+    if publisher is not None:
+        print(f"MQTT: {publisher.published_count} readings published; the unpublished stay in the outbox", flush=True)
     return 0
 

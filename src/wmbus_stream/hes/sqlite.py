@@ -44,6 +44,12 @@ CREATE TABLE IF NOT EXISTS heard_by (
     stored_at TEXT NOT NULL,
     UNIQUE (reading_id, gateway, heard_at)
 );
+-- New readings waiting for the MQTT publisher (hes.publish), drained in id order; AUTOINCREMENT
+-- so an id is never reused after the rows before it were published.
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    reading_id INTEGER NOT NULL UNIQUE REFERENCES reading (id)
+);
 """
 
 
@@ -69,8 +75,9 @@ class _SqliteIngest:
 class SqliteStore:
     """Readings and heard_by rows in SQLite (``:memory:`` by default); one writer at a time."""
 
-    def __init__(self, path: str = ":memory:"):
+    def __init__(self, path: str = ":memory:", *, outbox: bool = False):
         self.path = path
+        self.outbox = outbox  # whether a commit queues its new readings for the MQTT publisher
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         if path != ":memory:":
@@ -91,6 +98,7 @@ class SqliteStore:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
+                last_before = db.execute("SELECT coalesce(max(id), 0) FROM reading").fetchone()[0] if self.outbox else 0
                 for line in lines:
                     cur = db.execute(
                         "INSERT OR IGNORE INTO reading (digest, manufacturer, meter_id, version, device_type, ci,"
@@ -107,6 +115,8 @@ class SqliteStore:
                         (reading_id, line.gateway, line.date, line.rssi_code, line.receiver, line.age_minutes, stored_at),
                     )
                     new_heard += cur.rowcount
+                if self.outbox and new_readings:
+                    self._queue_new(last_before)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -136,13 +146,48 @@ class SqliteStore:
             ).fetchall()
         return [Heard(*row) for row in rows]
 
+    def _queue_new(self, last_before: int) -> None:
+        """Outbox rows for the readings this transaction added (ids above ``last_before``: the write lock is held)."""
+        self._db.execute("INSERT INTO outbox (reading_id) SELECT id FROM reading WHERE id > ? ORDER BY id", (last_before,))
+
     def pending(self, limit: int) -> list[Publication]:
-        """Up to ``limit`` oldest outbox rows, in order."""
-        raise NotImplementedError("the outbox lands with hes.publish")
+        """Up to ``limit`` oldest outbox rows, in order, with the receptions known now."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT o.id, r.id, r.digest, r.manufacturer, r.meter_id, r.version, r.device_type, r.ci,"
+                " r.access_number, r.telegram, r.first_heard, r.first_gateway, r.stored_at"
+                " FROM outbox o JOIN reading r ON r.id = o.reading_id ORDER BY o.id LIMIT ?", (limit,)
+            ).fetchall()
+            heard: dict[int, list[Heard]] = {}
+            for start in range(0, len(rows), 500):  # SQLite's limit on bound parameters
+                ids = [row[1] for row in rows[start:start + 500]]
+                for row in self._db.execute(
+                        "SELECT h.reading_id, r.digest, h.gateway, h.heard_at, h.rssi_code, h.receiver, h.age_minutes,"
+                        " h.stored_at FROM heard_by h JOIN reading r ON r.id = h.reading_id"
+                        f" WHERE h.reading_id IN ({','.join('?' * len(ids))}) ORDER BY h.id", ids):
+                    heard.setdefault(row[0], []).append(Heard(*row[1:]))
+        return [
+            Publication(row[0], Reading(digest=row[2], manufacturer=row[3], meter_id=row[4], version=row[5],
+                                        device_type=row[6], ci=row[7], access_number=row[8], telegram=bytes(row[9]),
+                                        first_heard=row[10], first_gateway=row[11], stored_at=row[12]),
+                        tuple(heard.get(row[1], ())))
+            for row in rows
+        ]
 
     def published(self, outbox_ids: Sequence[int]) -> None:
-        """Remove published rows from the outbox."""
-        raise NotImplementedError("the outbox lands with hes.publish")
+        """Remove published rows from the outbox, in one durable transaction."""
+        ids = list(outbox_ids)
+        if not ids:
+            return
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
 
     def receptions(self, since: str, until: str) -> Iterator[Reception]:
         """Every reception with ``since <= heard_at < until``."""
