@@ -94,8 +94,9 @@ def parse_mqtt_url(text: str) -> MqttTarget:
                          f" mqtts; allowed: {allowed}")
     if not parts.hostname:
         raise ValueError(f"MQTT URL {_hide_password(text)!r} names no host; allowed: {allowed}")
-    if parts.query or parts.fragment:
-        raise ValueError(f"MQTT URL {_hide_password(text)!r}: a query or fragment is not allowed; allowed: {allowed}")
+    if parts.query or parts.fragment or "?" in text or "#" in text:
+        raise ValueError(f"MQTT URL {_hide_password(text)!r}: a query or fragment (? or #) is not allowed (percent-encode"
+                         f" them in a password); allowed: {allowed}")
     prefix = unquote(parts.path).strip("/") or DEFAULT_PREFIX
     if any(ch in prefix for ch in "+#\0") or prefix.startswith("$") or "//" in prefix:
         raise ValueError(f"MQTT topic prefix {prefix!r}: no wildcards (+, #), empty levels or leading $ allowed")
@@ -182,6 +183,7 @@ class Publisher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.published_count = 0  # readings whose PUBACK arrived and that left the outbox
+        self.in_flight = 0  # readings published whose PUBACK has not arrived yet
         self.outages = 0  # times the broker (or the store) became unavailable
         self.connected = False
 
@@ -309,6 +311,7 @@ class Publisher:
                     if info.rc != mqtt.MQTT_ERR_SUCCESS:
                         raise _Down(f"publish failed: {mqtt.error_string(info.rc)}")
                     in_flight[info.mid] = publication.outbox_id
+                    self.in_flight = len(in_flight) - len(acked)
                 grace: float | None = None
                 while not acked.issuperset(in_flight):
                     if self._stop.is_set():
@@ -316,11 +319,13 @@ class Publisher:
                         if time.monotonic() >= grace:
                             break
                     rc = client.loop(_TICK)
+                    self.in_flight = len(in_flight) - len(acked)
                     if rc != mqtt.MQTT_ERR_SUCCESS:
                         raise _Down(mqtt.error_string(rc))
             finally:
                 done = [outbox_id for mid, outbox_id in in_flight.items() if mid in acked]
                 acked.difference_update(in_flight)
+                self.in_flight = 0
                 if done:
                     self._mark(done)
 

@@ -1,0 +1,251 @@
+"""The reference HES's MQTT fan-out against a real Mosquitto, with a real subscriber.
+
+Reports are POSTed to a real ``ReceiveServer`` (or the ``wmbus-stream receive`` process)
+whose store has an outbox; a ``Publisher`` drains it to the broker. Every unique reading
+must arrive exactly once and in order when nothing fails, at least once across a broker
+outage and a receiver restart, and nothing may be left in the outbox afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from gwkit import wait_for
+from mqtt_harness import Broker, Subscriber, broker_fixture, subscriber_fixture  # noqa: F401  (fixtures)
+from test_hes import AGE, RECEIVER, TELEGRAM, line, post, telegram_for, wired
+
+from wmbus_stream.hes import PostSummary, ReceiveServer, SqliteStore
+
+pytestmark = pytest.mark.integration
+
+PREFIX = "test"
+
+
+def lines(meters: Sequence[int], *, serial: str = "00000161", access: int = 0x97,
+          date: str = "2026-11-24 10:15:02") -> list[str]:
+    """Report lines of one gateway for ``meters`` (one telegram each, told apart by the access number)."""
+    return [line(serial=serial, meter=f"{meter:08d}", date=date,
+                 hex_text=wired(telegram_for(meter, access)).hex().upper()) for meter in meters]
+
+
+def key(meter: int, access: int = 0x97) -> str:
+    return hashlib.sha256(telegram_for(meter, access)).hexdigest()
+
+
+def post_to(port: int, report: Sequence[str]) -> int:
+    """POST a report to a receiver on 127.0.0.1:``port``; the status."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("POST", "/", body=("\n".join(report) + "\n").encode(), headers={"Content-Type": "text/plain"})
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
+class Receiver:
+    """A ReceiveServer on 127.0.0.1 whose store keeps an outbox, and the Publisher draining it."""
+
+    def __init__(self, broker: Broker, db: str = ":memory:", *, url: str | None = None, ca: str | None = None) -> None:
+        from wmbus_stream.hes.publish import Publisher
+
+        self.reports: list[str] = []
+        self._lock = threading.Lock()
+        self.store = SqliteStore(db, outbox=True)
+        self.publisher = Publisher(self.store, url or broker.url(PREFIX), ca_file=ca, retry=(0.1, 0.5),
+                                   report=self._report)
+        self.server = ReceiveServer(store=self.store, on_post=self._posted).start()
+        self.publisher.start()
+
+    def _report(self, text: str) -> None:
+        with self._lock:
+            self.reports.append(text)
+
+    def _posted(self, summary: PostSummary) -> None:
+        if summary.new_readings:
+            self.publisher.wake()
+
+    def post(self, report: Sequence[str]) -> None:
+        status, body, _ = post(self.server, ("\n".join(report) + "\n").encode())
+        assert status == 204, body
+
+    def outbox(self) -> int:
+        return len(self.store.pending(100_000))
+
+    def drained(self) -> bool:
+        return self.outbox() == 0
+
+    def close(self) -> None:
+        self.server.stop()
+        self.publisher.stop()
+        self.store.close()
+
+
+@pytest.fixture
+def receiver(broker: Broker) -> Iterator[Receiver]:
+    running = Receiver(broker)
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+def test_every_unique_reading_is_published_exactly_once_in_order(receiver: Receiver, subscriber: Subscriber) -> None:
+    posts = [
+        lines(range(1, 51)),                                   # gateway 1: meters 1..50
+        lines(range(25, 76), serial="00000162"),               # gateway 2: 25..50 again (same telegrams), 51..75 new
+        lines(range(1, 51)),                                   # gateway 1 retries its report: nothing new
+        lines(range(60, 101), serial="00000163", access=0x98),  # gateway 3: newer telegrams of 60..100
+        lines(range(70, 81), serial="00000162", access=0x98),  # gateway 2 heard some of those too
+    ]
+    expected = [key(m) for m in range(1, 76)] + [key(m, 0x98) for m in range(60, 101)]
+    for report in posts:
+        receiver.post(report)
+    # A sentinel posted last: the broker keeps one publisher's order, so once it has arrived
+    # anything published before it has arrived too.
+    receiver.post(lines([999]))
+    subscriber.wait_keys({key(999)}, "the sentinel reading")
+    wait_for(receiver.drained, "the outbox drained")
+    assert subscriber.keys() == expected + [key(999)]
+    assert [topic for topic, _ in subscriber.messages[:2]] == [f"{PREFIX}/ELV/1B/00000001", f"{PREFIX}/ELV/1B/00000002"]
+    assert receiver.publisher.published_count == len(expected) + 1
+    assert receiver.reports == []
+
+
+def test_a_broker_outage_delays_publication_but_loses_nothing(broker: Broker, receiver: Receiver,
+                                                              subscriber: Subscriber) -> None:
+    receiver.post(lines(range(1, 21)))
+    before = {key(m) for m in range(1, 21)}
+    subscriber.wait_keys(before, "the readings posted before the outage")
+    wait_for(receiver.drained, "the outbox drained before the outage")
+    wait_for(broker.saved, "mosquitto's persistence file (the subscriber's session survives the kill)")
+    seen = len(subscriber.messages)
+
+    # The broker hangs with readings in flight (published, no PUBACK), then dies: those must be
+    # published again, not taken for delivered.
+    broker.freeze()
+    receiver.post(lines(range(21, 31)))
+    wait_for(lambda: receiver.publisher.in_flight == 10, "10 readings in flight to the hung broker")
+    broker.kill()
+    receiver.post(lines(range(31, 61)))                   # ingestion goes on: 204 while the broker is down
+    receiver.post(lines(range(41, 81), serial="00000162"))
+    receiver.post(lines(range(21, 61)))                   # a retry adds nothing
+    during = [key(m) for m in range(21, 81)]
+    wait_for(lambda: not receiver.publisher.connected, "the publisher noticing the outage")
+    assert receiver.outbox() == len(during)
+    assert len(subscriber.messages) == seen
+
+    broker.start()                                        # the same port
+    subscriber.wait_keys(set(during), "the readings posted during the outage", timeout=30)
+    wait_for(receiver.drained, "the outbox drained after the outage", timeout=30)
+    keys = subscriber.keys()
+    assert set(keys) == before | set(during)              # at least once, nothing else
+    assert list(dict.fromkeys(keys)) == [key(m) for m in range(1, 81)]  # first arrivals in outbox order
+    # One line when the connection was lost, one when it came back: not one per attempt.
+    assert len(receiver.reports) == 2, receiver.reports
+    assert "lost" in receiver.reports[0] and "reachable again" in receiver.reports[1]
+
+
+def test_a_restarted_receiver_publishes_what_was_left_in_the_outbox(tmp_path: Path, broker: Broker,
+                                                                    subscriber: Subscriber) -> None:
+    db = str(tmp_path / "hes.sqlite")
+    broker.kill()
+    first = Receiver(broker, db)
+    try:
+        first.post(lines(range(1, 31)))
+        first.post(lines(range(11, 41), serial="00000162"))
+        assert first.outbox() == 40
+    finally:
+        first.close()
+    assert subscriber.messages == []
+
+    broker.start()
+    second = Receiver(broker, db)
+    try:
+        subscriber.wait_keys({key(m) for m in range(1, 41)}, "the readings the first receiver left")
+        wait_for(second.drained, "the outbox drained by the restarted receiver")
+        assert list(dict.fromkeys(subscriber.keys())) == [key(m) for m in range(1, 41)]
+    finally:
+        second.close()
+
+
+def test_the_payload_holds_the_readings_fields_and_its_receptions(receiver: Receiver, subscriber: Subscriber) -> None:
+    strong = b"\x01\xfd\x71\x3f"                          # RSSI code 63: above -6 dBm
+    receiver.post([
+        line(),                                           # the spec vector line
+        line(serial="00000162", date="2026-11-24 10:15:04", records=RECEIVER + AGE + strong),
+    ])
+    [(topic, document)] = subscriber.wait_keys({hashlib.sha256(TELEGRAM).hexdigest()}, "the spec vector reading")
+    assert topic == f"{PREFIX}/ELV/1B/61000164"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", document.pop("stored_at"))
+    assert document == {
+        "key": hashlib.sha256(TELEGRAM).hexdigest(),
+        "manufacturer": "ELV",
+        "meter_id": "61000164",
+        "version": 1,
+        "device_type": 0x1B,
+        "device_type_name": "room sensor",
+        "ci": 0x7A,
+        "access_number": 0x97,
+        "telegram": TELEGRAM.hex().upper(),
+        "first_heard": "2026-11-24 10:15:02",
+        "first_gateway": "00000161",
+        "gateways": [
+            {"serial": "00000161", "heard_at": "2026-11-24 10:15:02", "rssi_code": 0x1C, "rssi_dbm": -74,
+             "receiver": "62001772", "age_minutes": None},
+            {"serial": "00000162", "heard_at": "2026-11-24 10:15:04", "rssi_code": 63, "rssi_dbm": -4,
+             "receiver": "62001772", "age_minutes": 5},
+        ],
+    }
+
+
+def test_receive_with_mqtt_publishes_over_tls_and_keeps_the_rest_for_next_start(tmp_path: Path) -> None:
+    pytest.importorskip("paho.mqtt.client", reason="paho-mqtt missing: pip install 'wmbus-stream[hes]'")
+    secret = "mq-s3cret-word"
+    broker = Broker(tls=True, users={"hes": secret, "reader": "r"})
+    try:
+        broker.start()
+        subscriber = Subscriber(broker, user="reader", password="r")
+        db = tmp_path / "hes.sqlite"
+        with subprocess.Popen(
+            [sys.executable, "-m", "wmbus_stream", "receive", "--listen", "127.0.0.1:0", "--no-auth", "--db", str(db),
+             "--mqtt", broker.url(PREFIX, user="hes", password=secret), "--mqtt-ca", str(broker.ca_file)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        ) as process:
+            try:
+                banner = process.stdout.readline()
+                assert banner.startswith("receiving reports on http://127.0.0.1:"), banner + process.stderr.read()
+                assert f"published to MQTT mqtts://hes@127.0.0.1:{broker.port}/{PREFIX}" in banner
+                port = int(banner.split()[3].rsplit(":", 1)[1].strip("/"))
+                assert post_to(port, lines(range(1, 11))) == 204
+                subscriber.wait_keys({key(m) for m in range(1, 11)}, "the readings published by wmbus-stream receive")
+
+                broker.kill()
+                assert post_to(port, lines(range(11, 16))) == 204
+                process.send_signal(signal.SIGTERM)
+                assert process.wait(10) == 0
+                out, err = process.communicate()
+            finally:
+                if process.poll() is None:
+                    process.kill()
+                    process.communicate()
+        subscriber.close()
+        assert secret not in banner + out + err
+        assert "MQTT: 10 readings published" in out, out + err
+        with contextlib.closing(SqliteStore(str(db))) as kept:
+            left = kept.pending(100)
+        assert [publication.reading.digest for publication in left] == [key(m) for m in range(11, 16)]
+    finally:
+        broker.close()
