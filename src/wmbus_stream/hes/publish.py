@@ -222,6 +222,8 @@ class Publisher:
             try:
                 client = self._connect()
             except _Down as down:
+                if self._stop.is_set():
+                    break
                 if outage is None:
                     outage = down.reason
                     self.outages += 1
@@ -241,6 +243,10 @@ class Publisher:
                 self.outages += 1
                 self._report(f"MQTT broker {self.target.display} lost: {down.reason}; readings wait in the outbox,"
                              " reconnecting")
+            except Exception as exc:  # a bug must not end publication silently: say it, start over
+                outage = repr(exc)
+                self.outages += 1
+                self._report(f"MQTT publisher failed: {exc!r}; readings wait in the outbox, starting over")
             finally:
                 self.connected = False
                 self._close(client)
@@ -269,6 +275,9 @@ class Publisher:
         except OSError as exc:
             self._close(client)
             raise _Down(exc.strerror or str(exc) or type(exc).__name__) from None
+        except Exception as exc:  # paho's own checks (e.g. a host name it cannot encode)
+            self._close(client)
+            raise _Down(repr(exc)) from None
         deadline = time.monotonic() + CONNECT_SECONDS
         while not answer:
             rc = client.loop(_TICK)
