@@ -293,50 +293,73 @@ class Publisher:
         return client
 
     def _drain(self, client: Client) -> None:
-        """Publish outbox rows in order until stopped; raises _Down when the connection fails."""
+        """Publish outbox rows in order until stopped, a sliding window of them in flight; raises _Down on a lost connection.
+
+        The window is refilled when half of it was acknowledged, so the broker's PUBACKs
+        (which a broker without TCP_NODELAY holds back a few ms) overlap the next messages.
+        PUBACKed rows leave the outbox together, once per window or when nothing is in flight.
+        """
         mqtt = self._mqtt
-        acked: set[int] = set()
+        acked: set[int] = set()  # message ids PUBACKed since last looked at
         client.on_publish = lambda _c, _u, mid, _reason, _props: acked.add(mid)
+        in_flight: dict[int, int] = {}  # message id -> outbox id, in publishing order
+        done: list[int] = []  # outbox ids PUBACKed, still in the outbox
+        exhausted = False  # the last look found no more rows: wait for a wake() or the poll
         store_failed = False
-        while not self._stop.is_set():
-            self._wake.clear()
-            try:
-                batch = self.store.pending(self.window)
-            except Exception as exc:  # the database is gone for a moment; the rows are still there
-                if not store_failed:
-                    self._report(f"MQTT publisher cannot read the outbox: {exc}; retrying")
-                    store_failed = True
-                self._idle(client, self.poll)
-                continue
-            store_failed = False
-            if not batch:
-                self._idle(client, self.poll)
-                continue
-            in_flight: dict[int, int] = {}  # message id -> outbox id
-            try:
-                for publication in batch:
-                    info = client.publish(topic(self.target.prefix, publication.reading), payload(publication),
-                                          qos=1, retain=False)
-                    if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                        raise _Down(f"publish failed: {mqtt.error_string(info.rc)}")
-                    in_flight[info.mid] = publication.outbox_id
-                    self.in_flight = len(in_flight) - len(acked)
-                grace: float | None = None
-                while not acked.issuperset(in_flight):
-                    if self._stop.is_set():
-                        grace = grace if grace is not None else time.monotonic() + STOP_GRACE_SECONDS
-                        if time.monotonic() >= grace:
-                            break
+        grace: float | None = None
+        try:
+            while True:
+                if acked:
+                    for mid in [mid for mid in in_flight if mid in acked]:
+                        done.append(in_flight.pop(mid))
+                    acked.clear()
+                self.in_flight = len(in_flight)
+                if len(done) >= self.window or (done and not in_flight):
+                    self._mark(done)
+                    done = []
+                if self._stop.is_set():
+                    grace = grace if grace is not None else time.monotonic() + STOP_GRACE_SECONDS
+                    if not in_flight or time.monotonic() >= grace:
+                        return
+                elif self._wake.is_set():
+                    exhausted = False
+                room = self.window - len(in_flight)
+                if grace is None and not exhausted and (room >= self.window // 2 or not in_flight):
+                    self._wake.clear()
+                    try:
+                        rows = self.store.pending(len(in_flight) + len(done) + room)
+                    except Exception as exc:  # the database is gone for a moment; the rows are still there
+                        if not store_failed:
+                            self._report(f"MQTT publisher cannot read the outbox: {exc}; retrying")
+                            store_failed = True
+                        rows = None
+                    else:
+                        store_failed = False
+                    if rows is not None:
+                        taken = {*in_flight.values(), *done}
+                        fresh = [row for row in rows if row.outbox_id not in taken][:room]
+                        exhausted = len(fresh) < room
+                        for publication in fresh:
+                            info = client.publish(topic(self.target.prefix, publication.reading), payload(publication),
+                                                  qos=1, retain=False)
+                            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                                raise _Down(f"publish failed: {mqtt.error_string(info.rc)}")
+                            in_flight[info.mid] = publication.outbox_id
+                        self.in_flight = len(in_flight)
+                    else:
+                        exhausted = True
+                if in_flight:
                     rc = client.loop(_TICK)
-                    self.in_flight = len(in_flight) - len(acked)
                     if rc != mqtt.MQTT_ERR_SUCCESS:
                         raise _Down(mqtt.error_string(rc))
-            finally:
-                done = [outbox_id for mid, outbox_id in in_flight.items() if mid in acked]
-                acked.difference_update(in_flight)
-                self.in_flight = 0
-                if done:
-                    self._mark(done)
+                elif exhausted:
+                    self._idle(client, self.poll)
+                    exhausted = False
+        finally:
+            done += [outbox_id for mid, outbox_id in in_flight.items() if mid in acked]
+            self.in_flight = 0
+            if done:
+                self._mark(done)
 
     def _mark(self, outbox_ids: Sequence[int]) -> None:
         """Take PUBACKed rows out of the outbox; if that fails they stay and are published again (at least once)."""
