@@ -25,7 +25,7 @@ from gwkit import wait_for
 from mqtt_harness import Broker, Subscriber, broker_fixture, subscriber_fixture  # noqa: F401  (fixtures)
 from test_hes import AGE, RECEIVER, TELEGRAM, line, post, telegram_for, wired
 
-from wmbus_stream.hes import PostSummary, ReceiveServer, SqliteStore
+from wmbus_stream.hes import PostSummary, ReceiveServer, SqliteStore, Store
 
 pytestmark = pytest.mark.integration
 
@@ -58,12 +58,13 @@ def post_to(port: int, report: Sequence[str]) -> int:
 class Receiver:
     """A ReceiveServer on 127.0.0.1 whose store keeps an outbox, and the Publisher draining it."""
 
-    def __init__(self, broker: Broker, db: str = ":memory:", *, url: str | None = None, ca: str | None = None) -> None:
+    def __init__(self, broker: Broker, db: str = ":memory:", *, store: Store | None = None, url: str | None = None,
+                 ca: str | None = None) -> None:
         from wmbus_stream.hes.publish import Publisher
 
         self.reports: list[str] = []
         self._lock = threading.Lock()
-        self.store = SqliteStore(db, outbox=True)
+        self.store = store if store is not None else SqliteStore(db, outbox=True)
         self.publisher = Publisher(self.store, url or broker.url(PREFIX), ca_file=ca, retry=(0.1, 0.5),
                                    report=self._report)
         self.server = ReceiveServer(store=self.store, on_post=self._posted).start()
@@ -126,6 +127,11 @@ def test_every_unique_reading_is_published_exactly_once_in_order(receiver: Recei
 
 def test_a_broker_outage_delays_publication_but_loses_nothing(broker: Broker, receiver: Receiver,
                                                               subscriber: Subscriber) -> None:
+    outage(broker, receiver, subscriber)
+
+
+def outage(broker: Broker, receiver: Receiver, subscriber: Subscriber) -> None:
+    """Readings posted before, while hung with some in flight, while down and after: each published at least once."""
     receiver.post(lines(range(1, 21)))
     before = {key(m) for m in range(1, 21)}
     subscriber.wait_keys(before, "the readings posted before the outage")
