@@ -255,3 +255,31 @@ def test_receive_with_mqtt_publishes_over_tls_and_keeps_the_rest_for_next_start(
         assert [publication.reading.digest for publication in left] == [key(m) for m in range(11, 16)]
     finally:
         broker.close()
+
+
+def test_a_broker_refusing_the_credentials_delays_publication_but_loses_nothing(tmp_path: Path) -> None:
+    pytest.importorskip("paho.mqtt.client", reason="paho-mqtt missing: pip install 'wmbus-stream[hes]'")
+    broker = Broker(users={"hes": "right", "reader": "r"})
+    try:
+        broker.start()
+        subscriber = Subscriber(broker, user="reader", password="r")
+        db = str(tmp_path / "hes.sqlite")
+        wrong = Receiver(broker, db, url=broker.url(PREFIX, user="hes", password="wrong"))
+        try:
+            wrong.post(lines(range(1, 21)))
+            wait_for(lambda: wrong.publisher.outages, "the refusal noticed")
+            wrong.post(lines(range(21, 31)))
+            assert wrong.outbox() == 30
+        finally:
+            wrong.close()
+        assert len(wrong.reports) == 1 and "refused" in wrong.reports[0], wrong.reports
+        assert "wrong" not in wrong.reports[0]
+        right = Receiver(broker, db, url=broker.url(PREFIX, user="hes", password="right"))
+        try:
+            subscriber.wait_keys({key(m) for m in range(1, 31)}, "the readings kept while the broker refused")
+            wait_for(right.drained, "the outbox drained with the right password")
+        finally:
+            right.close()
+            subscriber.close()
+    finally:
+        broker.close()
