@@ -322,3 +322,38 @@ def test_two_instances_on_one_postgresql_publish_each_reading_exactly_once(broke
     finally:
         first.close()
         second.close()
+
+
+def outbox_rows(url: str) -> int:
+    """The rows in a PostgreSQL store's outbox, read by a session of the test's own."""
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT count(*) FROM outbox").fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_receive_on_postgresql_with_mqtt_publishes_each_new_reading(broker: Broker, subscriber: Subscriber,
+                                                                    pg_url: str) -> None:
+    with subprocess.Popen(
+        [sys.executable, "-m", "wmbus_stream", "receive", "--listen", "127.0.0.1:0", "--no-auth", "--db", pg_url,
+         "--mqtt", broker.url(PREFIX)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    ) as process:
+        try:
+            banner = process.stdout.readline()
+            assert "published to MQTT" in banner, banner + process.stderr.read()
+            port = int(banner.split()[3].rsplit(":", 1)[1].strip("/"))
+            assert post_to(port, lines(range(1, 21))) == 204
+            assert post_to(port, lines(range(11, 31), serial="00000162")) == 204
+            subscriber.wait_keys({key(m) for m in range(1, 31)}, "the readings published from PostgreSQL")
+            wait_for(lambda: outbox_rows(pg_url) == 0, "the outbox drained by the receiver")
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(10) == 0
+            out, err = process.communicate()
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    assert sorted(subscriber.keys()) == sorted(key(m) for m in range(1, 31))
+    assert "MQTT: 30 readings published" in out, out + err
