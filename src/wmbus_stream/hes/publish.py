@@ -184,7 +184,7 @@ class Publisher:
         self._thread: threading.Thread | None = None
         self.published_count = 0  # readings whose PUBACK arrived and that left the outbox
         self.in_flight = 0  # readings published whose PUBACK has not arrived yet
-        self.outages = 0  # times the broker (or the store) became unavailable
+        self.outages = 0  # times the broker became unavailable (or the publisher failed and started over)
         self.connected = False
 
     # -- the caller's side ---------------------------------------------------------------------
