@@ -236,8 +236,6 @@ def main(args: argparse.Namespace) -> int:
             who = ",".join(post.gateways) or "-"
             print(f"{stamp} {post.client} POST {post.path}: {post.lines} lines, {post.new_readings} new readings,"
                   f" gateway {who}", flush=True)
-            if publisher is not None and post.new_readings:
-                publisher.wake()
         else:
             print(f"{stamp} {post.client} POST {post.path}: refused {post.status}: {post.error}", file=sys.stderr, flush=True)
 
@@ -247,6 +245,7 @@ def main(args: argparse.Namespace) -> int:
             tls_cert=args.tls_cert,
             tls_key=args.tls_key, path=args.path, max_body=args.max_body_mib * 1024 * 1024,
             max_connections=args.max_connections, per_address=args.max_per_address, ok_status=args.ok_status, on_post=show,
+            on_commit=None if publisher is None else lambda _new: publisher.wake(),
         )
     except (ValueError, OSError, ssl.SSLError) as exc:  # the certificate or key files
         store.close()
