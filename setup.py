@@ -43,7 +43,8 @@ def extensions():
         sys.stderr.write("wmbus-stream: Cython not available; installing the pure-Python twins.\n")
         return []
     modules = [Extension("wmbus_stream.wire._cwire", ["ext/_cwire.pyx"]),
-               Extension("wmbus_stream.wire._cstream", ["ext/_cstream.pyx"])]
+               Extension("wmbus_stream.wire._cstream", ["ext/_cstream.pyx"]),
+               Extension("wmbus_stream.hes._creport", ["ext/_creport.pyx"])]
     return cythonize(modules, language_level=3, compiler_directives={"boundscheck": False, "wraparound": False})
 
 

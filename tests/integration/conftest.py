@@ -265,15 +265,37 @@ class RecordingStore(SqliteStore):
         self.posts: list[list[bytes]] = []
         self._posts_lock = threading.Lock()
 
-    def add(self, lines):  # type: ignore[override]
-        result = super().add(lines)
+    def begin(self):  # type: ignore[override]
+        return _RecordingIngest(self, super().begin())
+
+    def _record(self, lines: list[bytes]) -> None:
         with self._posts_lock:
-            self.posts.append([line_bytes(line) for line in lines])
-        return result
+            self.posts.append(lines)
 
     def snapshot(self) -> list[list[bytes]]:
         with self._posts_lock:
             return [list(post) for post in self.posts]
+
+
+class _RecordingIngest:
+    """A POST's transaction of a RecordingStore: the lines it staged are recorded once it committed."""
+
+    def __init__(self, store: RecordingStore, ingest: Any) -> None:
+        self._store, self._ingest, self._lines = store, ingest, []
+
+    def stage(self, lines):
+        self._lines.extend(line_bytes(line) for line in lines)
+        self._ingest.stage(lines)
+
+    def commit(self):
+        result = self._ingest.commit()
+        self._store._record(self._lines)
+        self._lines = []
+        return result
+
+    def abort(self):
+        self._lines = []
+        self._ingest.abort()
 
 
 class Hes:

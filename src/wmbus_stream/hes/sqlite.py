@@ -1,16 +1,23 @@
 """The embedded store: readings and receptions in one SQLite file (or in memory).
 
-One writer at a time (SQLite's rule); a POST's lines are staged in memory and written in
-one ``BEGIN IMMEDIATE`` transaction at its end, so a slow upload never holds the lock.
+One writer at a time (SQLite's rule); a POST's lines are staged (the first ``SPILL_LINES`` in
+memory, the rest in a TEMP table, so memory stays bounded) and written in one ``BEGIN
+IMMEDIATE`` transaction at its end, so a slow upload never holds the lock. The commit is two
+``INSERT .. SELECT`` from the POST's TEMP table (filled by ``executemany``), the reading's id
+looked up inside SQLite. Each committed POST leaves its fingerprint (SHA-256 over its lines' digests,
+gateways and times) in ``report``: a retried report is answered from it without a row's work.
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
-from .report import ReportLine
+from .report import STORE_COLUMNS, ReportLine, store_rows
 from .store import Heard, Publication, Reading, Reception, utc_now
 
 __all__ = ["SqliteStore"]
@@ -50,41 +57,90 @@ CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     reading_id INTEGER NOT NULL UNIQUE REFERENCES reading (id)
 );
+CREATE TABLE IF NOT EXISTS report (
+    fingerprint TEXT PRIMARY KEY,         -- SHA-256 over the lines' digests, gateways and times, in order
+    lines INTEGER NOT NULL,
+    stored_at TEXT NOT NULL
+);
 """
+# PRAGMA user_version of the schema above: 0 had no report table (it is created by the IF NOT EXISTS).
+SCHEMA_VERSION = 1
 
+
+_COLUMNS = ", ".join(STORE_COLUMNS)
+_PLACES = ", ".join("?" * len(STORE_COLUMNS))
 
 
 class _SqliteIngest:
-    """One POST's lines, kept until ``commit`` writes them."""
+    """One POST's lines: the first ``SPILL_LINES`` in memory, then in its TEMP table, until ``commit``."""
 
     def __init__(self, store: SqliteStore) -> None:
         self._store = store
-        self._lines: list[ReportLine] = []
+        self._rows: list[tuple[Any, ...]] = []  # STORE_COLUMNS of the lines not yet in the TEMP table
+        self._table: str | None = None  # the TEMP table of this POST, once made
+        self._count = 0
+        self._fingerprint = hashlib.sha256()
 
     def stage(self, lines: Sequence[ReportLine]) -> None:
-        self._lines.extend(lines)
+        rows, keys = store_rows(lines)
+        self._rows += rows
+        self._count += len(rows)
+        self._fingerprint.update(keys + b"\n")
+        if len(self._rows) > self._store.SPILL_LINES:
+            self._spill()
+
+    def _spill(self) -> None:
+        """Move the rows kept in memory to this POST's TEMP table (the main database is not locked)."""
+        rows, self._rows = self._rows, []
+        self._table = self._store._spill(self._table, rows)
 
     def commit(self) -> tuple[int, int]:
-        lines, self._lines = self._lines, []
-        return self._store.add(lines)
+        if not self._count:
+            return 0, 0
+        self._spill()
+        table, self._table = self._table, None
+        assert table is not None
+        return self._store._commit(table, self._fingerprint.hexdigest(), self._count)
 
     def abort(self) -> None:
-        self._lines = []
+        self._rows = []
+        if self._table is not None:
+            table, self._table = self._table, None
+            self._store._drop(table)
 
 
 class SqliteStore:
     """Readings and heard_by rows in SQLite (``:memory:`` by default); one writer at a time."""
+
+    # Lines of one POST kept in memory before they go to its TEMP table (a few hundred bytes each).
+    SPILL_LINES = 8192
 
     def __init__(self, path: str = ":memory:", *, outbox: bool = False):
         self.path = path
         self.outbox = outbox  # whether a commit queues its new readings for the MQTT publisher
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._tables = itertools.count(1)
         if path != ":memory:":
             # A 2xx promises durability, so a commit must survive a power cut.
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        # Index pages of a large commit stay in memory; staged lines beyond 16 MiB go to a temporary file.
+        self._db.execute("PRAGMA cache_size=-65536")
+        self._db.execute("PRAGMA temp_store=FILE")
+        self._db.execute("PRAGMA temp.cache_size=-16384")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Create the tables, or bring a file of an older schema (``PRAGMA user_version``) up to this one."""
+        db = self._db
+        (version,) = db.execute("PRAGMA user_version").fetchone()
+        if version > SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(f"{self.path} has schema version {version}; this receiver knows up to"
+                                        f" {SCHEMA_VERSION} (upgrade wmbus-stream)")
+        db.executescript(_SCHEMA)  # version 0 -> 1: adds the report table
+        if version < SCHEMA_VERSION:
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def begin(self) -> _SqliteIngest:
         """A new POST's transaction."""
@@ -92,36 +148,74 @@ class SqliteStore:
 
     def add(self, lines: Iterable[ReportLine]) -> tuple[int, int]:
         """Store lines in one transaction; returns (new readings, new heard_by rows)."""
-        stored_at = utc_now()
-        new_readings = new_heard = 0
+        ingest = self.begin()
+        try:
+            ingest.stage(lines if isinstance(lines, Sequence) else list(lines))
+            return ingest.commit()
+        finally:
+            ingest.abort()
+
+    def _spill(self, table: str | None, rows: list[tuple[Any, ...]]) -> str:
+        """Append rows to a POST's TEMP table (made on first use); returns its name."""
         with self._lock:
             db = self._db
-            db.execute("BEGIN IMMEDIATE")
+            if table is None:
+                table = f"stage_{next(self._tables)}"
+                db.execute(f"CREATE TEMP TABLE {table} ({_COLUMNS})")
+            # A deferred transaction that touches only TEMP: the main database stays unlocked.
+            db.execute("BEGIN")
             try:
-                last_before = db.execute("SELECT coalesce(max(id), 0) FROM reading").fetchone()[0] if self.outbox else 0
-                for line in lines:
-                    cur = db.execute(
-                        "INSERT OR IGNORE INTO reading (digest, manufacturer, meter_id, version, device_type, ci,"
-                        " access_number, telegram, first_heard, first_gateway, stored_at)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (line.digest, line.manufacturer, line.meter_id, line.version, line.device_type, line.ci,
-                         line.access_number, line.telegram, line.date, line.gateway, stored_at),
-                    )
-                    new_readings += cur.rowcount
-                    (reading_id,) = db.execute("SELECT id FROM reading WHERE digest = ?", (line.digest,)).fetchone()
-                    cur = db.execute(
-                        "INSERT OR IGNORE INTO heard_by (reading_id, gateway, heard_at, rssi_code, receiver,"
-                        " age_minutes, stored_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (reading_id, line.gateway, line.date, line.rssi_code, line.receiver, line.age_minutes, stored_at),
-                    )
-                    new_heard += cur.rowcount
-                if self.outbox and new_readings:
-                    self._queue_new(last_before)
+                db.executemany(f"INSERT INTO temp.{table} VALUES ({_PLACES})", rows)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
-        return new_readings, new_heard
+        return table
+
+    def _commit(self, table: str, fingerprint: str, count: int) -> tuple[int, int]:
+        """Store a POST's TEMP table (dropped here) in one transaction, unless its fingerprint is known (a retry)."""
+        stamp = utc_now()
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                if db.execute("SELECT 1 FROM report WHERE fingerprint = ?", (fingerprint,)).fetchone():
+                    new = (0, 0)  # the same lines were committed before: nothing in them is new
+                else:
+                    last_before = db.execute("SELECT coalesce(max(id), 0) FROM reading").fetchone()[0] if self.outbox else 0
+                    new = self._insert(table, stamp)
+                    if self.outbox and new[0]:
+                        self._queue_new(last_before)
+                    db.execute("INSERT INTO report (fingerprint, lines, stored_at) VALUES (?, ?, ?)",
+                               (fingerprint, count, stamp))
+                db.execute(f"DROP TABLE temp.{table}")
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                db.execute(f"DROP TABLE IF EXISTS temp.{table}")
+                raise
+        return new
+
+    def _insert(self, table: str, stamp: str) -> tuple[int, int]:
+        """Insert a POST's TEMP table in the order it was staged (inside the transaction): (new readings, receptions)."""
+        db = self._db
+        before = db.total_changes
+        db.execute(
+            "INSERT OR IGNORE INTO reading (digest, manufacturer, meter_id, version, device_type, ci, access_number,"
+            " telegram, first_heard, first_gateway, stored_at) SELECT digest, manufacturer, meter_id, version,"
+            f" device_type, ci, access_number, telegram, date, gateway, ? FROM temp.{table} ORDER BY rowid", (stamp,))
+        middle = db.total_changes
+        # The reading's id is looked up inside SQLite, row by row: no SELECT round trip through Python.
+        db.execute(
+            "INSERT OR IGNORE INTO heard_by (reading_id, gateway, heard_at, rssi_code, receiver, age_minutes, stored_at)"
+            " SELECT (SELECT id FROM reading r WHERE r.digest = s.digest), gateway, date, rssi_code, receiver,"
+            f" age_minutes, ? FROM temp.{table} s ORDER BY s.rowid", (stamp,))
+        return middle - before, db.total_changes - middle
+
+    def _drop(self, table: str) -> None:
+        """Forget a POST's TEMP table."""
+        with self._lock:
+            self._db.execute(f"DROP TABLE IF EXISTS temp.{table}")
 
     def readings(self) -> list[Reading]:
         """All readings, oldest first."""
