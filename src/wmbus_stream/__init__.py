@@ -9,7 +9,6 @@ __all__ = ["__version__", "implementation"]
 
 def implementation() -> str:
     """``compiled`` when every package with twins runs its compiled ones, else ``pure`` (what status shows)."""
-    from . import _select, wire  # noqa: F401
-    from .hes import report  # noqa: F401  (importing a package with twins makes its choice)
+    from . import _select, wire  # noqa: F401  (importing a package with twins makes its choice)
 
     return _select.implementation()
