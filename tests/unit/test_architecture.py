@@ -22,7 +22,7 @@ SOURCE = Path(__file__).resolve().parents[2] / "src" / PACKAGE
 # Top to bottom. A unit imports units of its own layer or of lower ones, never of a higher one.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("cli", "__main__"),                  # commands
-    ("app", "pusher", "bench", "bench_service", "appliance"),  # the composition root, its push policy; benchmarks;
+    ("app", "pusher", "bench", "bench_service", "bench_hes", "appliance"),  # the composition root, its push policy; benchmarks;
                                           # the appliance's provisioning and A/B updates
     ("web", "sync", "state", "io", "hes", "_signals"),  # what touches the world
     ("host",),                            # what web/ and the control socket see of the gateway: a Protocol, values

@@ -1,4 +1,5 @@
-"""``bench``: CPU per telegram of the daemon's receive path, compiled and pure; ``--service``: the service's paths."""
+"""``bench``: CPU per telegram of the daemon's receive path, compiled and pure; ``--service``: the service's paths;
+``--hes``: the reference HES end to end."""
 
 from __future__ import annotations
 
@@ -18,6 +19,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """CPU per telegram of the daemon's receive path, compiled and pure, against the C CRC loop."""
     from .. import bench
 
+    if args.hes:
+        from .. import bench_hes
+
+        result = bench_hes.run(lines=args.lines, db=args.db, max_body_mib=args.max_body_mib, big_mib=args.near_limit_mib,
+                               as_json=args.json)
+        if args.json:
+            print(json.dumps(result, indent=2))
+        return EXIT_OK
     if args.service or args.meters:
         return _bench_service(args)
     result = bench.run(frames=args.frames, as_json=args.json)
@@ -71,4 +80,11 @@ def add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--service", action="store_true", help="service benchmarks: pipeline, push, memory, idle CPU")
     p.add_argument("--meters", type=_counts, help="with --service: only the store sweep at these meter counts,"
                    " e.g. 1000,10000,100000")
+    p.add_argument("--hes", action="store_true", help="the reference HES end to end: a `wmbus-stream receive` child,"
+                   " a chunked POST of --lines readings, a retry, a report near the body limit; CPU us per reading")
+    p.add_argument("--lines", type=positive, default=100_000, help="with --hes: lines of the report (default 100000)")
+    p.add_argument("--db", metavar="FILE|URL", help="with --hes: the receiver's --db (default a fresh SQLite file)")
+    p.add_argument("--max-body-mib", type=positive, default=64, help="with --hes: the receiver's body limit (default 64)")
+    p.add_argument("--near-limit-mib", type=positive, default=60,
+                   help="with --hes: size of the report sent near the limit, for the peak RSS (default 60)")
     p.set_defaults(func=cmd_bench)
