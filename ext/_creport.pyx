@@ -26,7 +26,8 @@ Strategy:
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.list cimport PyList_Append
-from cpython.ref cimport PyObject
+from cpython.ref cimport Py_INCREF, PyObject
+from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 from cpython.unicode cimport PyUnicode_DecodeASCII
 from libc.string cimport memchr, memcmp, memcpy
 
@@ -34,10 +35,10 @@ import hashlib
 
 from wmbus_stream.errors import ReportError
 from wmbus_stream.hes import _pyreport as _pure
-from wmbus_stream.hes._pyreport import MAX_REPORT_LINE, ReportLine
+from wmbus_stream.hes._pyreport import MAX_REPORT_LINE, STORE_COLUMNS, ReportLine
 
-__all__ = ["MAX_REPORT_LINE", "ReportLine", "ReportParser", "check_line", "fast_line", "parse_line", "parse_report",
-           "parse_wired"]
+__all__ = ["MAX_REPORT_LINE", "STORE_COLUMNS", "ReportLine", "ReportParser", "check_line", "fast_line", "parse_line",
+           "parse_report", "parse_wired", "store_rows"]
 
 cdef extern from *:
     """
@@ -63,10 +64,15 @@ cdef extern from *:
         *p = v;
         Py_XDECREF(old);
     }
+    /* The object in the (filled) slot at offset of o, borrowed. */
+    static PyObject *wmbs_slot(PyObject *o, Py_ssize_t offset) {
+        return *(PyObject **)((char *)o + offset);
+    }
     """
     Py_ssize_t wmbs_slot_offset(object d)
     object wmbs_alloc(object type)
     void wmbs_fill(object o, Py_ssize_t offset, object v)
+    PyObject *wmbs_slot(object o, Py_ssize_t offset)
 
 cdef enum:
     WIRED_MAX = 512            # (MAX_REPORT_LINE - 41) // 2 bytes fit
@@ -79,11 +85,18 @@ _FIELDS = ("gateway", "meter_id", "date", "wired", "telegram", "receiver", "age_
            "version", "device_type", "ci", "access_number", "digest", "long_form")
 assert _FIELDS == tuple(ReportLine.__dataclass_fields__), "ReportLine's fields changed: update _FIELDS and _make"
 cdef Py_ssize_t _offsets[15]
+cdef Py_ssize_t _store_offsets[13]
+cdef Py_ssize_t _key_offsets[3]
 cdef bint _direct = True
 for _i, _name in enumerate(_FIELDS):
     _offsets[_i] = wmbs_slot_offset(ReportLine.__dict__.get(_name))
     if _offsets[_i] < 0:
         _direct = False
+if _direct:
+    for _i, _name in enumerate(STORE_COLUMNS):
+        _store_offsets[_i] = _offsets[_FIELDS.index(_name)]
+    for _i, _name in enumerate(("digest", "gateway", "date")):
+        _key_offsets[_i] = _offsets[_FIELDS.index(_name)]
 
 _sha256 = hashlib.sha256
 _letters = [None] * 32768      # manufacturer code -> its three letters, made on first use
@@ -448,6 +461,33 @@ def parse_wired(wired):
                 True if line.long_form else False,
             )
     return _pure.parse_wired(wired)
+
+
+def store_rows(lines):
+    """The STORE_COLUMNS tuples of lines, and their keys (digest;gateway;date;...) as bytes for a POST's fingerprint."""
+    cdef list rows = []
+    cdef list keys = []
+    cdef Py_ssize_t i
+    cdef PyObject *value
+    if not _direct:
+        return _pure.store_rows(lines)
+    for line in lines:
+        if type(line) is not ReportLine:
+            return _pure.store_rows(lines)
+        row = PyTuple_New(13)
+        for i in range(13):
+            value = wmbs_slot(line, _store_offsets[i])
+            if value == NULL:
+                return _pure.store_rows(lines)  # a slot never set: the pure twin says what is missing
+            Py_INCREF(<object>value)
+            PyTuple_SET_ITEM(row, i, <object>value)
+        PyList_Append(rows, row)
+        for i in range(3):
+            value = wmbs_slot(line, _key_offsets[i])
+            if value == NULL:
+                return _pure.store_rows(lines)
+            PyList_Append(keys, <object>value)
+    return rows, ";".join(keys).encode("ascii")
 
 
 def parse_report(body):

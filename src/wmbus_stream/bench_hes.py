@@ -82,14 +82,14 @@ class _Receiver:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "wmbus_stream", "receive", "--listen", "127.0.0.1:0", "--no-auth", "--db", db,
              "--max-body-mib", str(max_body_mib), "--ok-status", "200"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         assert self.process.stdout is not None
         first = self.process.stdout.readline()
         found = re.search(r"https?://127\.0\.0\.1:(\d+)", first)
         if not found:
             self.process.kill()
-            _, err = self.process.communicate()
-            raise RuntimeError(f"wmbus-stream receive did not start: {first.strip()} {err.strip()}")
+            rest, _ = self.process.communicate()
+            raise RuntimeError(f"wmbus-stream receive did not start: {first.strip()} {rest.strip()}")
         self.port = int(found.group(1))
         # Drain the per-POST log so the child never blocks on a full pipe.
         self._drain = threading.Thread(target=self.process.stdout.read, daemon=True)
@@ -123,12 +123,17 @@ class _Receiver:
         return _status_kib(self.process.pid, "VmHWM")
 
     def stop(self) -> int:
+        """SIGTERM, and the exit status once it has stopped."""
         self.process.terminate()
         try:
-            return self.process.wait(timeout=30)
+            code = self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            return self.process.wait()
+            code = self.process.wait()
+        self._drain.join()
+        assert self.process.stdout is not None
+        self.process.stdout.close()
+        return code
 
 
 def _rates(row: dict[str, Any]) -> dict[str, Any]:

@@ -253,3 +253,14 @@ def test_the_selected_twin_is_the_compiled_one() -> None:
     from wmbus_stream.hes import report
 
     assert report.ReportParser is compiled.ReportParser and report.ReportLine is pure.ReportLine
+
+
+@needs_compiled
+def test_store_rows_agree() -> None:
+    parsed = [outcome(pure, text.encode())[1][0] for text in vector_lines()]
+    assert compiled.store_rows(parsed) == pure.store_rows(parsed)
+    assert compiled.store_rows([]) == pure.store_rows([]) == ([], b"")
+    rows, keys = pure.store_rows(parsed[:2])
+    assert rows[0] == tuple(getattr(parsed[0], name) for name in pure.STORE_COLUMNS)
+    assert keys == f"{parsed[0].digest};{parsed[0].gateway};{parsed[0].date};{parsed[1].digest};" \
+                   f"{parsed[1].gateway};{parsed[1].date}".encode()

@@ -17,15 +17,20 @@ wireless telegram's. The first bad line is a ``ReportError`` naming its number a
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from operator import attrgetter
+from typing import Any
 
 from ..errors import FrameError, ReportError
 from ..wire import LONG_FORM, check_telegram, parse_header
 from ..wire.header import manufacturer_letters
 
-__all__ = ["MAX_REPORT_LINE", "ReportLine", "ReportParser", "check_line", "parse_line", "parse_report", "parse_wired"]
+__all__ = ["MAX_REPORT_LINE", "ReportLine", "ReportParser", "STORE_COLUMNS", "check_line", "parse_line", "parse_report", "parse_wired",
+           "store_rows"]
 
 # The longest report line accepted: a valid one has at most about 620 characters.
 MAX_REPORT_LINE = 1024
@@ -268,3 +273,15 @@ def parse_report(body: bytes) -> list[ReportLine]:
     parser = ReportParser()
     parser.feed(body)
     return parser.finish()
+
+
+# What a store stages of a line, in this order (the columns of its staging table).
+STORE_COLUMNS = ("digest", "manufacturer", "meter_id", "version", "device_type", "ci", "access_number", "telegram",
+                 "date", "gateway", "rssi_code", "receiver", "age_minutes")
+_store_row = attrgetter(*STORE_COLUMNS)
+_key = attrgetter("digest", "gateway", "date")
+
+
+def store_rows(lines: Sequence[ReportLine]) -> tuple[list[tuple[Any, ...]], bytes]:
+    """The STORE_COLUMNS tuples of lines, and their keys (digest;gateway;date;...) as bytes for a POST's fingerprint."""
+    return list(map(_store_row, lines)), ";".join(itertools.chain.from_iterable(map(_key, lines))).encode("ascii")

@@ -10,9 +10,20 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .._select import compiled
-from ._pyreport import MAX_REPORT_LINE, ReportLine, ReportParser, check_line, parse_line, parse_report, parse_wired
+from ._pyreport import (
+    MAX_REPORT_LINE,
+    STORE_COLUMNS,
+    ReportLine,
+    ReportParser,
+    check_line,
+    parse_line,
+    parse_report,
+    parse_wired,
+    store_rows,
+)
 
 if not TYPE_CHECKING and compiled("wmbus_stream.hes._creport"):
-    from ._creport import ReportParser, check_line, parse_line, parse_report, parse_wired
+    from ._creport import ReportParser, check_line, parse_line, parse_report, parse_wired, store_rows
 
-__all__ = ["MAX_REPORT_LINE", "ReportLine", "ReportParser", "check_line", "parse_line", "parse_report", "parse_wired"]
+__all__ = ["MAX_REPORT_LINE", "STORE_COLUMNS", "ReportLine", "ReportParser", "check_line", "parse_line", "parse_report",
+           "parse_wired", "store_rows"]
