@@ -146,3 +146,16 @@ def test_two_posts_staging_at_once_both_commit(tmp_path: Path) -> None:
     first.abort()
     second.abort()
     assert temp_tables(store) == []
+
+
+def test_the_outbox_gets_each_new_reading_of_a_spilled_post_once(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "hes.sqlite"), outbox=True)
+    store.SPILL_LINES = 5  # type: ignore[misc]
+    report = lines(20)
+    assert store.add(report) == (20, 20)
+    assert store.add(report) == (0, 0)  # a retry queues nothing
+    assert store.add(lines(20, gateway="00000162")) == (0, 20)  # receptions only: nothing new to publish
+    pending = store.pending(100)
+    assert [p.reading.meter_id for p in pending] == [line.meter_id for line in report]
+    assert [p.outbox_id for p in pending] == sorted(p.outbox_id for p in pending)
+    assert all(len(p.heard) == 2 for p in pending)
