@@ -17,6 +17,7 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+from .coverage import METER_COVERAGE_SELECT
 from .report import STORE_COLUMNS, ReportLine, store_rows
 from .store import Heard, Publication, Reading, Reception, utc_now
 
@@ -51,6 +52,7 @@ CREATE TABLE IF NOT EXISTS heard_by (
     stored_at TEXT NOT NULL,
     UNIQUE (reading_id, gateway, heard_at)
 );
+CREATE INDEX IF NOT EXISTS heard_by_heard_at ON heard_by (heard_at);  -- receptions(since, until)
 -- New readings waiting for the MQTT publisher (hes.publish), drained in id order; AUTOINCREMENT
 -- so an id is never reused after the rows before it were published.
 CREATE TABLE IF NOT EXISTS outbox (
@@ -63,8 +65,10 @@ CREATE TABLE IF NOT EXISTS report (
     stored_at TEXT NOT NULL
 );
 """
+_SCHEMA += f"CREATE VIEW IF NOT EXISTS meter_coverage AS {METER_COVERAGE_SELECT};\n"
 # PRAGMA user_version of the schema above: 0 had no report table (it is created by the IF NOT EXISTS).
 SCHEMA_VERSION = 1
+_PAGE = 4096  # receptions() rows read per hold of the lock
 
 
 _COLUMNS = ", ".join(STORE_COLUMNS)
@@ -284,8 +288,21 @@ class SqliteStore:
                 raise
 
     def receptions(self, since: str, until: str) -> Iterator[Reception]:
-        """Every reception with ``since <= heard_at < until``."""
-        raise NotImplementedError("receptions land with hes.coverage")
+        """Every reception with ``since <= heard_at < until``, by heard_at; pages of rows, the lock held per page only."""
+        after = (since, 0)  # (heard_at, id) of the last row handed out; the next page starts past it (ids start at 1)
+        while True:
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT h.heard_at, h.id, r.manufacturer, r.meter_id, r.device_type, h.gateway, h.rssi_code"
+                    " FROM heard_by h JOIN reading r ON r.id = h.reading_id"
+                    " WHERE (h.heard_at, h.id) > (?, ?) AND h.heard_at < ? ORDER BY h.heard_at, h.id LIMIT ?",
+                    (*after, until, _PAGE),
+                ).fetchall()
+            for row in rows:
+                yield Reception(row[2], row[3], row[4], row[5], row[0], row[6])
+            if len(rows) < _PAGE:
+                return
+            after = (rows[-1][0], rows[-1][1])
 
     def close(self) -> None:
         """Close the database."""
