@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import signal
 import sqlite3
 import ssl
 import sys
 import threading
 from pathlib import Path
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from ..errors import HesError, WmbusStreamError
+from . import coverage
 from .credentials import GatewayFile
 from .edge import DEFAULT_MAX_BODY, DEFAULT_MAX_CONNECTIONS, PostSummary, ReceiveServer, check_credentials, split_listen
 from .postgres import PostgresStore, is_postgres_url, masked
@@ -21,7 +23,7 @@ from .sqlite import SqliteStore
 from .publish import Publisher, parse_mqtt_url
 from .store import Store
 
-__all__ = ["add_arguments", "describe_store", "main", "open_store"]
+__all__ = ["add_arguments", "coverage_main", "describe_store", "main", "open_store"]
 
 
 def open_store(where: str | None, *, outbox: bool = False) -> Store:
@@ -80,6 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add_mqtt_arguments(parser)
     actions = parser.add_subparsers(dest="action", title="other actions (without one, the server runs)")
     add_credentials(actions)
+    add_coverage(actions)
 
 
 def add_credentials(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -170,6 +173,8 @@ def main(args: argparse.Namespace) -> int:
     """Run the receiving server until SIGINT/SIGTERM; 0 on a clean stop, 1 on failure (a file, the address), 2 on bad options."""
     if args.action == "credentials":
         return credentials_main(args)
+    if args.action == "coverage":
+        return coverage_main(args)
     credentials = None
     try:
         host, port = split_listen(args.listen)
@@ -295,3 +300,105 @@ def main(args: argparse.Namespace) -> int:
         print(f"MQTT: {publisher.published_count} readings published; the unpublished stay in the outbox", flush=True)
     return 0
 
+
+
+# ---------------------------------------------------------------------------------------------
+# receive coverage: the planning figure, from the receptions a store holds
+
+_STAMP_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+
+def _duration_option(text: str) -> int:
+    """``--resolution`` / ``--window``: 15m, 1h, 24h, 7d (a usage error otherwise)."""
+    try:
+        return coverage.parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _gateways_option(text: str) -> int:
+    """``--min-gateways``: a whole number, 1 or more."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of gateways: give a whole number, 1 or more")
+    return int(text)
+
+
+def _percent_option(text: str) -> float:
+    """``--min-reception``: a percentage 0 to 100 (``98``, ``99.5``, ``98%``)."""
+    try:
+        value = float(text.removesuffix("%"))
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 100:  # also NaN
+        raise argparse.ArgumentTypeError(f"{text!r} is not a percentage: give a number 0 to 100 (98, 99.5)")
+    return value
+
+
+def _until_option(text: str) -> str:
+    """``--until``: a gateway's stamp ``YYYY-MM-DD hh:mm:ss``."""
+    try:
+        coverage.stamp_seconds(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def add_coverage(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``receive coverage``: the meters below a redundancy or reception threshold."""
+    p = actions.add_parser(
+        "coverage", help="meters heard by too few gateways or in too few intervals, from a --db's receptions",
+        description="Per meter: the gateways that heard it in the window, the best RSSI of each, and the share of"
+                    " intervals of --resolution with at least one reading; lists the meters below a threshold"
+                    " (and why), then per gateway the meters only it hears, then a summary.")
+    p.add_argument("--db", metavar="FILE|URL", required=True, help="the store the receiver writes (SQLite file or URL)")
+    p.add_argument("--resolution", type=_duration_option, default=15 * 60, metavar="DURATION",
+                   help="interval a reading is wanted in: 15m, 1h, 24h, ... (default 15m)")
+    p.add_argument("--window", type=_duration_option, default=7 * 86400, metavar="DURATION",
+                   help="how far back from --until: 24h, 7d, ... (default 7d; a whole number of --resolution)")
+    p.add_argument("--until", type=_until_option, metavar="'YYYY-MM-DD hh:mm:ss'",
+                   help="end of the window, excluded, in the gateways' local time (default: now)")
+    p.add_argument("--min-gateways", type=_gateways_option, default=coverage.DEFAULT_MIN_GATEWAYS, metavar="N",
+                   help=f"gateways every meter should be heard by (default {coverage.DEFAULT_MIN_GATEWAYS})")
+    p.add_argument("--min-reception", type=_percent_option, default=coverage.DEFAULT_MIN_RECEPTION, metavar="PCT",
+                   help=f"percent of intervals that should hold a reading (default {coverage.DEFAULT_MIN_RECEPTION:g})")
+    p.add_argument("--all", action="store_true", help="list every meter heard, not only those below a threshold")
+    p.add_argument("--json", action="store_true", help="one JSON document instead of text")
+    p.set_defaults(func=coverage_main)
+
+
+def coverage_main(args: argparse.Namespace) -> int:
+    """Print the coverage report; 0 done (whatever it finds), 1 the store cannot be read, 2 bad options."""
+    name = "wmbus-stream receive coverage"
+    if args.resolution > args.window:
+        print(f"{name}: --resolution {coverage.format_duration(args.resolution)} is longer than --window"
+              f" {coverage.format_duration(args.window)}: give a resolution up to the window", file=sys.stderr)
+        return 2
+    if args.window % args.resolution:
+        print(f"{name}: --window {coverage.format_duration(args.window)} is not a whole number of --resolution"
+              f" {coverage.format_duration(args.resolution)}: give a window that is", file=sys.stderr)
+        return 2
+    until = args.until or datetime.now().strftime(_STAMP_FORMAT)
+    try:
+        since = (datetime.strptime(until, _STAMP_FORMAT) - timedelta(seconds=args.window)).strftime(_STAMP_FORMAT)
+        coverage.intervals_in(since, until, args.resolution)  # checked before the store opens
+    except (ValueError, OverflowError) as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 2
+    if "://" not in args.db and not Path(args.db).is_file():
+        print(f"{name}: cannot open {args.db}: no such file (give the --db the receiver writes)", file=sys.stderr)
+        return 1
+    try:
+        store = open_store(args.db)
+        try:
+            report = coverage.compute(store.receptions(since, until), since, until, args.resolution,
+                                      min_gateways=args.min_gateways, min_reception=args.min_reception)
+        finally:
+            store.close()
+    except (OSError, sqlite3.Error, WmbusStreamError) as exc:
+        print(f"{name}: cannot read {args.db}: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(coverage.report_json(report, args.all), indent=1))
+    else:
+        print("\n".join(coverage.report_lines(report, args.all)))
+    return 0

@@ -21,7 +21,7 @@ from .store import Reception, rssi_dbm
 
 __all__ = [
     "DEFAULT_MIN_GATEWAYS", "DEFAULT_MIN_RECEPTION", "MAX_INTERVALS", "METER_COVERAGE_SELECT", "Coverage", "Hearing",
-    "MeterCoverage", "compute", "format_duration", "parse_duration", "report_json", "report_lines", "stamp_seconds",
+    "MeterCoverage", "compute", "format_duration", "intervals_in", "parse_duration", "report_json", "report_lines", "stamp_seconds",
 ]
 
 DEFAULT_MIN_GATEWAYS = 2  # the redundancy factor the Elvaco manual plans for
@@ -152,9 +152,8 @@ class _Tally:
         self.first = self.last = heard_at
 
 
-def compute(receptions: Iterable[Reception], since: str, until: str, resolution: int, *,
-            min_gateways: int = DEFAULT_MIN_GATEWAYS, min_reception: float = DEFAULT_MIN_RECEPTION) -> Coverage:
-    """The coverage of ``[since, until)`` at ``resolution`` seconds; receptions outside the window are ignored."""
+def intervals_in(since: str, until: str, resolution: int) -> int:
+    """How many intervals of ``resolution`` seconds ``[since, until)`` holds; ValueError unless a whole number."""
     start, end = stamp_seconds(since), stamp_seconds(until)
     if resolution < 1:
         raise ValueError(f"the resolution must be at least 1 second, not {resolution}")
@@ -171,11 +170,19 @@ def compute(receptions: Iterable[Reception], since: str, until: str, resolution:
     if count > MAX_INTERVALS:
         raise ValueError(f"{count} intervals of {format_duration(resolution)} in {format_duration(window)}:"
                          f" at most {MAX_INTERVALS} are allowed (a coarser resolution or a shorter window)")
+    return count
+
+
+def compute(receptions: Iterable[Reception], since: str, until: str, resolution: int, *,
+            min_gateways: int = DEFAULT_MIN_GATEWAYS, min_reception: float = DEFAULT_MIN_RECEPTION) -> Coverage:
+    """The coverage of ``[since, until)`` at ``resolution`` seconds; receptions outside the window are ignored."""
+    count = intervals_in(since, until, resolution)
     if min_gateways < 1:
         raise ValueError(f"the minimum number of gateways must be at least 1, not {min_gateways}")
     if not 0 <= min_reception <= 100:
         raise ValueError(f"the minimum reception must be 0 to 100 percent, not {min_reception}")
 
+    start = stamp_seconds(since)
     size = (count + 7) // 8
     days: dict[str, int] = {}
     meters: dict[tuple[str, str, int], dict[str, _Tally]] = {}
