@@ -10,6 +10,7 @@ command is added to the parser without a test here.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -21,6 +22,7 @@ import sys
 import tarfile
 import termios
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -503,6 +505,45 @@ def test_receive_serves_until_sigterm(gw: ConfigFile, tmp_path: Path) -> None:
     assert run.code == 2 and run.out == "" and "refusing to start without authentication" in run.err, run
     run = wmbus("receive", "--listen", "127.0.0.1:1", "--username", "gw", "--password-file", str(tmp_path / "none"))
     assert run.code == 1 and run.out == "" and f"cannot read {tmp_path / 'none'}" in run.err, run
+
+
+@covers("receive coverage")
+def test_receive_coverage_lists_the_meters_below_a_threshold(gw: ConfigFile, tmp_path: Path) -> None:
+    import sqlite3
+
+    from wmbus_stream.hes import ReceiveServer, SqliteStore
+
+    db = tmp_path / "hes.sqlite"
+    store = SqliteStore(str(db))
+    try:
+        with ReceiveServer(store=store) as server:
+            gw.write({"receiving.server.url": server.url})
+            assert wmbus("replay", "--config", str(gw.path), str(tmp_path / "capture.hex"), "--push").code == 0
+    finally:
+        store.close()
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        ((gateway, last),) = conn.execute("SELECT gateway, MAX(heard_at) FROM heard_by GROUP BY gateway").fetchall()
+    until = (datetime.strptime(last, "%Y-%m-%d %H:%M:%S") + timedelta(seconds=1)).strftime("%Y-%m-%d %H:%M:%S")
+    run = wmbus("receive", "coverage", "--db", str(db), "--until", until, "--window", "24h", "--resolution", "1h")
+    assert run.code == 0 and run.err == "", run
+    lines = run.out.splitlines()
+    assert lines[0].endswith("(24h) at 1h: 24 intervals; wanted: at least 2 gateways and a reading in at least 98 %"
+                             " of intervals"), run
+    assert lines[1] == "meters below a threshold (12):" and len(lines) == 12 + 5, run
+    assert all(re.fullmatch(rf"  [A-Z]{{3}} [0-9A-F]{{8}} type [0-9A-F]{{2}}: 1 gateway \({gateway} -?\d+ dBm\),"
+                            r" reception 4\.1 % \(1 of 24\); below: heard by 1 gateway, 2 wanted; reception 4\.1 % at 1h,"
+                            r" 98 % wanted", line) for line in lines[2:14]), run
+    assert lines[14] == "only heard by one gateway (12):" and lines[15].startswith(f"  {gateway} (12): "), run
+    assert lines[16] == ("summary: 12 meters heard by 1 gateways; 12 below a threshold (12 by fewer than 2 gateways,"
+                         " 12 under 98 % at 1h)"), run
+    run = wmbus("receive", "coverage", "--db", str(db), "--until", until, "--json", "--min-gateways", "1",
+                "--min-reception", "0")
+    doc = json.loads(run.out)
+    assert run.code == 0 and doc["meters"] == [] and doc["summary"]["meters"] == 12, run
+    run = wmbus("receive", "coverage", "--db", str(db), "--window", "1h", "--resolution", "24h")
+    assert run.code == 2 and run.out == "" and "--resolution 24h is longer than --window 1h" in run.err, run
+    run = wmbus("receive", "coverage", "--db", str(tmp_path / "none.sqlite"))
+    assert run.code == 1 and run.out == "" and "no such file" in run.err, run
 
 
 # -------------------------------------------------------------------------------------------
