@@ -534,7 +534,7 @@ def test_receive_coverage_lists_the_meters_below_a_threshold(gw: ConfigFile, tmp
                             r" reception 4\.1 % \(1 of 24\); below: heard by 1 gateway, 2 wanted; reception 4\.1 % at 1h,"
                             r" 98 % wanted", line) for line in lines[2:14]), run
     assert lines[14] == "only heard by one gateway (12):" and lines[15].startswith(f"  {gateway} (12): "), run
-    assert lines[16] == ("summary: 12 meters heard by 1 gateways; 12 below a threshold (12 by fewer than 2 gateways,"
+    assert lines[16] == ("summary: 12 meters heard by 1 gateway; 12 below a threshold (12 by fewer than 2 gateways,"
                          " 12 under 98 % at 1h)"), run
     run = wmbus("receive", "coverage", "--db", str(db), "--until", until, "--json", "--min-gateways", "1",
                 "--min-reception", "0")

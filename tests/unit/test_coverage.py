@@ -134,7 +134,7 @@ def test_the_text_report_says_why_and_sums_up() -> None:
         " 2 wanted; reception 25.0 % at 15m, 98 % wanted",
         "only heard by one gateway (1):",
         "  00000161 (1): ELV 00000001 type 07",
-        "summary: 1 meters heard by 1 gateways; 1 below a threshold (1 by fewer than 2 gateways, 1 under 98 % at 15m)",
+        "summary: 1 meter heard by 1 gateway; 1 below a threshold (1 by fewer than 2 gateways, 1 under 98 % at 15m)",
     ]
     assert report_lines(compute([], SINCE, HOUR, QUARTER))[1:] == [
         "meters below a threshold (0): none", "only heard by one gateway (0): none",

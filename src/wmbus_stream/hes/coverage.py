@@ -232,12 +232,16 @@ def compute(receptions: Iterable[Reception], since: str, until: str, resolution:
     return Coverage(since, until, resolution, count, min_gateways, min_reception, tuple(results), tuple(gateways))
 
 
+def _count(n: int, word: str) -> str:
+    """``1 gateway``, ``2 gateways``."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def _reasons(report: Coverage, meter: MeterCoverage) -> list[str]:
     """Why a meter is below, in words."""
     reasons = []
     if meter.below_gateways:
-        heard = len(meter.hearings)
-        reasons.append(f"heard by {heard} gateway{'s' if heard != 1 else ''}, {report.min_gateways} wanted")
+        reasons.append(f"heard by {_count(len(meter.hearings), 'gateway')}, {report.min_gateways} wanted")
     if meter.below_reception:
         reasons.append(f"reception {report.percent(meter)} % at {format_duration(report.resolution)},"
                        f" {report.min_reception:g} % wanted")
@@ -245,11 +249,10 @@ def _reasons(report: Coverage, meter: MeterCoverage) -> list[str]:
 
 
 def _meter_line(report: Coverage, meter: MeterCoverage) -> str:
-    heard = len(meter.hearings)
     gateways = ", ".join(f"{h.gateway} {h.best_rssi_dbm} dBm" if h.best_rssi_code else f"{h.gateway} no RSSI"
                          for h in meter.hearings)
     verdict = "ok" if meter.ok else "below: " + "; ".join(_reasons(report, meter))
-    return (f"  {meter.label}: {heard} gateway{'s' if heard != 1 else ''} ({gateways}), reception"
+    return (f"  {meter.label}: {_count(len(meter.hearings), 'gateway')} ({gateways}), reception"
             f" {report.percent(meter)} % ({meter.intervals} of {report.intervals}); {verdict}")
 
 
@@ -270,7 +273,8 @@ def report_lines(report: Coverage, everything: bool = False) -> list[str]:
     lines += [f"  {gateway} ({len(meters)}): {', '.join(m.label for m in meters)}" for gateway, meters in alone.items()]
     lacking = sum(m.below_gateways for m in report.meters)
     rare = sum(m.below_reception for m in report.meters)
-    lines.append(f"summary: {len(report.meters)} meters heard by {len(report.gateways)} gateways; {len(below)} below"
+    lines.append(f"summary: {_count(len(report.meters), 'meter')} heard by {_count(len(report.gateways), 'gateway')};"
+                 f" {len(below)} below"
                  f" a threshold ({lacking} by fewer than {report.min_gateways} gateways, {rare} under"
                  f" {report.min_reception:g} % at {res})")
     return lines
