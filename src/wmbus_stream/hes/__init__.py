@@ -1,8 +1,8 @@
 """``wmbus-stream receive``: the reference head-end system (HES) for report pushes, one idea per module.
 
 ``report`` parses and validates a report as it streams in; ``store`` says what is kept and
-the contract of a store, ``sqlite`` is the embedded one; ``edge`` is the HTTP side; ``cli``
-the command line.
+the contract of a store, ``sqlite`` is the embedded one; ``edge`` is the HTTP side;
+``coverage`` the planning figure from the stored receptions; ``cli`` the command line.
 """
 
 from __future__ import annotations
