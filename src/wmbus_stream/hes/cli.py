@@ -396,7 +396,8 @@ def coverage_main(args: argparse.Namespace) -> int:
         finally:
             store.close()
     except (OSError, sqlite3.Error, WmbusStreamError) as exc:
-        print(f"{name}: cannot read {args.db}: {exc}", file=sys.stderr)
+        where = "the --db database" if "://" in args.db else args.db  # a URL may hold a password
+        print(f"{name}: cannot read {where}: {exc}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(coverage.report_json(report, args.all), indent=1))
