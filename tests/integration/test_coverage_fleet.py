@@ -320,3 +320,10 @@ def test_a_missing_database_is_a_failure_not_an_empty_report(tmp_path: Path) -> 
     assert run.returncode == 1 and run.stdout == "", run
     assert f"cannot open {tmp_path / 'nosuch.sqlite'}: no such file" in run.stderr
     assert not (tmp_path / "nosuch.sqlite").exists()
+
+
+def test_a_database_that_cannot_be_read_is_a_failure_that_shows_no_password(tmp_path: Path) -> None:
+    url = "postgresql://wmbus:Wren-Lantern-93@127.0.0.1:1/hes"  # nothing listens on port 1
+    run = coverage(url)
+    assert run.returncode == 1 and run.stdout == "", run
+    assert "cannot read the --db database" in run.stderr and "Wren-Lantern-93" not in run.stderr, run
