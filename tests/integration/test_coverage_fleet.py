@@ -10,19 +10,23 @@ then reads that file in its own process, and its answer is checked against the p
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import re
+import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from wmbus_stream.hes import ReceiveServer, SqliteStore
+from wmbus_stream.hes import ReceiveServer
+from wmbus_stream.hes.cli import open_store
 
 pytestmark = pytest.mark.integration
 
@@ -143,31 +147,60 @@ def build(meters: list[Meter]) -> Built:
     return Built(posts, best, count)
 
 
-@pytest.fixture(scope="module")
-def fleet_db(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Built]:
-    """The fleet's receptions, POSTed to a real receiver, in a real SQLite file."""
+@dataclass
+class Fleet:
+    """The fleet stored: ``--db`` (a file or a URL), what was built, and how to query the store's SQL."""
+
+    where: str
+    built: Built
+    sql: Callable[[str], list[tuple[Any, ...]]]
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def fleet_db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    """The fleet's receptions, POSTed to a real receiver, in a real SQLite file or PostgreSQL database."""
     built = build(fleet())
-    db = tmp_path_factory.mktemp("coverage") / "hes.sqlite"
-    store = SqliteStore(str(db))
+    cluster, name = None, ""
+    if request.param == "sqlite":
+        path = tmp_path_factory.mktemp("coverage") / "hes.sqlite"
+        where = str(path)
+
+        def sql(statement: str) -> list[tuple[Any, ...]]:
+            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+                return conn.execute(statement).fetchall()
+    else:
+        cluster = request.getfixturevalue("pg_cluster")
+        name = cluster.create_database("coverage")
+        where = cluster.url(name)
+
+        def sql(statement: str) -> list[tuple[Any, ...]]:
+            return [tuple(v.strftime("%Y-%m-%d %H:%M:%S") if isinstance(v, datetime) else v for v in row)
+                    for row in cluster.sql(statement, name)]
+
     try:
-        with ReceiveServer(store=store) as server:
-            for (gateway, day), lines in sorted(built.posts.items()):
-                conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
-                try:
-                    conn.request("POST", "/", body=("\n".join(lines) + "\n").encode(),
-                                 headers={"Content-Type": "text/plain; charset=us-ascii"})
-                    response = conn.getresponse()
-                    assert (response.status, response.read()) == (204, b""), (gateway, day)
-                finally:
-                    conn.close()
-        assert len(store.heard()) == built.lines  # every reception stored, none merged away
+        store = open_store(where)
+        try:
+            with ReceiveServer(store=store) as server:
+                for (gateway, day), lines in sorted(built.posts.items()):
+                    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+                    try:
+                        conn.request("POST", "/", body=("\n".join(lines) + "\n").encode(),
+                                     headers={"Content-Type": "text/plain; charset=us-ascii"})
+                        response = conn.getresponse()
+                        assert (response.status, response.read()) == (204, b""), (gateway, day)
+                    finally:
+                        conn.close()
+            assert len(store.heard()) == built.lines  # every reception stored, none merged away
+        finally:
+            store.close()
+        yield Fleet(where, built, sql)
     finally:
-        store.close()
-    return db, built
+        if cluster is not None:
+            cluster.drop_database(name)
 
 
-def coverage(db: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    run = subprocess.run([str(WMBUS), "receive", "coverage", "--db", str(db), "--until", UNTIL, *args],
+def coverage(where: str | Path, *args: str) -> subprocess.CompletedProcess[str]:
+    run = subprocess.run([str(WMBUS), "receive", "coverage", "--db", str(where), "--until", UNTIL, *args],
                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
     assert "Traceback" not in run.stderr, run.stderr
     return run
@@ -188,8 +221,8 @@ ONLY_HEARD_BY = {G1: ["ELV 61000025 type 1B", "ELV 61000026 type 1B"], G2: ["ELV
                  G3: ["ELV 61000027 type 1B"], G4: ["ELV 61000001 type 07"], G5: ["ELV 61000028 type 1B"]}
 
 
-def test_the_report_names_exactly_the_meters_built_to_be_under_covered(fleet_db: tuple[Path, Built]) -> None:
-    db, _ = fleet_db
+def test_the_report_names_exactly_the_meters_built_to_be_under_covered(fleet_db: Fleet) -> None:
+    db = fleet_db.where
     run = coverage(db, "--resolution", "15m", "--window", "7d")
     assert run.returncode == 0 and run.stderr == "", run
     assert run.stdout.startswith(f"coverage {SINCE} to {UNTIL} (7d) at 15m: 672 intervals;"), run.stdout
@@ -218,8 +251,8 @@ def test_the_report_names_exactly_the_meters_built_to_be_under_covered(fleet_db:
                     line), line
 
 
-def test_at_24_hours_only_the_lonely_and_the_day_lost_remain(fleet_db: tuple[Path, Built]) -> None:
-    db, _ = fleet_db
+def test_at_24_hours_only_the_lonely_and_the_day_lost_remain(fleet_db: Fleet) -> None:
+    db = fleet_db.where
     run = coverage(db, "--resolution", "24h")
     assert run.returncode == 0 and run.stderr == "", run
     assert below(run.stdout) == {
@@ -236,8 +269,8 @@ def test_at_24_hours_only_the_lonely_and_the_day_lost_remain(fleet_db: tuple[Pat
         hourly.stdout
 
 
-def test_thresholds_move_the_verdicts(fleet_db: tuple[Path, Built]) -> None:
-    db, _ = fleet_db
+def test_thresholds_move_the_verdicts(fleet_db: Fleet) -> None:
+    db = fleet_db.where
     run = coverage(db, "--min-gateways", "1", "--min-reception", "85%")
     assert set(below(run.stdout)) == {"ELV 61000032 type 1B", "ELV 61000033 type 1B", "ELV 61000034 type 1B",
                                       "ELV 61000035 type 1B"}, run.stdout
@@ -249,8 +282,8 @@ def test_thresholds_move_the_verdicts(fleet_db: tuple[Path, Built]) -> None:
     assert "ELV 61000024 type 1B" not in below(run.stdout)  # 658/672 is 97.92 %
 
 
-def test_the_json_document_holds_every_figure(fleet_db: tuple[Path, Built]) -> None:
-    db, built = fleet_db
+def test_the_json_document_holds_every_figure(fleet_db: Fleet) -> None:
+    db, built = fleet_db.where, fleet_db.built
     run = coverage(db, "--json", "--all")
     assert run.returncode == 0 and run.stderr == "", run
     doc = json.loads(run.stdout)
@@ -283,18 +316,14 @@ def test_the_json_document_holds_every_figure(fleet_db: tuple[Path, Built]) -> N
     assert [m["meter_id"] for m in short["meters"]] == [m["meter_id"] for m in doc["meters"] if m["below"]]
 
 
-def test_the_view_a_dashboard_reads(fleet_db: tuple[Path, Built]) -> None:
-    import sqlite3
-
-    db, built = fleet_db
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-        rows = conn.execute("SELECT manufacturer, meter_id, device_type, gateway, receptions, first_heard,"
-                            " last_heard, best_rssi_code FROM meter_coverage").fetchall()
-    conn.close()
+def test_the_view_a_dashboard_reads(fleet_db: Fleet) -> None:
+    rows = fleet_db.sql("SELECT manufacturer, meter_id, device_type, gateway, receptions, first_heard, last_heard,"
+                        " best_rssi_code FROM meter_coverage")
     view = {(f"{m} {i} type {t:02X}", g): (n, first, last, best) for m, i, t, g, n, first, last, best in rows}
     assert view[("ELV 61000001 type 1B", G5)] == (1, UNTIL, UNTIL, 50)  # the view holds everything stored
     assert view[("ELV 61000039 type 1B", G2)][0:2] == (1, stamp(SINCE, -60))
-    for label, by_gateway in built.best.items():
+    assert view[("ELV 61000036 type 1B", G2)][0] == 605
+    for label, by_gateway in fleet_db.built.best.items():
         for gateway, code in by_gateway.items():
             assert view[(label, gateway)][3] == code
 
@@ -308,9 +337,9 @@ def test_the_view_a_dashboard_reads(fleet_db: tuple[Path, Built]) -> None:
     (("--min-gateways", "0"), 2, "argument --min-gateways: '0' is not a number of gateways"),
     (("--until", "2026-11-23"), 2, "argument --until: '2026-11-23' is not a time 'YYYY-MM-DD hh:mm:ss'"),
 ])
-def test_bad_options_are_usage_errors_naming_what_is_allowed(fleet_db: tuple[Path, Built], args: tuple[str, ...],
+def test_bad_options_are_usage_errors_naming_what_is_allowed(tmp_path: Path, args: tuple[str, ...],
                                                              code: int, reason: str) -> None:
-    db, _ = fleet_db
+    db = tmp_path / "hes.sqlite"  # not there: options are checked first
     run = coverage(db, *args)
     assert run.returncode == code and run.stdout == "" and reason in run.stderr, run
 
