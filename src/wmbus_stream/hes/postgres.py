@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import StoreError
+from .coverage import METER_COVERAGE_SELECT
 from .report import ReportLine
 from .store import Heard, Publication, Reading, Reception
 
@@ -75,6 +76,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     reading_id bigint NOT NULL UNIQUE          -- reading.id
 );
 """
+_SCHEMA += f"CREATE OR REPLACE VIEW meter_coverage AS {METER_COVERAGE_SELECT};\n"
 # reading_id is not declared a FOREIGN KEY: the receiver writes only ids its own statement has
 # just read from reading, and the check cost about 3 µs of server CPU and a row lock on the
 # reading per reception (a fifth of a commit). As in SQLite, where it is not enforced either.
