@@ -96,9 +96,9 @@ def parse_wired(wired: bytes) -> tuple[str | None, int | None, int | None, bytes
     while not wired.startswith(_CONTAINER, pos) and not wired.startswith(_LONG_FORM, pos):
         match = next((i for i, (tag, _, _) in enumerate(_RECORDS) if wired.startswith(tag, pos)), None)
         if match is None:
+            found_here = f"unexpected bytes {wired[pos:pos + 3].hex().upper()}" if pos < len(wired) else "the end"
             raise ValueError(
-                f"unexpected bytes {wired[pos:pos + 3].hex().upper()} at offset {pos};"
-                " expected 0C78, 0275, 01FD71, the container 0DFD3B or the long form 0F"
+                f"{found_here} at offset {pos}; expected 0C78, 0275, 01FD71, the container 0DFD3B or the long form 0F"
             )
         index = match
         tag, size, name = _RECORDS[index]
