@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from report_lines import RECEIVER as RECEIVER_RECORD, TELEGRAM
 from wmbus_stream.hes import ReceiveServer
 from wmbus_stream.hes.cli import open_store
 
@@ -34,13 +35,8 @@ WMBUS = Path(sys.executable).with_name("wmbus-stream")
 SINCE, UNTIL = "2026-11-16 00:00:00", "2026-11-23 00:00:00"
 INTERVALS = 672  # quarter hours in the 7 days
 G1, G2, G3, G4, G5 = GATEWAYS = tuple(f"{161 + g:08d}" for g in range(5))
-# Spec section 5's wireless telegram (ELV, device type 1B); each reading changes its meter ID,
-# device type, access number and one payload byte so that every reading is its own telegram.
-TELEGRAM = bytes.fromhex(
-    "6044961564010061011B7A970400202F2F02653607426534078201652C072265320712653607626516075265560702FB1A0E"
-    "0242FB1A0E028201FB1A0E0222FB1A0E0212FB1A0E0262FB1A090252FB1A0F0202FD1B20C30DFD0F05322E302E310F"
-)
-RECEIVER_RECORD = b"\x0c\x78\x72\x17\x00\x62"
+# Each reading changes the spec telegram's (ELV, device type 1B) meter ID, device type, access
+# number and one payload byte, so that every reading is its own telegram.
 
 
 def always(k: int) -> bool:

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from test_hes import line, post, raw_request, read_answer, wait_until
+from report_lines import line
+from test_hes import post, raw_request, read_answer, wait_until
 from wmbus_stream.errors import HesError
 from wmbus_stream.hes import ReceiveServer, SqliteStore
 from wmbus_stream.hes.credentials import GatewayFile, parse_basic

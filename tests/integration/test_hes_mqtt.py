@@ -23,7 +23,8 @@ import pytest
 
 from gwkit import wait_for
 from mqtt_harness import Broker, Subscriber, broker_fixture, subscriber_fixture  # noqa: F401  (fixtures)
-from test_hes import AGE, RECEIVER, TELEGRAM, line, post, telegram_for, wired
+from report_lines import AGE, RECEIVER, TELEGRAM, line, telegram_for, wired
+from test_hes import post
 
 from wmbus_stream.hes import PostSummary, ReceiveServer, SqliteStore, Store
 

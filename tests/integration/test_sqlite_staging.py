@@ -11,16 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from report_lines import TELEGRAM
 from wmbus_stream import wire
 from wmbus_stream.hes import ReportLine, SqliteStore, parse_report
 from wmbus_stream.hes.sqlite import SCHEMA_VERSION
 
 pytestmark = pytest.mark.integration
 
-TELEGRAM = bytes.fromhex(
-    "6044961564010061011B7A970400202F2F02653607426534078201652C072265320712653607626516075265560702FB1A0E"
-    "0242FB1A0E028201FB1A0E0222FB1A0E0212FB1A0E0262FB1A090252FB1A0F0202FD1B20C30DFD0F05322E302E310F"
-)
 
 # The schema of the store before the report table (user_version 0), as files of it exist.
 SCHEMA_0 = """

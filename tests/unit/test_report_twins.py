@@ -21,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from report_lines import AGE, RECEIVER, RSSI, TELEGRAM, line, wired
 from wmbus_stream import wire
 from wmbus_stream.errors import ReportError
 from wmbus_stream.hes import _pyreport as pure
@@ -31,32 +32,6 @@ needs_compiled = pytest.mark.skipif(compiled is None, reason="WMBUS_STREAM_NO_EX
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "telegrams.jsonl"
 SEED = 20261202
-
-TELEGRAM = bytes.fromhex(
-    "6044961564010061011B7A970400202F2F02653607426534078201652C072265320712653607626516075265560702FB1A0E"
-    "0242FB1A0E028201FB1A0E0222FB1A0E0212FB1A0E0262FB1A090252FB1A0F0202FD1B20C30DFD0F05322E302E310F"
-)
-RECEIVER = b"\x0c\x78\x72\x17\x00\x62"
-RSSI = b"\x01\xfd\x71\x1c"
-AGE = b"\x02\x75\x05\x00"
-
-
-def wired(telegram: bytes = TELEGRAM, *, c: int = 0x08, ci: int = 0x72, records: bytes = RECEIVER + RSSI,
-          n: int | None = None, header: bytes | None = None, tail: bytes = b"") -> bytes:
-    """A wired RSP_UD telegram as in spec section 5, with parts to break."""
-    head = header if header is not None else telegram[4:8] + telegram[2:4] + telegram[8:10]
-    size = len(telegram) if n is None else n
-    return bytes((c, 0, ci)) + head + bytes(4) + records + b"\x0d\xfd\x3b" + bytes((size,)) + telegram + tail
-
-
-def line(serial: str = "00000161", meter: str = "61000164", date: str = "2026-11-24 10:15:02", count: str = "00",
-         hex_text: str | None = None, **parts: Any) -> str:
-    return f"{serial};{meter};{date};{count};{hex_text if hex_text is not None else wired(**parts).hex().upper()}"
-
-
-def telegram_for(meter: int) -> bytes:
-    return TELEGRAM[:4] + bytes.fromhex(f"{meter:08d}")[::-1] + TELEGRAM[8:]
-
 
 SPEC_WIRED = wired().hex().upper()
 
