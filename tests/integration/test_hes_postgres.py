@@ -512,6 +512,35 @@ def test_masked_urls() -> None:
     assert masked("postgres://u@h/d?password=p&sslmode=require") == "postgres://u@h/d?password=***&sslmode=require"
     assert masked("postgresql://h/d") == "postgresql://h/d"
     assert masked("postgresql://u:p%40ss@h/d") == "postgresql://u:***@h/d"
+    assert masked("postgresql://hes:p@ss:w/rd#1@127.0.0.1:5/hes") == "postgresql://hes:***@127.0.0.1:5/hes"
+
+
+@pytest.mark.parametrize("url", ["postgresql://hes:p@ss:w/rd#1@127.0.0.1:5/hes", "postgresql://hes:a/b@h/d",
+                                 "postgres://hes:x?y@h/d", "postgresql://hes:x#y@h/d"])
+def test_a_url_whose_password_is_not_percent_encoded_is_refused_unread(url: str) -> None:
+    with pytest.raises(StoreError, match="percent-encode them") as raised:
+        PostgresStore(url)
+    assert "ss:w" not in str(raised.value) and "x?y" not in str(raised.value) and "a/b" not in str(raised.value)
+
+
+def test_a_short_password_is_masked_without_mangling_the_error(pg_cluster: PgCluster) -> None:
+    with pytest.raises(StoreError) as raised:
+        PostgresStore(pg_cluster.url(password="e"))
+    assert "password authentication failed for user" in str(raised.value), raised.value
+
+
+def test_an_upper_case_scheme_is_read_as_postgresql(pg_cluster: PgCluster, pg_url: str) -> None:
+    PostgresStore("POSTGRESQL" + pg_url[len("postgresql"):]).close()
+
+
+def test_a_table_dropped_under_the_schema_is_made_again_at_the_next_start(pg_url: str, pg_cluster: PgCluster) -> None:
+    PostgresStore(pg_url).close()
+    pg_cluster.sql("DROP TABLE outbox", db_name(pg_url))
+    store = PostgresStore(pg_url, outbox=True)
+    try:
+        assert store.add(lines(GATEWAYS[0], range(1, 4))) == (3, 3) and len(store.pending(10)) == 3
+    finally:
+        store.close()
 
 
 def test_without_psycopg_the_error_names_the_extra() -> None:

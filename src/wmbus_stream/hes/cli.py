@@ -42,6 +42,15 @@ def describe_store(where: str | None) -> str:
     return f"SQLite {where}" if where else "memory only (use --db to keep them)"
 
 
+def db_option(text: str) -> str:
+    """``--db`` checked when the options are parsed: a URL of another scheme is a usage error, not a file name."""
+    scheme, sep, _ = text.partition("://")
+    if sep and not is_postgres_url(text):
+        raise argparse.ArgumentTypeError(
+            f"{scheme}:// is not a store this receiver knows; give an SQLite file path or a postgresql:// (postgres://) URL")
+    return text
+
+
 def _listen_option(text: str) -> str:
     """``--listen`` checked when the options are parsed, so a bad address is a usage error (exit 2)."""
     try:
@@ -55,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``wmbus-stream receive``."""
     parser.add_argument("--listen", default="127.0.0.1:8081", metavar="HOST:PORT", type=_listen_option,
                         help="address to listen on (default 127.0.0.1:8081; [::]:PORT for IPv6)")
-    parser.add_argument("--db", metavar="FILE|URL",
+    parser.add_argument("--db", metavar="FILE|URL", type=db_option,
                         help="where readings go: an SQLite file, or postgresql://USER:PASSWORD@HOST:PORT/DB for several"
                              " receivers on one database (needs pip install 'wmbus-stream[hes]'; default: in memory only)")
     parser.add_argument("--gateways", metavar="FILE", type=Path,
@@ -350,7 +359,7 @@ def add_coverage(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -
         description="Per meter: the gateways that heard it in the window, the best RSSI of each, and the share of"
                     " intervals of --resolution with at least one reading; lists the meters below a threshold"
                     " (and why), then per gateway the meters only it hears, then a summary.")
-    p.add_argument("--db", metavar="FILE|URL", required=True, help="the store the receiver writes (SQLite file or URL)")
+    p.add_argument("--db", metavar="FILE|URL", type=db_option, required=True, help="the store the receiver writes (SQLite file or URL)")
     p.add_argument("--resolution", type=_duration_option, default=15 * 60, metavar="DURATION",
                    help="interval a reading is wanted in: 15m, 1h, 24h, ... (default 15m)")
     p.add_argument("--window", type=_duration_option, default=7 * 86400, metavar="DURATION",

@@ -12,6 +12,7 @@ needs it (``pip install 'wmbus-stream[hes]'``).
 
 from __future__ import annotations
 
+import logging
 import queue
 import random
 import re
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     import psycopg
 
 __all__ = ["DRAIN_LOCK", "SCHEMA_LOCK", "SCHEMA_VERSION", "PostgresStore", "copy_rows", "is_postgres_url", "masked"]
+
+log = logging.getLogger("wmbus_stream.hes")
 
 SCHEMA_VERSION = 1
 # pg_advisory_lock keys ("wmbsschm", "wmbsoutb"): creating the schema; draining the outbox.
@@ -120,7 +123,8 @@ _HEARD_COLUMNS = (f"r.digest, h.gateway, to_char(h.heard_at, {_DATE}), h.rssi_co
                   f" to_char(h.stored_at AT TIME ZONE 'UTC', {_STAMP})")
 
 _URL_PREFIXES = ("postgresql://", "postgres://")
-_USERINFO = re.compile(r"^(\w+://[^:@/?#]*):[^@]*@")
+# What the schema makes: an instance finding one missing makes it again (or says it cannot).
+_TABLES = ("reading", "heard_by", "outbox", "meter_coverage")
 _QUERY_PASSWORD = re.compile(r"(?i)([?&]password=)[^&#]*")
 
 
@@ -130,8 +134,25 @@ def is_postgres_url(where: str | None) -> bool:
 
 
 def masked(url: str) -> str:
-    """The URL as banners and errors print it: its password (user info or ``?password=``) replaced by ``***``."""
-    return _QUERY_PASSWORD.sub(r"\1***", _USERINFO.sub(r"\1:***@", url))
+    """The URL as banners and errors print it: its password (user info or ``?password=``) replaced by ``***``.
+
+    The user info ends at the last ``@``, so a password holding an unencoded ``@`` is hidden whole too.
+    """
+    scheme, sep, rest = url.partition("://")
+    at = rest.rfind("@")
+    if sep and at >= 0 and ":" in rest[:at]:
+        rest = rest[:at].split(":", 1)[0] + ":***" + rest[at:]
+    return _QUERY_PASSWORD.sub(r"\1***", scheme + sep + rest)
+
+
+def url_problem(url: str) -> str | None:
+    """Why a ``postgresql://`` URL cannot be read as meant (an unencoded character in its user info); None if none."""
+    rest = url.partition("://")[2]
+    userinfo = rest[:rest.rfind("@")] if "@" in rest else ""
+    if any(ch in userinfo for ch in "@/?#"):
+        return ("the user name or password in the URL holds '@', '/', '?' or '#': percent-encode them"
+                " (%40 %2F %3F %23), or put the password in ~/.pgpass or PGPASSWORD")
+    return None
 
 
 def _dash(value: object) -> object:
@@ -302,6 +323,12 @@ class PostgresStore:
         self.url = url
         self.outbox = outbox
         self._password = ""
+        scheme, sep, rest = url.partition("://")
+        url = scheme.lower() + sep + rest  # libpq knows the scheme in lower case only
+        self.url = url
+        problem = url_problem(url)
+        if problem:
+            raise StoreError(f"bad PostgreSQL URL {masked(url)}: {problem}")
         try:
             params = conninfo.conninfo_to_dict(url)
         except psycopg.Error as exc:
@@ -328,7 +355,10 @@ class PostgresStore:
     def _scrub(self, text: str) -> str:
         """A message with the URL masked and the password nowhere in it."""
         text = text.replace(self.url, masked(self.url))
-        return text.replace(self._password, "***") if self._password else text
+        if not self._password:
+            return text
+        # Only where it stands as a token of its own, so a short password does not mangle the words it is part of.
+        return re.sub(rf"(?<![A-Za-z0-9]){re.escape(self._password)}(?![A-Za-z0-9])", "***", text)
 
     def _connect(self) -> psycopg.Connection[Any]:
         import psycopg
@@ -357,7 +387,12 @@ class PostgresStore:
                 if found is not None and found > SCHEMA_VERSION:
                     raise StoreError(f"the database {masked(self.url)} has schema version {found}; this wmbus-stream"
                                      f" knows up to {SCHEMA_VERSION}: upgrade wmbus-stream")
-                if found != SCHEMA_VERSION:
+                missing = [] if found is None else [
+                    table for table in _TABLES
+                    if not conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()[0]]  # type: ignore[index]
+                if missing and found == SCHEMA_VERSION:
+                    log.warning("the database %s lacks %s; creating what is missing", masked(self.url), ", ".join(missing))
+                if found != SCHEMA_VERSION or missing:
                     conn.execute(_SCHEMA)
                     if found is None:
                         conn.execute("INSERT INTO wmbus_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
