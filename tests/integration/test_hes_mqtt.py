@@ -26,7 +26,7 @@ from mqtt_harness import Broker, Subscriber, broker_fixture, subscriber_fixture 
 from report_lines import AGE, RECEIVER, TELEGRAM, line, telegram_for, wired
 from test_hes import post
 
-from wmbus_stream.hes import PostSummary, ReceiveServer, SqliteStore, Store
+from wmbus_stream.hes import PostSummary, ReceiveServer, SqliteStore, Store, parse_report
 
 pytestmark = pytest.mark.integration
 
@@ -274,7 +274,7 @@ def test_a_broker_refusing_the_credentials_delays_publication_but_loses_nothing(
             assert wrong.outbox() == 30
         finally:
             wrong.close()
-        assert len(wrong.reports) == 1 and "refused" in wrong.reports[0], wrong.reports
+        assert len(wrong.reports) == 1 and "refused the connection: Not authorized" in wrong.reports[0], wrong.reports
         assert "wrong" not in wrong.reports[0]
         right = Receiver(broker, db, url=broker.url(PREFIX, user="hes", password="right"))
         try:
@@ -358,3 +358,89 @@ def test_receive_on_postgresql_with_mqtt_publishes_each_new_reading(broker: Brok
                 process.communicate()
     assert sorted(subscriber.keys()) == sorted(key(m) for m in range(1, 31))
     assert "MQTT: 30 readings published" in out, out + err
+
+
+class FakeBroker:
+    """A hostile MQTT peer on 127.0.0.1: CONNACKs every CONNECT, then drops the connection at the first
+    message (``drop``) or reads forever without a PUBACK (``silent``); counts the connections."""
+
+    def __init__(self, mode: str) -> None:
+        import socket
+
+        self.mode = mode
+        self.connections = 0
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self._server.settimeout(0.2)
+        self.port = self._server.getsockname()[1]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"fake-broker-{mode}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        held = []
+        while not self._stop.is_set():
+            try:
+                sock, _ = self._server.accept()
+            except TimeoutError:
+                continue
+            self.connections += 1
+            sock.settimeout(5)
+            with contextlib.suppress(OSError):
+                sock.recv(65536)  # CONNECT
+                sock.sendall(b"\x20\x02\x00\x00")  # CONNACK, accepted
+                if self.mode == "drop":
+                    sock.recv(65536)  # the first PUBLISH
+                    sock.close()
+                    continue
+            held.append(sock)  # silent: take everything, acknowledge nothing
+            threading.Thread(target=self._swallow, args=(sock,), daemon=True).start()
+        for sock in held:
+            sock.close()
+
+    def _swallow(self, sock) -> None:  # noqa: ANN001
+        with contextlib.suppress(OSError):
+            while not self._stop.is_set() and sock.recv(65536):
+                pass
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._server.close()
+
+
+def fake_receiver(mode: str) -> tuple[FakeBroker, SqliteStore, list[str], object]:
+    from wmbus_stream.hes.publish import Publisher
+
+    fake = FakeBroker(mode)
+    store = SqliteStore(":memory:", outbox=True)
+    store.add(parse_report(("\n".join(lines(range(1, 11))) + "\n").encode()))
+    reports: list[str] = []
+    publisher = Publisher(store, f"mqtt://127.0.0.1:{fake.port}/{PREFIX}", retry=(0.05, 0.4), report=reports.append)
+    return fake, store, reports, publisher.start()
+
+
+def test_a_broker_that_drops_every_message_is_one_outage_retried_with_backoff() -> None:
+    fake, store, reports, publisher = fake_receiver("drop")
+    try:
+        wait_for(lambda: fake.connections >= 5, "five connections to the dropping broker", 20)
+        assert len(reports) == 1 and "lost:" in reports[0], reports  # one line, not one per connection
+        assert len(store.pending(100)) == 10  # nothing acknowledged, nothing removed
+    finally:
+        publisher.stop()
+        fake.close()
+        store.close()
+
+
+def test_a_broker_that_never_acknowledges_is_reported_and_reconnected(monkeypatch: pytest.MonkeyPatch) -> None:
+    from wmbus_stream.hes import publish
+
+    monkeypatch.setattr(publish, "ACK_SECONDS", 0.5)
+    fake, store, reports, publisher = fake_receiver("silent")
+    try:
+        wait_for(lambda: fake.connections >= 2, "a second connection after the missing PUBACKs", 20)
+        assert len(reports) == 1 and "no PUBACK within 0.5 s for 10 messages in flight" in reports[0], reports
+        assert len(store.pending(100)) == 10
+    finally:
+        publisher.stop()
+        fake.close()
+        store.close()

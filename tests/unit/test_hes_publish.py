@@ -26,6 +26,8 @@ def test_broker_urls(url: str, expected: MqttTarget) -> None:
     ("http://broker", "scheme 'http' is not mqtt or mqtts"),
     ("broker:1883", "is not mqtt or mqtts"),
     ("mqtt://:1883", "names no host"),
+    ("mqtt://127.0.0.1:0", "port 0; allowed: 1 to 65535"),
+    ("mqtt://hes:hes@pw@127.0.0.1/x", "percent-encode it"),
     ("mqtt://broker:99999", "Port out of range"),
     ("mqtt://broker/a/#", "query or fragment"),
     ("mqtt://broker/a/+/b", "no wildcards"),

@@ -42,6 +42,7 @@ POLL_SECONDS = 1.0  # how often the outbox is looked at without a wake()
 CONNECT_SECONDS = 5.0  # TCP/TLS connect and CONNACK, each
 RETRY_SECONDS = (0.5, 30.0)  # first and longest wait between connection attempts (doubling)
 STOP_GRACE_SECONDS = 1.0  # how long stop() lets PUBACKs of messages in flight arrive
+ACK_SECONDS = 30.0  # messages in flight with no PUBACK for this long: the broker is taken as hung
 _TICK = 0.1  # the network loop's select timeout: the latency of wake() and stop() while idle
 
 log = logging.getLogger("wmbus_stream.hes")
@@ -94,6 +95,12 @@ def parse_mqtt_url(text: str) -> MqttTarget:
                          f" mqtts; allowed: {allowed}")
     if not parts.hostname:
         raise ValueError(f"MQTT URL {_hide_password(text)!r} names no host; allowed: {allowed}")
+    if port == 0:
+        raise ValueError(f"MQTT URL {_hide_password(text)!r}: port 0; allowed: 1 to 65535, or none for"
+                         f" {DEFAULT_PORTS[parts.scheme]}")
+    if parts.netloc.count("@") > 1:
+        raise ValueError(f"MQTT URL {_hide_password(text)!r}: '@' in the user name or password; percent-encode it"
+                         " (%40)")
     if parts.query or parts.fragment or "?" in text or "#" in text:
         raise ValueError(f"MQTT URL {_hide_password(text)!r}: a query or fragment (? or #) is not allowed (percent-encode"
                          f" them in a password); allowed: {allowed}")
@@ -182,6 +189,7 @@ class Publisher:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._outage: str | None = None  # what made the broker unavailable, while it is
         self.published_count = 0  # readings whose PUBACK arrived and that left the outbox
         self.in_flight = 0  # readings published whose PUBACK has not arrived yet
         self.outages = 0  # times the broker became unavailable (or the publisher failed and started over)
@@ -216,43 +224,49 @@ class Publisher:
     # -- the thread ----------------------------------------------------------------------------
 
     def _run(self) -> None:
+        # An outage lasts until the broker acknowledges again (or has nothing to acknowledge):
+        # a broker that accepts connections but drops each one at the first message is one
+        # outage, logged once, and is retried with the growing delay, not twice a second.
         delay = self.retry[0]
-        outage: str | None = None
+        self._outage = None
         while not self._stop.is_set():
             try:
                 client = self._connect()
             except _Down as down:
                 if self._stop.is_set():
                     break
-                if outage is None:
-                    outage = down.reason
-                    self.outages += 1
-                    self._report(f"MQTT broker {self.target.display} unavailable: {down.reason}; readings wait in the"
-                                 " outbox, retrying")
+                self._down(f"unavailable: {down.reason}; readings wait in the outbox, retrying")
                 self._stop.wait(delay)
                 delay = min(delay * 2, self.retry[1])
                 continue
             self.connected = True
-            if outage is not None:
-                self._report(f"MQTT broker {self.target.display} reachable again; publishing the outbox")
-                outage = None
             try:
                 self._drain(client)
             except _Down as down:
-                outage = down.reason
-                self.outages += 1
-                self._report(f"MQTT broker {self.target.display} lost: {down.reason}; readings wait in the outbox,"
-                             " reconnecting")
+                self._down(f"lost: {down.reason}; readings wait in the outbox, reconnecting")
             except Exception as exc:  # a bug must not end publication silently: say it, start over
-                outage = repr(exc)
-                self.outages += 1
-                self._report(f"MQTT publisher failed: {exc!r}; readings wait in the outbox, starting over")
+                self._down(f"publisher failed: {exc!r}; readings wait in the outbox, starting over")
             finally:
                 self.connected = False
                 self._close(client)
-            delay = self.retry[0]
-            if outage is not None:
+            if self._outage is None:
+                delay = self.retry[0]
+            else:
                 self._stop.wait(delay)
+                delay = min(delay * 2, self.retry[1])
+
+    def _down(self, what: str) -> None:
+        """The broker is unavailable: said once per outage."""
+        if self._outage is None:
+            self._outage = what
+            self.outages += 1
+            self._report(f"MQTT broker {self.target.display} {what}")
+
+    def _healthy(self) -> None:
+        """The broker acknowledged (or had nothing to acknowledge): an outage, if any, is over."""
+        if self._outage is not None:
+            self._outage = None
+            self._report(f"MQTT broker {self.target.display} reachable again; publishing the outbox")
 
     def _connect(self) -> Client:
         """A new client with its CONNACK received; a fresh one each time, so nothing paho queued is resent behind our back."""
@@ -283,6 +297,8 @@ class Publisher:
             rc = client.loop(_TICK)
             if rc != mqtt.MQTT_ERR_SUCCESS:
                 self._close(client)
+                if answer:  # the CONNACK came, refusing (paho ends the loop with it): say its reason
+                    raise _Down(f"the broker refused the connection: {answer[0]}")
                 raise _Down(f"connection closed before CONNACK ({mqtt.error_string(rc)})")
             if self._stop.is_set() or time.monotonic() >= deadline:
                 self._close(client)
@@ -307,12 +323,19 @@ class Publisher:
         exhausted = False  # the last look found no more rows: wait for a wake() or the poll
         store_failed = False
         grace: float | None = None
+        progress = time.monotonic()  # the last PUBACK, or when nothing was in flight
         try:
             while True:
                 if acked:
                     for mid in [mid for mid in in_flight if mid in acked]:
                         done.append(in_flight.pop(mid))
                     acked.clear()
+                    progress = time.monotonic()
+                    self._healthy()
+                elif not in_flight:
+                    progress = time.monotonic()
+                elif time.monotonic() - progress > ACK_SECONDS:
+                    raise _Down(f"no PUBACK within {ACK_SECONDS:g} s for {len(in_flight)} messages in flight")
                 self.in_flight = len(in_flight)
                 if len(done) >= self.window or (done and not in_flight):
                     self._mark(done)
@@ -353,6 +376,7 @@ class Publisher:
                     if rc != mqtt.MQTT_ERR_SUCCESS:
                         raise _Down(mqtt.error_string(rc))
                 elif exhausted:
+                    self._healthy()  # connected, and nothing waits to be published
                     self._idle(client, self.poll)
                     exhausted = False
         finally:
