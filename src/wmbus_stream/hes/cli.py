@@ -297,9 +297,13 @@ def main(args: argparse.Namespace) -> int:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        # The publisher's grace for PUBACKs runs beside the server's for its requests, not after it.
+        closing = threading.Thread(target=publisher.stop, name="mqtt-stop") if publisher is not None else None
+        if closing is not None:
+            closing.start()
         server.stop()
-        if publisher is not None:
-            publisher.stop()
+        if closing is not None:
+            closing.join()
         store.close()
     stats = server.stats
     by_status = "".join(f"{', ' if i else ' ('}{status}: {count}" for i, (status, count) in enumerate(stats.refused))
