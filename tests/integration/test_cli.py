@@ -530,7 +530,7 @@ def test_receive_coverage_lists_the_meters_below_a_threshold(gw: ConfigFile, tmp
     assert lines[0].endswith("(24h) at 1h: 24 intervals; wanted: at least 2 gateways and a reading in at least 98 %"
                              " of intervals"), run
     assert lines[1] == "meters below a threshold (12):" and len(lines) == 12 + 5, run
-    assert all(re.fullmatch(rf"  [A-Z]{{3}} [0-9A-F]{{8}} type [0-9A-F]{{2}}: 1 gateway \({gateway} -?\d+ dBm\),"
+    assert all(re.fullmatch(rf"  [A-Z]{{3}} [0-9A-F]{{8}} v[0-9A-F]{{2}} type [0-9A-F]{{2}}: 1 gateway \({gateway} -?\d+ dBm\),"
                             r" reception 4\.1 % \(1 of 24\); below: heard by 1 gateway, 2 wanted; reception 4\.1 % at 1h,"
                             r" 98 % wanted", line) for line in lines[2:14]), run
     assert lines[14] == "only heard by one gateway (12):" and lines[15].startswith(f"  {gateway} (12): "), run

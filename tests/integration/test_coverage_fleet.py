@@ -54,7 +54,7 @@ class Meter:
 
     @property
     def label(self) -> str:
-        return f"ELV {self.number:08d} type {self.device_type:02X}"
+        return f"ELV {self.number:08d} v01 type {self.device_type:02X}"
 
 
 def fleet() -> list[Meter]:
@@ -204,7 +204,7 @@ def coverage(where: str | Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 def below(text: str) -> dict[str, str]:
     """Meter label -> what follows ``below:`` on its line."""
-    return dict(re.findall(r"^  (ELV \d{8} type [0-9A-F]{2}): .*; below: (.*)$", text, re.M))
+    return dict(re.findall(r"^  (ELV \d{8} v01 type [0-9A-F]{2}): .*; below: (.*)$", text, re.M))
 
 
 def alone(text: str) -> dict[str, list[str]]:
@@ -213,8 +213,8 @@ def alone(text: str) -> dict[str, list[str]]:
 
 
 LONELY = "heard by 1 gateway, 2 wanted"
-ONLY_HEARD_BY = {G1: ["ELV 61000025 type 1B", "ELV 61000026 type 1B"], G2: ["ELV 61000036 type 1B"],
-                 G3: ["ELV 61000027 type 1B"], G4: ["ELV 61000001 type 07"], G5: ["ELV 61000028 type 1B"]}
+ONLY_HEARD_BY = {G1: ["ELV 61000025 v01 type 1B", "ELV 61000026 v01 type 1B"], G2: ["ELV 61000036 v01 type 1B"],
+                 G3: ["ELV 61000027 v01 type 1B"], G4: ["ELV 61000001 v01 type 07"], G5: ["ELV 61000028 v01 type 1B"]}
 
 
 def test_the_report_names_exactly_the_meters_built_to_be_under_covered(fleet_db: Fleet) -> None:
@@ -223,19 +223,19 @@ def test_the_report_names_exactly_the_meters_built_to_be_under_covered(fleet_db:
     assert run.returncode == 0 and run.stderr == "", run
     assert run.stdout.startswith(f"coverage {SINCE} to {UNTIL} (7d) at 15m: 672 intervals;"), run.stdout
     assert below(run.stdout) == {
-        "ELV 61000024 type 1B": "reception 97.9 % at 15m, 98 % wanted",
-        "ELV 61000025 type 1B": LONELY, "ELV 61000026 type 1B": LONELY,
-        "ELV 61000027 type 1B": LONELY, "ELV 61000028 type 1B": LONELY,
-        "ELV 61000029 type 1B": "reception 90.0 % at 15m, 98 % wanted",
-        "ELV 61000030 type 1B": "reception 90.0 % at 15m, 98 % wanted",
-        "ELV 61000031 type 1B": "reception 90.0 % at 15m, 98 % wanted",
-        "ELV 61000032 type 1B": "reception 25.0 % at 15m, 98 % wanted",
-        "ELV 61000033 type 1B": "reception 25.0 % at 15m, 98 % wanted",
-        "ELV 61000034 type 1B": "reception 75.0 % at 15m, 98 % wanted",
-        "ELV 61000035 type 1B": "reception 75.0 % at 15m, 98 % wanted",
-        "ELV 61000036 type 1B": f"{LONELY}; reception 90.0 % at 15m, 98 % wanted",
-        "ELV 61000037 type 1B": "reception 85.7 % at 15m, 98 % wanted",
-        "ELV 61000001 type 07": LONELY,
+        "ELV 61000024 v01 type 1B": "reception 97.9 % at 15m, 98 % wanted",
+        "ELV 61000025 v01 type 1B": LONELY, "ELV 61000026 v01 type 1B": LONELY,
+        "ELV 61000027 v01 type 1B": LONELY, "ELV 61000028 v01 type 1B": LONELY,
+        "ELV 61000029 v01 type 1B": "reception 90.0 % at 15m, 98 % wanted",
+        "ELV 61000030 v01 type 1B": "reception 90.0 % at 15m, 98 % wanted",
+        "ELV 61000031 v01 type 1B": "reception 90.0 % at 15m, 98 % wanted",
+        "ELV 61000032 v01 type 1B": "reception 25.0 % at 15m, 98 % wanted",
+        "ELV 61000033 v01 type 1B": "reception 25.0 % at 15m, 98 % wanted",
+        "ELV 61000034 v01 type 1B": "reception 75.0 % at 15m, 98 % wanted",
+        "ELV 61000035 v01 type 1B": "reception 75.0 % at 15m, 98 % wanted",
+        "ELV 61000036 v01 type 1B": f"{LONELY}; reception 90.0 % at 15m, 98 % wanted",
+        "ELV 61000037 v01 type 1B": "reception 85.7 % at 15m, 98 % wanted",
+        "ELV 61000001 v01 type 07": LONELY,
     }, run.stdout
     assert "meters below a threshold (15):" in run.stdout
     assert alone(run.stdout) == ONLY_HEARD_BY, run.stdout
@@ -243,7 +243,7 @@ def test_the_report_names_exactly_the_meters_built_to_be_under_covered(fleet_db:
         "summary: 39 meters heard by 5 gateways; 15 below a threshold (6 by fewer than 2 gateways, 10 under 98 %"
         " at 15m)")
     line = next(x for x in run.stdout.splitlines() if "ELV 61000036" in x)
-    assert re.match(r"  ELV 61000036 type 1B: 1 gateway \(00000162 -?\d+ dBm\), reception 90.0 % \(605 of 672\);",
+    assert re.match(r"  ELV 61000036 v01 type 1B: 1 gateway \(00000162 -?\d+ dBm\), reception 90.0 % \(605 of 672\);",
                     line), line
 
 
@@ -252,30 +252,30 @@ def test_at_24_hours_only_the_lonely_and_the_day_lost_remain(fleet_db: Fleet) ->
     run = coverage(db, "--resolution", "24h")
     assert run.returncode == 0 and run.stderr == "", run
     assert below(run.stdout) == {
-        "ELV 61000025 type 1B": LONELY, "ELV 61000026 type 1B": LONELY,
-        "ELV 61000027 type 1B": LONELY, "ELV 61000028 type 1B": LONELY,
-        "ELV 61000036 type 1B": LONELY,
-        "ELV 61000037 type 1B": "reception 85.7 % at 24h, 98 % wanted",
-        "ELV 61000001 type 07": LONELY,
+        "ELV 61000025 v01 type 1B": LONELY, "ELV 61000026 v01 type 1B": LONELY,
+        "ELV 61000027 v01 type 1B": LONELY, "ELV 61000028 v01 type 1B": LONELY,
+        "ELV 61000036 v01 type 1B": LONELY,
+        "ELV 61000037 v01 type 1B": "reception 85.7 % at 24h, 98 % wanted",
+        "ELV 61000001 v01 type 07": LONELY,
     }, run.stdout
     assert alone(run.stdout) == ONLY_HEARD_BY
     hourly = coverage(db, "--resolution", "1h", "--min-gateways", "1")
     # Hourly senders and single lost quarter hours are fine at 1 h; six silent hours a day and a lost day are not.
-    assert set(below(hourly.stdout)) == {"ELV 61000034 type 1B", "ELV 61000035 type 1B", "ELV 61000037 type 1B"}, \
+    assert set(below(hourly.stdout)) == {"ELV 61000034 v01 type 1B", "ELV 61000035 v01 type 1B", "ELV 61000037 v01 type 1B"}, \
         hourly.stdout
 
 
 def test_thresholds_move_the_verdicts(fleet_db: Fleet) -> None:
     db = fleet_db.where
     run = coverage(db, "--min-gateways", "1", "--min-reception", "85%")
-    assert set(below(run.stdout)) == {"ELV 61000032 type 1B", "ELV 61000033 type 1B", "ELV 61000034 type 1B",
-                                      "ELV 61000035 type 1B"}, run.stdout
+    assert set(below(run.stdout)) == {"ELV 61000032 v01 type 1B", "ELV 61000033 v01 type 1B", "ELV 61000034 v01 type 1B",
+                                      "ELV 61000035 v01 type 1B"}, run.stdout
     run = coverage(db, "--min-gateways", "3", "--min-reception", "0")
     assert set(below(run.stdout)) == {
-        f"ELV {61000000 + n:08d} type 1B" for n in range(1, 39) if n not in (17, 18, 19, 20)} | {
-        "ELV 61000001 type 07"}, run.stdout
+        f"ELV {61000000 + n:08d} v01 type 1B" for n in range(1, 39) if n not in (17, 18, 19, 20)} | {
+        "ELV 61000001 v01 type 07"}, run.stdout
     run = coverage(db, "--min-reception", "97.9")
-    assert "ELV 61000024 type 1B" not in below(run.stdout)  # 658/672 is 97.92 %
+    assert "ELV 61000024 v01 type 1B" not in below(run.stdout)  # 658/672 is 97.92 %
 
 
 def test_the_json_document_holds_every_figure(fleet_db: Fleet) -> None:
@@ -284,27 +284,27 @@ def test_the_json_document_holds_every_figure(fleet_db: Fleet) -> None:
     assert run.returncode == 0 and run.stderr == "", run
     doc = json.loads(run.stdout)
     assert (doc["since"], doc["until"], doc["resolution_seconds"], doc["intervals"]) == (SINCE, UNTIL, 900, 672)
-    meters = {f"{m['manufacturer']} {m['meter_id']} type {m['device_type']:02X}": m for m in doc["meters"]}
-    assert len(meters) == 39 and "ELV 61000039 type 1B" not in meters
+    meters = {f"{m['manufacturer']} {m['meter_id']} v{m['version']:02X} type {m['device_type']:02X}": m for m in doc["meters"]}
+    assert len(meters) == 39 and "ELV 61000039 v01 type 1B" not in meters
     for label, by_gateway in built.best.items():
         got = {h["gateway"]: h["best_rssi_code"] for h in meters[label]["heard_by"]}
         assert got == by_gateway, label
         for h in meters[label]["heard_by"]:
             assert h["best_rssi_dbm"] == 2 * h["best_rssi_code"] - 130
-    first = meters["ELV 61000001 type 1B"]
+    first = meters["ELV 61000001 v01 type 1B"]
     assert [h["gateway"] for h in first["heard_by"]] == sorted([G2, G3], key=lambda g: -built.best[
-        "ELV 61000001 type 1B"][g])  # strongest first; G5's reception at until is outside the window
+        "ELV 61000001 v01 type 1B"][g])  # strongest first; G5's reception at until is outside the window
     assert [(h["receptions"], h["intervals"]) for h in first["heard_by"]] == [(672, 672), (672, 672)]
-    split = meters["ELV 61000021 type 1B"]
+    split = meters["ELV 61000021 v01 type 1B"]
     assert sorted(h["intervals"] for h in split["heard_by"]) == [224, 448] and split["intervals"] == 672
     assert split["below"] == []
-    barely = meters["ELV 61000038 type 1B"]
+    barely = meters["ELV 61000038 v01 type 1B"]
     assert {h["gateway"]: h["intervals"] for h in barely["heard_by"]} == {G1: 672, G4: 5}
     assert barely["gateways"] == 2 and barely["below"] == []
-    assert meters["ELV 61000023 type 1B"]["intervals"] == 659 and meters["ELV 61000023 type 1B"]["below"] == []
-    assert meters["ELV 61000036 type 1B"]["below"] == ["gateways", "reception"]
+    assert meters["ELV 61000023 v01 type 1B"]["intervals"] == 659 and meters["ELV 61000023 v01 type 1B"]["below"] == []
+    assert meters["ELV 61000036 v01 type 1B"]["below"] == ["gateways", "reception"]
     assert doc["only_heard_by"] == {gateway: [
-        {"manufacturer": "ELV", "meter_id": label.split()[1], "device_type": int(label.split()[3], 16)}
+        {"manufacturer": "ELV", "meter_id": label.split()[1], "version": 1, "device_type": int(label.split()[4], 16)}
         for label in labels] for gateway, labels in ONLY_HEARD_BY.items()}
     assert doc["summary"] == {"meters": 39, "gateways": 5, "below": 15, "below_gateways": 6, "below_reception": 10,
                               "only_heard_by_one": 6}
@@ -313,12 +313,13 @@ def test_the_json_document_holds_every_figure(fleet_db: Fleet) -> None:
 
 
 def test_the_view_a_dashboard_reads(fleet_db: Fleet) -> None:
-    rows = fleet_db.sql("SELECT manufacturer, meter_id, device_type, gateway, receptions, first_heard, last_heard,"
-                        " best_rssi_code FROM meter_coverage")
-    view = {(f"{m} {i} type {t:02X}", g): (n, first, last, best) for m, i, t, g, n, first, last, best in rows}
-    assert view[("ELV 61000001 type 1B", G5)] == (1, UNTIL, UNTIL, 50)  # the view holds everything stored
-    assert view[("ELV 61000039 type 1B", G2)][0:2] == (1, stamp(SINCE, -60))
-    assert view[("ELV 61000036 type 1B", G2)][0] == 605
+    rows = fleet_db.sql("SELECT manufacturer, meter_id, version, device_type, gateway, receptions, first_heard,"
+                        " last_heard, best_rssi_code FROM meter_coverage")
+    view = {(f"{m} {i} v{v:02X} type {t:02X}", g): (n, first, last, best)
+            for m, i, v, t, g, n, first, last, best in rows}
+    assert view[("ELV 61000001 v01 type 1B", G5)] == (1, UNTIL, UNTIL, 50)  # the view holds everything stored
+    assert view[("ELV 61000039 v01 type 1B", G2)][0:2] == (1, stamp(SINCE, -60))
+    assert view[("ELV 61000036 v01 type 1B", G2)][0] == 605
     for label, by_gateway in fleet_db.built.best.items():
         for gateway, code in by_gateway.items():
             assert view[(label, gateway)][3] == code

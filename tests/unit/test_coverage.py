@@ -20,8 +20,9 @@ HOUR = "2026-11-16 01:00:00"
 QUARTER = 15 * 60
 
 
-def heard(meter: str, gateway: str, at: str, rssi: int | None = 40, device_type: int = 0x07) -> Reception:
-    return Reception("ELV", meter, device_type, gateway, at, rssi)
+def heard(meter: str, gateway: str, at: str, rssi: int | None = 40, device_type: int = 0x07,
+          version: int = 1) -> Reception:
+    return Reception("ELV", meter, device_type, gateway, at, rssi, version)
 
 
 def test_an_interval_holds_its_start_and_not_its_end() -> None:
@@ -51,12 +52,16 @@ def test_the_window_holds_since_and_not_until() -> None:
     assert report.only_heard_by() == {"00000161": report.meters}
 
 
-def test_a_meter_is_its_manufacturer_id_and_device_type() -> None:
+def test_a_meter_is_its_link_address_manufacturer_id_version_and_device_type() -> None:
+    versions = compute([heard("00000001", "00000161", SINCE, version=1), heard("00000001", "00000162", SINCE, version=2)],
+                       SINCE, HOUR, 3600, min_gateways=2)
+    assert [m.label for m in versions.meters] == ["ELV 00000001 v01 type 07", "ELV 00000001 v02 type 07"]
+    assert all(m.below_gateways for m in versions.meters)  # two meters, each heard once: no redundancy
     receptions = [heard("00000001", "00000161", SINCE, device_type=0x07),
                   heard("00000001", "00000162", SINCE, device_type=0x1B)]
     report = compute(receptions, SINCE, HOUR, 3600, min_gateways=2)
-    assert [(m.label, len(m.hearings)) for m in report.meters] == [("ELV 00000001 type 07", 1),
-                                                                   ("ELV 00000001 type 1B", 1)]
+    assert [(m.label, len(m.hearings)) for m in report.meters] == [("ELV 00000001 v01 type 07", 1),
+                                                                   ("ELV 00000001 v01 type 1B", 1)]
     assert all(m.below_gateways for m in report.meters)
 
 
@@ -130,10 +135,10 @@ def test_the_text_report_says_why_and_sums_up() -> None:
         "coverage 2026-11-16 00:00:00 to 2026-11-16 01:00:00 (1h) at 15m: 4 intervals; wanted: at least 2 gateways"
         " and a reading in at least 98 % of intervals",
         "meters below a threshold (1):",
-        "  ELV 00000001 type 07: 1 gateway (00000161 -74 dBm), reception 25.0 % (1 of 4); below: heard by 1 gateway,"
+        "  ELV 00000001 v01 type 07: 1 gateway (00000161 -74 dBm), reception 25.0 % (1 of 4); below: heard by 1 gateway,"
         " 2 wanted; reception 25.0 % at 15m, 98 % wanted",
         "only heard by one gateway (1):",
-        "  00000161 (1): ELV 00000001 type 07",
+        "  00000161 (1): ELV 00000001 v01 type 07",
         "summary: 1 meter heard by 1 gateway; 1 below a threshold (1 by fewer than 2 gateways, 1 under 98 % at 15m)",
     ]
     assert report_lines(compute([], SINCE, HOUR, QUARTER))[1:] == [
@@ -234,16 +239,16 @@ def test_receptions_are_those_of_the_window_read_in_pages() -> None:
             ("00000001", "00000161", SINCE), ("00000001", "00000162", SINCE), ("00000001", "00000163", SINCE),
             ("00000002", "00000162", "2026-11-16 00:59:59")]
         assert [r for r in got if r.meter_id == "00000002"] == [
-            Reception("ELV", "00000002", 7, "00000162", "2026-11-16 00:59:59", None)]
+            Reception("ELV", "00000002", 7, "00000162", "2026-11-16 00:59:59", None, 1)]
         assert list(store.receptions(HOUR, "2026-11-16 02:00:00")) == [
-            Reception("ELV", "00000002", 7, "00000161", HOUR, 21)]
+            Reception("ELV", "00000002", 7, "00000161", HOUR, 21, 1)]
         view = store._db.execute("SELECT * FROM meter_coverage ORDER BY meter_id, gateway").fetchall()
         assert view == [
-            ("ELV", "00000001", 7, "00000161", 1500, SINCE, SINCE, 49),
-            ("ELV", "00000001", 7, "00000162", 1500, SINCE, SINCE, 50),
-            ("ELV", "00000001", 7, "00000163", 1500, SINCE, SINCE, 51),
-            ("ELV", "00000002", 7, "00000161", 2, "2026-11-15 23:59:59", HOUR, 21),
-            ("ELV", "00000002", 7, "00000162", 1, "2026-11-16 00:59:59", "2026-11-16 00:59:59", None),
+            ("ELV", "00000001", 7, "00000161", 1500, SINCE, SINCE, 49, 1),
+            ("ELV", "00000001", 7, "00000162", 1500, SINCE, SINCE, 50, 1),
+            ("ELV", "00000001", 7, "00000163", 1500, SINCE, SINCE, 51, 1),
+            ("ELV", "00000002", 7, "00000161", 2, "2026-11-15 23:59:59", HOUR, 21, 1),
+            ("ELV", "00000002", 7, "00000162", 1, "2026-11-16 00:59:59", "2026-11-16 00:59:59", None, 1),
         ]
     finally:
         store.close()

@@ -33,9 +33,9 @@ MAX_INTERVALS = 100_000  # a year at 15 minutes is 35,040; more would cost memor
 METER_COVERAGE_SELECT = (
     "SELECT r.manufacturer, r.meter_id, r.device_type, h.gateway,"
     " COUNT(*) AS receptions, MIN(h.heard_at) AS first_heard, MAX(h.heard_at) AS last_heard,"
-    " MAX(NULLIF(h.rssi_code, 0)) AS best_rssi_code"
+    " MAX(NULLIF(h.rssi_code, 0)) AS best_rssi_code, r.version"
     " FROM heard_by h JOIN reading r ON r.id = h.reading_id"
-    " GROUP BY r.manufacturer, r.meter_id, r.device_type, h.gateway"
+    " GROUP BY r.manufacturer, r.meter_id, r.device_type, h.gateway, r.version"
 )
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -92,6 +92,7 @@ class MeterCoverage:
 
     manufacturer: str
     meter_id: str
+    version: int
     device_type: int
     hearings: tuple[Hearing, ...]
     intervals: int  # intervals in which any gateway heard it
@@ -100,8 +101,8 @@ class MeterCoverage:
 
     @property
     def label(self) -> str:
-        """``ELV 61000164 type 1B``: how the report names the meter."""
-        return f"{self.manufacturer} {self.meter_id} type {self.device_type:02X}"
+        """``ELV 61000164 v01 type 1B``: how the report names the meter (its link address, as the gateway keys it)."""
+        return f"{self.manufacturer} {self.meter_id} v{self.version:02X} type {self.device_type:02X}"
 
     @property
     def ok(self) -> bool:
@@ -185,7 +186,7 @@ def compute(receptions: Iterable[Reception], since: str, until: str, resolution:
     start = stamp_seconds(since)
     size = (count + 7) // 8
     days: dict[str, int] = {}
-    meters: dict[tuple[str, str, int], dict[str, _Tally]] = {}
+    meters: dict[tuple[str, str, int, int], dict[str, _Tally]] = {}
     for reception in receptions:
         heard_at = reception.heard_at
         if not since <= heard_at < until:
@@ -195,7 +196,7 @@ def compute(receptions: Iterable[Reception], since: str, until: str, resolution:
             day = days[heard_at[:10]] = stamp_seconds(heard_at[:10] + " 00:00:00")
         offset = day + int(heard_at[11:13]) * 3600 + int(heard_at[14:16]) * 60 + int(heard_at[17:19]) - start
         k = offset // resolution
-        key = (reception.manufacturer, reception.meter_id, reception.device_type)
+        key = (reception.manufacturer, reception.meter_id, reception.version, reception.device_type)
         by_gateway = meters.get(key)
         if by_gateway is None:
             by_gateway = meters[key] = {}
@@ -214,7 +215,7 @@ def compute(receptions: Iterable[Reception], since: str, until: str, resolution:
 
     wanted = Fraction(str(min_reception))
     results = []
-    for (manufacturer, meter_id, device_type), by_gateway in sorted(meters.items()):
+    for (manufacturer, meter_id, version, device_type), by_gateway in sorted(meters.items()):
         union = 0
         hearings = []
         for gateway, tally in by_gateway.items():
@@ -224,7 +225,7 @@ def compute(receptions: Iterable[Reception], since: str, until: str, resolution:
         hearings.sort(key=lambda h: (-(h.best_rssi_code or 0), h.gateway))
         intervals = union.bit_count()
         results.append(MeterCoverage(
-            manufacturer, meter_id, device_type, tuple(hearings), intervals,
+            manufacturer, meter_id, version, device_type, tuple(hearings), intervals,
             below_gateways=len(hearings) < min_gateways,
             below_reception=Fraction(intervals * 100, count) < wanted,
         ))
@@ -283,7 +284,8 @@ def report_lines(report: Coverage, everything: bool = False) -> list[str]:
 def report_json(report: Coverage, everything: bool = False) -> dict[str, Any]:
     """The machine-readable report: same meters as ``report_lines``, "only heard by" for every gateway, a summary."""
     def meter_id(meter: MeterCoverage) -> dict[str, Any]:
-        return {"manufacturer": meter.manufacturer, "meter_id": meter.meter_id, "device_type": meter.device_type}
+        return {"manufacturer": meter.manufacturer, "meter_id": meter.meter_id, "version": meter.version,
+                "device_type": meter.device_type}
 
     def meter(m: MeterCoverage) -> dict[str, Any]:
         below = [name for name, flag in (("gateways", m.below_gateways), ("reception", m.below_reception)) if flag]

@@ -548,7 +548,7 @@ class PostgresStore:
             with conn.transaction(), conn.cursor(name="wmbus_receptions") as cur:
                 cur.itersize = 10_000
                 cur.execute(f"SELECT r.manufacturer, r.meter_id, r.device_type, h.gateway, to_char(h.heard_at, {_DATE}),"
-                            " h.rssi_code FROM heard_by h JOIN reading r ON r.id = h.reading_id"
+                            " h.rssi_code, r.version FROM heard_by h JOIN reading r ON r.id = h.reading_id"
                             " WHERE h.heard_at >= %s::timestamp AND h.heard_at < %s::timestamp", (since, until))
                 for row in cur:
                     yield Reception(*row)

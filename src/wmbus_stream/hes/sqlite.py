@@ -293,13 +293,13 @@ class SqliteStore:
         while True:
             with self._lock:
                 rows = self._db.execute(
-                    "SELECT h.heard_at, h.id, r.manufacturer, r.meter_id, r.device_type, h.gateway, h.rssi_code"
+                    "SELECT h.heard_at, h.id, r.manufacturer, r.meter_id, r.device_type, h.gateway, h.rssi_code, r.version"
                     " FROM heard_by h JOIN reading r ON r.id = h.reading_id"
                     " WHERE (h.heard_at, h.id) > (?, ?) AND h.heard_at < ? ORDER BY h.heard_at, h.id LIMIT ?",
                     (*after, until, _PAGE),
                 ).fetchall()
             for row in rows:
-                yield Reception(row[2], row[3], row[4], row[5], row[0], row[6])
+                yield Reception(row[2], row[3], row[4], row[5], row[0], row[6], row[7])
             if len(rows) < _PAGE:
                 return
             after = (rows[-1][0], rows[-1][1])

@@ -68,6 +68,7 @@ class Reception:
     gateway: str
     heard_at: str
     rssi_code: int | None
+    version: int  # with manufacturer, meter ID and device type: the meter's link address, so which meter
 
 
 class Ingest(Protocol):
