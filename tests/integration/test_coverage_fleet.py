@@ -332,6 +332,9 @@ def test_the_view_a_dashboard_reads(fleet_db: Fleet) -> None:
     (("--window", "1d", "--resolution", "7h"), 2, "--window 24h is not a whole number of --resolution 7h: give a resolution that divides"),
     (("--min-reception", "101"), 2, "argument --min-reception: '101' is not a percentage: give a number 0 to 100"),
     (("--min-gateways", "0"), 2, "argument --min-gateways: '0' is not a number of gateways"),
+    (("--min-gateways", "99999999999999999999"), 2, "1 to 10000"),
+    (("--window", "99999999999d"), 2, "too long a duration"),
+    (("--until", "0001-01-01 00:00:00"), 2, "reaches before the year 1"),
     (("--until", "2026-11-23"), 2, "argument --until: '2026-11-23' is not a time 'YYYY-MM-DD hh:mm:ss'"),
 ])
 def test_bad_options_are_usage_errors_naming_what_is_allowed(tmp_path: Path, args: tuple[str, ...],

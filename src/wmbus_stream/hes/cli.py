@@ -331,8 +331,8 @@ def _duration_option(text: str) -> int:
 
 def _gateways_option(text: str) -> int:
     """``--min-gateways``: a whole number, 1 or more."""
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of gateways: give a whole number, 1 or more")
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= 10_000:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of gateways: give a whole number, 1 to 10000")
     return int(text)
 
 
@@ -395,8 +395,14 @@ def coverage_main(args: argparse.Namespace) -> int:
     try:
         since = (datetime.strptime(until, _STAMP_FORMAT) - timedelta(seconds=args.window)).strftime(_STAMP_FORMAT)
         coverage.intervals_in(since, until, args.resolution)  # checked before the store opens
-    except (ValueError, OverflowError) as exc:
-        print(f"{name}: {exc}", file=sys.stderr)
+    except OverflowError:
+        print(f"{name}: --until {until} minus --window {coverage.format_duration(args.window)} reaches before the"
+              " year 1: give a later --until or a shorter --window", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        reason = ("--until minus --window reaches before the year 1: give a later --until or a shorter --window"
+                  if "out of range" in str(exc) else str(exc))
+        print(f"{name}: {reason}", file=sys.stderr)
         return 2
     if "://" not in args.db and not Path(args.db).is_file():
         print(f"{name}: cannot open {args.db}: no such file (give the --db the receiver writes)", file=sys.stderr)

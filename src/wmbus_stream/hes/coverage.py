@@ -47,6 +47,8 @@ def parse_duration(text: str) -> int:
     """Seconds of ``15m``, ``1h``, ``24h``, ``7d`` (a whole number and one of s, m, h, d)."""
     found = _DURATION.fullmatch(text.strip())
     if not found:
+        if re.fullmatch(r"[0-9]{10,}[smhd]", text.strip()):
+            raise ValueError(f"{text!r} is too long a duration: at most 999999999 of a unit (use a larger unit)")
         raise ValueError(f"{text!r} is not a duration: give a whole number and s, m, h or d (15m, 1h, 24h, 7d)")
     return int(found[1]) * _UNITS[found[2]]
 
