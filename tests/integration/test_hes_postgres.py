@@ -25,6 +25,7 @@ from pg_harness import PG_PASSWORD, PgCluster
 
 from wmbus_stream import wire
 from wmbus_stream.errors import StoreError
+from report_lines import TELEGRAM, line, wired
 from wmbus_stream.hes import ReceiveServer, ReportLine, parse_report
 from wmbus_stream.hes.postgres import DRAIN_LOCK, SPILL_BYTES, PostgresStore, copy_rows, masked
 
@@ -277,7 +278,7 @@ def test_threads_committing_overlapping_reports_at_once_store_each_reading_once(
 
 
 def test_the_pool_bounds_the_sessions_of_a_receiver(pg_url: str, pg_cluster: PgCluster) -> None:
-    """Six POSTs at once through a pool of two: all stored, never more than two sessions opened."""
+    """Six POSTs at once through pools of two: all stored, never more than four sessions (two to spill, two to commit)."""
     store = PostgresStore(pg_url, pool=2)
     results: list[tuple[int, int]] = []
 
@@ -297,7 +298,7 @@ def test_the_pool_bounds_the_sessions_of_a_receiver(pg_url: str, pg_cluster: PgC
             worker.join(120)
         sessions = pg_cluster.sql("SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
                                   " AND application_name = 'wmbus-stream receive'", db_name(pg_url), (db_name(pg_url),))
-        assert sessions[0][0] <= 2
+        assert sessions[0][0] <= 4
         assert len(results) == 6 and sum(r[0] for r in results) == len(store.readings()) == 3000 * 5 + 4000
     finally:
         store.close()
@@ -571,3 +572,25 @@ def test_receive_with_a_postgres_url_masks_the_password(pg_cluster: PgCluster, p
         proc.terminate()
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0 and PG_PASSWORD not in out
+
+
+def test_manufacturer_letters_holding_a_backslash_are_stored(store: PostgresStore) -> None:
+    # M-field 9C73: five-bit letters above '@' include '\' (and '[', ']', '^', '_'); COPY text must escape it.
+    telegram = TELEGRAM[:2] + bytes.fromhex("9C73") + TELEGRAM[4:]
+    (parsed,) = parse_report((line(hex_text=wired(telegram).hex().upper()) + "\n").encode())
+    assert "\\" in parsed.manufacturer
+    assert store.add([parsed]) == (1, 1)
+    (reading,) = store.readings()
+    assert reading.manufacturer == parsed.manufacturer and reading.telegram == telegram
+
+
+def test_a_big_report_still_arriving_does_not_take_the_session_a_small_one_commits_on(pg_url: str) -> None:
+    store = PostgresStore(pg_url, pool=1)
+    try:
+        big = store.begin()
+        big.stage(lines(GATEWAYS[0], range(1, 6001)))  # over the 1 MiB kept in memory: COPYed, its session held
+        assert store.add(lines(GATEWAYS[1], range(7001, 7003))) == (2, 2)  # committed beside it, no 20 s wait
+        assert big.commit() == (6000, 6000)
+        big.abort()
+    finally:
+        store.close()

@@ -159,14 +159,21 @@ def _dash(value: object) -> object:
     return "\\N" if value is None else value
 
 
+def _escaped(text: str) -> str:
+    """``text`` as a COPY text field (it holds no tab or line break, but may hold a backslash)."""
+    return text.replace("\\", "\\\\")
+
+
 def copy_rows(lines: Sequence[ReportLine], first: int) -> bytes:
     """COPY text rows of the stage table for ``lines``, numbered from ``first``.
 
-    Every field is digits, hex or a date, so nothing needs escaping; the telegram is bytea
-    in hex form (``\\x..``, its backslash doubled for COPY).
+    Every field is digits, hex or a date but the manufacturer's letters, which are five bits
+    above ``@`` each and so may be ``\\`` (the M-field bytes 9C 73 read as three of them): that one is doubled. The
+    telegram is bytea in hex form (``\\x..``, its backslash doubled for COPY).
     """
     return "".join([
-        f"{n}\t{line.digest}\t{line.manufacturer}\t{line.meter_id}\t{line.version}\t{line.device_type}\t{line.ci}\t"
+        f"{n}\t{line.digest}\t{_escaped(line.manufacturer)}\t{line.meter_id}\t{line.version}\t{line.device_type}\t"
+        f"{line.ci}\t"
         f"{_dash(line.access_number)}\t\\\\x{line.telegram.hex()}\t{line.gateway}\t{line.date}\t"
         f"{_dash(line.rssi_code)}\t{_dash(line.receiver)}\t{_dash(line.age_minutes)}\n"
         for n, line in enumerate(lines, first)
@@ -233,11 +240,18 @@ class _Pool:
 
 
 class _PostgresIngest:
-    """One POST's lines: in memory up to SPILL_BYTES, then in a TEMP table of one pooled connection."""
+    """One POST's lines: in memory up to SPILL_BYTES, then in a TEMP table of one pooled connection.
+
+    A POST that spills while its body is still arriving takes its session from the spill pool,
+    and keeps it until its commit; one that fits in memory takes one from the commit pool only
+    for its commit. Slow uploads of big reports therefore cannot take the sessions the
+    small reports of other gateways commit on.
+    """
 
     def __init__(self, store: PostgresStore) -> None:
         self._store = store
         self._conn: psycopg.Connection[Any] | None = None
+        self._pool: _Pool = store._pool
         self._buffer: list[bytes] = []
         self._buffered = 0
         self._count = 0
@@ -267,7 +281,7 @@ class _PostgresIngest:
         if not self._count:
             self._done = True
             return 0, 0
-        self._spill()
+        self._spill(at_commit=True)
         assert self._conn is not None
         result = self._store._commit(self._conn)
         self._done = True
@@ -286,19 +300,20 @@ class _PostgresIngest:
             except Exception:  # noqa: BLE001  (the connection is closed instead; TEMP tables go with it)
                 broken = True
         self._done = True
-        self._store._pool.put(conn, broken=broken)
+        self._pool.put(conn, broken=broken)
 
     def _fail(self, reason: str) -> None:
         self._failed = reason
         self._buffer, self._buffered = [], 0
         conn, self._conn = self._conn, None
         if conn is not None:
-            self._store._pool.put(conn, broken=True)
+            self._pool.put(conn, broken=True)
 
-    def _spill(self) -> None:
+    def _spill(self, *, at_commit: bool = False) -> None:
         """COPY the buffered rows into this POST's TEMP table, taking a connection first if needed."""
         if self._conn is None:
-            self._conn = self._store._staging_connection()
+            self._pool = self._store._pool if at_commit else self._store._spill_pool
+            self._conn = self._store._staging_connection(self._pool)
         data, self._buffer, self._buffered = b"".join(self._buffer), [], 0
         if not data:
             return
@@ -337,7 +352,8 @@ class PostgresStore:
         params.setdefault("connect_timeout", 10)
         params.setdefault("application_name", "wmbus-stream receive")
         self._conninfo = conninfo.make_conninfo("", **params)
-        self._pool = _Pool(self._connect, pool)
+        self._pool = _Pool(self._connect, pool)  # commits, the schema, reads
+        self._spill_pool = _Pool(self._connect, pool)  # POSTs that spilled while their body arrives
         self._drain: psycopg.Connection[Any] | None = None
         self._draining = False
         self._drain_lock = threading.Lock()
@@ -399,12 +415,12 @@ class PostgresStore:
         except psycopg.Error as exc:
             raise StoreError(f"cannot create the tables in {masked(self.url)}: {self._scrub(_one_line(exc))}") from None
 
-    def _staging_connection(self) -> psycopg.Connection[Any]:
-        """A pooled connection with its (empty) stage table; dead ones (a restarted server) are replaced."""
+    def _staging_connection(self, pool: _Pool) -> psycopg.Connection[Any]:
+        """A connection of ``pool`` with its (empty) stage table; dead ones (a restarted server) are replaced."""
         import psycopg
 
         for attempt in range(2):
-            conn = self._pool.get()
+            conn = pool.get()
             try:
                 if conn in self._staged:
                     conn.execute("SELECT 1")  # a round trip: is the session still there?
@@ -415,10 +431,10 @@ class PostgresStore:
                     self._staged.add(conn)
                 return conn
             except psycopg.Error as exc:
-                self._pool.put(conn, broken=True)
+                pool.put(conn, broken=True)
                 if attempt or not conn.broken:
                     raise StoreError(f"staging lines in PostgreSQL failed: {self._scrub(_one_line(exc))}") from None
-                self._pool.drop_idle()  # the others were opened to the same server: likely dead too
+                pool.drop_idle()  # the others were opened to the same server: likely dead too
         raise AssertionError("unreachable")
 
     def _commit(self, conn: psycopg.Connection[Any]) -> tuple[int, int]:
@@ -564,6 +580,7 @@ class PostgresStore:
     def close(self) -> None:
         """Close every connection; the outbox lock goes with the publisher's."""
         self._pool.close()
+        self._spill_pool.close()
         with self._drain_lock:
             if self._drain is not None:
                 self._drain.close()
