@@ -356,3 +356,17 @@ def test_a_database_that_cannot_be_read_is_a_failure_that_shows_no_password(tmp_
     run = coverage(url)
     assert run.returncode == 1 and run.stdout == "", run
     assert "cannot read the --db database" in run.stderr and "Wren-Lantern-93" not in run.stderr, run
+
+
+def test_a_file_that_is_not_a_receivers_database_is_refused_and_left_alone(tmp_path: Path) -> None:
+    for name, content in (("empty.sqlite", b""), ("other?.sqlite", None)):
+        db = tmp_path / name
+        if content is None:
+            with contextlib.closing(sqlite3.connect(db)) as other:
+                other.execute("CREATE TABLE t (x)")
+        else:
+            db.write_bytes(content)
+        before = db.read_bytes()
+        run = coverage(db)
+        assert run.returncode == 1 and "is not a receiver's database" in run.stderr, run
+        assert db.read_bytes() == before  # nothing created in it

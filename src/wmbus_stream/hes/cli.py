@@ -11,6 +11,7 @@ import ssl
 import sys
 import threading
 from pathlib import Path
+from urllib.parse import quote
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -379,6 +380,15 @@ def add_coverage(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p.set_defaults(func=coverage_main)
 
 
+def _is_receiver_file(path: str) -> bool:
+    """Whether an SQLite file holds the receiver's tables, read without changing it (coverage never makes them)."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{quote(str(Path(path).resolve()))}?mode=ro", uri=True)) as db:
+            return db.execute("SELECT 1 FROM sqlite_master WHERE name = 'heard_by'").fetchone() is not None
+    except sqlite3.Error:
+        return False
+
+
 def coverage_main(args: argparse.Namespace) -> int:
     """Print the coverage report; 0 done (whatever it finds), 1 the store cannot be read, 2 bad options."""
     name = "wmbus-stream receive coverage"
@@ -406,6 +416,10 @@ def coverage_main(args: argparse.Namespace) -> int:
         return 2
     if "://" not in args.db and not Path(args.db).is_file():
         print(f"{name}: cannot open {args.db}: no such file (give the --db the receiver writes)", file=sys.stderr)
+        return 1
+    if "://" not in args.db and not _is_receiver_file(args.db):
+        print(f"{name}: {args.db} is not a receiver's database (no heard_by table); give the --db the receiver"
+              " writes", file=sys.stderr)
         return 1
     try:
         store = open_store(args.db)
