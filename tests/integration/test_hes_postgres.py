@@ -524,6 +524,12 @@ def test_a_url_whose_password_is_not_percent_encoded_is_refused_unread(url: str)
     assert "ss:w" not in str(raised.value) and "x?y" not in str(raised.value) and "a/b" not in str(raised.value)
 
 
+def test_a_bad_percent_encoding_in_the_password_is_not_quoted() -> None:
+    with pytest.raises(StoreError, match="percent-encoding") as raised:
+        PostgresStore("postgresql://hes:se%zzcret@127.0.0.1:1/hes")
+    assert "zz" not in str(raised.value) and "cret" not in str(raised.value), raised.value
+
+
 def test_a_short_password_is_masked_without_mangling_the_error(pg_cluster: PgCluster) -> None:
     with pytest.raises(StoreError) as raised:
         PostgresStore(pg_cluster.url(password="e"))

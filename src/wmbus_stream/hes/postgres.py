@@ -347,6 +347,9 @@ class PostgresStore:
         try:
             params = conninfo.conninfo_to_dict(url)
         except psycopg.Error as exc:
+            if masked(url) != url:  # libpq's message may quote a piece of the password: say what to check instead
+                raise StoreError(f"bad PostgreSQL URL {masked(url)}: libpq cannot read it; check its form"
+                                 " postgresql://USER:PASSWORD@HOST:PORT/DB and its percent-encoding (%XX)") from None
             raise StoreError(f"bad PostgreSQL URL {masked(url)}: {self._scrub(_one_line(exc))}") from None
         self._password = str(params.get("password") or "")
         params.setdefault("connect_timeout", 10)
