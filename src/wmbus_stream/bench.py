@@ -175,6 +175,12 @@ def _load() -> str | None:
         return None
 
 
+def machine() -> dict[str, Any]:
+    """What a figure was measured on: CPU model, cores, load average, Python, architecture."""
+    return {"cpu": _cpu_model(), "cores": os.cpu_count(), "load_average": _load(),
+            "python": platform.python_version(), "machine": platform.machine()}
+
+
 def run(frames: int = 200_000, as_json: bool = False) -> dict[str, Any]:
     """CPU per telegram of the daemon's path, both twins, and the ratio to the C CRC loop; a table unless ``as_json``."""
     meter_frames, stream, settings, source = _stream(frames)
@@ -198,11 +204,7 @@ def run(frames: int = 200_000, as_json: bool = False) -> dict[str, Any]:
         "accepted_share": round(twins["pure"]["ok"] / twins["pure"]["telegrams"], 3),
         "crc_loop_us_per_frame": crc,
         "twins": twins,
-        "cpu": _cpu_model(),
-        "cores": os.cpu_count(),
-        "load_average": _load(),
-        "python": platform.python_version(),
-        "machine": platform.machine(),
+        **machine(),
     }
     if not as_json:
         print(_table(result))

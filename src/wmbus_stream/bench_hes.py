@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import http.client
 import os
-import platform
 import re
 import secrets
 import subprocess
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from . import wire
+from .bench import machine
 
 __all__ = ["run", "report_body"]
 
@@ -173,17 +173,6 @@ def measure(lines: int, db: str, *, pure: bool, max_body_mib: int = MAX_BODY_MIB
     }
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            for line in info:
-                if line.startswith(("model name", "Model", "Hardware")):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _compiled_available() -> bool:
     from . import _select
     from .hes import report  # noqa: F401  (importing it records the twin it chose)
@@ -209,10 +198,7 @@ def run(lines: int = LINES, db: str | None = None, *, max_body_mib: int = MAX_BO
         "max_body_mib": max_body_mib,
         "near_limit_mib": big_mib,
         "twins": results,
-        "cpu": _cpu_model(),
-        "cores": os.cpu_count(),
-        "load_average": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-        "python": platform.python_version(),
+        **machine(),
     }
     if not as_json:
         print(table(result))
