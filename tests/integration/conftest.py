@@ -648,21 +648,21 @@ def config(tmp_path: Path) -> ConfigFile:
 # The gateway as a real process
 
 
-class GatewayProcess:
-    """``python -m wmbus_stream run --config FILE`` with its log lines collected as they come."""
+class LoggedProcess:
+    """``python -m wmbus_stream ARGS`` with its output lines (stdout and stderr) collected as they come."""
 
-    def __init__(self, config: ConfigFile, *args: str) -> None:
-        self.config = config
-        self.args = args
+    title = "output"  # what ``tail`` calls the lines
+
+    def __init__(self, *args: str) -> None:
         self.lines: list[str] = []
         self._lock = threading.Lock()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "wmbus_stream", "run", "--config", str(config.path), *args],
+            [sys.executable, "-m", "wmbus_stream", *args],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True, bufsize=1, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         self.pid = self.proc.pid
-        self._reader = threading.Thread(target=self._read, name=f"gateway-log-{self.pid}", daemon=True)
+        self._reader = threading.Thread(target=self._read, name=f"{args[0]}-log-{self.pid}", daemon=True)
         self._reader.start()
 
     def _read(self) -> None:
@@ -676,7 +676,18 @@ class GatewayProcess:
             return list(self.lines)
 
     def tail(self, n: int = 40) -> str:
-        return "\n--- gateway log (last lines) ---\n" + "\n".join(self.log()[-n:])
+        return f"\n--- {self.title} (last lines) ---\n" + "\n".join(self.log()[-n:])
+
+
+class GatewayProcess(LoggedProcess):
+    """``python -m wmbus_stream run --config FILE`` with its log lines collected as they come."""
+
+    title = "gateway log"
+
+    def __init__(self, config: ConfigFile, *args: str) -> None:
+        self.config = config
+        self.args = args
+        super().__init__("run", "--config", str(config.path), *args)
 
     def mark(self) -> int:
         """A position in the log; ``wait_log(..., after=mark)`` looks only at later lines."""
@@ -984,6 +995,28 @@ http {{
     finally:
         stop_server(process)
         hes.close()
+
+
+def nginx_main_config(folder: Path, connections: int, servers: str = "") -> str:
+    """A minimal nginx main configuration for a test in ``folder``: no daemon, its files there, ``site.conf``
+    (the documented example under test) included, then ``servers`` (test-only server blocks)."""
+    return f"""
+daemon off;
+master_process off;
+worker_processes 1;
+pid {folder}/nginx.pid;
+error_log {folder}/error.log info;
+events {{ worker_connections {connections}; }}
+http {{
+    access_log off;
+    client_body_temp_path {folder}/body;
+    proxy_temp_path {folder}/proxy;
+    fastcgi_temp_path {folder}/fastcgi;
+    uwsgi_temp_path {folder}/uwsgi;
+    scgi_temp_path {folder}/scgi;
+    include {folder}/site.conf;
+{servers}}}
+"""
 
 
 def stop_server(process: subprocess.Popen[bytes]) -> None:

@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from gwkit import NGINX, ConfigFile, stop_server, wait_for
+from gwkit import NGINX, ConfigFile, nginx_main_config, stop_server, wait_for
 
 from wmbus_stream.state.archive import HISTORY_MEMBER, MANIFEST, STORE_MEMBER, BackupLimits
 from wmbus_stream.io.store import SCHEMA as STORE_SCHEMA
@@ -254,22 +254,7 @@ def _nginx_conf(folder: Path, www: Path, site: tuple[Path, Path], untrusted_pair
     other_cert, other_key = other_pair
     extra, untrusted, wrong_name, plain = ports
     tls = "ssl_certificate {}; ssl_certificate_key {};"
-    return f"""
-daemon off;
-master_process off;
-worker_processes 1;
-pid {folder}/nginx.pid;
-error_log {folder}/error.log info;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {folder}/body;
-    proxy_temp_path {folder}/proxy;
-    fastcgi_temp_path {folder}/fastcgi;
-    uwsgi_temp_path {folder}/uwsgi;
-    scgi_temp_path {folder}/scgi;
-    include {folder}/site.conf;
-
+    return nginx_main_config(folder, 64, f"""
     # ---- test-only servers ----
     server {{
         listen 127.0.0.1:{extra} ssl; {tls.format(cert, key)}
@@ -284,8 +269,7 @@ http {{
     server {{ listen 127.0.0.1:{untrusted} ssl; {tls.format(bad_cert, bad_key)} root {www}; }}
     server {{ listen 127.0.0.1:{wrong_name} ssl; {tls.format(other_cert, other_key)} root {www}; }}
     server {{ listen 127.0.0.1:{plain}; root {www}; access_log {folder}/logs/plain.access.log; }}
-}}
-"""
+""")
 
 
 @contextlib.contextmanager

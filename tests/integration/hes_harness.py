@@ -7,20 +7,17 @@ the test's, inside a minimal main configuration (as fleet_harness does for the .
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import signal
 import socket
 import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from gwkit import NGINX, caught, stop_server, wait_for
+from gwkit import NGINX, LoggedProcess, caught, nginx_main_config, stop_server, wait_for
 
 __all__ = ["HES_EXAMPLE", "HesNginx", "Receiver", "free_port", "render_hes_example", "start_hes_nginx"]
 
@@ -45,32 +42,13 @@ class Post:
     gateways: tuple[str, ...]
 
 
-class Receiver:
+class Receiver(LoggedProcess):
     """``python -m wmbus_stream receive`` on 127.0.0.1:``port``, its output collected line by line."""
 
     def __init__(self, port: int, *args: str) -> None:
         self.port = port
-        self.output: list[str] = []
-        self._lock = threading.Lock()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "wmbus_stream", "receive", "--listen", f"127.0.0.1:{port}", *args],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        self._reader = threading.Thread(target=self._read, name=f"receiver-{port}", daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            with self._lock:
-                self.output.append(line.rstrip("\n"))
-
-    def log(self) -> list[str]:
-        with self._lock:
-            return list(self.output)
-
-    def tail(self, n: int = 30) -> str:
-        return f"\n--- receiver :{self.port} (last lines) ---\n" + "\n".join(self.log()[-n:])
+        self.title = f"receiver :{port}"
+        super().__init__("receive", "--listen", f"127.0.0.1:{port}", *args)
 
     def posts(self) -> list[Post]:
         """The POSTs it accepted (stored), in order."""
@@ -155,23 +133,7 @@ def start_hes_nginx(folder: Path, upstreams: tuple[int, int]) -> Iterator[HesNgi
     for attempt in range(3):  # a port seen free may be taken before nginx binds it: pick a new one
         port = free_port()
         (folder / "site.conf").write_text(render_hes_example(port, cert, key, folder / "logs", upstreams))
-        (folder / "nginx.conf").write_text(f"""
-daemon off;
-master_process off;
-worker_processes 1;
-pid {folder}/nginx.pid;
-error_log {folder}/error.log info;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    client_body_temp_path {folder}/body;
-    proxy_temp_path {folder}/proxy;
-    fastcgi_temp_path {folder}/fastcgi;
-    uwsgi_temp_path {folder}/uwsgi;
-    scgi_temp_path {folder}/scgi;
-    include {folder}/site.conf;
-}}
-""")
+        (folder / "nginx.conf").write_text(nginx_main_config(folder, 256))
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
         def listening(process: subprocess.Popen[bytes] = process, port: int = port) -> bool:
