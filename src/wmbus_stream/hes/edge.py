@@ -33,6 +33,7 @@ from typing import Protocol
 from .. import __version__
 from ..errors import ReportError
 from ..io.listener import Listener, RequestHandler
+from ..io.tls import server_context
 from .credentials import Caller, SharedCredential
 from .report import ReportLine, ReportParser
 from .sqlite import SqliteStore
@@ -244,12 +245,7 @@ class ReceiveServer:
         if username is not None and password is not None:
             credentials = SharedCredential(username, password)
         self.credentials = credentials
-        self.tls: ssl.SSLContext | None = None
-        if tls_cert is not None:
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.minimum_version = ssl.TLSVersion.TLSv1_2
-            context.load_cert_chain(tls_cert, tls_key)
-            self.tls = context
+        self.tls: ssl.SSLContext | None = server_context(tls_cert, tls_key) if tls_cert is not None else None
         self.path = path
         self.max_body = max_body
         self.max_connections = max_connections

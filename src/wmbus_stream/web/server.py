@@ -36,6 +36,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ..io.connections import Late
 from ..io.listener import Listener, RequestHandler
+from ..io.tls import server_context
 from .access import Access, own_names
 from .auth import PASSWORD_FILE, LoginLimiter, PasswordStore, Session, Sessions
 from .pages.layout import error_page
@@ -72,12 +73,7 @@ class WebServer:
         self.requested_port = port
         self.timeout, self.head_seconds = timeout, head_seconds
         self.max_connections, self.per_address, self.reserve = max_connections, per_address, reserve
-        self.tls: ssl.SSLContext | None = None
-        if tls_cert:
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.minimum_version = ssl.TLSVersion.TLSv1_2
-            context.load_cert_chain(tls_cert, tls_key)
-            self.tls = context
+        self.tls: ssl.SSLContext | None = server_context(tls_cert, tls_key) if tls_cert else None
         state = gateway.config.state_directory
         self.passwords = PasswordStore(password_path or state / PASSWORD_FILE)
         self.sessions = Sessions()
