@@ -116,7 +116,7 @@ def credentials_main(args: argparse.Namespace) -> int:
     try:
         store = GatewayFile(args.gateways)
         if args.verb == "list":
-            for serial in sorted(store.read()):
+            for serial in store.serials():
                 print(serial)
             return 0
         if args.verb == "remove":
@@ -208,7 +208,7 @@ def main(args: argparse.Namespace) -> int:
                       f" 'wmbus-stream receive credentials add SERIAL --gateways {args.gateways}'", file=sys.stderr)
                 return 1
             credentials = GatewayFile(args.gateways)
-            if not credentials.read():
+            if not credentials.serials():
                 print(f"wmbus-stream receive: warning: {args.gateways} lists no gateway yet: every push is refused 401"
                       " until one is added with 'receive credentials add'", file=sys.stderr)
         if args.tls_key and not args.tls_cert:

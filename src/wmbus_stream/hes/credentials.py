@@ -80,11 +80,9 @@ class GatewayFile:
         self.path = path
         self._lock = threading.Lock()
         self._cache = BasicCache(ttl=3600.0, limit=8192)
-        self._entries: dict[str, Credential] = {}
-        self._stamp: tuple[int, int, int] | None = None
         self._checked = 0.0
-        self._entries = self.read()  # a broken file at start is an error, not an empty fleet
-        self._stamp = self._stat()
+        self._entries: dict[str, Credential] = self.read()  # a broken file at start is an error, not an empty fleet
+        self._stamp: tuple[int, int, int] | None = self._stat()
 
     def _stat(self) -> tuple[int, int, int] | None:
         try:
@@ -137,6 +135,10 @@ class GatewayFile:
                         log.error("%s; keeping the %d credentials read before", exc, len(self._entries))
                     self._stamp = stamp
             return self._entries
+
+    def serials(self) -> list[str]:
+        """The gateways the file lists now, in order."""
+        return sorted(self._current())
 
     def check(self, header: str | None) -> Caller | None:
         """The caller (a gateway, bound to its serial), or None when the credentials are missing or wrong."""

@@ -228,7 +228,6 @@ class Publisher:
         # a broker that accepts connections but drops each one at the first message is one
         # outage, logged once, and is retried with the growing delay, not twice a second.
         delay = self.retry[0]
-        self._outage = None
         while not self._stop.is_set():
             try:
                 client = self._connect()
