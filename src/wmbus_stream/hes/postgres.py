@@ -335,7 +335,6 @@ class PostgresStore:
             raise StoreError("a PostgreSQL --db needs psycopg: pip install 'wmbus-stream[hes]'") from None
         if pool < 1:
             raise ValueError(f"pool must be at least 1, not {pool}")
-        self.url = url
         self.outbox = outbox
         self._password = ""
         scheme, sep, rest = url.partition("://")
